@@ -1,0 +1,90 @@
+"""PEFT adapters: find LoRA targets from the model, apply an adapter, and check that an adapter fits a model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+
+
+def find_lora_targets(model) -> list[str]:
+    """Names (last path component) of every linear layer inside the transformer blocks: attention and MLP.
+
+    Found from the model itself, not from a table of model names: any nn.Linear (or GPT-2's Conv1D) that sits
+    inside a repeated block (a ModuleList) and is not the output head.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    block_params = set()
+    for ml in blocks:
+        for name, mod in ml.named_modules():
+            if isinstance(mod, (torch.nn.Linear, Conv1D)):
+                names.add(name.split(".")[-1])
+                block_params.add(id(mod))
+    if not names:
+        raise ModelLoadError("no linear layers found inside transformer blocks to put LoRA on")
+    return sorted(names)
+
+
+def adapter_mismatches(model, adapter_dir) -> list[str]:
+    """Reasons an adapter does not fit `model`: missing target modules or wrong shapes. Empty when it fits."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not cfg_path.exists() or not weights.exists():
+        return [f"{adapter_dir}: not a PEFT adapter folder (needs adapter_config.json and adapter_model.safetensors)"]
+    state = load_file(str(weights))
+    modules = dict(model.named_modules())
+    problems = []
+    for key, tensor in state.items():
+        # key like base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+        if ".lora_A." not in key and ".lora_B." not in key:
+            continue
+        is_a = ".lora_A." in key
+        mod_path = key.split(".lora_A." if is_a else ".lora_B.")[0]
+        mod_path = mod_path.removeprefix("base_model.model.")
+        mod = modules.get(mod_path)
+        if mod is None:
+            problems.append(f"module {mod_path}: not in the model")
+            continue
+        w = getattr(mod, "weight", None)
+        if w is None:
+            problems.append(f"module {mod_path}: has no weight")
+            continue
+        from transformers.pytorch_utils import Conv1D
+
+        out_f, in_f = (w.shape[1], w.shape[0]) if isinstance(mod, Conv1D) else (w.shape[0], w.shape[1])
+        if is_a and tensor.shape[1] != in_f:
+            problems.append(f"module {mod_path}: adapter expects input size {tensor.shape[1]}, model has {in_f}")
+        if not is_a and tensor.shape[0] != out_f:
+            problems.append(f"module {mod_path}: adapter expects output size {tensor.shape[0]}, model has {out_f}")
+    return sorted(set(problems))
+
+
+def apply_adapter(model, adapter_dir, trainable: bool = False):
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    problems = adapter_mismatches(model, adapter_dir)
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ModelLoadError(f"adapter {adapter_dir} does not fit this model:\n  {shown}{more}")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    except Exception as e:
+        raise ModelLoadError(f"adapter {adapter_dir}: could not be applied: {e}") from e
+
+
+def adapter_training_config(adapter_dir) -> dict:
+    """The biasunlearn training config stored beside an adapter, if any."""
+    for p in (Path(adapter_dir) / "biasunlearn_config.json", Path(adapter_dir).parent / "config.json"):
+        if p.exists():
+            return json.loads(p.read_text())
+    return {}

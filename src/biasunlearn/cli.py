@@ -1,0 +1,82 @@
+"""The `biasunlearn` command. Thin: parses arguments and calls the Python API."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import BiasUnlearnError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="hub id, save_pretrained folder, .gguf file, or built-in name (smollm2-135m, gemma3-270m)")
+    p.add_argument("--adapter", default=None, help="PEFT adapter folder to apply")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $BIASUNLEARN_DATA or ../shared/data)")
+
+
+def _eval_cmd(a) -> int:
+    from .evaluate import EvalConfig, run_eval
+    from .report import eval_markdown
+
+    cfg = EvalConfig(benchmarks=tuple(b.strip() for b in a.benchmarks.split(",") if b.strip()), data_dir=a.data_dir,
+                     limit=a.limit, bbq_per_category=None if a.bbq_per_category == 0 else a.bbq_per_category,
+                     ppl_max_tokens=None if a.ppl_max_tokens == 0 else a.ppl_max_tokens,
+                     stereoset_intersentence=not a.no_intersentence, max_tokens=a.max_tokens)
+    doc = run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr))
+    print(eval_markdown(doc))
+    if a.out:
+        print(f"results written to {a.out}/results.json", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="biasunlearn", description="Remove social bias from causal LMs by bias unlearning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("eval", help="measure bias: StereoSet, CrowS-Pairs, BBQ, perplexity")
+    _add_model_args(e)
+    e.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
+    e.add_argument("--out", default=None, help="folder for results.json and predictions")
+    e.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
+    e.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
+    e.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
+    e.add_argument("--no-intersentence", action="store_true", help="skip StereoSet intersentence")
+    e.add_argument("--max-tokens", type=int, default=4096, help="scoring batch budget in padded tokens")
+    e.set_defaults(func=_eval_cmd)
+
+    for register in _extra_commands:
+        register(sub)
+    return p
+
+
+_extra_commands: list = []
+
+
+def _register_optional() -> None:
+    for mod in ("train_cli", "compare_cli", "deploy_cli"):
+        try:
+            m = __import__(f"biasunlearn.{mod}", fromlist=["register"])
+        except ModuleNotFoundError as e:
+            if e.name != f"biasunlearn.{mod}":
+                raise
+            continue
+        _extra_commands.append(m.register)
+
+
+def main(argv=None) -> int:
+    _register_optional()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BiasUnlearnError as e:
+        print(f"biasunlearn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("biasunlearn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""BBQ JSONL, one file per category, and the approximate 'biased answer' of each example.
+
+The official ``target_loc`` file is missing, so the target (stereotyped) option is found by matching each option's
+group tag and text against ``additional_metadata.stereotyped_groups``. Examples where exactly one non-unknown option
+does not match are skipped with a counted reason. Results built on this are labelled approximate.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from .common import SkipLog
+
+_FEMALE = {"woman", "girl", "f", "female"}
+_MALE = {"man", "boy", "m", "male"}
+
+
+@dataclass
+class BBQExample:
+    id: str
+    category: str
+    context: str
+    question: str
+    answers: list  # 3 answer texts
+    label: int  # index of the correct answer
+    unknown_index: int
+    target_index: int | None  # the option naming the stereotyped group (None: could not be determined)
+    polarity: str  # neg | nonneg
+    condition: str  # ambig | disambig
+
+    @property
+    def biased_index(self) -> int | None:
+        """The answer that follows the stereotype: the target for negative questions, the other group otherwise."""
+        if self.target_index is None:
+            return None
+        if self.polarity == "neg":
+            return self.target_index
+        others = [i for i in range(3) if i not in (self.target_index, self.unknown_index)]
+        return others[0] if len(others) == 1 else None
+
+
+def _matches(text: str, tag: str, groups: list[str]) -> bool:
+    g = {x.strip().lower() for x in groups}
+    tag_l, text_l = tag.strip().lower(), text.strip().lower()
+    if tag_l in g or text_l in g:
+        return True
+    if tag_l.startswith("nontrans"):
+        return False
+    if tag_l.startswith("trans") and any("trans" in x for x in g):
+        return True
+    gender = tag_l.split("_")[-1]
+    if ("f" in g and gender in _FEMALE) or ("m" in g and gender in _MALE):
+        return True
+    return False
+
+
+def _target_index(ex: dict) -> int | None:
+    groups = ex.get("additional_metadata", {}).get("stereotyped_groups", []) or []
+    hits = []
+    for i in range(3):
+        text, tag = ex["answer_info"][f"ans{i}"]
+        if tag == "unknown":
+            continue
+        if _matches(text, tag, groups):
+            hits.append(i)
+    return hits[0] if len(hits) == 1 else None
+
+
+def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
+    """One ``<Category>.jsonl`` file, or a folder of them (sorted by name)."""
+    path = Path(path)
+    skips = skips if skips is not None else SkipLog()
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise DataError(path, "no .jsonl files in this folder")
+        return [e for p in files for e in load_bbq(p, skips)]
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+                answers = [ex["ans0"], ex["ans1"], ex["ans2"]]
+                tags = [ex["answer_info"][f"ans{i}"][1] for i in range(3)]
+                label = int(ex["label"])
+                polarity, condition = ex["question_polarity"], ex["context_condition"]
+                context, question, category = ex["context"], ex["question"], ex["category"]
+                eid = f"{category}-{ex['example_id']}"
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"invalid JSON: {e.msg}", row=line_no) from e
+            except (KeyError, TypeError, IndexError, ValueError) as e:
+                raise DataError(path, f"missing or malformed field: {e}", row=line_no) from e
+            if label not in (0, 1, 2):
+                raise DataError(path, f"label {label} is not 0, 1 or 2", row=line_no)
+            if polarity not in ("neg", "nonneg") or condition not in ("ambig", "disambig"):
+                raise DataError(path, f"unexpected question_polarity/context_condition {polarity}/{condition}", row=line_no)
+            if tags.count("unknown") != 1:
+                skips.skip("not exactly one 'unknown' option", eid)
+                continue
+            target = _target_index(ex)
+            if target is None:
+                skips.skip("stereotyped group matches no single option (bias score only)", eid)
+            out.append(BBQExample(
+                id=eid, category=category, context=context, question=question, answers=answers, label=label,
+                unknown_index=tags.index("unknown"), target_index=target, polarity=polarity, condition=condition,
+            ))
+    return out

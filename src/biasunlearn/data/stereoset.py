@@ -1,0 +1,174 @@
+"""StereoSet loaders for the three formats in shared/data:
+
+* the official ``{"version", "data": {"intrasentence": [...], "intersentence": [...]}}`` JSON;
+* the ZJUNLP list-of-examples JSON (``sentences`` with gold labels, and/or a ``data`` map);
+* the per-task, per-bias-type CSV export (``{task}_{bias_type}_data.csv``), which has no ids: ids are made
+  deterministically from the file and row so predictions can be traced back and re-scored.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from .common import SkipLog
+
+LABELS = ("stereotype", "anti-stereotype", "unrelated")
+TASKS = ("intrasentence", "intersentence")
+BIAS_TYPES = ("gender", "profession", "race", "religion")
+_CSV_RE = re.compile(r"^(intrasentence|intersentence)_([a-z]+)_data\.csv$")
+_CSV_COLUMNS = ("Domain", "Target", "Context", "Unrelated Sentence", "Anti-stereotype Sentence", "Stereotype Sentence")
+
+
+@dataclass
+class StereoSetExample:
+    id: str
+    task: str  # intrasentence | intersentence
+    bias_type: str
+    target: str
+    context: str
+    stereotype: str
+    anti_stereotype: str
+    unrelated: str
+    sentence_ids: dict = field(default_factory=dict)  # label -> sentence id
+    source: str = ""
+
+    def sentence(self, label: str) -> str:
+        return {"stereotype": self.stereotype, "anti-stereotype": self.anti_stereotype, "unrelated": self.unrelated}[label]
+
+
+def split_x_y(context: str, sentence: str) -> tuple[str, str]:
+    """Split an intrasentence sentence into x (the context before the blank) and y (the filled word and the rest).
+
+    ``x + y == sentence``. The context's text before ``BLANK`` is matched case-insensitively (the sentences are
+    sentence-cased copies of the context). When the prefix does not match, x is empty and y is the whole sentence.
+    """
+    i = context.find("BLANK")
+    if i <= 0:
+        return "", sentence
+    prefix = context[:i].rstrip()
+    if sentence[: len(prefix)].lower() == prefix.lower():
+        return sentence[: len(prefix)], sentence[len(prefix):]
+    return "", sentence
+
+
+def _example_from_sentences(ex: dict, task: str, path: Path, row: int, skips: SkipLog) -> StereoSetExample | None:
+    for key in ("id", "target", "bias_type", "context"):
+        if key not in ex:
+            raise DataError(path, f"example has no '{key}' field", row)
+    by_label: dict[str, dict] = {}
+    if "sentences" in ex:
+        for s in ex["sentences"]:
+            if "gold_label" not in s or "sentence" not in s:
+                raise DataError(path, "a sentence lacks 'sentence' or 'gold_label'", row)
+            by_label[s["gold_label"]] = {"sentence": s["sentence"], "id": s.get("id", "")}
+    elif "data" in ex:
+        for label in LABELS:
+            if label in ex["data"]:
+                by_label[label] = ex["data"][label]
+    else:
+        raise DataError(path, "example has neither 'sentences' nor 'data'", row)
+    missing = [lab for lab in LABELS if lab not in by_label]
+    if missing:
+        skips.skip(f"missing gold label(s) {','.join(missing)}", str(ex["id"]))
+        return None
+    return StereoSetExample(
+        id=str(ex["id"]), task=task, bias_type=ex["bias_type"], target=ex["target"], context=ex["context"],
+        stereotype=by_label["stereotype"]["sentence"], anti_stereotype=by_label["anti-stereotype"]["sentence"],
+        unrelated=by_label["unrelated"]["sentence"],
+        sentence_ids={lab: by_label[lab].get("id", "") for lab in LABELS}, source=path.name,
+    )
+
+
+def load_stereoset_json(path, task: str | None = None, skips: SkipLog | None = None) -> list[StereoSetExample]:
+    """Load the official StereoSet JSON or a ZJUNLP list-of-examples JSON (intrasentence only)."""
+    path = Path(path)
+    skips = skips if skips is not None else SkipLog()
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    groups: dict[str, list] = {}
+    if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+        groups = {t: doc["data"].get(t, []) for t in TASKS}
+    elif isinstance(doc, list):
+        groups = {"intrasentence": doc}
+    else:
+        raise DataError(path, "neither the official {version, data} StereoSet document nor a list of examples")
+    out = []
+    for t, items in groups.items():
+        if task and t != task:
+            continue
+        for row, ex in enumerate(items):
+            if not isinstance(ex, dict):
+                raise DataError(path, f"{t} item is not an object", row)
+            e = _example_from_sentences(ex, t, path, row, skips)
+            if e is not None:
+                out.append(e)
+    return out
+
+
+def load_stereoset_csv(path, skips: SkipLog | None = None) -> list[StereoSetExample]:
+    """One ``{task}_{bias_type}_data.csv`` file. Ids: ``{task}-{bias_type}-{row:04d}`` (row = data row, 0-based)."""
+    path = Path(path)
+    skips = skips if skips is not None else SkipLog()
+    m = _CSV_RE.match(path.name)
+    if not m:
+        raise DataError(path, "expected a file named {intrasentence|intersentence}_{bias_type}_data.csv")
+    task, bias_file = m.groups()
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    out = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        absent = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if absent:
+            raise DataError(path, f"missing column(s): {', '.join(absent)}", row=0)
+        for row, rec in enumerate(reader):
+            vals = {c: (rec.get(c) or "").strip() for c in _CSV_COLUMNS}
+            empty = [c for c, v in vals.items() if not v]
+            if empty:
+                raise DataError(path, f"empty field(s): {', '.join(empty)}", row=row + 2)  # +2: header, 1-based
+            if task == "intrasentence" and "BLANK" not in vals["Context"]:
+                skips.skip("intrasentence context without BLANK", f"{path.name}:{row + 2}")
+                continue
+            ex_id = f"{task}-{bias_file}-{row:04d}"
+            out.append(StereoSetExample(
+                id=ex_id, task=task, bias_type=vals["Domain"], target=vals["Target"], context=vals["Context"],
+                stereotype=vals["Stereotype Sentence"], anti_stereotype=vals["Anti-stereotype Sentence"],
+                unrelated=vals["Unrelated Sentence"],
+                sentence_ids={"stereotype": f"{ex_id}-s", "anti-stereotype": f"{ex_id}-a", "unrelated": f"{ex_id}-u"},
+                source=path.name,
+            ))
+    return out
+
+
+def load_stereoset_csv_dir(folder, task: str | None = None, skips: SkipLog | None = None) -> list[StereoSetExample]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "folder not found")
+    files = sorted(p for p in folder.iterdir() if _CSV_RE.match(p.name))
+    if not files:
+        raise DataError(folder, "no {task}_{bias_type}_data.csv files in this folder")
+    out = []
+    for p in files:
+        if task and not p.name.startswith(task):
+            continue
+        out.extend(load_stereoset_csv(p, skips))
+    return out
+
+
+def load_stereoset(path, task: str | None = None, skips: SkipLog | None = None) -> list[StereoSetExample]:
+    """Any supported StereoSet source: a CSV folder, one CSV file, or a JSON file."""
+    path = Path(path)
+    if path.is_dir():
+        return load_stereoset_csv_dir(path, task, skips)
+    if path.suffix == ".csv":
+        exs = load_stereoset_csv(path, skips)
+        return [e for e in exs if not task or e.task == task]
+    return load_stereoset_json(path, task, skips)

