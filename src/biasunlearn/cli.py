@@ -62,14 +62,18 @@ def _register_optional() -> None:
             if e.name != f"biasunlearn.{mod}":
                 raise
             continue
-        _extra_commands.append(m.register)
+        if m.register not in _extra_commands:  # main() may run more than once in a process (tests, notebooks)
+            _extra_commands.append(m.register)
 
 
 def main(argv=None) -> int:
     _register_optional()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        return args.func(args, extra) if getattr(args, "accepts_extra", False) else args.func(args)
     except BiasUnlearnError as e:
         print(f"biasunlearn: error: {e}", file=sys.stderr)
         return 2

@@ -180,12 +180,17 @@ def eval_bbq(model, tok, cfg: EvalConfig, path: Path) -> dict:
 def perplexity_windows(ids: list[int], window: int, stride: int) -> tuple[list[list[int]], list[int]]:
     """Fixed windows over one token stream, `stride` apart. Each window scores only the tokens that no earlier
     window scored, so every token after the first is scored exactly once, with at least window - stride tokens of
-    context (except in the first window). Returns (sequences, score_from)."""
+    context (except in the first window; at least one token when stride == window). Returns (sequences, score_from)."""
+    if window < 2:
+        raise ConfigError(f"ppl window {window} must be at least 2 tokens (one of context, one scored)")
     if stride > window or stride <= 0:
         raise ConfigError(f"ppl stride {stride} must be in 1..window ({window})")
     seqs, starts = [], []
     begin, scored_until = 0, 1  # token 0 has no context and is never scored
     while scored_until < len(ids):
+        # with stride == window the next window would start at the first unscored token, which then has no
+        # context and would be skipped; start one token earlier so it is scored (a no-op when stride < window)
+        begin = min(begin, scored_until - 1)
         end = min(begin + window, len(ids))
         seqs.append(ids[begin:end])
         starts.append(max(1, scored_until - begin))
@@ -214,12 +219,17 @@ def eval_perplexity(model, tok, cfg: EvalConfig, path: Path) -> dict:
 RUNNERS = {"stereoset": eval_stereoset, "crows_pairs": eval_crows_pairs, "bbq": eval_bbq, "perplexity": eval_perplexity}
 
 
-def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print) -> dict:
-    """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir."""
+def check_config(cfg: EvalConfig) -> Path:
+    """Fail on a bad benchmark name or data folder before any model is loaded. Returns the data folder."""
     unknown = [b for b in cfg.benchmarks if b not in RUNNERS]
     if unknown:
         raise ConfigError(f"--benchmarks: unknown {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
-    root = data_dir(cfg.data_dir)
+    return data_dir(cfg.data_dir)
+
+
+def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print) -> dict:
+    """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir."""
+    root = check_config(cfg)
     doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
            "model": model_info or {}, "versions": package_versions(), "eval_config": cfg.to_dict(),
            "data_dir": str(root), "benchmarks": {}}
@@ -255,5 +265,6 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
     from .models import load_model
 
     cfg = cfg or EvalConfig()
+    check_config(cfg)
     m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device)
     return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)

@@ -103,7 +103,7 @@ def plain_copy(model):
     config = model.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    fresh = AutoModelForCausalLM.from_config(config, torch_dtype=model.dtype)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
     bad = [k for k in missing if "lm_head" not in k] + list(unexpected)
     if bad:
@@ -122,7 +122,7 @@ def _gguf_to_folder(gguf: Path) -> Path:
         return target
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as e:
         raise ModelLoadError(f"{gguf}: loading GGUF needs the 'gguf' package ({e})") from e
     except Exception as e:  # transformers raises many types here
@@ -191,7 +191,7 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
     device = torch.device(device) if device else default_device()
     tok = load_tokenizer(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as e:
         raise ModelLoadError(f"--model {spec}: could not load ({e}). Hub ids need network access; "
                              "offline, pass a local folder, a .gguf file or a built-in name "

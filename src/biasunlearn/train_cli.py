@@ -1,0 +1,88 @@
+"""`biasunlearn train`: every UnlearnConfig field (and every transformers TrainingArguments field) is a flag;
+`--config my.yaml` supplies them from a file; flags given on the command line win."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+
+_OWN = ("config", "out", "resume")
+
+
+def parse_train_config(argv: list[str]):
+    """(UnlearnConfig, resume) from command-line words."""
+    import yaml
+    from transformers import HfArgumentParser
+
+    from .unlearn.config import DEFAULTS, UnlearnConfig, make_config
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--out", default=None)
+    pre.add_argument("--resume", nargs="?", const=True, default=None)
+    own, rest = pre.parse_known_args(argv)
+    values: dict = {}
+    if own.config:
+        p = Path(own.config)
+        if not p.is_file():
+            raise ConfigError(f"--config {p}: no such file")
+        try:
+            values = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {p}: not valid YAML: {e}") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {p}: expected a mapping of setting: value")
+    resume = own.resume is not None
+    if isinstance(own.resume, str):
+        values["output_dir"] = own.resume
+    if own.out:
+        values["output_dir"] = own.out
+    if "output_dir" not in values:
+        raise ConfigError("train needs --out DIR (or --resume DIR, or output_dir in --config)")
+    parser = HfArgumentParser(UnlearnConfig)
+    known = set(UnlearnConfig.__dataclass_fields__)
+    bad = [k for k in values if k not in known]
+    if bad:
+        raise ConfigError(f"--config: unknown setting(s) {', '.join(bad)}")
+    # values from file, then the words on the command line override them
+    cli_ns, extra = parser.parse_known_args(rest, namespace=argparse.Namespace())
+    if extra:
+        raise ConfigError(f"train: unrecognised argument(s) {' '.join(extra)}")
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in rest if a.startswith("--")}
+    kw = dict(values)
+    for k, v in vars(cli_ns).items():
+        if k in given:
+            kw[k] = v
+    for k, v in DEFAULTS.items():
+        kw.setdefault(k, v)
+    return make_config(**kw), resume
+
+
+def _train_cmd(a, extra) -> int:
+    from .unlearn import run_training
+
+    cfg, resume = parse_train_config(extra + (["--out", a.out] if a.out else []) +
+                                     (["--config", a.config] if a.config else []) +
+                                     ([f"--resume={a.resume}"] if isinstance(a.resume, str) else
+                                      (["--resume"] if a.resume else [])))
+    res = run_training(cfg, resume=resume)
+    if "after" in res:
+        from .report import eval_markdown
+
+        print(eval_markdown(res["after"]))
+    print(f"run folder: {cfg.output_dir}", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    t = sub.add_parser("train", help="debias a model with BiasUnlearn (LoRA); every setting is a flag",
+                       description="Train a BiasUnlearn adapter. Any UnlearnConfig / TrainingArguments field is "
+                                   "accepted as --name value (e.g. --learning_rate 5e-5 --max_steps 300). "
+                                   "See `python -c 'from biasunlearn.unlearn.config import UnlearnConfig; "
+                                   "help(UnlearnConfig)'` or docs in README.")
+    t.add_argument("--config", default=None, help="YAML file of settings")
+    t.add_argument("--out", default=None, help="run folder")
+    t.add_argument("--resume", nargs="?", const=True, default=None, help="continue the run in --out (or in DIR)")
+    t.set_defaults(func=_train_cmd, accepts_extra=True)

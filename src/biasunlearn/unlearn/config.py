@@ -1,0 +1,115 @@
+"""UnlearnConfig: every BiasUnlearn setting, with the paper's defaults (section 3, appendix A.2) and a help text.
+
+It extends transformers.TrainingArguments, so mixed precision, checkpoints, resume, logging and multi-GPU or
+multi-node runs (`accelerate launch`: DDP, FSDP, DeepSpeed) come from the library.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from transformers import TrainingArguments
+
+
+def _f(default, help_text):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    # --- model and data ---
+    model: str = _f("smollm2-135m", "Model to debias: hub id, local folder, .gguf file or built-in name.")
+    data_dir: str | None = _f(None, "Benchmark data folder (default: $BIASUNLEARN_DATA or ../shared/data).")
+    train_pool: str = _f("stereoset/zjunlp__BiasEdit/dev.json,stereoset/zjunlp__EditBias/dev.json",
+                         "Comma-separated StereoSet files (relative to data_dir) forming the train pool. The defaults "
+                         "come from the StereoSet test split, as the paper's training set does.")
+    test_set: str = _f("stereoset/ano1-yu__stereoset_adaptation", "Held-out StereoSet test set (checked for overlap "
+                                                                   "with the train pool; never used for decisions).")
+    dev_fraction: float = _f(0.15, "Share of the train pool held out as dev, disjoint by target term, per bias type.")
+    min_dev_per_type: int = _f(8, "At least this many dev examples per bias type.")
+    unrelated_source: str = _f("stereoset", "Text for the KL term: 'stereoset' (unrelated sentences of the train pool) "
+                                            "or 'wikitext' (WikiText-2 raw test lines).")
+    score_span: str = _f("y", "Tokens that carry the forget/retain losses: 'y' (after the blank, as the released code) "
+                              "or 'sentence' (the whole sentence).")
+    # --- the method ---
+    forget_batch_size: int = _f(4, "Forget examples per step and device (the paper's global batch is 4).")
+    retain_batch_size: int = _f(28, "Retain examples per step and device (1:n with n = 7, the paper's 28).")
+    unrelated_batch_size: int = _f(28, "Unrelated examples per step and device for the KL term.")
+    adversarial_share: float = _f(0.25, "Share of each type's anti-stereotype sentences added to its forget set.")
+    alpha_forget: float = _f(0.4, "Weight of the NPO forget loss (alpha_1).")
+    alpha_retain: float = _f(0.4, "Weight of the retention cross-entropy (alpha_2); 0 = ablation without it.")
+    alpha_kl: float = _f(0.2, "Weight of the forward KL to the original model (alpha_3); 0 = ablation without it.")
+    npo_beta: float = _f(0.1, "NPO beta.")
+    npo_variant: str = _f("sum", "'sum': one NPO term per example on summed log-probs (the paper); "
+                                 "'token_mean': the released code's batch-mean of token-mean NLL.")
+    swap_mode: str = _f("swap", "'swap': swap forget/retain of a type whose dev SS falls below 50 (the paper); "
+                                "'focus_worst': after the first round train only the type farthest from 50 "
+                                "(the released code); 'none': never swap (ablation).")
+    eval_every: int = _f(20, "Dev check (and checkpoint) every this many steps.")
+    early_stop_tolerance: float = _f(2.0, "Stop when every type's dev SS is within 50 +- this.")
+    lms_guard: float = _f(1.0, "Best checkpoint: only dev checks whose LMS is at most this many points below the "
+                               "start count (falls back to the smallest drop if none qualifies).")
+    collapse_lms_drop: float = _f(15.0, "Stop the run (collapse guard) when dev LMS falls this many points.")
+    # --- LoRA ---
+    lora_r: int = _f(8, "LoRA rank.")
+    lora_alpha: int = _f(16, "LoRA alpha.")
+    lora_dropout: float = _f(0.1, "LoRA dropout.")
+    lora_targets: str = _f("auto", "Comma-separated module names, or 'auto': every attention and MLP linear layer.")
+    # --- evaluation of the result ---
+    eval_benchmarks: str = _f("stereoset,crows_pairs,bbq,perplexity", "Benchmarks for the before/after report.")
+    eval_bbq_per_category: int = _f(200, "BBQ examples per category in the report (0 = all).")
+    eval_dtype: str = _f("bfloat16", "dtype for the before/after evaluation (float32 or bfloat16).")
+    skip_final_eval: bool = _f(False, "Only train; no before/after evaluation and report.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks = {"score_span": ("y", "sentence"), "npo_variant": ("sum", "token_mean"),
+                  "swap_mode": ("swap", "focus_worst", "none"), "unrelated_source": ("stereoset", "wikitext"),
+                  "eval_dtype": ("float32", "bfloat16")}
+        from ..errors import ConfigError
+
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.forget_batch_size < 1 or self.retain_batch_size < 1:
+            raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
+
+    def method_dict(self) -> dict:
+        """The BiasUnlearn-specific settings plus the optimisation ones that matter (for configs and model cards)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in TrainingArguments.__dataclass_fields__}
+        own.update({k: getattr(self, k) for k in ("learning_rate", "max_steps", "warmup_steps", "lr_scheduler_type",
+                                                   "weight_decay", "seed", "bf16", "gradient_checkpointing",
+                                                   "optim")})
+        own["lr_scheduler_type"] = str(own["lr_scheduler_type"])
+        own["optim"] = str(own["optim"])
+        return own
+
+
+DEFAULTS = dict(learning_rate=5e-5, max_steps=1000, lr_scheduler_type="linear", warmup_steps=0.05, logging_steps=5,
+                save_strategy="steps", save_total_limit=2, report_to="none", remove_unused_columns=False,
+                per_device_train_batch_size=1, dataloader_num_workers=0, optim="adamw_torch", weight_decay=0.0,
+                disable_tqdm=False, seed=42, max_grad_norm=1.0)
+
+
+def make_config(**overrides) -> UnlearnConfig:
+    """UnlearnConfig with the project's defaults; save_steps follows eval_every so each dev check has a checkpoint."""
+    import torch
+
+    kw = dict(DEFAULTS)
+    kw.update(overrides)
+    kw.setdefault("eval_every", UnlearnConfig.__dataclass_fields__["eval_every"].default)
+    kw.setdefault("save_steps", kw["eval_every"])
+    if "bf16" not in kw:
+        kw["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else _cpu_bf16()
+    if not torch.cuda.is_available():
+        kw.setdefault("use_cpu", True)
+    return UnlearnConfig(**kw)
+
+
+def _cpu_bf16() -> bool:
+    try:
+        import torch
+
+        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")) or \
+            "avx512_bf16" in open("/proc/cpuinfo").read()
+    except Exception:
+        return False

@@ -1,0 +1,63 @@
+"""The swap / early-stop controller: state plus rules, testable without a model.
+
+It takes the dev StereoSet score (SS) of each bias type and returns each type's direction (+1 forget stereotypes,
+-1 swapped: forget anti-stereotypes) and whether to stop. Its state goes into checkpoints, so --resume restores it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SwapController:
+    bias_types: list
+    mode: str = "swap"  # swap (the paper) | focus_worst (the released code) | none
+    target: float = 50.0
+    tolerance: float = 2.0  # early stop when every type's dev SS is within target +- tolerance
+    directions: dict = field(default_factory=dict)
+    events: list = field(default_factory=list)  # every swap: {step, bias_type, ss, direction}
+    history: list = field(default_factory=list)  # every dev check: {step, ss: {...}, lms}
+    rounds: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("swap", "focus_worst", "none"):
+            raise ValueError(f"swap mode {self.mode!r}: expected swap, focus_worst or none")
+        for b in self.bias_types:
+            self.directions.setdefault(b, 1)
+
+    def update(self, step: int, dev_ss: dict, dev_lms: float | None = None) -> tuple[dict, bool]:
+        """Apply the rules to one dev check. Returns (directions, stop)."""
+        self.history.append({"step": step, "ss": dict(dev_ss), "lms": dev_lms})
+        self.rounds += 1
+        if self.mode in ("swap", "focus_worst"):
+            for b in self.bias_types:
+                if b not in dev_ss:
+                    continue
+                want = -1 if dev_ss[b] < self.target else 1
+                if self.directions[b] != 0 and self.directions[b] != want:
+                    self.events.append({"step": step, "bias_type": b, "ss": dev_ss[b], "direction": want})
+                    self.directions[b] = want
+                elif self.directions[b] == 0:
+                    self.directions[b] = want
+        if self.mode == "focus_worst" and self.rounds > 1:
+            worst = max((b for b in self.bias_types if b in dev_ss), key=lambda b: abs(dev_ss[b] - self.target))
+            for b in self.bias_types:
+                if b != worst:
+                    self.directions[b] = 0
+        stop = all(abs(dev_ss[b] - self.target) <= self.tolerance for b in self.bias_types if b in dev_ss)
+        return dict(self.directions), stop
+
+    @staticmethod
+    def criterion(dev_ss: dict, target: float = 50.0) -> float:
+        """Checkpoint choice: the largest |SS - 50| over bias types (lower is better)."""
+        return max(abs(v - target) for v in dev_ss.values())
+
+    def state_dict(self) -> dict:
+        return {"directions": dict(self.directions), "events": list(self.events), "history": list(self.history),
+                "rounds": self.rounds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.directions = dict(state["directions"])
+        self.events = list(state["events"])
+        self.history = list(state["history"])
+        self.rounds = int(state["rounds"])

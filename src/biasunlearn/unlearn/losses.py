@@ -1,0 +1,42 @@
+"""The three BiasUnlearn losses, as pure functions of tensors (no model inside)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def npo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """NPO (Zhang et al. 2024), eq. (1) of the paper: -(2/beta) * mean(logsigmoid(-beta * (log pi - log pi_ref))).
+
+    policy_logp, ref_logp: [N] log-probabilities of y given x, one per forget example (sums over y's tokens).
+    Minimising it lowers policy_logp below ref_logp: the forget set is forgotten. Equals 2/beta*log 2 at the start.
+    """
+    return -(2.0 / beta) * F.logsigmoid(-beta * (policy_logp - ref_logp)).mean()
+
+
+def npo_loss_token_mean(policy_tok_logp: torch.Tensor, ref_tok_logp: torch.Tensor, mask: torch.Tensor,
+                        beta: float = 0.1) -> torch.Tensor:
+    """The released code's variant: one NPO term on the batch-mean of token-mean log-probabilities.
+
+    *_tok_logp, mask: [N, T]. Much weaker than `npo_loss` (one term per batch, per-token scale).
+    """
+    n = mask.sum(1).clamp(min=1)
+    pol = ((policy_tok_logp * mask).sum(1) / n).mean()
+    ref = ((ref_tok_logp * mask).sum(1) / n).mean()
+    return -(2.0 / beta) * F.logsigmoid(-beta * (pol - ref))
+
+
+def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the retain batch, eq. (2): mean negative log-likelihood over its scored tokens. [N, T] in."""
+    return -(tok_logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(pi_ref || pi_theta) per token, averaged over the real (unpadded) tokens. logits: [N, T, V], mask [N, T].
+
+    Computed in float32 over the full vocabulary: sum_v p_ref (log p_ref - log p_theta).
+    """
+    ref_lp = torch.log_softmax(ref_logits.float(), -1)
+    pol_lp = torch.log_softmax(policy_logits.float(), -1)
+    kl = (ref_lp.exp() * (ref_lp - pol_lp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)

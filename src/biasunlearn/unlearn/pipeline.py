@@ -1,0 +1,182 @@
+"""The whole default pipeline: splits -> LoRA -> BiasUnlearn training with dev checks -> best adapter ->
+evaluation before and after on held-out data -> report.md and plots."""
+from __future__ import annotations
+
+import gc
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..adapters import find_lora_targets
+from ..data import data_dir, load_stereoset, load_text_lines
+from ..data.splits import make_splits, overlap_report
+from ..errors import BiasUnlearnError, ConfigError
+from ..evaluate import EvalConfig, evaluate_model, package_versions
+from ..io import atomic_write_text, read_json, write_json
+from ..models import load_model
+from ..plots import plot_dev_ss, plot_losses
+from .config import UnlearnConfig
+from .controller import SwapController
+from .sets import UnlearnSets
+from .trainer import BiasUnlearnTrainer, DevCheckCallback, JsonlLogCallback
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    cks = sorted((p for p in out.glob("checkpoint-*") if (p / "biasunlearn_state.json").exists()),
+                 key=lambda p: int(p.name.split("-")[1]))
+    return cks[-1] if cks else None
+
+
+def prepare_lora(model, cfg: UnlearnConfig):
+    from peft import LoraConfig, get_peft_model
+
+    targets = find_lora_targets(model) if cfg.lora_targets == "auto" else [t.strip() for t in cfg.lora_targets.split(",")]
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                      task_type="CAUSAL_LM", bias="none")
+    model = get_peft_model(model, lcfg)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
+    """Train the BiasUnlearn adapter; returns a summary. Writes adapter/, splits.json, config.json, logs, plots."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ck = last_checkpoint(out) if resume else None
+    if resume and ck is None:
+        log(f"[train] --resume: no checkpoint in {out}; starting from scratch")
+    if not resume:
+        for stale in ("log.jsonl", "dev_log.jsonl"):
+            (out / stale).unlink(missing_ok=True)
+        shutil.rmtree(out / "best_adapter", ignore_errors=True)
+    model, tok, info = load_model(cfg.model, dtype="float32", device="cpu" if cfg.use_cpu else None)
+    model.train()
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # the LoRA initialisation draws from the RNG: same seed, same adapter start
+    model = prepare_lora(model, cfg)
+    splits = make_splits(cfg.data_dir, files=tuple(f.strip() for f in cfg.train_pool.split(",") if f.strip()),
+                         dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type,
+                         seed=cfg.seed)
+    test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
+    overlap = overlap_report(splits.train + splits.dev, test)
+    if overlap["shared_sentences"] or overlap["shared_target_terms"]:
+        raise ConfigError(f"train pool overlaps the test set: {overlap}; refusing to report numbers on trained data")
+    if cfg.unrelated_source == "wikitext":
+        unrelated = load_text_lines(data_dir(cfg.data_dir) / "text/wikitext-2-raw/wiki.test.raw")
+        unrelated = [u for u in unrelated if not u.strip().startswith("=")][:2000]
+    else:
+        unrelated = None
+    sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
+                       seed=cfg.seed)
+    if cfg.process_index == 0:
+        write_json(out / "splits.json", {**splits.to_dict(), "test": {"path": cfg.test_set, "n": len(test)},
+                                         "overlap_with_test": overlap})
+        write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(), "model": info.to_dict(),
+                                         "versions": package_versions()})
+    controller = SwapController(sets.bias_types, mode=cfg.swap_mode, tolerance=cfg.early_stop_tolerance)
+    trainer = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=controller, tokenizer=tok)
+    dev_cb = DevCheckCallback(trainer, splits.dev, out, log=log)
+    trainer.add_callback(dev_cb)
+    trainer.add_callback(JsonlLogCallback(out / "log.jsonl"))
+    if ck is not None:
+        dev_cb.restore(ck)
+        log(f"[train] resuming from {ck}")
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=str(ck) if ck is not None else None)
+    wall = time.time() - t0
+    if trainer.is_world_process_zero():
+        best = out / "best_adapter"
+        final = out / "adapter"
+        shutil.rmtree(final, ignore_errors=True)
+        if best.exists():
+            shutil.copytree(best, final)
+        else:
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(final)
+        write_json(final / "biasunlearn_config.json", {"method": "biasunlearn", "config": cfg.method_dict(),
+                                                       "base_model": info.to_dict(), "splits_checksum":
+                                                       splits.to_dict()["checksum"]})
+        plot_losses(out / "log.jsonl", out / "losses.png")
+        plot_dev_ss(out / "dev_log.jsonl", out / "dev_ss.png", controller.events)
+    summary = {"train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
+               "swaps": controller.events, "best": dev_cb.best,
+               "peak_memory_mb": _peak_mem_mb()}
+    if trainer.is_world_process_zero():
+        write_json(out / "train_summary.json", summary)
+    del trainer, model
+    gc.collect()
+    return summary
+
+
+def _peak_mem_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def eval_config_for(cfg: UnlearnConfig) -> EvalConfig:
+    return EvalConfig(benchmarks=tuple(b for b in cfg.eval_benchmarks.split(",") if b), data_dir=cfg.data_dir,
+                      bbq_per_category=cfg.eval_bbq_per_category or None)
+
+
+def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> tuple[dict, dict]:
+    """Evaluate the base model and base + adapter on held-out data (reusing finished results)."""
+    ecfg = eval_config_for(cfg)
+    docs = []
+    for name, adapter in (("eval_before", None), ("eval_after", adapter_dir)):
+        res = out / name / "results.json"
+        if res.exists():
+            log(f"[eval] reusing {res}")
+            docs.append(read_json(res))
+            continue
+        log(f"[eval] {name}: {cfg.model}" + (f" + {adapter}" if adapter else ""))
+        model, tok, info = load_model(cfg.model, adapter=str(adapter) if adapter else None, dtype=cfg.eval_dtype)
+        docs.append(evaluate_model(model, tok, ecfg, info.to_dict(), out / name, log=log))
+        del model
+        gc.collect()
+    return docs[0], docs[1]
+
+
+def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: UnlearnConfig) -> Path:
+    from .. import report
+
+    parts = [f"# BiasUnlearn run: {cfg.model}", "",
+             "All figures below are on held-out data: StereoSet test = StereoSet dev intrasentence (target terms "
+             "disjoint from the train pool), CrowS-Pairs, BBQ and WikiText-2 were never trained on. Checkpoint choice "
+             "and swapping used only the dev slice of the train pool.", ""]
+    if hasattr(report, "before_after_markdown"):
+        parts.append(report.before_after_markdown(before, after))
+    else:
+        parts += ["## Before", report.eval_markdown(before), "## After", report.eval_markdown(after)]
+    parts += ["", "## Training", "", f"- steps: {summary.get('steps')}, wall time {summary.get('train_wall_time_s')} s, "
+              f"peak memory {summary.get('peak_memory_mb', 0):.0f} MB",
+              f"- best dev check (kept adapter): {summary.get('best')}",
+              f"- swaps: {len(summary.get('swaps', []))}" + "".join(
+                  f"\n  - step {e['step']}: {e['bias_type']} dev SS {e['ss']:.1f} -> direction {e['direction']:+d}"
+                  for e in summary.get("swaps", [])),
+              "", "![losses](losses.png)", "", "![dev SS](dev_ss.png)", ""]
+    return atomic_write_text(out / "report.md", "\n".join(parts))
+
+
+def run_training(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
+    out = Path(cfg.output_dir)
+    summary = train_adapter(cfg, resume=resume, log=log)
+    if cfg.skip_final_eval or not cfg.process_index == 0:
+        return {"summary": summary}
+    before, after = before_after(cfg, out / "adapter", out, log=log)
+    write_report(out, before, after, summary, cfg)
+    log(f"[done] report: {out / 'report.md'}")
+    return {"summary": summary, "before": before, "after": after}
+
+
+__all__ = ["run_training", "train_adapter", "before_after", "write_report", "BiasUnlearnError"]

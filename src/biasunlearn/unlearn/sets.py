@@ -1,0 +1,86 @@
+"""Forget, retain, adversarial and unrelated sets per bias type, and the deterministic chunk drawn at each step.
+
+For each bias type with direction +1 (normal): forget = its stereotype sentences plus the adversarial share of its
+anti-stereotype sentences; retain = its anti-stereotype sentences. Direction -1 (swapped) exchanges the roles;
+direction 0 leaves the type out. A step's chunk is a pure function of (seed, step, rank, directions): one forget
+batch and one n-times larger retain batch, drawn cyclically from seeded permutations, plus an unrelated batch.
+That makes --resume exact and keeps every process of a distributed run on its own share.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from ..data.stereoset import StereoSetExample, split_x_y
+
+
+@dataclass(frozen=True)
+class Item:
+    """One training sentence: x is fed but not scored, y is scored. key identifies it (for the reference cache)."""
+
+    key: str
+    bias_type: str
+    x: str
+    y: str
+
+
+def make_item(e: StereoSetExample, label: str, score_span: str) -> Item:
+    sent = e.sentence(label)
+    x, y = split_x_y(e.context, sent) if score_span == "y" else ("", sent)
+    if not y.strip():
+        x, y = "", sent
+    return Item(key=f"{e.id}:{label}", bias_type=e.bias_type, x=x, y=y)
+
+
+class UnlearnSets:
+    def __init__(self, train: list[StereoSetExample], unrelated: list[str] | None = None, *,
+                 adversarial_share: float = 0.25, score_span: str = "y", seed: int = 0):
+        if score_span not in ("y", "sentence"):
+            raise ValueError(f"score_span {score_span!r}: expected 'y' or 'sentence'")
+        self.seed = seed
+        self.bias_types = sorted({e.bias_type for e in train})
+        self.stereo = {b: [make_item(e, "stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
+        self.anti = {b: [make_item(e, "anti-stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
+        rng = random.Random(seed)
+        self.adv_idx = {}
+        for b in self.bias_types:
+            n = len(self.anti[b])
+            k = round(adversarial_share * n)
+            self.adv_idx[b] = sorted(rng.sample(range(n), k)) if k else []
+        texts = unrelated if unrelated is not None else [e.unrelated for e in train]
+        self.unrelated = [Item(key=f"unrel:{i}", bias_type="", x="", y=t) for i, t in enumerate(texts)]
+
+    def pools(self, directions: dict[str, int]) -> tuple[list[Item], list[Item]]:
+        forget, retain = [], []
+        for b in self.bias_types:
+            d = directions.get(b, 1)
+            if d == 0:
+                continue
+            fg, rt = (self.stereo[b], self.anti[b]) if d > 0 else (self.anti[b], self.stereo[b])
+            forget += fg + [rt[i] for i in self.adv_idx[b]]
+            retain += rt
+        return forget, retain
+
+    def _perm(self, n: int, tag: str) -> list[int]:
+        h = int(hashlib.sha256(f"{self.seed}|{tag}".encode()).hexdigest()[:12], 16)
+        order = list(range(n))
+        random.Random(h).shuffle(order)
+        return order
+
+    def _cyclic(self, pool: list[Item], tag: str, start: int, k: int) -> list[Item]:
+        if not pool:
+            return []
+        order = self._perm(len(pool), tag)
+        return [pool[order[(start + j) % len(pool)]] for j in range(k)]
+
+    def chunk(self, step: int, directions: dict[str, int], forget_bs: int, retain_bs: int, unrelated_bs: int,
+              rank: int = 0, world: int = 1) -> dict[str, list[Item]]:
+        forget, retain = self.pools(directions)
+        tag = ",".join(f"{b}{directions.get(b, 1)}" for b in self.bias_types)
+        slot = step * world + rank
+        return {
+            "forget": self._cyclic(forget, "forget" + tag, slot * forget_bs, forget_bs),
+            "retain": self._cyclic(retain, "retain" + tag, slot * retain_bs, retain_bs),
+            "unrelated": self._cyclic(self.unrelated, "unrelated", slot * unrelated_bs, unrelated_bs),
+        }

@@ -1,0 +1,248 @@
+"""BiasUnlearnTrainer: a transformers.Trainer whose compute_loss is the paper's eq. (4), and the dev-check callback.
+
+The reference model is the same model with the LoRA adapter disabled (never a second copy). Reference
+log-probabilities of forget examples are fixed, so they are cached; the KL term needs the reference distribution on
+each unrelated batch, computed without gradients.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ..errors import BiasUnlearnError
+from ..evaluate import stereoset_records
+from ..io import write_json
+from ..metrics import stereoset_scores
+from ..models import start_token_id
+from ..scoring import pad_batch, score_mask, token_logprobs
+from .controller import SwapController
+from .losses import forward_kl, npo_loss, npo_loss_token_mean, retention_loss
+from .sets import Item, UnlearnSets
+
+
+class TrainingCollapse(BiasUnlearnError):
+    """The run went wrong (NaN/inf loss or a dev LMS collapse); the last good checkpoint remains."""
+
+
+class _StepIndex(torch.utils.data.Dataset):
+    """A dataset of step indices: the real batch of a step is built from the sets in compute_loss."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"step_index": i}
+
+
+def _collate(rows):
+    return {"step_index": torch.tensor([r["step_index"] for r in rows])}
+
+
+class BiasUnlearnTrainer(Trainer):
+    def __init__(self, *, sets: UnlearnSets, controller: SwapController, tokenizer, **kw):
+        args = kw["args"]
+        kw.setdefault("train_dataset", _StepIndex(max(args.max_steps, 1) * max(args.world_size, 1)))
+        kw.setdefault("data_collator", _collate)
+        super().__init__(processing_class=tokenizer, **kw)
+        self.sets, self.controller, self.tok = sets, controller, tokenizer
+        self._start = start_token_id(tokenizer)
+        self._ids: dict[str, tuple[list[int], int]] = {}
+        self._ref_cache: dict[str, tuple[float, list[float]]] = {}
+        self._parts: dict[str, list[float]] = {}
+
+    # --- batches ---
+    def _encode(self, item: Item) -> tuple[list[int], int]:
+        if item.key not in self._ids:
+            x = self.tok(item.x, add_special_tokens=False)["input_ids"] if item.x else []
+            y = self.tok(item.y, add_special_tokens=False)["input_ids"]
+            self._ids[item.key] = ([self._start] + x + y, 1 + len(x))
+        return self._ids[item.key]
+
+    def _batch(self, items: list[Item], device):
+        enc = [self._encode(it) for it in items]
+        ids, attn = pad_batch([e[0] for e in enc], self.tok.pad_token_id or 0, device)
+        mask = score_mask(attn.sum(1), torch.tensor([e[1] for e in enc], device=device), ids.shape[1]).float()
+        return ids, attn, mask
+
+    # --- loss ---
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        a = self.args
+        step = self.state.global_step
+        chunk = self.sets.chunk(step, self.controller.directions, a.forget_batch_size, a.retain_batch_size,
+                                a.unrelated_batch_size, rank=a.process_index, world=a.world_size)
+        device = inputs["step_index"].device
+        parts = [("forget", chunk["forget"]), ("retain", chunk["retain"] if a.alpha_retain > 0 else []),
+                 ("unrelated", chunk["unrelated"] if a.alpha_kl > 0 else [])]
+        items = [it for _, its in parts for it in its]
+        ids, attn, mask = self._batch(items, device)
+        out = model(input_ids=ids, attention_mask=attn, use_cache=False)
+        logits = out.logits
+        tok_lp = token_logprobs(logits, ids)
+        sl = {}
+        i = 0
+        for name, its in parts:
+            sl[name] = slice(i, i + len(its))
+            i += len(its)
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        f = sl["forget"]
+        ref_tok = self._ref_forget(unwrapped, chunk["forget"], ids[f], attn[f], mask[f])
+        if a.npo_variant == "sum":
+            pol = (tok_lp[f] * mask[f]).sum(1)
+            ref = torch.tensor([self._ref_cache[it.key][0] for it in chunk["forget"]], device=device)
+            l_forget = npo_loss(pol, ref, a.npo_beta)
+        else:
+            l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
+        loss = a.alpha_forget * l_forget
+        logs = {"loss_forget": l_forget.detach()}
+        if a.alpha_retain > 0:
+            r = sl["retain"]
+            l_retain = retention_loss(tok_lp[r], mask[r])
+            loss = loss + a.alpha_retain * l_retain
+            logs["loss_retain"] = l_retain.detach()
+        if a.alpha_kl > 0:
+            u = sl["unrelated"]
+            with torch.no_grad(), unwrapped.disable_adapter():
+                ref_logits = unwrapped(input_ids=ids[u], attention_mask=attn[u], use_cache=False).logits
+            # every real token after the start token is scored: positions 0..len-2 predict tokens 1..len-1
+            kl_mask = attn[u][:, 1:].float()
+            l_kl = forward_kl(ref_logits[:, :-1], logits[u][:, :-1], kl_mask)
+            loss = loss + a.alpha_kl * l_kl
+            logs["loss_kl"] = l_kl.detach()
+        if not torch.isfinite(loss):
+            raise TrainingCollapse(
+                f"loss is {loss.item()} at step {step} (forget {logs['loss_forget'].item():.4g}); training stopped. "
+                f"The last good checkpoint is in {a.output_dir}; lower --learning_rate or check the data.")
+        for k, v in logs.items():
+            self._parts.setdefault(k, []).append(float(v))
+        return (loss, out) if return_outputs else loss
+
+    def _ref_forget(self, unwrapped, items, ids, attn, mask):
+        """Reference log-probs of forget items: per-sequence sums (cached) and, for token_mean, per-token values."""
+        missing = [k for k, it in enumerate(items) if it.key not in self._ref_cache]
+        if missing:
+            with torch.no_grad(), unwrapped.disable_adapter():
+                lg = unwrapped(input_ids=ids, attention_mask=attn, use_cache=False).logits
+                lp = token_logprobs(lg, ids)
+            for k in range(len(items)):
+                if items[k].key not in self._ref_cache:
+                    self._ref_cache[items[k].key] = (float((lp[k] * mask[k]).sum()), lp[k].tolist())
+        width = ids.shape[1] - 1
+        rows = []
+        for it in items:
+            v = self._ref_cache[it.key][1]
+            rows.append(v[:width] + [0.0] * (width - len(v[:width])))
+        return torch.tensor(rows, device=ids.device)
+
+    def log(self, logs, start_time=None):
+        if self._parts:
+            for k, vals in self._parts.items():
+                logs[k] = round(sum(vals) / len(vals), 6)
+            self._parts = {}
+        if self.controller is not None:
+            logs["directions"] = ",".join(f"{b[:4]}{d:+d}" for b, d in self.controller.directions.items())
+        super().log(logs, start_time)
+
+
+class DevCheckCallback(TrainerCallback):
+    """Every eval_every steps: dev SS per bias type and dev LMS through the one scoring path; the controller decides
+    swaps and early stopping; the best adapter by the dev criterion is kept. Also the collapse guard and logs."""
+
+    def __init__(self, trainer: BiasUnlearnTrainer, dev_examples, out_dir, log=print):
+        self.trainer, self.dev, self.out = trainer, dev_examples, Path(out_dir)
+        self.log = log
+        self.start_lms = None
+        self.best = None  # (criterion, step)
+        self.t0 = time.time()
+
+    def _dev_check(self, model, step):
+        args = self.trainer.args
+        use_bf16 = bool(args.bf16) and not torch.cuda.is_available()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            recs = stereoset_records(model, self.trainer.tok, self.dev, max_tokens=4096)
+        m = stereoset_scores(recs)
+        ss = {b: v["SS"] for b, v in m.items() if b != "overall"}
+        lms = m["overall"]["LMS"]
+        result = [ss, lms, m["overall"]["SS"]]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(result, src=0)  # every process acts on rank 0's numbers
+        ss, lms, overall = result
+        if self.start_lms is None:
+            self.start_lms = lms
+        directions, stop = self.trainer.controller.update(step, ss, lms)
+        entry = {"step": step, "ss": ss, "ss_overall": overall, "lms": lms, "directions": directions,
+                 "elapsed_s": round(time.time() - self.t0, 1)}
+        if self.trainer.is_world_process_zero():
+            with open(self.out / "dev_log.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        self.log(f"[dev] step {step}: SS " + " ".join(f"{b}={v:.1f}" for b, v in ss.items())
+                 + f" overall={overall:.1f} LMS={lms:.1f} directions={directions}")
+        if self.start_lms - lms > args.collapse_lms_drop:
+            raise TrainingCollapse(
+                f"dev LMS fell from {self.start_lms:.1f} to {lms:.1f} at step {step} (bound "
+                f"{args.collapse_lms_drop}); training stopped. Best adapter so far: {self.out / 'best_adapter'}")
+        crit = SwapController.criterion(ss)
+        drop = self.start_lms - lms
+        score = (0 if drop <= args.lms_guard else 1, crit if drop <= args.lms_guard else drop)
+        if step > 0 and (self.best is None or score < self.best[0]):
+            self.best = (score, step)
+            if self.trainer.is_world_process_zero():
+                unwrapped = self.trainer.accelerator.unwrap_model(model)
+                unwrapped.save_pretrained(self.out / "best_adapter")
+                write_json(self.out / "best_adapter" / "dev_check.json", entry)
+        return stop
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        if state.global_step == 0 and not self.trainer.controller.history:
+            self._dev_check(model, 0)
+        elif self.trainer.controller.history:
+            h = self.trainer.controller.history
+            self.start_lms = h[0]["lms"]
+            self.log(f"[resume] controller restored at step {state.global_step}: directions "
+                     f"{self.trainer.controller.directions}, {len(self.trainer.controller.events)} swaps so far")
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step % args.eval_every == 0:
+            if self._dev_check(model, state.global_step):
+                self.log(f"[dev] every bias type within 50 +- {args.early_stop_tolerance}: early stop")
+                control.should_training_stop = True
+                control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kw):
+        ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ck.exists() and self.trainer.is_world_process_zero():
+            write_json(ck / "biasunlearn_state.json", {"controller": self.trainer.controller.state_dict(),
+                                                       "start_lms": self.start_lms, "best": self.best})
+        return control
+
+    def restore(self, checkpoint: Path) -> None:
+        p = Path(checkpoint) / "biasunlearn_state.json"
+        if not p.exists():
+            raise BiasUnlearnError(f"{checkpoint}: no biasunlearn_state.json; not a biasunlearn checkpoint")
+        st = json.loads(p.read_text())
+        self.trainer.controller.load_state_dict(st["controller"])
+        self.start_lms = st["start_lms"]
+        self.best = tuple((tuple(st["best"][0]), st["best"][1])) if st["best"] else None
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Per-step logs as JSONL (TensorBoard too when `report_to` names it)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if state.is_world_process_zero and logs:
+            row = {"step": state.global_step, **{k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                                                 for k, v in logs.items()}}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")

@@ -1,0 +1,301 @@
+"""transfer / export / model card, on tiny random models built locally (no network, seconds on one thread)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _tiny  # noqa: E402
+
+from biasunlearn.deploy import PROBE_TEXTS, check_adapter_fits, export_merged, model_card, transfer  # noqa: E402
+from biasunlearn.errors import ConfigError, ModelLoadError  # noqa: E402
+from biasunlearn.evaluate import EvalConfig  # noqa: E402
+from biasunlearn.models import load_model  # noqa: E402
+from biasunlearn.report import before_after_markdown  # noqa: E402
+from biasunlearn.scoring import score_texts  # noqa: E402
+
+torch.set_num_threads(1)
+QUIET = None  # log=None: no progress lines
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    ns = {"root": root}
+    ns["llama"] = _tiny.make_model(root / "llama")
+    ns["variant"] = _tiny.make_model(root / "variant", seed=7)  # same shapes, other weights: a "fine-tuned variant"
+    ns["wide"] = _tiny.make_model(root / "wide", hidden=48)
+    ns["deep"] = _tiny.make_model(root / "deep", layers=3)
+    ns["gpt2"] = _tiny.make_model(root / "gpt2", arch="gpt2")
+    ns["adapter"] = _tiny.make_adapter(ns["llama"], root / "run" / "adapter")
+    ns["gpt2_adapter"] = _tiny.make_adapter(ns["gpt2"], root / "gpt2run" / "adapter")
+    ns["data"] = _tiny.make_data_dir(root / "data")
+    return ns
+
+
+def _cfg(data) -> EvalConfig:
+    return EvalConfig(data_dir=str(data), progress=False, ppl_window=16, ppl_stride=8, ppl_max_tokens=200,
+                      bbq_per_category=None)
+
+
+def _adapter_scores(model_dir, adapter, texts) -> list:
+    m, tok, _ = load_model(str(model_dir), adapter=str(adapter), device="cpu")
+    return score_texts(m, tok, texts)
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+EXTERNAL_LOADER = textwrap.dedent("""
+    import json, sys
+    sys.modules["biasunlearn"] = None          # the editable install's .pth would still find it otherwise
+    sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("/src")]
+    try:
+        import biasunlearn  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("biasunlearn is importable; the test would prove nothing")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(1)
+    folder, texts = sys.argv[1], json.loads(sys.argv[2])
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    sums = []
+    for t in texts:
+        ids = [tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
+        sums.append(float(lp[torch.arange(len(ids) - 1), x[0, 1:]].sum()))
+    print(json.dumps({"sums": sums, "loaded": [m for m in sys.modules if m.startswith("biasunlearn") and sys.modules[m]],
+                      "class": type(model).__name__}))
+""")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_export_loads_without_biasunlearn_and_scores_like_adapter(tiny, tmp_path, arch):
+    model_dir = tiny[arch]
+    adapter = tiny["adapter"] if arch == "llama" else tiny["gpt2_adapter"]
+    out = tmp_path / "dist" / f"{arch}-debiased"
+    res = export_merged(str(model_dir), adapter, out, device="cpu", log=QUIET)
+    assert res["verification"]["checked"] and res["verification"]["max_abs_diff_mean_logprob"] < 1e-4
+
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "biasunlearn_export.json"} <= names
+    assert "tokenizer.json" in names or "tokenizer_config.json" in names
+    assert not any(n.startswith("adapter_") for n in names)  # merged, not an adapter folder
+    cfg = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    assert "biasunlearn" not in (out / "config.json").read_text()
+
+    texts = list(PROBE_TEXTS[:3]) + ["The mother was very caring.", "Women are bad at driving cars."]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-I", "-c", EXTERNAL_LOADER, str(out), json.dumps(texts)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == []
+    want = _adapter_scores(model_dir, adapter, texts)
+    assert len(got["sums"]) == len(want)
+    for g, w in zip(got["sums"], want):
+        assert abs(g - w.sum) < 1e-4, (g, w.sum)
+
+    # the merged model is not the base model: the adapter changed the scores
+    m, tok, _ = load_model(str(model_dir), device="cpu")
+    plain = score_texts(m, tok, texts)
+    assert max(abs(p.sum - w.sum) for p, w in zip(plain, want)) > 1e-3
+
+
+def test_merged_in_process_equals_adapter_model(tiny, tmp_path):
+    out = tmp_path / "m"
+    export_merged(str(tiny["llama"]), tiny["adapter"], out, device="cpu", verify=False, log=QUIET)
+    texts = ["The engineer explained how the bridge was built over the river.", "My sister is strong."]
+    merged, tok, _ = load_model(str(out), device="cpu")
+    a = _adapter_scores(tiny["llama"], tiny["adapter"], texts)
+    b = score_texts(merged, tok, texts)
+    assert all(abs(x.sum - y.sum) < 1e-4 and x.n == y.n for x, y in zip(a, b))
+
+
+def test_export_refuses_to_overwrite_and_mismatched_model(tiny, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        export_merged(str(tiny["llama"]), tiny["adapter"], out, device="cpu", log=QUIET)
+    with pytest.raises(ConfigError, match="not an earlier export"):
+        export_merged(str(tiny["llama"]), tiny["adapter"], out, device="cpu", overwrite=True, log=QUIET)
+    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        export_merged(str(tiny["wide"]), tiny["adapter"], tmp_path / "w", device="cpu", log=QUIET)
+    assert not (tmp_path / "w").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".w.")]  # no staging folder left behind
+    export_merged(str(tiny["llama"]), tiny["adapter"], tmp_path / "again", device="cpu", verify=False, log=QUIET)
+    export_merged(str(tiny["llama"]), tiny["adapter"], tmp_path / "again", device="cpu", verify=False,
+                  overwrite=True, log=QUIET)
+
+
+# --- model card --------------------------------------------------------------------------------------------------
+
+CARD_SECTIONS = ("## Base model", "## Adapter and training config", "## Data and splits",
+                 "## Evaluation: before and after debiasing", "## Intended use", "## Limitations")
+
+
+def test_model_card_reads_the_training_run(tiny, tmp_path):
+    run = tmp_path / "run"
+    adapter = run / "adapter"
+    import shutil
+
+    shutil.copytree(tiny["adapter"], adapter)
+    (run / "config.json").write_text(json.dumps({"method": "biasunlearn", "lr": 2e-4, "steps": 300,
+                                                  "loss_weights": {"forget": 1.0, "retain": 1.0, "kl": 0.5}}))
+    (run / "splits.json").write_text(json.dumps({
+        "train": {"n": 800, "source": "stereoset/zjunlp__EditBias/dev.json", "sha256": "c" * 64},
+        "dev": {"n": 100, "sha256": "d" * 64}}))
+    for side, ss, ppl in (("eval_before", 62.0, 20.0), ("eval_after", 51.0, 21.0)):
+        (run / side).mkdir()
+        (run / side / "results.json").write_text(json.dumps(_tiny.results_doc("tiny", None if side == "eval_before" else "a", ss, ppl)))
+    out = tmp_path / "dist" / "tiny-debiased"
+    export_merged(str(tiny["llama"]), adapter, out, device="cpu", log=QUIET)
+    card = (out / "README.md").read_text()
+    for s in CARD_SECTIONS:
+        assert s in card, s
+    assert card.startswith("---\n")
+    # training config and LoRA settings
+    assert '"lr": 0.0002' in card and "| r | 4 |" in card and "lora_alpha" in card
+    # data and splits with checksums
+    assert "c" * 64 in card and "d" * 64 in card and "a" * 64 in card and "b" * 64 in card
+    # before/after tables for the four measurements
+    assert "StereoSet intrasentence" in card and "| overall | 62.00 | 51.00 | -11.00 |" in card
+    assert "CrowS-Pairs" in card and "BBQ" in card and "Perplexity" in card and "+5.00%" in card
+    # limitations say what the issue asks
+    lim = card.split("## Limitations", 1)[1]
+    assert "SS = 50" in lim and "does not prove a model unbiased" in lim
+    assert "Limitations section" in lim and "groups" in lim
+    assert "not measured" not in card.split("## Evaluation", 1)[1].split("## Intended use")[0]
+    assert "these results were measured on `tiny`" in card  # the hand-written results name another model
+    prov = json.loads((out / "biasunlearn_export.json").read_text())
+    assert prov["training_config"]["steps"] == 300 and prov["adapter_sha256"]["adapter_model.safetensors"]
+
+
+def test_model_card_degrades_when_nothing_was_recorded(tiny, tmp_path):
+    card = model_card(base={"spec": "smollm2-135m", "description": "x", "dtype": "float32", "n_params": 10},
+                      adapter_dir=tiny["adapter"], adapter_config={}, name="x")
+    for s in CARD_SECTIONS:
+        assert s in card
+    ev = card.split("## Evaluation", 1)[1].split("## Intended use")[0]
+    for bench in ("StereoSet", "CrowS-Pairs", "BBQ", "Perplexity"):
+        assert f"{bench}: not measured" in ev
+    assert "Training config: not recorded" in card and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+
+
+def test_export_eval_flag_measures_when_run_has_no_results(tiny, tmp_path):
+    out = tmp_path / "e"
+    res = export_merged(str(tiny["gpt2"]), tiny["gpt2_adapter"], out, device="cpu", run_eval=True,
+                        cfg=_cfg(tiny["data"]), log=QUIET)
+    assert (out / "evaluation" / "before" / "results.json").exists()
+    assert (out / "evaluation" / "after" / "results.json").exists()
+    card = (out / "README.md").read_text()
+    assert "Perplexity (WikiText-2 raw test" in card and "wiki.test.raw" in card
+    assert res["after"]["benchmarks"]["perplexity"]["metrics"]["perplexity"] > 0
+
+
+# --- transfer ----------------------------------------------------------------------------------------------------
+
+def test_transfer_onto_mismatched_model_lists_modules_and_shapes(tiny, tmp_path):
+    with pytest.raises(ModelLoadError) as e:
+        transfer(tiny["adapter"], str(tiny["wide"]), tmp_path / "t", cfg=_cfg(tiny["data"]), device="cpu", log=QUIET)
+    msg = str(e.value)
+    assert "does not fit" in msg and "hidden_size 48" in msg
+    for mod in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert mod in msg
+    assert "adapter expects input size 32, model has 48" in msg
+    assert not (tmp_path / "t" / "report.md").exists()  # failed before evaluating anything
+
+    with pytest.raises(ModelLoadError) as e:
+        transfer(tiny["adapter"], str(tiny["gpt2"]), tmp_path / "t2", cfg=_cfg(tiny["data"]), device="cpu", log=QUIET)
+    assert "not in the model" in str(e.value)
+
+    with pytest.raises(ConfigError, match="unknown nope"):  # settings are checked before a model is loaded
+        transfer(tiny["adapter"], str(tiny["variant"]), tmp_path / "t3",
+                 cfg=EvalConfig(benchmarks=("nope",), data_dir=str(tiny["data"])), log=QUIET)
+
+
+def test_check_adapter_fits_other_layer_counts(tiny):
+    m, _, _ = load_model(str(tiny["llama"]), device="cpu")
+    check_adapter_fits(m, tiny["adapter"])
+    deep, _, _ = load_model(str(tiny["deep"]), device="cpu")
+    with pytest.raises(ModelLoadError, match=r"model\.layers\.2\.mlp\.up_proj: targeted by the adapter config"):
+        check_adapter_fits(deep, tiny["adapter"])  # a 3-layer model: layer 2 would get no adapter weights
+    m2 = m
+    deep_adapter = _tiny.make_adapter(tiny["deep"], tiny["root"] / "deeprun" / "adapter")
+    with pytest.raises(ModelLoadError, match=r"model\.layers\.2\.self_attn\.q_proj: not in the model"):
+        check_adapter_fits(m2, deep_adapter)
+
+
+def test_transfer_writes_report_and_before_after_results(tiny, tmp_path):
+    out = tmp_path / "transfer"
+    res = transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=_cfg(tiny["data"]), device="cpu", log=QUIET)
+    for side in ("eval_before", "eval_after"):
+        doc = json.loads((out / side / "results.json").read_text())
+        assert set(doc["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
+    before = json.loads((out / "eval_before" / "results.json").read_text())
+    after = json.loads((out / "eval_after" / "results.json").read_text())
+    assert before["model"]["adapter"] is None and after["model"]["adapter"] == str(tiny["adapter"])
+    assert before["benchmarks"]["perplexity"]["metrics"]["perplexity"] != after["benchmarks"]["perplexity"]["metrics"]["perplexity"]
+    report = (out / "report.md").read_text()
+    assert report == res["report"].read_text()
+    for s in ("StereoSet intrasentence", "CrowS-Pairs", "BBQ", "Perplexity", "relative change", "fit check"):
+        assert s in report
+    assert json.loads((out / "transfer.json").read_text())["results"]["after"] == "eval_after/results.json"
+
+    # reuse: same model, adapter and settings -> the documents are kept, not recomputed
+    stamp = before["created"]
+    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=_cfg(tiny["data"]), device="cpu", reuse=True, log=QUIET)
+    assert json.loads((out / "eval_before" / "results.json").read_text())["created"] == stamp
+    cfg2 = _cfg(tiny["data"])
+    cfg2.limit = 2
+    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=cfg2, device="cpu", reuse=True, log=QUIET)
+    assert json.loads((out / "eval_before" / "results.json").read_text())["created"] != stamp
+
+
+def test_cli_transfer_and_export(tiny, tmp_path, capsys, monkeypatch):
+    from biasunlearn import cli
+
+    def main(argv):
+        monkeypatch.setattr(cli, "_extra_commands", [])  # cli.main registers the optional commands on each call
+        return cli.main(argv)
+
+    rc = main(["transfer", "--adapter", str(tiny["adapter"]), "--model", str(tiny["wide"]), "--out",
+               str(tmp_path / "t"), "--device", "cpu", "--data-dir", str(tiny["data"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not fit" in err and "q_proj" in err
+    rc = main(["export", "--model", str(tiny["llama"]), "--out", str(tmp_path / "x"), "--device", "cpu"])
+    assert rc == 2 and "--adapter is required" in capsys.readouterr().err
+    rc = main(["export", "--model", str(tiny["llama"]), "--adapter", str(tiny["adapter"]), "--out",
+               str(tmp_path / "x"), "--device", "cpu"])
+    assert rc == 0 and (tmp_path / "x" / "README.md").exists()
+    assert "exported to" in capsys.readouterr().out
+
+
+# --- report ------------------------------------------------------------------------------------------------------
+
+def test_before_after_markdown_deltas_and_gaps():
+    b = _tiny.results_doc("m", None, 60.0, 10.0)
+    a = _tiny.results_doc("m", "ad", 52.0, 11.0)
+    del a["benchmarks"]["bbq"]
+    a["eval_config"]["limit"] = 5
+    md = before_after_markdown(b, a)
+    assert "| gender | 60.00 | 52.00 | -8.00 |" in md
+    assert "| 10.000 | 11.000 | +1.000 | +10.00% | 100 |" in md
+    assert "### BBQ\n\nnot measured (after)" in md
+    assert "different settings (limit)" in md
+    assert "not measured" not in before_after_markdown(b, b)

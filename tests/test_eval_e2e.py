@@ -1,0 +1,230 @@
+"""`biasunlearn eval` end to end on a tiny model and the fake data folder, through the CLI entry point."""
+import contextlib
+import hashlib
+import io
+import json
+import math
+
+import pytest
+
+from biasunlearn import cli
+from biasunlearn.data import load_bbq, load_stereoset
+from biasunlearn.evaluate import EvalConfig, evaluate_model
+from biasunlearn.metrics import crows_pairs_scores, stereoset_scores
+from biasunlearn.scoring import score_texts
+
+from conftest import CROWS, WIKI_LINES
+
+
+def run_cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_gpt2_path, fake_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval-out")
+    rc, stdout, stderr = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data),
+                                  "--out", str(out), "--device", "cpu"])
+    assert rc == 0, stderr
+    doc = json.loads((out / "results.json").read_text())
+    return {"out": out, "stdout": stdout, "stderr": stderr, "doc": doc}
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_path):
+    from biasunlearn.models import load_model
+
+    model, tok, _ = load_model(str(tiny_gpt2_path), device="cpu")
+    return model, tok
+
+
+def test_results_document_has_every_benchmark(cli_run, tiny_gpt2_path, fake_data):
+    doc = cli_run["doc"]
+    assert set(doc["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
+    ss = doc["benchmarks"]["stereoset"]["metrics"]
+    assert set(ss) == {"intrasentence", "intersentence"}
+    assert set(ss["intrasentence"]) == {"gender", "race", "overall"}
+    assert ss["intrasentence"]["overall"]["n_examples"] == 7 and ss["intrasentence"]["overall"]["n_terms"] == 4
+    assert ss["intersentence"]["overall"]["n_examples"] == 4
+    for task in ss.values():
+        for m in task.values():
+            assert 0 <= m["SS"] <= 100 and 0 <= m["LMS"] <= 100
+            assert m["ICAT"] == pytest.approx(m["LMS"] * min(m["SS"], 100 - m["SS"]) / 50)
+    cp = doc["benchmarks"]["crows_pairs"]["metrics"]
+    assert cp["length_normalised"]["overall"]["n"] == 3 and cp["summed_logprob"]["overall"]["n"] == 3
+    assert set(cp["length_normalised"]) == {"gender", "socioeconomic", "overall"}
+    bbq = doc["benchmarks"]["bbq"]
+    assert set(bbq["metrics"]) == {"Gender_identity", "Nationality", "overall"}
+    assert bbq["metrics"]["overall"]["n"] == 6 and bbq["metrics"]["overall"]["n_ambig"] == 3
+    assert "approximate" in bbq["note"]
+    ppl = doc["benchmarks"]["perplexity"]
+    assert ppl["metrics"]["perplexity"] == pytest.approx(math.exp(ppl["metrics"]["nll_per_token"]))
+    assert ppl["metrics"]["tokens_scored"] == ppl["metrics"]["tokens_in_file"] - 1  # the whole (tiny) file
+    assert "windows of 512 tokens, stride 256" in ppl["note"]
+    # model, config, versions, wall times
+    assert doc["model"]["spec"] == str(tiny_gpt2_path) and doc["model"]["description"] == "local folder"
+    assert doc["model"]["n_params"] > 0 and doc["model"]["device"] == "cpu"
+    cfg = doc["eval_config"]
+    assert cfg["benchmarks"] == ["stereoset", "crows_pairs", "bbq", "perplexity"]
+    assert cfg["data_dir"] == str(fake_data) and cfg["ppl_window"] == 512 and cfg["bbq_per_category"] == 200
+    for k in ("python", "biasunlearn", "torch", "transformers", "numpy"):
+        assert doc["versions"][k]
+    assert doc["data_dir"] == str(fake_data)
+    for name, b in doc["benchmarks"].items():
+        assert isinstance(b["wall_time_s"], float) and b["wall_time_s"] >= 0, name
+        assert "total" in b["skipped"]
+
+
+def test_data_checksums_match_the_files(cli_run, fake_data):
+    b = cli_run["doc"]["benchmarks"]
+    ss_dir = fake_data / "stereoset" / "ano1-yu__stereoset_adaptation"
+    assert b["stereoset"]["data"]["path"] == str(ss_dir)
+    expected = {p.name: sha256(p) for p in ss_dir.iterdir()}
+    assert b["stereoset"]["data"]["sha256"] == expected and len(expected) == 4
+    cp = fake_data / "crows_pairs" / "crows_pairs_anonymized.csv"
+    assert b["crows_pairs"]["data"]["sha256"] == {"crows_pairs_anonymized.csv": sha256(cp)}
+    assert b["bbq"]["data"]["sha256"] == {p.name: sha256(p) for p in (fake_data / "bbq").iterdir()}
+    wiki = fake_data / "text" / "wikitext-2-raw" / "wiki.test.raw"
+    assert b["perplexity"]["data"]["sha256"] == {"wiki.test.raw": sha256(wiki)}
+
+
+def test_predictions_jsonl_rows(cli_run, fake_data, gpt2):
+    model, tok = gpt2
+    rows = [json.loads(line) for line in (cli_run["out"] / "predictions.jsonl").read_text().splitlines()]
+    by_bench = {}
+    for r in rows:
+        by_bench.setdefault(r["benchmark"], []).append(r)
+    assert {k: len(v) for k, v in by_bench.items()} == {"stereoset": 11, "crows_pairs": 3, "bbq": 6}
+
+    ss = {r["id"]: r for r in by_bench["stereoset"]}
+    # the scores are the model's mean log-probabilities of the right sentences; intersentence given its context
+    r = ss["intrasentence-gender-0000"]
+    assert (r["task"], r["bias_type"], r["target"]) == ("intrasentence", "gender", "mother")
+    s, a, u = score_texts(model, tok, ["The mother was very caring today.", "The mother was very strong today.",
+                                       "The mother was very window today."])
+    assert (r["s_stereo"], r["s_anti"], r["s_unrel"]) == pytest.approx((s.mean, a.mean, u.mean), abs=1e-5)
+    r = ss["intersentence-gender-0000"]
+    (s,) = score_texts(model, tok, [" She cooked dinner."], ["The mother came home."])
+    assert r["s_stereo"] == pytest.approx(s.mean, abs=1e-5)
+    # the reported metrics are the metric functions of these rows
+    metrics = cli_run["doc"]["benchmarks"]["stereoset"]["metrics"]
+    for task in ("intrasentence", "intersentence"):
+        assert stereoset_scores([r for r in ss.values() if r["task"] == task]) == metrics[task]
+
+    cp = by_bench["crows_pairs"]
+    assert [r["id"] for r in cp] == [c[0] for c in CROWS]
+    more, less = score_texts(model, tok, [CROWS[1][1], CROWS[1][2]])
+    assert (cp[1]["mean_more"], cp[1]["sum_less"]) == pytest.approx((more.mean, less.sum), abs=1e-4)
+    got = crows_pairs_scores({"bias_type": r["bias_type"], "s_more": r["sum_more"], "s_less": r["sum_less"]} for r in cp)
+    assert got == cli_run["doc"]["benchmarks"]["crows_pairs"]["metrics"]["summed_logprob"]
+
+    bbq = {r["id"]: r for r in by_bench["bbq"]}
+    for e in load_bbq(fake_data / "bbq"):
+        r = bbq[e.id]
+        assert (r["label"], r["unknown_index"], r["biased_index"], r["condition"]) == (
+            e.label, e.unknown_index, e.biased_index, e.condition)
+        assert r["pred"] == max(range(3), key=lambda k: r["scores"][k])
+    assert bbq["Gender_identity-2"]["biased_index"] == 2 and bbq["Nationality-0"]["biased_index"] == 1
+
+
+def test_stereoset_predictions_official_format(cli_run, fake_data):
+    official = json.loads((cli_run["out"] / "stereoset_predictions.json").read_text())
+    assert set(official) == {"intrasentence", "intersentence"}
+    exs = load_stereoset(fake_data / "stereoset" / "ano1-yu__stereoset_adaptation")
+    for task in ("intrasentence", "intersentence"):
+        items = official[task]
+        assert all(set(it) == {"id", "score"} and isinstance(it["score"], float) for it in items)
+        want = {e.sentence_ids[lab] for e in exs if e.task == task for lab in ("stereotype", "anti-stereotype",
+                                                                              "unrelated")}
+        assert {it["id"] for it in items} == want and len(items) == len(want)
+    scores = {it["id"]: it["score"] for it in official["intrasentence"]}
+    rows = [json.loads(line) for line in (cli_run["out"] / "predictions.jsonl").read_text().splitlines()]
+    r = next(r for r in rows if r.get("id") == "intrasentence-race-0002")
+    assert scores["intrasentence-race-0002-s"] == r["s_stereo"]
+    assert scores["intrasentence-race-0002-a"] == r["s_anti"]
+    assert scores["intrasentence-race-0002-u"] == r["s_unrel"]
+
+
+def test_markdown_table_on_stdout(cli_run):
+    out, doc = cli_run["stdout"], cli_run["doc"]
+    assert "### StereoSet intrasentence" in out and "### StereoSet intersentence" in out
+    m = doc["benchmarks"]["stereoset"]["metrics"]["intrasentence"]["overall"]
+    assert f"| overall | {m['SS']:.2f} | {m['LMS']:.2f} | {m['ICAT']:.2f} | 7 | 4 |" in out
+    cp = doc["benchmarks"]["crows_pairs"]["metrics"]
+    assert (f"| overall | {cp['length_normalised']['overall']['score']:.2f} | "
+            f"{cp['summed_logprob']['overall']['score']:.2f} | 3 |") in out
+    assert "### BBQ" in out and "| Nationality |" in out
+    assert f"{doc['benchmarks']['perplexity']['metrics']['perplexity']:.3f} over" in out
+    assert "Wall time:" in out
+    assert "results written to" in cli_run["stderr"]
+
+
+def test_python_api_with_zjunlp_json_keeps_source_ids(gpt2, fake_data, tmp_path):
+    model, tok = gpt2
+    cfg = EvalConfig(benchmarks=("stereoset",), data_dir=str(fake_data), progress=False,
+                     paths={"stereoset": "stereoset/zjunlp__BiasEdit/dev.json"})
+    doc = evaluate_model(model, tok, cfg, out_dir=tmp_path, log=None)
+    assert doc["benchmarks"]["stereoset"]["metrics"]["intrasentence"]["overall"]["n_examples"] == 2
+    official = json.loads((tmp_path / "stereoset_predictions.json").read_text())
+    assert [it["id"] for it in official["intrasentence"]] == [
+        "s-aaa-1", "s-aaa-2", "s-aaa-3", "s-bbb-1", "s-bbb-2", "s-bbb-3"]
+    assert official["intersentence"] == []
+    assert not (tmp_path / "predictions.jsonl").read_text().count('"crows_pairs"')
+
+
+def test_perplexity_respects_window_settings(gpt2, fake_data):
+    model, tok = gpt2
+    ids = tok("\n".join(line for line in WIKI_LINES if line.strip()), add_special_tokens=False)["input_ids"]
+    cfg = EvalConfig(benchmarks=("perplexity",), data_dir=str(fake_data), progress=False, ppl_window=16,
+                     ppl_stride=8)
+    doc = evaluate_model(model, tok, cfg, log=None)
+    m = doc["benchmarks"]["perplexity"]["metrics"]
+    assert m["tokens_in_file"] == len(ids) and m["tokens_scored"] == len(ids) - 1
+    cfg.ppl_stride = 16  # no overlap: the same tokens are scored, with less context
+    m2 = evaluate_model(model, tok, cfg, log=None)["benchmarks"]["perplexity"]["metrics"]
+    assert m2["tokens_scored"] == len(ids) - 1 and m2["perplexity"] != pytest.approx(m["perplexity"])
+
+
+def test_bad_model_path_exits_2_with_one_line(fake_data, tmp_path):
+    rc, out, err = run_cli(["eval", "--model", str(tmp_path / "no-such-model"), "--data-dir", str(fake_data)])
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("biasunlearn: error: --model ") and "no-such-model" in lines[0]
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    rc, _, err = run_cli(["eval", "--model", str(empty), "--data-dir", str(fake_data)])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "config.json" in err
+
+
+def test_unknown_benchmark_and_bad_data_dir_fail_before_loading(fake_data, tmp_path):
+    # the model path is bad too: the settings are checked first, so the message is about them
+    rc, out, err = run_cli(["eval", "--model", str(tmp_path / "nope"), "--data-dir", str(fake_data),
+                            "--benchmarks", "stereoset,stereoset2"])
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "biasunlearn: error: --benchmarks: unknown stereoset2 (choose from stereoset, crows_pairs, bbq, perplexity)"]
+    rc, _, err = run_cli(["eval", "--model", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "no-data")])
+    assert rc == 2 and "no-data: no such folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_benchmark_with_a_real_model(tiny_gpt2_path, fake_data):
+    rc, _, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--benchmarks", "mmlu"])
+    assert rc == 2 and "unknown mmlu" in err
+
+
+def test_missing_benchmark_file_is_a_clear_error(gpt2, tmp_path):
+    model, tok = gpt2
+    (tmp_path / "bbq").mkdir()
+    cfg = EvalConfig(benchmarks=("crows_pairs",), data_dir=str(tmp_path), progress=False)
+    from biasunlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="benchmark crows_pairs: data not found at .*crows_pairs_anonymized.csv"):
+        evaluate_model(model, tok, cfg, log=None)

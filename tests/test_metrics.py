@@ -1,0 +1,185 @@
+"""Metrics against hand-computed values (docs/PROTOCOL.md)."""
+import math
+
+import pytest
+
+from biasunlearn.data.bbq import BBQExample
+from biasunlearn.metrics import bbq_scores, crows_pairs_scores, icat, perplexity, stereoset_scores
+
+
+def ss_rec(bias_type, target, s, a, u):
+    return {"bias_type": bias_type, "target": target, "s_stereo": s, "s_anti": a, "s_unrel": u}
+
+
+# --- StereoSet -----------------------------------------------------------------------------------------------------
+
+# gender/mother (n=3): pro 1 (ex2 is a tie -> anti), related 2 + 0 + 1 = 3 -> SS 33.33, LMS 50
+# gender/sister (n=1): pro 1, related 2                                 -> SS 100,   LMS 100
+# race/Ethiopian (n=2): pro 1, related 0 + 1                            -> SS 50,    LMS 25
+STEREO = [
+    ss_rec("gender", "mother", -1.0, -2.0, -3.0),
+    ss_rec("gender", "mother", -2.0, -2.0, -1.0),
+    ss_rec("gender", "mother", -3.0, -1.0, -2.0),
+    ss_rec("gender", "sister", -1.0, -2.0, -5.0),
+    ss_rec("race", "Ethiopian", -1.0, -1.5, -0.5),
+    ss_rec("race", "Ethiopian", -4.0, -1.0, -2.0),
+]
+
+
+def test_stereoset_macro_average_over_terms_per_domain():
+    out = stereoset_scores(STEREO)
+    g = out["gender"]
+    # macro: (33.33 + 100) / 2; micro would be 2/4 = 50
+    assert g["SS"] == pytest.approx((100 / 3 + 100) / 2)
+    assert g["SS"] != pytest.approx(50.0)
+    assert g["LMS"] == pytest.approx((50 + 100) / 2)
+    assert g["ICAT"] == pytest.approx(75 * (100 - (100 / 3 + 100) / 2) / 50)  # = 50
+    assert g["ICAT"] == pytest.approx(50.0)
+    assert (g["n_examples"], g["n_terms"]) == (4, 2)
+    r = out["race"]
+    assert (r["SS"], r["LMS"], r["ICAT"]) == pytest.approx((50.0, 25.0, 25.0))
+    assert (r["n_examples"], r["n_terms"]) == (2, 1)
+
+
+def test_stereoset_overall_averages_all_terms_not_domains():
+    o = stereoset_scores(STEREO)["overall"]
+    ss = (100 / 3 + 100 + 50) / 3  # 61.11 (the mean of the two domain SS values would be 58.33)
+    lms = (50 + 100 + 25) / 3  # 58.33
+    assert o["SS"] == pytest.approx(ss)
+    assert o["LMS"] == pytest.approx(lms)
+    assert o["ICAT"] == pytest.approx(lms * (100 - ss) / 50)
+    assert o["ICAT"] == pytest.approx(61250 / 1350)
+    assert (o["n_examples"], o["n_terms"]) == (6, 3)
+
+
+def test_stereoset_tie_counts_as_anti_and_not_related():
+    out = stereoset_scores([ss_rec("gender", "x", -1.0, -1.0, -1.0)])
+    assert out["overall"]["SS"] == 0.0
+    assert out["overall"]["LMS"] == 0.0
+    assert out["overall"]["ICAT"] == 0.0
+
+
+def test_stereoset_same_target_in_two_domains_are_separate_terms():
+    recs = [ss_rec("race", "Arab", -1, -2, -3), ss_rec("religion", "Arab", -2, -1, -3)]
+    out = stereoset_scores(recs)
+    assert out["race"]["SS"] == 100.0 and out["religion"]["SS"] == 0.0
+    assert out["overall"]["n_terms"] == 2
+
+
+def test_stereoset_empty_raises():
+    with pytest.raises(ValueError):
+        stereoset_scores([])
+
+
+@pytest.mark.parametrize("ss,lms,expected", [(50, 100, 100), (100, 90, 0), (0, 90, 0), (40, 80, 64), (60, 80, 64),
+                                             (62.1, 89.5, 89.5 * 37.9 / 50)])
+def test_icat_formula(ss, lms, expected):
+    assert icat(ss, lms) == pytest.approx(expected)
+
+
+# --- CrowS-Pairs ---------------------------------------------------------------------------------------------------
+
+def test_crows_pairs_ties_stay_in_denominator():
+    recs = [
+        {"bias_type": "race-color", "s_more": -1.0, "s_less": -2.0},  # prefers more
+        {"bias_type": "race-color", "s_more": -2.0, "s_less": -2.0},  # tie: counted, not preferring more
+        {"bias_type": "race-color", "s_more": -3.0, "s_less": -1.0},
+        {"bias_type": "gender", "s_more": -1.0, "s_less": -1.5},
+    ]
+    out = crows_pairs_scores(recs)
+    assert out["race-color"] == {"score": pytest.approx(100 / 3), "n": 3}
+    assert out["gender"] == {"score": 100.0, "n": 1}
+    assert out["overall"] == {"score": 50.0, "n": 4}
+    with pytest.raises(ValueError):
+        crows_pairs_scores([])
+
+
+# --- BBQ -----------------------------------------------------------------------------------------------------------
+
+def _ex(polarity, target, unknown):
+    return BBQExample(id="x", category="c", context="", question="", answers=["a", "b", "c"], label=0,
+                      unknown_index=unknown, target_index=target, polarity=polarity, condition="ambig")
+
+
+def test_bbq_biased_index_from_polarity():
+    assert _ex("neg", 0, 2).biased_index == 0  # negative question: the stereotyped group is the biased answer
+    assert _ex("nonneg", 0, 2).biased_index == 1  # non-negative: the other group
+    assert _ex("nonneg", 2, 0).biased_index == 1
+    assert _ex("neg", None, 0).biased_index is None
+    assert _ex("nonneg", None, 0).biased_index is None
+
+
+def bbq_row(category, condition, pred, label, unknown, biased):
+    return {"category": category, "condition": condition, "pred": pred, "label": label, "unknown_index": unknown,
+            "biased_index": biased}
+
+
+def bbq_hand_set():
+    # biased indices come from BBQExample so neg/nonneg polarity is handled where the loader handles it
+    nonneg_t2_u0 = _ex("nonneg", 2, 0).biased_index  # = 1
+    neg_t1_u2 = _ex("neg", 1, 2).biased_index  # = 1
+    nonneg_t1_u2 = _ex("nonneg", 1, 2).biased_index  # = 0
+    return [
+        # disambiguated, category A
+        bbq_row("A", "disambig", 0, 0, 2, 0),  # correct, biased
+        bbq_row("A", "disambig", 1, 0, 2, 0),  # wrong, not biased
+        bbq_row("A", "disambig", 2, 1, 2, neg_t1_u2),  # predicted unknown: out of the bias denominator
+        bbq_row("A", "disambig", 1, 1, 0, nonneg_t2_u0),  # correct, biased
+        bbq_row("A", "disambig", 2, 2, 0, None),  # correct; target unknown -> not in bias score
+        # ambiguous, category A (the correct answer is always the unknown one)
+        bbq_row("A", "ambig", 2, 2, 2, 0),  # correct (unknown)
+        bbq_row("A", "ambig", 0, 2, 2, nonneg_t1_u2),  # wrong, biased
+        bbq_row("A", "ambig", 1, 2, 2, 0),  # wrong, not biased
+        bbq_row("A", "ambig", 0, 1, 1, 2),  # wrong, not biased
+        bbq_row("A", "ambig", 0, 0, 0, None),  # correct; no target
+        # category B: one disambiguated example, answered "unknown"
+        bbq_row("B", "disambig", 2, 0, 2, 0),
+    ]
+
+
+def test_bbq_scores_hand_computed():
+    out = bbq_scores(bbq_hand_set())
+    a = out["A"]
+    assert a["acc"] == pytest.approx(50.0)  # 5 of 10
+    assert a["acc_disambig"] == pytest.approx(60.0)  # 3 of 5
+    assert a["acc_ambig"] == pytest.approx(40.0)  # 2 of 5
+    # s_DIS: non-unknown answers with a known biased option: rows 1, 2, 4 -> 2 biased -> 2*2/3 - 1
+    assert a["bias_disambig"] == pytest.approx(100 * (2 * 2 / 3 - 1))
+    # s_AMB: (1 - 0.4) * (2 * 1/3 - 1) = -0.2
+    assert a["bias_ambig"] == pytest.approx(-20.0)
+    assert (a["n"], a["n_ambig"], a["n_disambig"]) == (10, 5, 5)
+
+    b = out["B"]
+    assert b["acc"] == 0.0 and b["acc_disambig"] == 0.0
+    assert b["acc_ambig"] is None and b["bias_ambig"] is None
+    assert b["bias_disambig"] is None  # only an unknown answer: no non-unknown answers to score
+
+    o = out["overall"]
+    assert o["acc"] == pytest.approx(100 * 5 / 11)
+    assert o["acc_disambig"] == pytest.approx(50.0)
+    assert o["bias_disambig"] == pytest.approx(100 / 3)
+    assert o["bias_ambig"] == pytest.approx(-20.0)
+    assert o["n"] == 11
+    assert sorted(out) == ["A", "B", "overall"]
+
+
+def test_bbq_all_biased_and_all_counter_biased():
+    rows = [bbq_row("A", "disambig", 0, 0, 2, 0), bbq_row("A", "disambig", 1, 1, 2, 1)]
+    assert bbq_scores(rows)["A"]["bias_disambig"] == pytest.approx(100.0)
+    rows = [bbq_row("A", "disambig", 1, 1, 2, 0), bbq_row("A", "disambig", 0, 0, 2, 1)]
+    assert bbq_scores(rows)["A"]["bias_disambig"] == pytest.approx(-100.0)
+    # ambiguous and every answer 'unknown': s_DIS(amb) is 0/0, reported as None rather than a made-up number
+    rows = [bbq_row("A", "ambig", 2, 2, 2, 0)]
+    assert bbq_scores(rows)["A"]["bias_ambig"] is None
+    with pytest.raises(ValueError):
+        bbq_scores([])
+
+
+# --- perplexity ----------------------------------------------------------------------------------------------------
+
+def test_perplexity():
+    assert perplexity(-math.log(4) * 10, 10) == pytest.approx(4.0)
+    assert perplexity(-6.0, 3) == pytest.approx(math.e ** 2)
+    assert perplexity(0.0, 5) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        perplexity(-1.0, 0)

@@ -1,0 +1,259 @@
+"""The one batched scoring path against direct per-sentence computations, on both tiny model shapes."""
+import random
+
+import pytest
+import torch
+
+from biasunlearn.errors import ConfigError, ModelLoadError
+from biasunlearn.evaluate import perplexity_windows
+from biasunlearn.models import start_token_id
+from biasunlearn.scoring import (
+    Score,
+    encode_for_scoring,
+    length_batches,
+    pad_batch,
+    score_mask,
+    score_sequences,
+    score_texts,
+    score_texts_one_by_one,
+    token_logprobs,
+)
+
+TEXTS = [
+    "The mother was very caring today.",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the old wooden gate.",
+    "Her sister is a gentle person.",
+    "Rain fell on the roof all afternoon, and the family played cards by the fire until the evening came.",
+    "Ethiopian food is spicy.",
+    "A",
+    "Scientists study the stars.",
+]
+PREFIXES = [
+    "The mother was very",
+    "",
+    "The quick brown fox",
+    "Her sister is a",
+    "Rain fell on the roof all afternoon,",
+    "Ethiopian food is",
+    "Birds sang in the tall trees.",
+    "",
+]
+CONTINUATIONS = [" caring today.", "Hi", " jumps over the lazy dog.", " gentle person.", " and the family played.",
+                 " spicy.", " A dog barked.", "Scientists study the stars."]
+
+
+def manual_scores(model, tok, texts, prefixes=None):
+    """Independent of the package: one forward pass per text, an explicit log_softmax and a loop over positions."""
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    out = []
+    for i, text in enumerate(texts):
+        x = tok(prefixes[i], add_special_tokens=False)["input_ids"] if prefixes else []
+        y = tok(text, add_special_tokens=False)["input_ids"]
+        ids = [start] + x + y
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        total = sum(float(logp[t - 1, ids[t]]) for t in range(1 + len(x), len(ids)))
+        out.append(Score(total, len(y)))
+    return out
+
+
+def assert_scores_close(a, b, tol=1e-5):
+    """Same token counts; mean log-probabilities (what the metrics use) within `tol`; sums within float32
+    accumulation error (a sum of 45 tokens near -330 nats carries ~3e-5 of float32 rounding)."""
+    assert len(a) == len(b)
+    for sa, sb in zip(a, b):
+        assert sa.n == sb.n
+        assert sa.mean == pytest.approx(sb.mean, abs=tol)
+        assert sa.sum == pytest.approx(sb.sum, rel=1e-6, abs=tol)
+
+
+def test_batched_equals_one_by_one_and_manual(tiny_model):
+    model, tok = tiny_model
+    # small budgets force several length-sorted, padded batches
+    batched = score_texts(model, tok, TEXTS, max_tokens=64, max_batch=3)
+    assert_scores_close(batched, score_texts_one_by_one(model, tok, TEXTS))
+    assert_scores_close(batched, manual_scores(model, tok, TEXTS))
+    # one big batch gives the same numbers
+    assert_scores_close(score_texts(model, tok, TEXTS, max_tokens=100_000), batched)
+    assert all(s.sum < 0 for s in batched)
+    assert len({round(s.mean, 3) for s in batched}) > 4  # the tiny models are not uniform: scores differ
+
+
+def test_batched_with_prefixes_equals_one_by_one_and_manual(tiny_model):
+    model, tok = tiny_model
+    batched = score_texts(model, tok, CONTINUATIONS, PREFIXES, max_tokens=48, max_batch=2)
+    assert_scores_close(batched, score_texts_one_by_one(model, tok, CONTINUATIONS, PREFIXES))
+    assert_scores_close(batched, manual_scores(model, tok, CONTINUATIONS, PREFIXES))
+    # the prefix is context, not scored: n counts only the continuation's tokens
+    for s, y in zip(batched, CONTINUATIONS):
+        assert s.n == len(tok(y, add_special_tokens=False)["input_ids"])
+    # and it matters: the same continuation without its prefix scores differently
+    alone = score_texts(model, tok, CONTINUATIONS[:1])
+    assert alone[0].n == batched[0].n
+    assert abs(alone[0].sum - batched[0].sum) > 1e-3
+
+
+def test_start_token_prepended_once_and_never_scored(tiny_model):
+    model, tok = tiny_model
+    start = start_token_id(tok)
+    assert start == tok.bos_token_id
+    seqs, score_from = encode_for_scoring(tok, TEXTS)
+    for seq, sf, text in zip(seqs, score_from, TEXTS):
+        body = tok(text, add_special_tokens=False)["input_ids"]
+        assert seq == [start] + body  # exactly one start token, even for a tokenizer that adds BOS itself
+        assert sf == 1
+    for s, text in zip(score_texts(model, tok, TEXTS), TEXTS):
+        assert s.n == len(tok(text, add_special_tokens=False)["input_ids"])
+    seqs, score_from = encode_for_scoring(tok, CONTINUATIONS, PREFIXES)
+    for seq, sf, x, y in zip(seqs, score_from, PREFIXES, CONTINUATIONS):
+        xi = tok(x, add_special_tokens=False)["input_ids"]
+        assert seq == [start] + xi + tok(y, add_special_tokens=False)["input_ids"]
+        assert sf == 1 + len(xi)
+    with pytest.raises(ValueError, match="2 prefixes for 3 texts"):
+        encode_for_scoring(tok, TEXTS[:3], PREFIXES[:2])
+
+
+def test_llama_tokenizer_adds_bos_by_default_but_scoring_does_not_double_it(tiny_model_paths):
+    from biasunlearn.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_paths["llama"]))
+    assert tok("Hi there")["input_ids"][0] == tok.bos_token_id
+    seq = encode_for_scoring(tok, ["Hi there"])[0][0]
+    assert seq.count(tok.bos_token_id) == 1
+
+
+def test_start_token_falls_back_to_eos():
+    class Tok:
+        bos_token_id, eos_token_id = None, 7
+
+    assert start_token_id(Tok()) == 7
+    Tok.eos_token_id = None
+    with pytest.raises(ModelLoadError, match="neither a BOS nor an EOS"):
+        start_token_id(Tok())
+
+
+def test_pad_id_does_not_change_scores(tiny_model):
+    model, tok = tiny_model
+    seqs, starts = encode_for_scoring(tok, TEXTS)
+    a = score_sequences(model, seqs, starts, pad_id=tok.pad_token_id)
+    b = score_sequences(model, seqs, starts, pad_id=5)
+    assert a[0] == pytest.approx(b[0], abs=1e-5)
+    assert list(a[1]) == list(b[1]) == [len(s) - 1 for s in seqs]
+
+
+def test_score_sequences_restores_training_mode_and_handles_empty(tiny_model):
+    model, tok = tiny_model
+    sums, counts = score_sequences(model, [], [])
+    assert len(sums) == 0 and len(counts) == 0
+    model.train()
+    try:
+        seqs, starts = encode_for_scoring(tok, TEXTS[:2])
+        s_train, _ = score_sequences(model, seqs, starts)
+        assert model.training
+    finally:
+        model.eval()
+    s_eval, _ = score_sequences(model, seqs, starts)
+    assert s_train == pytest.approx(s_eval, abs=1e-5)  # scored in eval mode either way (no dropout)
+
+
+def test_token_logprobs_and_score_mask_by_hand():
+    logits = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]])  # [1, 3, 2]
+    ids = torch.tensor([[0, 1, 1]])
+    lp = token_logprobs(logits, ids)
+    ln2 = torch.log(torch.tensor(2.0)).item()
+    assert lp.shape == (1, 2)
+    assert lp[0, 0].item() == pytest.approx(-ln2)  # uniform over 2
+    assert lp[0, 1].item() == pytest.approx(0.0 - torch.logsumexp(torch.tensor([1.0, 0.0]), 0).item())
+    # lengths 4 and 2 in a batch of width 5; second sequence scores from token 1, first from token 2
+    m = score_mask(torch.tensor([4, 2]), torch.tensor([2, 1]), 5)
+    assert m.tolist() == [[False, True, True, False], [True, False, False, False]]
+    ids, attn = pad_batch([[5, 6, 7], [8]], pad_id=0, device="cpu")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and attn.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# --- batching ------------------------------------------------------------------------------------------------------
+
+def test_length_batches_by_hand():
+    assert length_batches([3, 5, 2, 5, 1], max_tokens=10, max_batch=8) == [[1, 3], [0, 2, 4]]
+    assert length_batches([3, 5, 2, 5, 1], max_tokens=100, max_batch=2) == [[1, 3], [0, 2], [4]]
+    # a sequence longer than the budget still gets a batch of its own
+    assert length_batches([50, 2, 2], max_tokens=10, max_batch=8) == [[0], [1, 2]]
+    assert length_batches([], max_tokens=10, max_batch=8) == []
+
+
+def test_length_batches_budget_and_cover():
+    rng = random.Random(0)
+    for _ in range(50):
+        lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 60))]
+        max_tokens, max_batch = rng.randint(20, 200), rng.randint(1, 16)
+        batches = length_batches(lengths, max_tokens, max_batch)
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+        for b in batches:
+            assert len(b) <= max_batch
+            width = max(lengths[i] for i in b)
+            assert len(b) == 1 or width * len(b) <= max_tokens  # padded tokens within the budget
+        widths = [max(lengths[i] for i in b) for b in batches]
+        assert widths == sorted(widths, reverse=True)  # longest first
+
+
+# --- perplexity windows --------------------------------------------------------------------------------------------
+
+def scored_positions(n, window, stride):
+    ids = list(range(n))  # token value == its position, so a window's content tells where it is
+    seqs, starts = perplexity_windows(ids, window, stride)
+    for seq, sf in zip(seqs, starts):
+        assert seq == list(range(seq[0], seq[0] + len(seq)))  # contiguous
+        assert 1 <= sf < len(seq) and len(seq) <= window  # at least one token of context, at least one scored
+    return [t for seq, sf in zip(seqs, starts) for t in seq[sf:]], seqs, starts
+
+
+def test_perplexity_windows_by_hand():
+    pos, seqs, starts = scored_positions(20, 8, 4)
+    assert [(s[0], s[-1]) for s in seqs] == [(0, 7), (4, 11), (8, 15), (12, 19)]
+    assert starts == [1, 4, 4, 4]
+    assert pos == list(range(1, 20))
+    # stride == window: every token after the first still scored, each with context
+    pos, seqs, starts = scored_positions(20, 8, 8)
+    assert pos == list(range(1, 20))
+    assert [(s[0], s[-1]) for s in seqs] == [(0, 7), (7, 14), (14, 19)]
+
+
+@pytest.mark.parametrize("n,window,stride", [(1, 4, 2), (2, 4, 2), (5, 8, 4), (100, 16, 1), (100, 16, 5),
+                                             (100, 16, 16), (101, 7, 3), (64, 2, 2), (64, 2, 1), (513, 512, 256)])
+def test_perplexity_windows_score_every_token_after_the_first_once(n, window, stride):
+    pos, seqs, starts = scored_positions(n, window, stride)
+    assert pos == list(range(1, n))
+    # every window after the first has window - stride tokens of context (one when stride == window)
+    assert all(sf == max(1, window - stride) for sf in starts[1:])
+
+
+def test_perplexity_windows_bad_settings():
+    with pytest.raises(ConfigError, match="stride"):
+        perplexity_windows(list(range(10)), 4, 5)
+    with pytest.raises(ConfigError, match="stride"):
+        perplexity_windows(list(range(10)), 4, 0)
+    with pytest.raises(ConfigError, match="window"):
+        perplexity_windows(list(range(10)), 1, 1)
+
+
+def test_perplexity_windows_through_the_model_equal_one_pass(tiny_model):
+    """With window >= the stream, the windowed total equals one pass over the stream; with small windows each
+    token is scored once, so the count is the same."""
+    model, tok = tiny_model
+    ids = tok(" ".join(TEXTS), add_special_tokens=False)["input_ids"]
+    seqs, starts = perplexity_windows(ids, len(ids), 1)
+    s, c = score_sequences(model, seqs, starts)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+    manual = sum(float(logp[t - 1, ids[t]]) for t in range(1, len(ids)))
+    assert float(s.sum()) == pytest.approx(manual, abs=1e-4)
+    assert int(c.sum()) == len(ids) - 1
+    seqs, starts = perplexity_windows(ids, 8, 8)
+    s8, c8 = score_sequences(model, seqs, starts, max_tokens=32)
+    assert int(c8.sum()) == len(ids) - 1
+    # the first window's tokens have the same context either way
+    first, _ = score_sequences(model, [ids[:8]], [1])
+    assert float(s8[0]) == pytest.approx(float(first[0]), abs=1e-5)

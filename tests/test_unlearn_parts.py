@@ -1,0 +1,133 @@
+"""The BiasUnlearn parts without a model: losses (hand-computed), the swap controller, the sets and chunks."""
+import math
+
+import pytest
+import torch
+
+from biasunlearn.data.stereoset import StereoSetExample
+from biasunlearn.unlearn.controller import SwapController
+from biasunlearn.unlearn.losses import forward_kl, npo_loss, npo_loss_token_mean, retention_loss
+from biasunlearn.unlearn.sets import UnlearnSets
+
+
+def test_npo_at_start_is_2_over_beta_log2():
+    lp = torch.tensor([-3.0, -7.5])
+    assert npo_loss(lp, lp.clone(), beta=0.1).item() == pytest.approx(20 * math.log(2), rel=1e-6)
+
+
+def test_npo_hand_computed_and_sign_forgets():
+    pol = torch.tensor([-2.0, -4.0], requires_grad=True)
+    ref = torch.tensor([-3.0, -3.0])
+    beta = 0.5
+    loss = npo_loss(pol, ref, beta)
+    # -(2/beta) * mean(log sigmoid(-beta * d)), d = [1, -1]
+    expected = -(2 / beta) * 0.5 * (math.log(1 / (1 + math.exp(0.5))) + math.log(1 / (1 + math.exp(-0.5))))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    # a gradient step (pol -= lr * grad) must lower the forget log-probs: every gradient is positive
+    assert (pol.grad > 0).all()
+    # d loss / d pol_i = (2/N) * sigmoid(beta * d_i)
+    assert pol.grad[0].item() == pytest.approx(1 / (1 + math.exp(-0.5)), rel=1e-6)
+
+
+def test_npo_token_mean_variant_is_one_term_on_batch_mean():
+    pol = torch.tensor([[-1.0, -3.0, 0.0], [-2.0, 0.0, 0.0]])
+    ref = torch.tensor([[-1.0, -1.0, 0.0], [-1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    beta = 0.1
+    d = ((-2.0) + (-2.0)) / 2 - ((-1.0) + (-1.0)) / 2  # batch mean of token means: -2 vs -1
+    expected = -(2 / beta) * math.log(1 / (1 + math.exp(beta * d)))
+    assert npo_loss_token_mean(pol, ref, mask, beta).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_retention_loss_is_mean_nll_over_scored_tokens():
+    lp = torch.tensor([[-1.0, -2.0, -9.0], [-3.0, -9.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert retention_loss(lp, mask).item() == pytest.approx(2.0)
+
+
+def test_forward_kl_hand_computed_and_masked():
+    ref = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]))
+    pol = torch.log(torch.tensor([[[0.25, 0.75], [0.1, 0.9]]]))
+    kl0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert forward_kl(ref, pol, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(kl0, rel=1e-5)
+    assert forward_kl(ref, ref, torch.ones(1, 2)).item() == pytest.approx(0.0, abs=1e-7)
+    # direction: KL(ref || pol), not KL(pol || ref)
+    rev = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert abs(forward_kl(ref, pol, torch.tensor([[1.0, 0.0]])).item() - rev) > 1e-3
+
+
+def test_controller_swaps_and_swaps_back_and_records():
+    c = SwapController(["gender", "race"], mode="swap", tolerance=2.0)
+    d, stop = c.update(0, {"gender": 60, "race": 55})
+    assert d == {"gender": 1, "race": 1} and not stop
+    d, stop = c.update(10, {"gender": 45, "race": 53})
+    assert d == {"gender": -1, "race": 1} and not stop
+    assert c.events == [{"step": 10, "bias_type": "gender", "ss": 45, "direction": -1}]
+    d, stop = c.update(20, {"gender": 51, "race": 49})
+    assert d == {"gender": 1, "race": -1} and stop  # both within 50 +- 2
+    assert len(c.events) == 3
+
+
+def test_controller_focus_worst_and_none():
+    c = SwapController(["gender", "race", "religion"], mode="focus_worst")
+    c.update(0, {"gender": 60, "race": 55, "religion": 52})
+    assert c.directions == {"gender": 1, "race": 1, "religion": 1}  # first round: all types
+    c.update(10, {"gender": 58, "race": 44, "religion": 52})
+    assert c.directions == {"gender": 1, "race": 0, "religion": 0}  # gender farthest from 50 (8 vs 6 vs 2)
+    c.update(20, {"gender": 53, "race": 41, "religion": 52})
+    assert c.directions == {"gender": 0, "race": -1, "religion": 0}
+    n = SwapController(["gender"], mode="none")
+    n.update(0, {"gender": 30})
+    assert n.directions == {"gender": 1} and n.events == []
+
+
+def test_controller_state_round_trip_and_criterion():
+    c = SwapController(["a", "b"])
+    c.update(5, {"a": 40, "b": 70}, 88.0)
+    c2 = SwapController(["a", "b"])
+    c2.load_state_dict(c.state_dict())
+    assert c2.directions == c.directions and c2.events == c.events and c2.history == c.history
+    assert SwapController.criterion({"a": 47.0, "b": 55.5}) == pytest.approx(5.5)
+
+
+def _ex(i, bias, target):
+    return StereoSetExample(id=f"e{i}", task="intrasentence", bias_type=bias, target=target,
+                            context=f"The {target} was BLANK today.", stereotype=f"The {target} was lazy today.",
+                            anti_stereotype=f"The {target} was busy today.", unrelated=f"The {target} was cloud today.")
+
+
+def test_sets_adversarial_share_swap_and_deterministic_chunks():
+    train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(10 + i, "race", "Kenyan") for i in range(4)]
+    s = UnlearnSets(train, adversarial_share=0.25, seed=3)
+    assert len(s.adv_idx["gender"]) == 2 and len(s.adv_idx["race"]) == 1
+    forget, retain = s.pools({"gender": 1, "race": 1})
+    assert len(forget) == 8 + 2 + 4 + 1 and len(retain) == 12
+    assert sum(it.key.endswith(":anti-stereotype") for it in forget) == 3  # the adversarial share
+    # y scoring: x is the context before the blank, y the filled word and the rest
+    it = s.stereo["gender"][0]
+    assert (it.x, it.y) == ("The father was", " lazy today.")
+    f2, r2 = s.pools({"gender": -1, "race": 1})
+    assert {i.key for i in f2 if i.bias_type == "gender"} == {f"e{k}:anti-stereotype" for k in range(8)} | \
+        {f"e{k}:stereotype" for k in s.adv_idx["gender"]}
+    assert all(i.key.endswith(":stereotype") for i in r2 if i.bias_type == "gender")
+    f0, _ = s.pools({"gender": 0, "race": 1})
+    assert all(i.bias_type == "race" for i in f0)
+    a = s.chunk(7, {"gender": 1, "race": 1}, 4, 28, 5)
+    b = s.chunk(7, {"gender": 1, "race": 1}, 4, 28, 5)
+    assert a == b and len(a["forget"]) == 4 and len(a["retain"]) == 28 and len(a["unrelated"]) == 5
+    # cyclic: over consecutive steps each retain item is used equally often
+    counts = {}
+    for step in range(3):
+        for itm in s.chunk(step, {"gender": 1, "race": 1}, 4, 4, 4)["retain"]:
+            counts[itm.key] = counts.get(itm.key, 0) + 1
+    assert sorted(counts.values()) == [1] * 12
+    # two processes draw different shares of the same step
+    r0 = s.chunk(2, {"gender": 1, "race": 1}, 2, 2, 2, rank=0, world=2)
+    r1 = s.chunk(2, {"gender": 1, "race": 1}, 2, 2, 2, rank=1, world=2)
+    assert {i.key for i in r0["retain"]}.isdisjoint({i.key for i in r1["retain"]})
+
+
+def test_sentence_span_scores_whole_sentence():
+    s = UnlearnSets([_ex(0, "gender", "father")], score_span="sentence")
+    assert (s.stereo["gender"][0].x, s.stereo["gender"][0].y) == ("", "The father was lazy today.")

@@ -1,0 +1,160 @@
+"""The BiasUnlearn trainer on a tiny model: it trains, writes everything, resumes exactly, and guards collapse."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+POOL_TERMS = {"gender": ["father", "brother", "uncle"], "race": ["Kenyan", "Korean", "Peruvian"]}
+WORDS = [("lazy", "busy", "cloud"), ("strong", "gentle", "window"), ("rich", "poor", "bridge")]
+
+
+def _pool():
+    out, i = [], 0
+    for bias, terms in POOL_TERMS.items():
+        for t in terms:
+            for s, a, u in WORDS:
+                out.append({"id": f"p{i}", "target": t, "bias_type": bias, "context": f"The {t} was BLANK today.",
+                            "data": {"stereotype": {"sentence": f"The {t} was {s} today.", "id": f"p{i}s"},
+                                     "anti-stereotype": {"sentence": f"The {t} was {a} today.", "id": f"p{i}a"},
+                                     "unrelated": {"sentence": f"The {t} was {u} today.", "id": f"p{i}u"}}})
+                i += 1
+    return out
+
+
+@pytest.fixture()
+def train_data(fake_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(fake_data, root)
+    (root / "pool.json").write_text(json.dumps(_pool()))
+    return root
+
+
+def _cfg(tmp_path, model_path, data, **kw):
+    from biasunlearn.unlearn.config import make_config
+
+    base = dict(output_dir=str(tmp_path / "run"), model=str(model_path), data_dir=str(data), train_pool="pool.json",
+                max_steps=4, eval_every=2, save_steps=2, forget_batch_size=2, retain_batch_size=4,
+                unrelated_batch_size=3, learning_rate=5e-3, warmup_steps=0, logging_steps=1, dev_fraction=0.3,
+                min_dev_per_type=1, skip_final_eval=True, use_cpu=True, bf16=False, disable_tqdm=True, seed=0,
+                collapse_lms_drop=101.0)
+    base.update(kw)
+    return make_config(**base)
+
+
+def _lora(path):
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_train_writes_run_folder_and_changes_lora(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data)
+    summary = train_adapter(cfg, log=lambda s: None)
+    run = tmp_path / "run"
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.json", "splits.json",
+                 "log.jsonl", "dev_log.jsonl", "losses.png", "dev_ss.png", "train_summary.json"):
+        assert (run / name).exists(), name
+    assert summary["steps"] == 4
+    w = _lora(run / "adapter")
+    # LoRA B starts at zero: after training it must not be
+    assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)
+    splits = json.loads((run / "splits.json").read_text())
+    assert set(splits["dev_ids"]).isdisjoint(splits["train_ids"])
+    assert splits["overlap_with_test"]["shared_sentences"] == 0
+    dev = [json.loads(x) for x in (run / "dev_log.jsonl").read_text().splitlines()]
+    assert [d["step"] for d in dev] == [0, 2, 4]
+    logs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert all(k in logs[0] for k in ("loss_forget", "loss_retain", "loss_kl"))
+    # at step 1 policy == reference, so NPO is 2/beta*log 2 and KL is 0
+    assert logs[0]["loss_forget"] == pytest.approx(20 * 0.693147, rel=1e-4)
+    assert logs[0]["loss_kl"] == pytest.approx(0.0, abs=1e-6)
+    cfgdoc = json.loads((run / "config.json").read_text())
+    assert cfgdoc["config"]["alpha_forget"] == 0.4 and cfgdoc["config"]["npo_beta"] == 0.1
+
+
+def test_gradient_checkpointing_still_trains_lora(tmp_path, tiny_gpt2_path, train_data):
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    cfg = _cfg(tmp_path, tiny_gpt2_path, train_data, gradient_checkpointing=True, max_steps=2)
+    train_adapter(cfg, log=lambda s: None)
+    w = _lora(tmp_path / "run" / "adapter")
+    assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)
+
+
+def test_npo_alone_lowers_forget_logprob(tmp_path, tiny_llama_path, train_data):
+    """Sign check on a real model: with only the forget loss, the forget sentences' log-probs go down."""
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import score_texts
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, alpha_retain=0.0, alpha_kl=0.0, alpha_forget=1.0,
+               adversarial_share=0.0, swap_mode="none", max_steps=6, lms_guard=100.0)
+    train_adapter(cfg, log=lambda s: None)
+    pool = _pool()
+    stereo = [p["data"]["stereotype"]["sentence"] for p in pool]
+    base, tok, _ = load_model(str(tiny_llama_path), device="cpu")
+    before = sum(s.sum for s in score_texts(base, tok, stereo))
+    # the last adapter, not the dev-selected one: compare the final state
+    tuned, tok, _ = load_model(str(tiny_llama_path), adapter=str(tmp_path / "run" / "checkpoint-6"), device="cpu")
+    after = sum(s.sum for s in score_texts(tuned, tok, stereo))
+    assert after < before - 1.0
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_llama_path, train_data):
+    from transformers import TrainerCallback
+
+    from biasunlearn.unlearn import pipeline
+
+    full = _cfg(tmp_path / "a", tiny_llama_path, train_data, max_steps=6, save_steps=2)
+    pipeline.train_adapter(full, log=lambda s: None)
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("killed")
+
+    orig = pipeline.BiasUnlearnTrainer.__init__
+
+    def patched(self, *a, **kw):
+        orig(self, *a, **kw)
+        self.add_callback(Kill())
+
+    killed = _cfg(tmp_path / "b", tiny_llama_path, train_data, max_steps=6, save_steps=2)
+    pipeline.BiasUnlearnTrainer.__init__ = patched
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.train_adapter(killed, log=lambda s: None)
+    finally:
+        pipeline.BiasUnlearnTrainer.__init__ = orig
+    assert (tmp_path / "b" / "run" / "checkpoint-2").exists()
+    assert not (tmp_path / "b" / "run" / "adapter").exists()
+    pipeline.train_adapter(killed, resume=True, log=lambda s: None)
+    wa = _lora(tmp_path / "a" / "run" / "checkpoint-6")
+    wb = _lora(tmp_path / "b" / "run" / "checkpoint-6")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    sa = json.loads((tmp_path / "a" / "run" / "checkpoint-6" / "biasunlearn_state.json").read_text())
+    sb = json.loads((tmp_path / "b" / "run" / "checkpoint-6" / "biasunlearn_state.json").read_text())
+    assert sa["controller"]["directions"] == sb["controller"]["directions"]
+    assert [h["ss"] for h in sa["controller"]["history"]] == [h["ss"] for h in sb["controller"]["history"]]
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path, tiny_llama_path, train_data, monkeypatch):
+    from biasunlearn.unlearn import pipeline, trainer
+
+    real = trainer.npo_loss
+    monkeypatch.setattr(trainer, "npo_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data)
+    with pytest.raises(trainer.TrainingCollapse, match="loss is nan at step 0"):
+        pipeline.train_adapter(cfg, log=lambda s: None)
+
+
+def test_dev_lms_collapse_guard(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.unlearn import pipeline, trainer
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, collapse_lms_drop=-1.0)  # any dev check after start trips it
+    with pytest.raises(trainer.TrainingCollapse, match="dev LMS fell"):
+        pipeline.train_adapter(cfg, log=lambda s: None)
