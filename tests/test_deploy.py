@@ -299,3 +299,39 @@ def test_before_after_markdown_deltas_and_gaps():
     assert "### BBQ\n\nnot measured (after)" in md
     assert "different settings (limit)" in md
     assert "not measured" not in before_after_markdown(b, b)
+
+
+# --- bench scripts (smoke, on the tiny models) -------------------------------------------------------------------
+
+def _bench(name):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_make_variant_and_transfer_scripts(tiny, tmp_path):
+    variant = tmp_path / "variant"
+    rc = _bench("make_variant").main(["--model", str(tiny["llama"]), "--out", str(variant), "--data-dir",
+                                      str(tiny["data"]), "--steps", "3", "--batch", "2", "--seq", "8",
+                                      "--skip-tokens", "40", "--device", "cpu", "--lr", "1e-2"])
+    assert rc == 0 and (variant / "model.safetensors").exists()
+    info = json.loads((variant / "variant_info.json").read_text())
+    assert info["steps"] == 3 and info["data"]["trained_token_range"][0] == 40
+    assert "quantization_config" not in json.loads((variant / "config.json").read_text())
+
+    md = tmp_path / "BENCH.md"
+    md.write_text("# Benchmarks\n\n## Other section\n\nkeep me\n")
+    bt = _bench("bench_transfer")
+    common = ["--variant", str(variant), "--base", str(tiny["llama"]), "--data-dir", str(tiny["data"]),
+              "--out", str(tmp_path / "bt"), "--limit", "3", "--ppl-max-tokens", "100", "--device", "cpu",
+              "--update", str(md)]
+    assert bt.main(common) == 0  # no adapter yet: base and variant only
+    assert "to be filled" in md.read_text()
+    assert bt.main(["--adapter", str(tiny["adapter"])] + common) == 0
+    text = md.read_text()
+    assert text.count(bt.BEGIN) == 1 and "keep me" in text and "to be filled" not in text
+    assert "variant + transferred adapter" in text and "Base: before and after the adapter" in text

@@ -63,3 +63,66 @@ def plot_dev_ss(dev_log_path, out_png, swaps=None, title="Dev SS per bias type")
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+# --- comparison report (biasunlearn compare) -------------------------------------------------------------------
+
+def plot_dev_ss_compare(runs: dict, out_png, title="Dev SS (overall) against training steps") -> Path | None:
+    """One line per method: overall dev SS at every dev check (the paper's Figure 4). `runs`: label -> dev_log.jsonl
+    (the format BiasUnlearn and the baselines write: step, ss_overall)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {label: [(r["step"], r["ss_overall"]) for r in _read_jsonl(p) if r.get("ss_overall") is not None]
+              for label, p in runs.items()}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, pts in series.items():
+        ax.plot(*zip(*pts), marker=".", label=label)
+    ax.axhline(50, color="black", lw=1, ls="--", label="50 (fair)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("dev SS (overall)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_ablation_losses(runs: dict, out_png, keys=(("loss_forget", "forgetting loss (NPO)"),
+                                                     ("loss_retain", "retention loss (CE)")),
+                         title="Ablations: losses against training steps") -> Path | None:
+    """One panel per loss in `keys`, one line per run (the paper's Figure 3). `runs`: label -> log.jsonl. A run that
+    did not compute a loss (its weight is 0) has no line in that panel; the legend says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = {label: _read_jsonl(p) for label, p in runs.items()}
+    if not any(any(k in r for r in rows for k, _ in keys) for rows in logs.values()):
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+    for ax, (key, name) in zip(axes[0], keys):
+        for label, rows in logs.items():
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), label=label)
+            else:
+                ax.plot([], [], ls=":", label=f"{label} (not computed)")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

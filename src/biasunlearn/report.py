@@ -194,3 +194,264 @@ def summary_markdown(rows: list[tuple[str, dict]]) -> str:
                      f"{_f(h['ss_inter'])} | {_f(h['crows'])} | {_f(h['bbq_acc'])} | {_f(h['bbq_bias_ambig'])} | "
                      f"{_f(h['bbq_bias_disambig'])} | {_f(h['ppl'], 3)} |")
     return "\n".join(lines) + "\n"
+
+
+# --- comparison of methods (biasunlearn compare) ----------------------------------------------------------------
+
+SS_COLUMNS = (("gender", "Gend."), ("profession", "Prof."), ("race", "Race"), ("religion", "Reli."),
+              ("overall", "Overall"))
+CROWS_COLUMNS = (("gender", "Gend."), ("race-color", "Race-color"), ("religion", "Reli."), ("overall", "Overall"))
+
+
+def _best(values: dict, better) -> set:
+    """Keys whose value is best by `better` (a sort key, lower is better); None values never win."""
+    scored = {k: better(v) for k, v in values.items() if v is not None}
+    if not scored:
+        return set()
+    top = min(scored.values())
+    return {k for k, s in scored.items() if abs(s - top) < 1e-9}
+
+
+def _cell(v, bold: bool, nd=2, signed=False) -> str:
+    if v is None:
+        return "–"
+    s = f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+    return f"**{s}**" if bold else s
+
+
+def stereoset_comparison_markdown(rows: list, base_label: str | None = "base", task: str = "intrasentence") -> str:
+    """The paper's Table 1 layout: SS per domain and overall (→ 50), ΔLMS against the base model (→ 0) and ICAT (↑),
+    one row per (label, results document). The best value of each column among the non-base rows is bold. The base
+    row shows its LMS in the ΔLMS column, as the paper does."""
+    base = dict(rows).get(base_label) if base_label else None
+    base_lms = _get(base or {}, "benchmarks", "stereoset", "metrics", task, "overall", "LMS")
+    vals: dict = {}
+    for label, doc in rows:
+        m = _get(doc, "benchmarks", "stereoset", "metrics", task) or {}
+        r = {d: _get(m, d, "SS") for d, _ in SS_COLUMNS}
+        lms = _get(m, "overall", "LMS")
+        r["dlms"] = None if lms is None or base_lms is None else lms - base_lms
+        r["lms"] = lms
+        r["icat"] = _get(m, "overall", "ICAT")
+        vals[label] = r
+    cand = [lab for lab, _ in rows if lab != base_label]
+    best = {d: _best({lab: vals[lab][d] for lab in cand}, lambda v: abs(v - 50)) for d, _ in SS_COLUMNS}
+    best["dlms"] = _best({lab: vals[lab]["dlms"] for lab in cand}, abs)
+    best["icat"] = _best({lab: vals[lab]["icat"] for lab in cand}, lambda v: -v)
+    head = " | ".join(name for _, name in SS_COLUMNS)
+    lines = [f"| Method | {head} | ΔLMS → 0 | ICAT ↑ |", "|---|" + "---|" * (len(SS_COLUMNS) + 2)]
+    for label, _ in rows:
+        r = vals[label]
+        cells = " | ".join(_cell(r[d], label in best[d]) for d, _ in SS_COLUMNS)
+        if label == base_label:
+            dl = f"LMS {_f(r['lms'])}"
+        else:
+            dl = _cell(r["dlms"], label in best["dlms"], signed=True)
+        lines.append(f"| {label} | {cells} | {dl} | {_cell(r['icat'], label in best['icat'])} |")
+    n = _get(base or (rows[0][1] if rows else {}), "benchmarks", "stereoset", "metrics", task, "overall", "n_examples")
+    lines += ["", f"StereoSet {task}, SS in % (→ 50). Examples: {n if n is not None else '–'}. Bold: best among the "
+              "methods (base model excluded)."]
+    return "\n".join(lines) + "\n"
+
+
+def crows_comparison_markdown(rows: list, base_label: str | None = "base", scoring: str = "length_normalised") -> str:
+    """The paper's Table 2 layout: CrowS-Pairs score (% preferring the more stereotypical sentence, → 50) for gender,
+    race-color and religion, plus overall; best among the non-base rows in bold."""
+    vals = {label: {t: _get(doc, "benchmarks", "crows_pairs", "metrics", scoring, t, "score") for t, _ in CROWS_COLUMNS}
+            for label, doc in rows}
+    cand = [lab for lab, _ in rows if lab != base_label]
+    best = {t: _best({lab: vals[lab][t] for lab in cand}, lambda v: abs(v - 50)) for t, _ in CROWS_COLUMNS}
+    lines = ["| Method | " + " | ".join(n for _, n in CROWS_COLUMNS) + " |", "|---|" + "---|" * len(CROWS_COLUMNS)]
+    for label, _ in rows:
+        lines.append(f"| {label} | " + " | ".join(_cell(vals[label][t], label in best[t]) for t, _ in CROWS_COLUMNS) + " |")
+    ns = {t: _get(rows[0][1], "benchmarks", "crows_pairs", "metrics", scoring, t, "n") for t, _ in CROWS_COLUMNS} if rows else {}
+    how = "length-normalised (mean token) log-probability" if scoring == "length_normalised" else "summed log-probability"
+    lines += ["", f"Sentences compared by {how}. Pairs: " + ", ".join(f"{n} {ns.get(t) or '–'}" for t, n in CROWS_COLUMNS)
+              + ". Bold: closest to 50 among the methods (base model excluded)."]
+    return "\n".join(lines) + "\n"
+
+
+def bbq_perplexity_comparison_markdown(rows: list, base_label: str | None = "base") -> str:
+    """BBQ overall accuracy and bias scores (×100, → 0) and WikiText-2 perplexity with its change against the base
+    model, one row per method."""
+    base = dict(rows).get(base_label) if base_label else None
+    base_ppl = _get(base or {}, "benchmarks", "perplexity", "metrics", "perplexity")
+    lines = ["| Method | BBQ acc ↑ | acc ambig | acc disambig | bias ambig (→0) | bias disambig (→0) | perplexity ↓ | "
+             "Δ perplexity | relative |", "|---|---|---|---|---|---|---|---|---|"]
+    vals = {}
+    for label, doc in rows:
+        b = _get(doc, "benchmarks", "bbq", "metrics", "overall") or {}
+        ppl = _get(doc, "benchmarks", "perplexity", "metrics", "perplexity")
+        vals[label] = (b, ppl)
+    cand = [lab for lab, _ in rows if lab != base_label]
+    best_amb = _best({lab: vals[lab][0].get("bias_ambig") for lab in cand}, abs)
+    best_dis = _best({lab: vals[lab][0].get("bias_disambig") for lab in cand}, abs)
+    for label, _ in rows:
+        b, ppl = vals[label]
+        d = None if ppl is None or base_ppl is None else ppl - base_ppl
+        rel = "–" if d is None or not base_ppl else f"{100.0 * d / base_ppl:+.2f}%"
+        dtxt = "–" if label == base_label else _cell(d, False, 3, signed=True)
+        rtxt = "–" if label == base_label else rel
+        lines.append(f"| {label} | {_f(b.get('acc'))} | {_f(b.get('acc_ambig'))} | {_f(b.get('acc_disambig'))} | "
+                     f"{_cell(b.get('bias_ambig'), label in best_amb)} | {_cell(b.get('bias_disambig'), label in best_dis)} | "
+                     f"{_f(ppl, 3)} | {dtxt} | {rtxt} |")
+    return "\n".join(lines) + "\n"
+
+
+def bbq_category_comparison_markdown(rows: list) -> str:
+    """BBQ bias scores per category (the paper's Figure 2 as a table): 'ambiguous / disambiguated' per cell."""
+    cats = sorted({c for _, doc in rows for c in (_get(doc, "benchmarks", "bbq", "metrics") or {}) if c != "overall"})
+    if not cats:
+        return "not measured\n"
+    lines = ["| Method | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+    for label, doc in rows:
+        m = _get(doc, "benchmarks", "bbq", "metrics") or {}
+        lines.append(f"| {label} | " + " | ".join(
+            f"{_f(_get(m, c, 'bias_ambig'), 1)} / {_f(_get(m, c, 'bias_disambig'), 1)}" for c in cats) + " |")
+    lines += ["", "Cells: bias score in ambiguous / disambiguated contexts (×100, → 0)."]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_comparison_markdown(rows: list, base_label: str | None = "base", task: str = "intrasentence") -> str:
+    """The paper's Table 5 layout: overall SS, LMS, ICAT (and ΔLMS against the base model) per ablation."""
+    base = dict(rows).get(base_label) if base_label else None
+    base_lms = _get(base or {}, "benchmarks", "stereoset", "metrics", task, "overall", "LMS")
+    vals = {}
+    for label, doc in rows:
+        m = _get(doc, "benchmarks", "stereoset", "metrics", task, "overall") or {}
+        lms = m.get("LMS")
+        vals[label] = {"SS": m.get("SS"), "LMS": lms, "ICAT": m.get("ICAT"),
+                       "dlms": None if lms is None or base_lms is None else lms - base_lms}
+    cand = [lab for lab, _ in rows if lab != base_label]
+    best = {"SS": _best({lab: vals[lab]["SS"] for lab in cand}, lambda v: abs(v - 50)),
+            "LMS": _best({lab: vals[lab]["LMS"] for lab in cand}, lambda v: -v),
+            "ICAT": _best({lab: vals[lab]["ICAT"] for lab in cand}, lambda v: -v),
+            "dlms": _best({lab: vals[lab]["dlms"] for lab in cand}, abs)}
+    lines = ["| Method | SS → 50 | LMS ↑ | ΔLMS → 0 | ICAT ↑ |", "|---|---|---|---|---|"]
+    for label, _ in rows:
+        v = vals[label]
+        dl = "–" if label == base_label else _cell(v["dlms"], label in best["dlms"], signed=True)
+        lines.append(f"| {label} | {_cell(v['SS'], label in best['SS'])} | {_cell(v['LMS'], label in best['LMS'])} | "
+                     f"{dl} | {_cell(v['ICAT'], label in best['ICAT'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_comparison_markdown(rows: list) -> str:
+    """Wall time and peak memory of every method: rows of (label, method dict) where the method dict is the
+    "method" section compare writes into results.json (train, eval, scoring_cost)."""
+    lines = ["| Method | train steps | train wall time (s) | train peak memory (MB) | eval wall time (s) | "
+             "eval peak memory (MB) | scoring ms / sentence | × plain model |", "|---|---|---|---|---|---|---|---|"]
+    for label, m in rows:
+        tr = (m or {}).get("train") or {}
+        ev = (m or {}).get("eval") or {}
+        sc = (m or {}).get("scoring_cost") or {}
+        lines.append(f"| {label} | {tr.get('steps', '–')} | {_f(tr.get('wall_time_s'), 1)} | "
+                     f"{_f(tr.get('peak_memory_mb'), 0)} | {_f(ev.get('wall_time_s'), 1)} | "
+                     f"{_f(ev.get('peak_memory_mb'), 0)} | {_f(sc.get('ms_per_sentence'), 2)} | "
+                     f"{_f(sc.get('ratio_to_plain'), 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_to_html(md: str, base_dir=None, title: str = "report") -> str:
+    """A self-contained HTML page from the markdown subset the reports use: headings, paragraphs, '-' lists (two
+    levels), pipe tables, **bold**, `code`, [links](url) and images, which are embedded as base64 data URIs when
+    the file is found (relative to `base_dir`)."""
+    import base64
+    import html
+    import re
+    from pathlib import Path
+
+    def inline(text: str) -> str:
+        t = html.escape(text, quote=False)
+        t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+        t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+        t = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', t)
+        return t
+
+    def image(alt: str, src: str) -> str:
+        p = Path(src) if base_dir is None or Path(src).is_absolute() else Path(base_dir) / src
+        if p.is_file():
+            mime = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "svg": "image/svg+xml"}.get(
+                p.suffix.lower().lstrip("."), "application/octet-stream")
+            data = base64.b64encode(p.read_bytes()).decode("ascii")
+            return f'<figure><img alt="{html.escape(alt)}" src="data:{mime};base64,{data}"><figcaption>{inline(alt)}</figcaption></figure>'
+        return f"<p><em>[figure missing: {html.escape(src)}]</em></p>"
+
+    def cells(row: str) -> list[str]:
+        return [c.strip() for c in row.strip().strip("|").split("|")]
+
+    out, lines, i = [], md.splitlines(), 0
+    para: list[str] = []
+
+    def flush():
+        if para:
+            out.append("<p>" + inline(" ".join(para)) + "</p>")
+            para.clear()
+
+    img_re = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)\s*$")
+    while i < len(lines):
+        line = lines[i]
+        s = line.strip()
+        if not s:
+            flush()
+            i += 1
+            continue
+        h = re.match(r"^(#{1,6})\s+(.*)$", s)
+        if h:
+            flush()
+            n = len(h.group(1))
+            out.append(f"<h{n}>{inline(h.group(2))}</h{n}>")
+            i += 1
+            continue
+        m = img_re.match(s)
+        if m:
+            flush()
+            out.append(image(m.group(1), m.group(2)))
+            i += 1
+            continue
+        if s.startswith("|"):
+            flush()
+            block = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                block.append(lines[i])
+                i += 1
+            has_head = len(block) > 1 and re.match(r"^\|?\s*:?-{3,}", block[1].strip()) is not None
+            out.append("<table>")
+            if has_head:
+                out.append("<thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells(block[0])) + "</tr></thead>")
+                body = block[2:]
+            else:
+                body = block
+            out.append("<tbody>" + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(r)) + "</tr>"
+                                           for r in body) + "</tbody></table>")
+            continue
+        if re.match(r"^\s*[-*]\s+", line):
+            flush()
+            out.append("<ul>")
+            nested = False
+            while i < len(lines) and re.match(r"^\s*[-*]\s+", lines[i]):
+                item = lines[i]
+                indent = len(item) - len(item.lstrip())
+                text = re.sub(r"^\s*[-*]\s+", "", item)
+                if indent >= 2 and not nested:
+                    out.append("<ul>")
+                    nested = True
+                elif indent < 2 and nested:
+                    out.append("</ul>")
+                    nested = False
+                out.append(f"<li>{inline(text)}</li>")
+                i += 1
+            if nested:
+                out.append("</ul>")
+            out.append("</ul>")
+            continue
+        para.append(s)
+        i += 1
+    flush()
+    style = ("body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;"
+             "padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:.92em}"
+             "th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}th:first-child,td:first-child{text-align:left}"
+             "thead{background:#f3f3f3}code{background:#f5f5f5;padding:0 .2em}img{max-width:100%}"
+             "figure{margin:1em 0}figcaption{font-size:.85em;color:#555}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")

@@ -1,0 +1,96 @@
+"""Step cost of BiasUnlearn against a bare forward+backward of the same chunk through the same LoRA model.
+
+Both are measured side by side in one process, interleaved (A B A B ...), on the same chunks, so machine noise hits
+both alike; the figure that matters is the ratio of medians. The BiasUnlearn step includes everything compute_loss
+does: the adapter forward on forget+retain+unrelated, the adapter-disabled reference pass for the KL term (and for
+forget examples not yet in the reference cache), NPO, CE and full-vocabulary KL, and the backward pass.
+
+    python bench/bench_step.py --model smollm2-135m --steps 8 [--bf16] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both ways (as training on this CPU does)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="bench/results/step.json")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from biasunlearn.data.splits import make_splits
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import token_logprobs
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.controller import SwapController
+    from biasunlearn.unlearn.losses import retention_loss
+    from biasunlearn.unlearn.pipeline import prepare_lora
+    from biasunlearn.unlearn.sets import UnlearnSets
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    cfg = make_config(output_dir="/tmp/bench_step", skip_final_eval=True, bf16=a.bf16, use_cpu=True, max_steps=1000)
+    model, tok, info = load_model(a.model, device="cpu")
+    model.train()
+    model = prepare_lora(model, cfg)
+    splits = make_splits(cfg.data_dir, seed=cfg.seed)
+    sets = UnlearnSets(splits.train, seed=cfg.seed)
+    ctl = SwapController(sets.bias_types)
+    tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=ctl, tokenizer=tok)
+    opt_params = [p for p in model.parameters() if p.requires_grad]
+    dev = torch.device("cpu")
+    inputs = {"step_index": torch.tensor([0])}
+
+    def bare(step):
+        ch = sets.chunk(step, ctl.directions, cfg.forget_batch_size, cfg.retain_batch_size, cfg.unrelated_batch_size)
+        items = ch["forget"] + ch["retain"] + ch["unrelated"]
+        ids, attn, mask = tr._batch(items, dev)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            loss = retention_loss(token_logprobs(logits, ids), mask)
+        loss.backward()
+
+    def unlearn(step):
+        tr.state.global_step = step
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            loss = tr.compute_loss(model, inputs)
+        loss.backward()
+
+    times = {"bare": [], "biasunlearn": []}
+    import resource
+
+    for i in range(a.warmup + a.steps):
+        for name, fn in (("bare", bare), ("biasunlearn", unlearn)):
+            for p in opt_params:
+                p.grad = None
+            t = time.perf_counter()
+            fn(i)
+            dt = time.perf_counter() - t
+            if i >= a.warmup:
+                times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    res = {"model": a.model, "bf16_autocast": a.bf16, "threads": torch.get_num_threads(), "steps": a.steps,
+           "chunk": {"forget": cfg.forget_batch_size, "retain": cfg.retain_batch_size,
+                     "unrelated": cfg.unrelated_batch_size},
+           "median_s": med, "all_s": times, "ratio": med["biasunlearn"] / med["bare"],
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "model_params": info.n_params,
+           "second_copy_would_add_mb": info.n_params * 4 / 2**20}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=2))
+    print(f"bare fwd+bwd median {med['bare']:.2f}s | BiasUnlearn step median {med['biasunlearn']:.2f}s | "
+          f"ratio {res['ratio']:.3f} | peak RSS {res['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""What the fine-tuning baselines share with BiasUnlearn and with each other.
+
+Every baseline takes the same `UnlearnConfig` as BiasUnlearn (built with `biasunlearn.unlearn.make_config`), so the
+train pool, the train/dev split (`make_splits` with the same seed and dev fraction), the LoRA settings, the step
+budget and the learning-rate policy (learning rate, linear schedule, warm-up, AdamW) are the same by construction.
+A run folder gets the same files as a BiasUnlearn run: adapter/, splits.json, config.json, log.jsonl (per-step
+losses), dev_log.jsonl (one line per dev check, same format: {"step", "ss": {bias_type: SS}, "ss_overall", "lms",
+"elapsed_s"}) and train_summary.json.
+
+Sentences are encoded as in the scoring path: one start token (BOS, else EOS) in front, never scored.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ..data import data_dir, load_stereoset
+from ..data.splits import make_splits, overlap_report
+from ..errors import ConfigError
+from ..evaluate import package_versions, stereoset_records
+from ..io import write_json
+from ..metrics import stereoset_scores
+from ..models import load_model, start_token_id
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def peak_memory_mb() -> float:
+    """Peak memory so far: CUDA allocated when a GPU is present, else the process's peak resident set."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def lora_config(model, cfg):
+    """The LoraConfig `biasunlearn.unlearn.pipeline.prepare_lora` builds (same targets, rank, alpha, dropout), for
+    trainers that wrap the model themselves (TRL's DPOTrainer takes a `peft_config`)."""
+    from peft import LoraConfig
+
+    from ..adapters import find_lora_targets
+
+    targets = find_lora_targets(model) if cfg.lora_targets == "auto" else [t.strip() for t in cfg.lora_targets.split(",")]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                      task_type="CAUSAL_LM", bias="none")
+
+
+def load_splits(cfg):
+    """The train/dev split of the config (the SAME call BiasUnlearn's pipeline makes) and the held-out test set,
+    checked for overlap with the train pool."""
+    splits = make_splits(cfg.data_dir, files=tuple(f.strip() for f in cfg.train_pool.split(",") if f.strip()),
+                         dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type, seed=cfg.seed)
+    if not splits.train:
+        raise ConfigError(f"train pool {cfg.train_pool!r} gave no training examples")
+    test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
+    overlap = overlap_report(splits.train + splits.dev, test)
+    if overlap["shared_sentences"] or overlap["shared_target_terms"]:
+        raise ConfigError(f"train pool overlaps the test set: {overlap}; refusing to report numbers on trained data")
+    return splits, test, overlap
+
+
+def training_arguments(cfg, batch_size: int, cls=TrainingArguments, **extra):
+    """TrainingArguments (or a subclass such as trl.DPOConfig) with BiasUnlearn's step budget and learning-rate
+    policy copied from `cfg`. Checkpoints are not written: a baseline run is short and restarts from scratch."""
+    kw = dict(output_dir=cfg.output_dir, per_device_train_batch_size=batch_size, max_steps=cfg.max_steps,
+              learning_rate=cfg.learning_rate, lr_scheduler_type=str(getattr(cfg.lr_scheduler_type, "value",
+                                                                             cfg.lr_scheduler_type)),
+              warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+              optim=str(getattr(cfg.optim, "value", cfg.optim)), seed=cfg.seed, bf16=cfg.bf16, use_cpu=cfg.use_cpu,
+              logging_steps=cfg.logging_steps, save_strategy="no", report_to="none", remove_unused_columns=False,
+              dataloader_num_workers=0, disable_tqdm=cfg.disable_tqdm, max_grad_norm=cfg.max_grad_norm,
+              gradient_accumulation_steps=1)
+    if cfg.gradient_checkpointing:
+        kw["gradient_checkpointing"] = True
+    kw.update(extra)
+    return cls(**kw)
+
+
+class DevSSCallback(TrainerCallback):
+    """Every `eval_every` steps (and at step 0 and at the last step): dev StereoSet SS per bias type and LMS through
+    the one scoring path, appended to dev_log.jsonl in BiasUnlearn's format. It only records: a baseline has no
+    swapping, early stopping or checkpoint choice."""
+
+    def __init__(self, tokenizer, dev_examples, out_dir, eval_every: int, bf16: bool = False, log=_log):
+        self.tok, self.dev, self.out = tokenizer, dev_examples, Path(out_dir)
+        self.eval_every, self.bf16, self.log = max(int(eval_every), 1), bf16, log
+        self.t0 = time.time()
+        self.done: set[int] = set()
+        self.history: list[dict] = []
+
+    def check(self, model, step: int) -> dict:
+        use_bf16 = bool(self.bf16) and not torch.cuda.is_available()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            recs = stereoset_records(model, self.tok, self.dev, max_tokens=4096)
+        m = stereoset_scores(recs)
+        entry = {"step": step, "ss": {b: v["SS"] for b, v in m.items() if b != "overall"},
+                 "ss_overall": m["overall"]["SS"], "lms": m["overall"]["LMS"],
+                 "elapsed_s": round(time.time() - self.t0, 1)}
+        with open(self.out / "dev_log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.done.add(step)
+        self.history.append(entry)
+        self.log(f"[dev] step {step}: SS " + " ".join(f"{b}={v:.1f}" for b, v in entry["ss"].items())
+                 + f" overall={entry['ss_overall']:.1f} LMS={entry['lms']:.1f}")
+        return entry
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        if state.global_step == 0 and 0 not in self.done and state.is_world_process_zero:
+            self.check(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step % self.eval_every == 0 and state.is_world_process_zero:
+            self.check(model, state.global_step)
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        if state.global_step not in self.done and state.is_world_process_zero:
+            self.check(model, state.global_step)
+
+
+class SentenceDataset(torch.utils.data.Dataset):
+    def __init__(self, seqs: list[list[int]]):
+        self.seqs = seqs
+
+    def __len__(self):
+        return len(self.seqs)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.seqs[i]}
+
+
+class SentenceCollator:
+    """Right-padded batch; labels = the tokens after the start token (-100 on the start token and on padding)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.as_tensor(r["input_ids"])
+            attn[i, : len(r["input_ids"])] = 1
+        labels = ids.masked_fill(attn == 0, -100)
+        labels[:, 0] = -100
+        return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+class LoraFineTune:
+    """Base class of the fine-tuning baselines: load the model, put LoRA on it exactly as BiasUnlearn does
+    (`prepare_lora`), train on `training_texts(split.train)` with the transformers Trainer for `cfg.max_steps` steps,
+    record dev SS every `cfg.eval_every` steps and write the final adapter to <output_dir>/adapter.
+
+    `batch_size`: sentences per step; default forget_batch_size + retain_batch_size of the config, i.e. as many
+    training sentences per step as BiasUnlearn's forget and retain batches together.
+    """
+
+    name = "lora_finetune"
+    description = "LoRA fine-tuning"
+
+    def __init__(self, cfg, batch_size: int | None = None, log=_log):
+        self.cfg = cfg
+        self.batch_size = int(batch_size or (cfg.forget_batch_size + cfg.retain_batch_size))
+        if self.batch_size < 1:
+            raise ConfigError(f"{self.name}: batch_size must be at least 1")
+        self.log = log
+        self.out = Path(cfg.output_dir)
+
+    # --- what subclasses define ---
+    def training_texts(self, train) -> list[str]:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """Everything that determines the trained adapter (for the run's config.json and for reuse checks)."""
+        return {"method": self.name, "batch_size": self.batch_size, "config": self.cfg.method_dict()}
+
+    # --- shared steps ---
+    def _start(self):
+        """Fresh run folder, model (float32) and tokenizer, seeded RNG, split; writes splits.json and config.json."""
+        from transformers import set_seed
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in ("log.jsonl", "dev_log.jsonl", "train_summary.json"):
+            (self.out / stale).unlink(missing_ok=True)
+        shutil.rmtree(self.out / "adapter", ignore_errors=True)
+        model, tok, info = load_model(self.cfg.model, dtype="float32", device="cpu" if self.cfg.use_cpu else None)
+        model.train()
+        set_seed(self.cfg.seed)
+        splits, test, overlap = load_splits(self.cfg)
+        write_json(self.out / "splits.json", {**splits.to_dict(), "test": {"path": self.cfg.test_set, "n": len(test)},
+                                              "overlap_with_test": overlap})
+        write_json(self.out / "config.json", {**self.settings(), "model": info.to_dict(), "versions": package_versions()})
+        return model, tok, info, splits
+
+    def _finish(self, trainer, model, info, splits, dev_cb, wall: float) -> dict:
+        from ..plots import plot_dev_ss
+
+        final = self.out / "adapter"
+        shutil.rmtree(final, ignore_errors=True)
+        trainer.accelerator.unwrap_model(model).save_pretrained(final)
+        write_json(final / "biasunlearn_config.json", {"method": self.name, "config": self.settings(),
+                                                       "base_model": info.to_dict(),
+                                                       "splits_checksum": splits.to_dict()["checksum"]})
+        plot_dev_ss(self.out / "dev_log.jsonl", self.out / "dev_ss.png", title=f"{self.name}: dev SS per bias type")
+        summary = {"method": self.name, "train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
+                   "batch_size": self.batch_size, "dev_checks": len(dev_cb.history),
+                   "last_dev": dev_cb.history[-1] if dev_cb.history else None, "peak_memory_mb": peak_memory_mb(),
+                   "splits_checksum": splits.to_dict()["checksum"], "kept": "final adapter (no checkpoint choice)"}
+        write_json(self.out / "train_summary.json", summary)
+        return summary
+
+    def encode(self, tok, texts: list[str]) -> list[list[int]]:
+        start = start_token_id(tok)
+        return [[start] + ids for ids in tok(list(texts), add_special_tokens=False)["input_ids"] if ids]
+
+    def train(self) -> dict:
+        from ..unlearn.pipeline import prepare_lora
+        from ..unlearn.trainer import JsonlLogCallback
+
+        model, tok, info, splits = self._start()
+        texts = self.training_texts(splits.train)
+        if not texts:
+            raise ConfigError(f"{self.name}: no training sentences in the train pool")
+        seqs = self.encode(tok, texts)
+        model = prepare_lora(model, self.cfg)
+        args = training_arguments(self.cfg, self.batch_size)
+        trainer = Trainer(model=model, args=args, train_dataset=SentenceDataset(seqs),
+                          data_collator=SentenceCollator(tok.pad_token_id or 0))
+        dev_cb = DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log)
+        trainer.add_callback(dev_cb)
+        trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
+        self.log(f"[{self.name}] {len(seqs)} training sentences, {self.cfg.max_steps} steps of {self.batch_size}")
+        t0 = time.time()
+        trainer.train()
+        summary = self._finish(trainer, model, info, splits, dev_cb, time.time() - t0)
+        del trainer, model
+        gc.collect()
+        return summary

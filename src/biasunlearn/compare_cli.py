@@ -1,0 +1,80 @@
+"""`biasunlearn compare`: baselines, ablations and BiasUnlearn on one model, one report (report.md, report.html)."""
+from __future__ import annotations
+
+import sys
+
+from .errors import ConfigError
+
+
+def _value(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _compare_cmd(a) -> int:
+    from .compare import run_compare, write_compare_report
+
+    if a.report_only:
+        paths = write_compare_report(a.out)
+        print(f"report: {paths['report']}\nhtml:   {paths['html']}")
+        return 0
+    overrides = {}
+    for item in a.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected NAME=VALUE (an UnlearnConfig setting)")
+        k, v = item.split("=", 1)
+        overrides[k.strip().replace("-", "_")] = _value(v)
+    res = run_compare(a.model, a.methods, a.out, ablations=a.ablations, max_steps=a.max_steps,
+                      learning_rate=a.learning_rate, eval_every=a.eval_every, benchmarks=a.benchmarks, limit=a.limit,
+                      bbq_per_category=a.bbq_per_category, ppl_max_tokens=a.ppl_max_tokens, dtype=a.dtype,
+                      data_dir=a.data_dir, rerun=a.rerun or (), config_overrides=overrides or None,
+                      baseline_batch_size=a.batch_size, dpo_pairs_per_step=a.dpo_pairs, dpo_beta=a.dpo_beta,
+                      ablation_checkpoint=a.ablation_checkpoint, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"report: {res['report']}\nhtml:   {res['html']}")
+    return 0
+
+
+def register(sub) -> None:
+    from .compare import ABLATIONS, DEFAULT_METHODS, KINDS
+
+    c = sub.add_parser(
+        "compare", help="baselines (CDA, SFT, DPO, Self-Debias), ablations and BiasUnlearn: one report",
+        description="Train and evaluate debiasing methods on one model with the same split, step budget and "
+                    "held-out data, and write <out>/report.md and a self-contained <out>/report.html. Finished "
+                    "method runs found in --out are reused. Methods: " + ", ".join(KINDS) + ".")
+    c.add_argument("--model", default="smollm2-135m", help="hub id, save_pretrained folder, .gguf file or built-in name")
+    c.add_argument("--methods", default=None,
+                   help=f"comma-separated (default: {','.join(DEFAULT_METHODS)}; with --ablations alone: base). "
+                        "The base model is always evaluated.")
+    c.add_argument("--ablations", action="store_true",
+                   help="add the BiasUnlearn ablations: " + ", ".join(ABLATIONS))
+    c.add_argument("--out", required=True, help="output folder (method folders, report.md, report.html)")
+    c.add_argument("--max_steps", "--max-steps", dest="max_steps", type=int, default=None,
+                   help="training steps of every trained method (default 1000)")
+    c.add_argument("--learning_rate", "--learning-rate", dest="learning_rate", type=float, default=None,
+                   help="learning rate of every trained method (default 5e-5, linear schedule)")
+    c.add_argument("--eval_every", "--eval-every", dest="eval_every", type=int, default=None,
+                   help="dev check every N steps (default 20)")
+    c.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
+    c.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
+    c.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
+    c.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
+    c.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="evaluation dtype (default: bfloat16 on a GPU, float32 on a CPU)")
+    c.add_argument("--data-dir", default=None, help="benchmark data folder (default: $BIASUNLEARN_DATA or ../shared/data)")
+    c.add_argument("--batch-size", type=int, default=None,
+                   help="CDA/SFT sentences per step (default: forget + retain batch of BiasUnlearn)")
+    c.add_argument("--dpo-pairs", type=int, default=None, help="DPO pairs per step (default: half of that)")
+    c.add_argument("--dpo-beta", type=float, default=0.1, help="DPO beta")
+    c.add_argument("--ablation-checkpoint", default="final", choices=["final", "best"],
+                   help="evaluate ablations at the final checkpoint (the paper) or at the best dev check")
+    c.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="any UnlearnConfig setting for every trained method, e.g. --set lora_r=16 (repeatable)")
+    c.add_argument("--rerun", default=None, type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                   help="comma-separated methods to recompute although results exist ('all' for every one)")
+    c.add_argument("--report-only", action="store_true", help="only rebuild the report from the folders in --out")
+    c.set_defaults(func=_compare_cmd)

@@ -1,0 +1,288 @@
+"""The baselines on a tiny model: CDA, SFT and DPO train a few steps on the same split as BiasUnlearn, write an
+adapter and dev logs, and the evaluation reads the adapter; Self-Debias matches the rescaling rule computed by hand."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+POOL_TERMS = {"gender": ["father", "brother", "uncle"], "race": ["Kenyan", "Korean", "Peruvian"]}
+WORDS = [("lazy", "busy", "cloud"), ("strong", "gentle", "window"), ("rich", "poor", "bridge")]
+
+
+def pool():
+    out, i = [], 0
+    for bias, terms in POOL_TERMS.items():
+        for t in terms:
+            for s, a, u in WORDS:
+                out.append({"id": f"p{i}", "target": t, "bias_type": bias, "context": f"The {t} was BLANK today.",
+                            "data": {"stereotype": {"sentence": f"The {t} was {s} today.", "id": f"p{i}s"},
+                                     "anti-stereotype": {"sentence": f"The {t} was {a} today.", "id": f"p{i}a"},
+                                     "unrelated": {"sentence": f"The {t} was {u} today.", "id": f"p{i}u"}}})
+                i += 1
+    return out
+
+
+@pytest.fixture()
+def train_data(fake_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(fake_data, root)
+    (root / "pool.json").write_text(json.dumps(pool()))
+    return root
+
+
+def small_config(out, model_path, data, **kw):
+    from biasunlearn.unlearn.config import make_config
+
+    base = dict(output_dir=str(out), model=str(model_path), data_dir=str(data), train_pool="pool.json",
+                max_steps=3, eval_every=2, forget_batch_size=2, retain_batch_size=4, unrelated_batch_size=3,
+                learning_rate=5e-3, warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1,
+                skip_final_eval=True, use_cpu=True, bf16=False, disable_tqdm=True, seed=0)
+    base.update(kw)
+    return make_config(**base)
+
+
+def read_jsonl(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def check_run_folder(run, cfg, steps):
+    from biasunlearn.baselines import load_splits
+
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "splits.json", "config.json",
+                 "log.jsonl", "dev_log.jsonl", "train_summary.json"):
+        assert (run / name).exists(), name
+    w = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)  # LoRA B starts at 0: it trained
+    # the same split as BiasUnlearn's pipeline makes from the same config
+    splits, _, _ = load_splits(cfg)
+    assert json.loads((run / "splits.json").read_text())["checksum"] == splits.to_dict()["checksum"]
+    dev = read_jsonl(run / "dev_log.jsonl")
+    assert [d["step"] for d in dev] == [0, 2, steps]  # every eval_every steps, plus the start and the last step
+    for d in dev:
+        assert set(d) >= {"step", "ss", "ss_overall", "lms"}
+        assert set(d["ss"]) == {"gender", "race"}
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == steps
+
+
+def evaluate_adapter(model_path, adapter, data, out):
+    """The evaluation suite reads the adapter: results.json names it, and its scores differ from the base model's."""
+    from biasunlearn.evaluate import EvalConfig, evaluate_model
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import score_texts
+
+    model, tok, info = load_model(str(model_path), adapter=str(adapter), device="cpu")
+    assert info.adapter == str(adapter)
+    doc = evaluate_model(model, tok, EvalConfig(benchmarks=("stereoset", "crows_pairs"), data_dir=str(data),
+                                                progress=False), info.to_dict(), out, log=None)
+    assert json.loads((out / "results.json").read_text())["model"]["adapter"] == str(adapter)
+    base, tok, _ = load_model(str(model_path), device="cpu")
+    texts = ["The mother was very caring today.", "Women cannot drive well."]
+    tuned = [s.sum for s in score_texts(model, tok, texts)]
+    plain = [s.sum for s in score_texts(base, tok, texts)]
+    assert any(abs(a - b) > 1e-4 for a, b in zip(tuned, plain))
+    return doc
+
+
+@pytest.mark.parametrize("name", ["cda", "sft"])
+def test_sentence_baselines_train_write_adapter_and_evaluate(name, tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.baselines import CDA, SFT
+
+    cls = {"cda": CDA, "sft": SFT}[name]
+    cfg = small_config(tmp_path / name, tiny_llama_path, train_data)
+    summary = cls(cfg, log=lambda s: None).train()
+    assert summary["steps"] == 3 and summary["batch_size"] == 6  # forget + retain batch of BiasUnlearn
+    check_run_folder(tmp_path / name, cfg, 3)
+    logs = read_jsonl(tmp_path / name / "log.jsonl")
+    assert any("loss" in r for r in logs)
+    doc = evaluate_adapter(tiny_llama_path, tmp_path / name / "adapter", train_data, tmp_path / "eval")
+    assert doc["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"] == 3
+
+
+def test_training_texts_cda_anti_only_sft_one_to_one(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.baselines import CDA, SFT, load_splits
+
+    cfg = small_config(tmp_path / "x", tiny_llama_path, train_data)
+    splits, _, _ = load_splits(cfg)
+    cda = CDA(cfg).training_texts(splits.train)
+    sft = SFT(cfg).training_texts(splits.train)
+    assert cda == [e.anti_stereotype for e in splits.train]
+    assert sorted(sft) == sorted([e.stereotype for e in splits.train] + cda)
+    assert sum(s in {e.stereotype for e in splits.train} for s in sft) == len(splits.train)  # 1:1
+
+
+def test_dpo_pairs_prompt_chosen_rejected(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.baselines import DPO, load_splits, preference_pairs
+
+    cfg = small_config(tmp_path / "x", tiny_llama_path, train_data)
+    splits, _, _ = load_splits(cfg)
+    pairs = preference_pairs(splits.train)
+    assert len(pairs) == len(splits.train)
+    e, p = splits.train[0], pairs[0]
+    assert p["x"] + p["chosen"] == e.anti_stereotype and p["x"] + p["rejected"] == e.stereotype
+    assert p["x"] == f"The {e.target} was"
+    from biasunlearn.models import load_tokenizer, start_token_id
+
+    tok = load_tokenizer(str(tiny_llama_path))
+    rows = DPO(cfg).encode_pairs(tok, pairs[:1])
+    assert rows[0]["prompt_ids"][0] == start_token_id(tok)
+    assert rows[0]["prompt_ids"].count(start_token_id(tok)) == 1  # our start token only, no second BOS
+    assert rows[0]["chosen_ids"] == tok(p["chosen"], add_special_tokens=False)["input_ids"]
+
+
+def test_dpo_trains_against_adapter_disabled_reference(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.baselines import DPO
+
+    cfg = small_config(tmp_path / "dpo", tiny_llama_path, train_data)
+    summary = DPO(cfg, log=lambda s: None).train()
+    assert summary["steps"] == 3 and summary["batch_size"] == 3  # pairs per step: half of forget + retain
+    check_run_folder(tmp_path / "dpo", cfg, 3)
+    logs = [r for r in read_jsonl(tmp_path / "dpo" / "log.jsonl") if "rewards/margins" in r]
+    # step 1: the policy equals the reference (base model, adapter disabled): loss log 2 and zero rewards
+    assert logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert logs[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert logs[-1]["rewards/margins"] > 0  # and it learns to prefer the anti-stereotype
+    cfgdoc = json.loads((tmp_path / "dpo" / "adapter" / "adapter_config.json").read_text())
+    assert cfgdoc["r"] == cfg.lora_r
+    assert not (tmp_path / "dpo" / "adapter" / "ref").exists()  # no copied reference adapter
+    doc = evaluate_adapter(tiny_llama_path, tmp_path / "dpo" / "adapter", train_data, tmp_path / "eval")
+    assert doc["benchmarks"]["stereoset"]["metrics"]["intrasentence"]["overall"]["n_examples"] == 7
+
+
+# --- Self-Debias ---------------------------------------------------------------------------------------------
+
+START, PA, PB, WORD = 0, 1, 2, 3  # tiny vocabulary: start token, prefix-A marker, prefix-B marker, a word
+# next-token distributions by context: no prefix / prefix A / prefix B, and by the number of words seen so far
+TABLE = {
+    "none": [[0.5, 0.3, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]],
+    "A": [[0.2, 0.6, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.7, 0.1, 0.1, 0.1]],
+    "B": [[0.4, 0.4, 0.1, 0.1], [0.25, 0.05, 0.6, 0.1], [0.1, 0.1, 0.1, 0.7]],
+}
+
+
+class FakeLM(torch.nn.Module):
+    """Its distribution at position t depends on which prefix marker the context holds and on how many words
+    (token 3) it holds: the same context with and without a prefix lines up exactly when aligned right."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        self.calls.append(tuple(input_ids.shape))
+        b, t = input_ids.shape
+        out = torch.empty(b, t, 4)
+        for i in range(b):
+            for j in range(t):
+                ctx = input_ids[i, : j + 1].tolist()
+                key = "A" if PA in ctx else "B" if PB in ctx else "none"
+                n = min(ctx.count(WORD), 2)
+                out[i, j] = torch.log(torch.tensor(TABLE[key][n])) + 3.0  # unnormalised logits
+        return type("Out", (), {"logits": out})()
+
+
+class FakeTok:
+    bos_token_id, eos_token_id, pad_token_id = START, START, START
+
+    def __call__(self, text, add_special_tokens=False):
+        ids = {"A: ": [PA], "B: ": [PB, PB]}[text]  # prefixes of different lengths
+        return {"input_ids": ids}
+
+
+def rule_by_hand(p, prefixed, lam=50.0):
+    """The rescaling written out in plain Python."""
+    mx = [max(q[w] for q in prefixed) for w in range(len(p))]
+    alpha = [1.0 if p[w] - mx[w] >= 0 else math.exp(lam * (p[w] - mx[w])) for w in range(len(p))]
+    z = sum(a * x for a, x in zip(alpha, p))
+    return [a * x / z for a, x in zip(alpha, p)]
+
+
+def test_self_debias_rule_by_hand_on_tiny_vocabulary():
+    from biasunlearn.baselines import SelfDebias
+
+    wrapper = SelfDebias(FakeLM(), FakeTok(), prefixes=["A: ", "B: "], decay=50.0)
+    # p(.|x) = [.5 .3 .1 .1]; max over prefixes = [.4 .6 .1 .1]; delta = [.1 -.3 0 0];
+    # alpha = [1, e^-15, 1, 1]; p~ = [.5, .3 e^-15, .1, .1] / (.7 + .3 e^-15)
+    z = 0.7 + 0.3 * math.exp(-15)
+    by_hand = [0.5 / z, 0.3 * math.exp(-15) / z, 0.1 / z, 0.1 / z]
+    ids = torch.tensor([[START, WORD, WORD], [START, WORD, START]])  # second row: right padding (pad = START)
+    out = wrapper(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    got = out.logits.exp()
+    torch.testing.assert_close(got[0, 0], torch.tensor(by_hand), rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(got[1, 0], torch.tensor(by_hand), rtol=1e-4, atol=1e-9)
+    assert got[0, 0, 1].item() == pytest.approx(0.3 * math.exp(-15) / z, rel=1e-3)
+    # every position, against the rule written out by hand for the aligned contexts
+    for j in range(3):
+        want = rule_by_hand(TABLE["none"][j], [TABLE["A"][j], TABLE["B"][j]])
+        torch.testing.assert_close(got[0, j], torch.tensor(want), rtol=1e-4, atol=1e-9)
+    # position 1 (one word seen): p = uniform; A raises token 3, B raises token 2 -> both pushed down
+    assert got[0, 1, 2] < 0.25 and got[0, 1, 3] < 0.25 and got[0, 1, 0] > 0.25
+    # the logits are a normalised log-distribution, so score_sequences' log-softmax leaves them unchanged
+    torch.testing.assert_close(torch.log_softmax(out.logits, -1), out.logits)
+    # three forward passes: the input, then each prefix inserted after the start token (lengths 1 and 2)
+    assert wrapper.model.calls == [(2, 3), (2, 4), (2, 5)]
+    # a batch that does not begin with the start token gets the prefixes in front, aligned the same way
+    got = wrapper(input_ids=torch.tensor([[WORD, WORD]])).logits.exp()
+    for j in range(2):
+        want = rule_by_hand(TABLE["none"][j + 1], [TABLE["A"][j + 1], TABLE["B"][j + 1]])
+        torch.testing.assert_close(got[0, j], torch.tensor(want), rtol=1e-4, atol=1e-9)
+
+
+def test_self_debias_function_matches_rule():
+    from biasunlearn.baselines import self_debias_logprobs
+
+    p = torch.tensor([0.5, 0.3, 0.1, 0.1]).log()
+    pa, pb = torch.tensor([0.2, 0.6, 0.1, 0.1]).log(), torch.tensor([0.4, 0.4, 0.1, 0.1]).log()
+    got = self_debias_logprobs(p, [pa, pb], 50.0).exp()
+    want = rule_by_hand([0.5, 0.3, 0.1, 0.1], [[0.2, 0.6, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1]])
+    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-5, atol=1e-9)
+    # with no token made more likely by a prefix nothing changes
+    torch.testing.assert_close(self_debias_logprobs(p, [p], 50.0), p, rtol=1e-6, atol=1e-6)
+
+
+def test_self_debias_padded_batch_matches_single_sequences(tiny_llama_path):
+    """On a real tiny model: the batched, right-padded wrapper equals the rule applied to each sentence alone, with
+    every prefix run as its own unpadded sequence (so the position alignment is right)."""
+    from biasunlearn.baselines import SelfDebias, self_debias_logprobs
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import encode_for_scoring, pad_batch
+
+    model, tok, _ = load_model(str(tiny_llama_path), device="cpu")
+    prefixes = ["The following text discriminates against people because of their gender: ",
+                "The following text discriminates against people because of their religion: "]
+    wrapper = SelfDebias(model, tok, prefixes=prefixes)
+    texts = ["The mother was very caring today.", "The nurse helped.", "My sister is a gentle person."]
+    seqs, _ = encode_for_scoring(tok, texts)
+    ids, attn = pad_batch(seqs, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        got = wrapper(input_ids=ids, attention_mask=attn).logits
+        for i, s in enumerate(seqs):
+            lp = torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0].float(), -1)
+            pre = []
+            for p in prefixes:
+                pid = tok(p, add_special_tokens=False)["input_ids"]
+                full = torch.tensor([[s[0]] + pid + s[1:]])
+                pre.append(torch.log_softmax(model(input_ids=full).logits[0, len(pid):].float(), -1))
+            want = self_debias_logprobs(lp, pre, 50.0)
+            torch.testing.assert_close(got[i, : len(s)], want, rtol=1e-4, atol=1e-4)
+
+
+def test_self_debias_scores_through_the_evaluation_suite(tiny_gpt2_path, fake_data):
+    from biasunlearn.baselines import SelfDebias, scoring_cost
+    from biasunlearn.evaluate import EvalConfig, evaluate_model
+    from biasunlearn.models import load_model
+
+    model, tok, info = load_model(str(tiny_gpt2_path), device="cpu")
+    cfg = EvalConfig(data_dir=str(fake_data), progress=False)
+    plain = evaluate_model(model, tok, cfg, info.to_dict(), None, log=None)
+    deb = evaluate_model(SelfDebias(model, tok), tok, cfg, info.to_dict(), None, log=None)
+    assert set(deb["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
+    p0 = plain["benchmarks"]["perplexity"]["metrics"]
+    p1 = deb["benchmarks"]["perplexity"]["metrics"]
+    assert p1["tokens_scored"] == p0["tokens_scored"]  # same tokens scored: the prefixes are never scored
+    assert p1["perplexity"] != pytest.approx(p0["perplexity"], rel=1e-9)
+    cost = scoring_cost(model, SelfDebias(model, tok), tok, ["The river flows past the village."] * 6)
+    assert cost["forward_passes_per_batch"] == 4 and cost["ratio"] > 0
