@@ -19,6 +19,7 @@ the same held-out files; the report checks both (split checksum, data sha256) an
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import gc
 import json
@@ -284,12 +285,15 @@ class _Runner:
         self.log(f"[compare] {name}: evaluating" + (f" {adapter}" if adapter else ""))
         with Measure() as m:
             model, tok, info = load_model(self.model, adapter=adapter, dtype=self.dtype)
-            scored, plain = model, model
+            scored, plain, ecfg = model, model, self.ecfg
             if name == "self_debias":
                 from .baselines import SelfDebias
 
                 scored = SelfDebias(model, tok)
-            doc = evaluate_model(scored, tok, self.ecfg, info.to_dict(), d / "eval", log=self.log)
+                # a quarter of the batch budget: four forward passes and three full-vocabulary distributions per
+                # batch (batching changes no number)
+                ecfg = dataclasses.replace(ecfg, max_tokens=max(256, ecfg.max_tokens // 4))
+            doc = evaluate_model(scored, tok, ecfg, info.to_dict(), d / "eval", log=self.log)
         cost = {"n_sentences": len(self.cost_texts)}
         cost["ms_per_sentence"] = _time_scoring(scored, tok, self.cost_texts)
         if adapter:
@@ -590,6 +594,9 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
         elif n == "base":
             line += ": the model as loaded"
         md.append(line)
+    missing = [n for n in names if n not in docs]
+    if missing:
+        md.append(f"- not finished (no results.json yet): {', '.join(missing)}")
     text = "\n".join(md) + "\n"
     rep = atomic_write_text(out / "report.md", text)
     html = atomic_write_text(out / "report.html", R.markdown_to_html(text, base_dir=out, title="biasunlearn compare"))

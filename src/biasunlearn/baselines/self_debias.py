@@ -101,12 +101,16 @@ class SelfDebias(torch.nn.Module):
             logits = self.model(input_ids=ids, attention_mask=mask, **kw).logits[:, off:off + width]
             pb = torch.softmax(logits.float(), -1)
             del logits
-            max_pb = pb if max_pb is None else torch.maximum(max_pb, pb)
-        delta = logp.exp() - max_pb
+            max_pb = pb if max_pb is None else torch.maximum(max_pb, pb, out=max_pb)
+            del pb
+        # in place, so that at most three [B, T, V] float32 tensors live at once:
+        # log alpha = lambda * min(delta, 0) == (0 if delta >= 0 else lambda * delta)
+        log_alpha = logp.exp().sub_(max_pb).clamp_(max=0.0).mul_(self.decay)
         del max_pb
-        scaled = logp + torch.where(delta >= 0, torch.zeros_like(delta), self.decay * delta)
-        del delta
-        return CausalLMOutput(logits=scaled - torch.logsumexp(scaled, -1, keepdim=True))
+        scaled = logp.add_(log_alpha)
+        del log_alpha
+        scaled = scaled.sub_(torch.logsumexp(scaled, -1, keepdim=True))
+        return CausalLMOutput(logits=scaled)
 
 
 def scoring_cost(model, wrapper, tokenizer, texts: Sequence[str], max_tokens: int = 4096) -> dict:

@@ -95,12 +95,12 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     wall = time.time() - t0
     if trainer.is_world_process_zero():
         best = out / "best_adapter"
+        last = out / "final_adapter"  # the last step's adapter (ablations are judged at a fixed step, as the paper)
+        shutil.rmtree(last, ignore_errors=True)
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(last)
         final = out / "adapter"
         shutil.rmtree(final, ignore_errors=True)
-        if best.exists():
-            shutil.copytree(best, final)
-        else:
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(final)
+        shutil.copytree(best if best.exists() else last, final)
         write_json(final / "biasunlearn_config.json", {"method": "biasunlearn", "config": cfg.method_dict(),
                                                        "base_model": info.to_dict(), "splits_checksum":
                                                        splits.to_dict()["checksum"]})

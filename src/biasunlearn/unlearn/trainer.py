@@ -79,8 +79,9 @@ class BiasUnlearnTrainer(Trainer):
         chunk = self.sets.chunk(step, self.controller.directions, a.forget_batch_size, a.retain_batch_size,
                                 a.unrelated_batch_size, rank=a.process_index, world=a.world_size)
         device = inputs["step_index"].device
-        parts = [("forget", chunk["forget"]), ("retain", chunk["retain"] if a.alpha_retain > 0 else []),
-                 ("unrelated", chunk["unrelated"] if a.alpha_kl > 0 else [])]
+        # A switched-off term (alpha 0, an ablation) is still computed and logged, so its curve can be compared,
+        # but it adds nothing to the loss.
+        parts = [("forget", chunk["forget"]), ("retain", chunk["retain"]), ("unrelated", chunk["unrelated"])]
         items = [it for _, its in parts for it in its]
         ids, attn, mask = self._batch(items, device)
         out = model(input_ids=ids, attention_mask=attn, use_cache=False)
@@ -101,22 +102,19 @@ class BiasUnlearnTrainer(Trainer):
             l_forget = npo_loss(pol, ref, a.npo_beta)
         else:
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
+        r, u = sl["retain"], sl["unrelated"]
+        l_retain = retention_loss(tok_lp[r], mask[r])
+        with torch.no_grad(), unwrapped.disable_adapter():
+            ref_logits = unwrapped(input_ids=ids[u], attention_mask=attn[u], use_cache=False).logits
+        # every real token after the start token is scored: positions 0..len-2 predict tokens 1..len-1
+        kl_mask = attn[u][:, 1:].float()
+        l_kl = forward_kl(ref_logits[:, :-1], logits[u][:, :-1], kl_mask)
         loss = a.alpha_forget * l_forget
-        logs = {"loss_forget": l_forget.detach()}
         if a.alpha_retain > 0:
-            r = sl["retain"]
-            l_retain = retention_loss(tok_lp[r], mask[r])
             loss = loss + a.alpha_retain * l_retain
-            logs["loss_retain"] = l_retain.detach()
         if a.alpha_kl > 0:
-            u = sl["unrelated"]
-            with torch.no_grad(), unwrapped.disable_adapter():
-                ref_logits = unwrapped(input_ids=ids[u], attention_mask=attn[u], use_cache=False).logits
-            # every real token after the start token is scored: positions 0..len-2 predict tokens 1..len-1
-            kl_mask = attn[u][:, 1:].float()
-            l_kl = forward_kl(ref_logits[:, :-1], logits[u][:, :-1], kl_mask)
             loss = loss + a.alpha_kl * l_kl
-            logs["loss_kl"] = l_kl.detach()
+        logs = {"loss_forget": l_forget.detach(), "loss_retain": l_retain.detach(), "loss_kl": l_kl.detach()}
         if not torch.isfinite(loss):
             raise TrainingCollapse(
                 f"loss is {loss.item()} at step {step} (forget {logs['loss_forget'].item():.4g}); training stopped. "

@@ -1,0 +1,270 @@
+"""`biasunlearn compare` on a tiny model: every method and every ablation runs a few steps, each writes its
+results.json, finished runs are reused, and the report (markdown and self-contained HTML) has every section."""
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+
+from test_baselines import pool
+
+OVERRIDES = dict(train_pool="pool.json", forget_batch_size=2, retain_batch_size=4, unrelated_batch_size=3,
+                 warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1, use_cpu=True, bf16=False,
+                 disable_tqdm=True, seed=0)
+SECTIONS = ("## Budget", "## Held-out data", "## StereoSet (Table 1 layout)", "## CrowS-Pairs (Table 2 layout)",
+            "## BBQ and perplexity", "## Dev SS against training steps (Figure 4)",
+            "## Ablations (Table 5 layout, Figure 3)", "## Cost: wall time and peak memory", "## Methods")
+
+
+@pytest.fixture(scope="module")
+def data(fake_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare-data") / "data"
+    shutil.copytree(fake_data, root)
+    (root / "pool.json").write_text(json.dumps(pool()))
+    return root
+
+
+def run(model_path, out, data, methods=None, **kw):
+    from biasunlearn.compare import run_compare
+
+    args = dict(max_steps=2, learning_rate=5e-3, eval_every=1, data_dir=data, config_overrides=OVERRIDES,
+                progress=False, cost_sentences=6, log=lambda s: None)
+    args.update(kw)
+    return run_compare(str(model_path), methods, out, **args)
+
+
+def check_report(out):
+    md = (out / "report.md").read_text()
+    for s in SECTIONS:
+        assert s in md, s
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table>" in html
+    assert 'src="figures' not in html and "data:image/png;base64," in html  # self-contained
+    return md, html
+
+
+def test_compare_every_method_end_to_end_then_reuse(tmp_path, tiny_llama_path, data, monkeypatch):
+    from biasunlearn import compare
+    from biasunlearn.errors import ConfigError
+
+    out = tmp_path / "cmp"
+    res = run(tiny_llama_path, out, data)
+    assert list(res["results"]) == list(compare.DEFAULT_METHODS)
+    plan = json.loads((out / "compare.json").read_text())
+    checksum = plan["splits"]["checksum"]
+    for name in compare.DEFAULT_METHODS:
+        doc = json.loads((out / name / "results.json").read_text())
+        m = doc["method"]
+        assert m["name"] == name and m["eval"]["wall_time_s"] >= 0 and m["eval"]["peak_memory_mb"] > 0
+        assert m["scoring_cost"]["ms_per_sentence"] > 0
+        assert set(doc["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
+        if name in ("cda", "sft", "dpo", "biasunlearn"):
+            assert doc["model"]["adapter"] == str(out / name / "adapter")  # the evaluation read the adapter
+            assert (out / name / "adapter" / "adapter_model.safetensors").exists()
+            assert m["train"]["steps"] == 2 and m["train"]["splits_checksum"] == checksum  # the SAME split
+            dev = [json.loads(x) for x in (out / name / "dev_log.jsonl").read_text().splitlines()]
+            assert [d["step"] for d in dev] == [0, 1, 2] and all("ss_overall" in d for d in dev)
+        else:
+            assert doc["model"]["adapter"] is None and m["train"] is None
+    sd = res["results"]["self_debias"]["method"]["scoring_cost"]
+    assert sd["forward_passes_per_batch"] == 4
+    md, _ = check_report(out)
+    assert checksum in md and "the same for every trained method" in md
+    assert "| SFT |" in md and "| Self-Debias |" in md and "Self-Debias costs" in md
+    assert (out / "figures" / "dev_ss_compare.png").exists()
+    assert "**Reduced budget**" in md
+
+    # a second call reuses every finished run: nothing is trained or evaluated again
+    def boom(*a, **k):
+        raise AssertionError("recomputed a finished method")
+
+    monkeypatch.setattr(compare, "evaluate_model", boom)
+    monkeypatch.setattr("biasunlearn.unlearn.pipeline.train_adapter", boom)
+    monkeypatch.setattr("biasunlearn.baselines.common.LoraFineTune.train", boom)
+    monkeypatch.setattr("biasunlearn.baselines.dpo.DPO.train", boom)
+    again = run(tiny_llama_path, out, data)
+    assert again["results"]["cda"]["method"] == res["results"]["cda"]["method"]
+    # other settings in the same folder are refused instead of silently mixed
+    with pytest.raises(ConfigError, match="other settings.*max_steps"):
+        run(tiny_llama_path, out, data, methods="base,cda", max_steps=3)
+
+
+def test_compare_trained_adapter_is_evaluated_without_retraining(tmp_path, tiny_llama_path, data, monkeypatch):
+    """An interrupted run (adapter trained, evaluation not finished) only needs the evaluation."""
+    from biasunlearn import compare
+
+    out = tmp_path / "cmp"
+    run(tiny_llama_path, out, data, methods="base,cda", benchmarks="stereoset")
+    (out / "cda" / "results.json").unlink()
+    monkeypatch.setattr("biasunlearn.baselines.common.LoraFineTune.train",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    res = run(tiny_llama_path, out, data, methods="base,cda", benchmarks="stereoset")
+    assert (out / "cda" / "results.json").exists() and res["results"]["cda"]["method"]["train"]["steps"] == 2
+    assert compare.resolve_methods("cda", False) == ["base", "cda"]  # the base model always comes first
+
+
+def test_compare_ablations(tmp_path, tiny_llama_path, data):
+    from biasunlearn.compare import ABLATIONS
+
+    out = tmp_path / "abl"
+    res = run(tiny_llama_path, out, data, ablations=True, benchmarks="stereoset,perplexity")
+    assert list(res["results"]) == ["base", *ABLATIONS]
+    for name, (overrides, _) in ABLATIONS.items():
+        m = res["results"][name]["method"]
+        cfg = m["settings"]["train"]["config"]
+        for k, v in overrides.items():
+            assert cfg[k] == v
+        assert cfg["early_stop_tolerance"] == -1.0  # the whole budget runs
+        assert m["train"]["evaluated"] == "final checkpoint (checkpoint-2)"  # as the paper's section 4.4
+        assert res["results"][name]["model"]["adapter"] == str(out / name / "final_adapter")
+    logs = [json.loads(x) for x in (out / "abl_no_retain" / "log.jsonl").read_text().splitlines()]
+    assert any("loss_forget" in r for r in logs) and not any("loss_retain" in r for r in logs)
+    md, _ = check_report(out)
+    assert "| w/o retention loss |" in md and "| w/o KL |" in md and "| focus on the worst type" in md
+    assert "not measured (not in --benchmarks)" in md  # crows_pairs, bbq left out: the sections still render
+    assert (out / "figures" / "ablation_losses.png").exists()
+
+
+# --- the report alone, from hand-written results documents ------------------------------------------------------
+
+def doc(name, kind, ss: dict, lms, crows: dict, bbq_amb, ppl, steps=None):
+    from biasunlearn.metrics.stereoset import icat
+
+    sha = {"stereoset": {"a.csv": "1" * 64}, "crows_pairs": {"c.csv": "2" * 64}, "bbq": {"b.jsonl": "3" * 64},
+           "perplexity": {"w.raw": "4" * 64}}
+    intra = {d: {"SS": v, "LMS": lms, "ICAT": icat(v, lms), "n_examples": 10, "n_terms": 2} for d, v in ss.items()}
+    bench = {
+        "stereoset": {"metrics": {"intrasentence": intra}, "wall_time_s": 1.0},
+        "crows_pairs": {"metrics": {"length_normalised": {k: {"score": v, "n": 5} for k, v in crows.items()},
+                                    "summed_logprob": {k: {"score": v, "n": 5} for k, v in crows.items()}},
+                        "wall_time_s": 1.0},
+        "bbq": {"metrics": {c: {"acc": 40.0, "acc_ambig": 30.0, "acc_disambig": 50.0, "bias_disambig": 2.0,
+                                "bias_ambig": bbq_amb, "n": 4} for c in ("Age", "overall")}, "wall_time_s": 1.0},
+        "perplexity": {"metrics": {"perplexity": ppl, "tokens_scored": 100}, "wall_time_s": 1.0},
+    }
+    for b, s in sha.items():
+        bench[b]["data"] = {"path": f"/data/{b}", "sha256": s}
+    train = None if steps is None else {"steps": steps, "wall_time_s": 12.5, "peak_memory_mb": 900.0,
+                                        "splits_checksum": "c" * 64, "evaluated": "final adapter"}
+    return {"model": {"spec": "tiny", "adapter": None if steps is None else f"{name}/adapter"}, "benchmarks": bench,
+            "method": {"name": name, "kind": kind, "settings": {"eval": {"eval_config": {"limit": None}, "dtype": "float32"}},
+                       "train": train, "eval": {"wall_time_s": 4.0, "peak_memory_mb": 800.0, "memory": "process peak RSS"},
+                       "scoring_cost": {"ms_per_sentence": 4.0 if name == "self_debias" else 1.0,
+                                        "plain_ms_per_sentence": 1.0, "ratio_to_plain": 4.0 if name == "self_debias" else 1.0,
+                                        "forward_passes_per_batch": 4}}}
+
+
+def write_folder(out, names_docs, logs=True):
+    for name, d in names_docs.items():
+        (out / name).mkdir(parents=True)
+        (out / name / "results.json").write_text(json.dumps(d))
+        if logs and d["method"]["train"]:
+            (out / name / "dev_log.jsonl").write_text("".join(json.dumps(
+                {"step": s, "ss": {"gender": 60 - s}, "ss_overall": 60.0 - s, "lms": 90.0}) + "\n" for s in (0, 5, 10)))
+            (out / name / "log.jsonl").write_text("".join(json.dumps(
+                {"step": s, "loss_forget": 2.0 - 0.1 * s, **({"loss_retain": 1.0 + 0.01 * s} if "no_retain" not in name else {})})
+                + "\n" for s in range(1, 11)))
+
+
+PLAN = {"model": "tiny", "device": "cpu", "threads": 1,
+        "budget": {"max_steps": 10, "learning_rate": 5e-5, "lr_scheduler_type": "linear", "warmup_steps": 0.05,
+                   "optim": "adamw_torch", "eval_every": 5, "lora_r": 8, "lora_alpha": 16, "seed": 42,
+                   "forget_batch_size": 4, "retain_batch_size": 28, "unrelated_batch_size": 28,
+                   "baseline_batch_size": 32, "dpo_pairs_per_step": 16, "dpo_beta": 0.1, "ablation_checkpoint": "final"},
+        "eval": {"benchmarks": ["stereoset", "crows_pairs", "bbq", "perplexity"], "limit": 50, "bbq_per_category": 200,
+                 "ppl_max_tokens": 32768, "dtype": "float32"},
+        "splits": {"checksum": "c" * 64, "seed": 42, "dev_fraction": 0.15}}
+
+
+def test_report_renders_every_section_with_tables_and_bold_best(tmp_path):
+    from biasunlearn.compare import write_compare_report
+
+    crows = {"gender": 58.0, "race-color": 62.0, "religion": 70.0, "overall": 61.0}
+    docs = {
+        "base": doc("base", "base", {"gender": 66.0, "race": 62.0, "overall": 64.0}, 92.0, crows, 10.0, 20.0),
+        "cda": doc("cda", "finetune", {"gender": 63.0, "race": 48.0, "overall": 55.0}, 95.0, crows, 8.0, 21.0, 10),
+        "sft": doc("sft", "finetune", {"gender": 60.0, "race": 58.0, "overall": 59.0}, 93.0, crows, 6.0, 20.5, 10),
+        "dpo": doc("dpo", "finetune", {"gender": 45.0, "race": 44.0, "overall": 44.5}, 89.0, crows, -3.0, 20.2, 10),
+        "self_debias": doc("self_debias", "inference", {"gender": 59.0, "race": 57.0, "overall": 58.0}, 89.0,
+                           {**crows, "gender": 49.5}, 5.0, 22.0),
+        "biasunlearn": doc("biasunlearn", "unlearn", {"gender": 52.4, "race": 50.4, "overall": 50.8}, 91.9,
+                           {**crows, "race-color": 50.0}, 1.0, 20.1, 10),
+        "abl_full": doc("abl_full", "unlearn", {"overall": 53.7}, 93.0, crows, 1.0, 20.1, 10),
+        "abl_no_retain": doc("abl_no_retain", "unlearn", {"overall": 47.6}, 57.7, crows, 1.0, 40.0, 10),
+    }
+    out = tmp_path / "rep"
+    write_folder(out, docs)
+    paths = write_compare_report(out, list(docs), PLAN)
+    md = (out / "report.md").read_text()
+    for s in SECTIONS:
+        assert s in md, s
+    # Table 1: best per column among the methods, in bold; the base row shows its LMS
+    assert "| Base model | 66.00 | – | 62.00 | – | 64.00 | LMS 92.00 | 66.24 |" in md
+    assert "| BiasUnlearn | **52.40** | – | **50.40** | – | **50.80** | **-0.10** | **90.43** |" in md
+    assert "| CDA | 63.00 | – | 48.00 | – | 55.00 | +3.00 | 85.50 |" in md
+    # Table 2: gender, race-color, religion, overall
+    assert "| Method | Gend. | Race-color | Reli. | Overall |" in md
+    assert "| Self-Debias | **49.50** | 62.00 |" in md and "| BiasUnlearn | 58.00 | **50.00** |" in md
+    # BBQ and perplexity change against the base model
+    assert "| 20.100 | +0.100 | +0.50% |" in md
+    # ablations: Table 5 layout
+    assert "| Method | SS → 50 | LMS ↑ | ΔLMS → 0 | ICAT ↑ |" in md and "| w/o retention loss | **47.60** | 57.70 |" in md
+    assert "c" * 64 in md and "at most 50 examples per benchmark" in md
+    assert "Self-Debias costs 4.00× the plain model" in md
+    for fig in ("dev_ss_compare.png", "ablation_losses.png", "ablation_dev_ss.png"):
+        assert (out / "figures" / fig).exists() and f"figures/{fig}" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and 'src="figures' not in html
+    assert html.count("<table>") == sum(x.startswith("|---") for x in md.splitlines()) and "<strong>52.40</strong>" in html
+    assert paths["html"].endswith("report.html")
+
+
+def test_report_with_only_the_base_model_still_has_every_section(tmp_path):
+    from biasunlearn.compare import write_compare_report
+
+    out = tmp_path / "rep"
+    d = doc("base", "base", {"overall": 60.0}, 90.0, {"overall": 55.0}, 1.0, 20.0)
+    d["benchmarks"] = {"stereoset": d["benchmarks"]["stereoset"]}
+    write_folder(out, {"base": d})
+    write_compare_report(out, ["base"], {**PLAN, "splits": None})
+    md = (out / "report.md").read_text()
+    for s in SECTIONS:
+        assert s in md, s
+    assert md.count("not measured (not in --benchmarks)") == 2 and "not run (pass --ablations)" in md
+    html = (out / "report.html").read_text()
+    assert "<h2>Ablations (Table 5 layout, Figure 3)</h2>" in html
+
+
+def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
+    from biasunlearn import cli, compare
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli.main(["compare", "--out", str(tmp_path / "x"), "--methods", "base,nope"]) == 2
+    assert "unknown nope" in err.getvalue()
+    seen = {}
+
+    def fake(model, methods, out, **kw):
+        seen.update(model=model, methods=methods, out=out, **kw)
+        return {"results": {}, "report": f"{out}/report.md", "html": f"{out}/report.html"}
+
+    monkeypatch.setattr(compare, "run_compare", fake)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+        rc = cli.main(["compare", "--model", "m", "--methods", "base,cda,sft", "--out", str(tmp_path / "o"),
+                       "--max_steps", "50", "--learning-rate", "1e-4", "--eval_every", "10", "--limit", "20",
+                       "--benchmarks", "stereoset,crows_pairs", "--bbq-per-category", "0", "--dtype", "float32",
+                       "--set", "lora_r=4", "--set", "train_pool=a.json", "--rerun", "cda", "--ablations"])
+    assert rc == 0 and "report.md" in buf.getvalue()
+    assert seen["methods"] == "base,cda,sft" and seen["ablations"] is True and seen["max_steps"] == 50
+    assert seen["learning_rate"] == 1e-4 and seen["eval_every"] == 10 and seen["limit"] == 20
+    assert seen["benchmarks"] == "stereoset,crows_pairs" and seen["bbq_per_category"] == 0
+    assert seen["config_overrides"] == {"lora_r": 4, "train_pool": "a.json"} and seen["rerun"] == ["cda"]
+    # --report-only rebuilds the report from the folders
+    out = tmp_path / "rep"
+    write_folder(out, {"base": doc("base", "base", {"overall": 60.0}, 90.0, {"overall": 55.0}, 1.0, 20.0)})
+    (out / "compare.json").write_text(json.dumps({**PLAN, "methods": ["base"]}))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["compare", "--out", str(out), "--report-only"]) == 0
+    assert (out / "report.html").exists()
