@@ -14,7 +14,6 @@ and sha256, loss curve, wall time).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys

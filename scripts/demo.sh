@@ -6,6 +6,6 @@ bash scripts/setup.sh
 . "${BIASUNLEARN_VENV:-.venv}/bin/activate"
 OUT="${1:-runs/demo}"
 if biasunlearn train --help >/dev/null 2>&1; then
-  exec biasunlearn train --model smollm2-135m --out "$OUT"
+  exec biasunlearn train --model smollm2-135m --config configs/smollm2-cpu.yaml --out "$OUT"
 fi
 exec biasunlearn eval --model smollm2-135m --benchmarks stereoset,crows_pairs,bbq,perplexity --out "$OUT"

@@ -119,7 +119,8 @@ def test_compare_ablations(tmp_path, tiny_llama_path, data):
         assert m["train"]["evaluated"] == "final checkpoint (checkpoint-2)"  # as the paper's section 4.4
         assert res["results"][name]["model"]["adapter"] == str(out / name / "final_adapter")
     logs = [json.loads(x) for x in (out / "abl_no_retain" / "log.jsonl").read_text().splitlines()]
-    assert any("loss_forget" in r for r in logs) and not any("loss_retain" in r for r in logs)
+    # a switched-off term is still logged (for Figure 3), but the run trained without it
+    assert any("loss_forget" in r for r in logs) and any("loss_retain" in r for r in logs)
     md, _ = check_report(out)
     assert "| w/o retention loss |" in md and "| w/o KL |" in md and "| focus on the worst type" in md
     assert "not measured (not in --benchmarks)" in md  # crows_pairs, bbq left out: the sections still render

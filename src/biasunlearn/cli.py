@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
     e.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
     e.add_argument("--no-intersentence", action="store_true", help="skip StereoSet intersentence")
-    e.add_argument("--max-tokens", type=int, default=4096, help="scoring batch budget in padded tokens")
+    e.add_argument("--max-tokens", type=int, default=None,
+                   help="scoring batch budget in padded tokens (default: 256 on CPU, 8192 on CUDA)")
     e.set_defaults(func=_eval_cmd)
 
     for register in _extra_commands:

@@ -292,7 +292,7 @@ class _Runner:
                 scored = SelfDebias(model, tok)
                 # a quarter of the batch budget: four forward passes and three full-vocabulary distributions per
                 # batch (batching changes no number)
-                ecfg = dataclasses.replace(ecfg, max_tokens=max(256, ecfg.max_tokens // 4))
+                ecfg = dataclasses.replace(ecfg, max_tokens=max(256, (ecfg.max_tokens or 1024) // 4))
             doc = evaluate_model(scored, tok, ecfg, info.to_dict(), d / "eval", log=self.log)
         cost = {"n_sentences": len(self.cost_texts)}
         cost["ms_per_sentence"] = _time_scoring(scored, tok, self.cost_texts)

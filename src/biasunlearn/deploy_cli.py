@@ -13,7 +13,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
     p.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
     p.add_argument("--no-intersentence", action="store_true", help="skip StereoSet intersentence")
-    p.add_argument("--max-tokens", type=int, default=4096, help="scoring batch budget in padded tokens")
+    p.add_argument("--max-tokens", type=int, default=None, help="scoring batch budget in padded tokens (default: 256 on CPU, 8192 on CUDA)")
 
 
 def _eval_config(a):

@@ -42,7 +42,7 @@ class EvalConfig:
     ppl_window: int = 512
     ppl_stride: int = 256
     ppl_max_tokens: int | None = 32768  # first N tokens of the text; None = all
-    max_tokens: int = 4096  # scoring batch budget (padded tokens per forward pass)
+    max_tokens: int | None = None  # scoring batch budget in padded tokens (None: 256 on CPU, 8192 on CUDA)
     progress: bool = True
 
     def to_dict(self) -> dict:

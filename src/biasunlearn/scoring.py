@@ -104,7 +104,7 @@ def model_device(model) -> torch.device:
 
 
 def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Sequence[int], *, pad_id: int = 0,
-                    max_tokens: int = 4096, max_batch: int = 128, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    max_tokens: int | None = None, max_batch: int = 128, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sum of log-probabilities (nats) and count of scored tokens for each sequence, in input order.
 
     `model(input_ids=..., attention_mask=...)` must return an object with `.logits` ([B, T, V]).
@@ -116,6 +116,9 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
     if n == 0:
         return sums, counts
     device = model_device(model)
+    if max_tokens is None:
+        # measured (BENCHMARKS.md): small batches are fastest on a CPU (cache-resident activations), big on a GPU
+        max_tokens = 8192 if device.type == "cuda" else 256
     lengths = [len(s) for s in sequences]
     batches = length_batches(lengths, max_tokens, max_batch)
     was_training = getattr(model, "training", False)

@@ -101,7 +101,7 @@ class DevSSCallback(TrainerCallback):
     def check(self, model, step: int) -> dict:
         use_bf16 = bool(self.bf16) and not torch.cuda.is_available()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            recs = stereoset_records(model, self.tok, self.dev, max_tokens=4096)
+            recs = stereoset_records(model, self.tok, self.dev)
         m = stereoset_scores(recs)
         entry = {"step": step, "ss": {b: v["SS"] for b, v in m.items() if b != "overall"},
                  "ss_overall": m["overall"]["SS"], "lms": m["overall"]["LMS"],

@@ -113,7 +113,7 @@ class SelfDebias(torch.nn.Module):
         return CausalLMOutput(logits=scaled)
 
 
-def scoring_cost(model, wrapper, tokenizer, texts: Sequence[str], max_tokens: int = 4096) -> dict:
+def scoring_cost(model, wrapper, tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> dict:
     """Time per sentence of scoring `texts` with the plain model and with the Self-Debias wrapper (same batches)."""
     from ..scoring import score_texts
 

@@ -165,7 +165,7 @@ class DevCheckCallback(TrainerCallback):
         args = self.trainer.args
         use_bf16 = bool(args.bf16) and not torch.cuda.is_available()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            recs = stereoset_records(model, self.trainer.tok, self.dev, max_tokens=4096)
+            recs = stereoset_records(model, self.trainer.tok, self.dev)
         m = stereoset_scores(recs)
         ss = {b: v["SS"] for b, v in m.items() if b != "overall"}
         lms = m["overall"]["LMS"]

@@ -1,0 +1,51 @@
+"""`biasunlearn train` from the command line: YAML config, flags overriding it, errors, and the whole pipeline
+(train -> evaluate before/after -> report) on a tiny model."""
+import json
+import shutil
+
+import pytest
+
+from biasunlearn.cli import main
+from biasunlearn.errors import ConfigError
+from biasunlearn.train_cli import parse_train_config
+from test_unlearn_train import _pool
+
+
+def test_yaml_then_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("learning_rate: 2.5e-4\nnpo_beta: 1.0\nmax_steps: 80\n")
+    cfg, resume = parse_train_config(["--config", str(y), "--out", str(tmp_path / "r"), "--max_steps", "7"])
+    assert cfg.learning_rate == 2.5e-4 and cfg.npo_beta == 1.0 and cfg.max_steps == 7 and not resume
+    assert cfg.output_dir == str(tmp_path / "r") and cfg.save_steps == cfg.eval_every == 20
+    assert cfg.alpha_forget == 0.4 and cfg.retain_batch_size == 28 and cfg.adversarial_share == 0.25
+
+
+def test_config_errors(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("learning_rat: 1e-4\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        parse_train_config(["--config", str(y), "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="needs --out"):
+        parse_train_config([])
+    with pytest.raises(ConfigError, match="swap_mode"):
+        parse_train_config(["--out", str(tmp_path), "--swap_mode", "sometimes"])
+
+
+def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(fake_data, data)
+    (data / "pool.json").write_text(json.dumps(_pool()))
+    out = tmp_path / "run"
+    rc = main(["train", "--out", str(out), "--model", str(tiny_llama_path), "--data_dir", str(data),
+               "--train_pool", "pool.json", "--max_steps", "2", "--eval_every", "1", "--forget_batch_size", "2",
+               "--retain_batch_size", "4", "--unrelated_batch_size", "2", "--dev_fraction", "0.3",
+               "--min_dev_per_type", "1", "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true",
+               "--eval_dtype", "float32", "--collapse_lms_drop", "101", "--eval_bbq_per_category", "0"])
+    assert rc == 0
+    report = (out / "report.md").read_text()
+    assert "held-out" in report and "StereoSet" in report
+    before = json.loads((out / "eval_before" / "results.json").read_text())
+    after = json.loads((out / "eval_after" / "results.json").read_text())
+    assert before["model"]["adapter"] is None and after["model"]["adapter"] == str(out / "adapter")
+    assert set(after["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
+    assert "StereoSet intrasentence" in capsys.readouterr().out
