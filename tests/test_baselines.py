@@ -8,29 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-POOL_TERMS = {"gender": ["father", "brother", "uncle"], "race": ["Kenyan", "Korean", "Peruvian"]}
-WORDS = [("lazy", "busy", "cloud"), ("strong", "gentle", "window"), ("rich", "poor", "bridge")]
-
-
-def pool():
-    out, i = [], 0
-    for bias, terms in POOL_TERMS.items():
-        for t in terms:
-            for s, a, u in WORDS:
-                out.append({"id": f"p{i}", "target": t, "bias_type": bias, "context": f"The {t} was BLANK today.",
-                            "data": {"stereotype": {"sentence": f"The {t} was {s} today.", "id": f"p{i}s"},
-                                     "anti-stereotype": {"sentence": f"The {t} was {a} today.", "id": f"p{i}a"},
-                                     "unrelated": {"sentence": f"The {t} was {u} today.", "id": f"p{i}u"}}})
-                i += 1
-    return out
-
-
-@pytest.fixture()
-def train_data(fake_data, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(fake_data, root)
-    (root / "pool.json").write_text(json.dumps(pool()))
-    return root
+from test_unlearn_train import _pool as pool  # noqa: F401  (the same tiny train pool as the trainer tests)
+from test_unlearn_train import train_data  # noqa: F401  (fixture)
 
 
 def small_config(out, model_path, data, **kw):

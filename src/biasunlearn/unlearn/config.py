@@ -57,6 +57,7 @@ class UnlearnConfig(TrainingArguments):
     # --- evaluation of the result ---
     eval_benchmarks: str = _f("stereoset,crows_pairs,bbq,perplexity", "Benchmarks for the before/after report.")
     eval_bbq_per_category: int = _f(200, "BBQ examples per category in the report (0 = all).")
+    eval_intersentence: bool = _f(False, "Also score StereoSet intersentence in the report (doubles its cost).")
     eval_dtype: str = _f("bfloat16", "dtype for the before/after evaluation (float32 or bfloat16).")
     skip_final_eval: bool = _f(False, "Only train; no before/after evaluation and report.")
 

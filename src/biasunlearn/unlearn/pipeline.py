@@ -126,7 +126,8 @@ def _peak_mem_mb() -> float:
 
 def eval_config_for(cfg: UnlearnConfig) -> EvalConfig:
     return EvalConfig(benchmarks=tuple(b for b in cfg.eval_benchmarks.split(",") if b), data_dir=cfg.data_dir,
-                      bbq_per_category=cfg.eval_bbq_per_category or None)
+                      bbq_per_category=cfg.eval_bbq_per_category or None,
+                      stereoset_intersentence=cfg.eval_intersentence)
 
 
 def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> tuple[dict, dict]:
