@@ -25,6 +25,9 @@ import os
 import sys
 
 
+METHODS = ("one_by_one_fp32", "batched_fp32", "batched_bf16")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -38,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--chunks", type=int, default=10, help="interleave the three methods over this many slices")
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads for every method")
     p.add_argument("--no-profile", action="store_true", help="skip the per-stage time breakdown")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="a subset, e.g. only the two batched ones to check bf16 against fp32 on another model")
     p.add_argument("--out", default="bench/results/scoring.json")
     return p.parse_args(argv)
 
@@ -66,7 +71,6 @@ from biasunlearn.scoring import (encode_for_scoring, length_batches, pad_batch, 
 
 LABELS = ("stereotype", "anti-stereotype", "unrelated")
 MAX_BATCH = inspect.signature(score_sequences).parameters["max_batch"].default
-METHODS = ("one_by_one_fp32", "batched_fp32", "batched_bf16")
 
 
 # --- measuring ---------------------------------------------------------------------------------------------------
@@ -242,16 +246,17 @@ def profile(models, tok, examples, budgets: dict, one_by_one_n: int) -> dict:
 
 # --- the main comparison -----------------------------------------------------------------------------------------
 
-def compare(models, tok, examples, budgets, n_chunks, per_token_flop, peaks) -> dict:
+def compare(models, tok, examples, budgets, n_chunks, per_token_flop, peaks, methods=METHODS) -> dict:
     chunks = [c for c in np.array_split(np.arange(len(examples)), max(1, n_chunks)) if len(c)]
-    clocks = {m: Clock() for m in METHODS}
-    recs = {m: [] for m in METHODS}
-    processed = {m: 0 for m in METHODS}
-    passes = {m: 0 for m in METHODS}
+    methods = [m for m in METHODS if m in methods]
+    clocks = {m: Clock() for m in methods}
+    recs = {m: [] for m in methods}
+    processed = {m: 0 for m in methods}
+    passes = {m: 0 for m in methods}
     for k, c in enumerate(chunks):
         exs = [examples[i] for i in c]
         texts = texts_of(exs)
-        order = METHODS[k % 3:] + METHODS[:k % 3]
+        order = methods[k % len(methods):] + methods[:k % len(methods)]
         for meth in order:
             if meth == "one_by_one_fp32":
                 with clocks[meth].run():
@@ -265,14 +270,14 @@ def compare(models, tok, examples, budgets, n_chunks, per_token_flop, peaks) -> 
                 n = token_counts(tok, texts, budgets[dt])
             processed[meth] += n["processed_tokens"]
             passes[meth] += n["forward_passes"]
-        done = {m: f"{clocks[m].cpu:.0f}" for m in METHODS}
+        done = {m: f"{clocks[m].cpu:.0f}" for m in methods}
         print(f"[compare] slice {k + 1}/{len(chunks)} ({len(exs)} examples); cpu-s so far {done}", flush=True)
 
     n_all = token_counts(tok, texts_of(examples), None)
-    base = clocks["one_by_one_fp32"]
+    base = clocks.get("one_by_one_fp32")
     out = {"examples": len(examples), "sentences": n_all["sentences"], "real_tokens": n_all["real_tokens"],
            "slices": len(chunks), "methods": {}}
-    for meth in METHODS:
+    for meth in methods:
         clk = clocks[meth]
         dt = "float32" if meth.endswith("fp32") else "bfloat16"
         achieved_cpu = per_token_flop * processed[meth] / clk.cpu
@@ -283,7 +288,8 @@ def compare(models, tok, examples, budgets, n_chunks, per_token_flop, peaks) -> 
             "tokens_per_s_wall": n_all["real_tokens"] / clk.wall, "tokens_per_s_cpu": n_all["real_tokens"] / clk.cpu,
             "processed_tokens": processed[meth], "padding_share": 1 - n_all["real_tokens"] / processed[meth],
             "forward_passes": passes[meth],
-            "speedup_vs_one_by_one_cpu": base.cpu / clk.cpu, "speedup_vs_one_by_one_wall": base.wall / clk.wall,
+            "speedup_vs_one_by_one_cpu": base.cpu / clk.cpu if base else None,
+            "speedup_vs_one_by_one_wall": base.wall / clk.wall if base else None,
             "achieved_gflops_cpu": achieved_cpu / 1e9,
             "share_of_matmul_peak_cpu": achieved_cpu / (peaks[dt]["gflops_cpu"] * 1e9),
             "metrics": stereoset_scores(recs[meth])}
@@ -294,20 +300,26 @@ def compare(models, tok, examples, budgets, n_chunks, per_token_flop, peaks) -> 
     def decisions(rs):
         return [(r["s_stereo"] > r["s_anti"], r["s_stereo"] > r["s_unrel"], r["s_anti"] > r["s_unrel"]) for r in rs]
 
-    ref = recs["one_by_one_fp32"]
-    for meth in METHODS[1:]:
+    ref = recs.get("one_by_one_fp32")
+    for meth in methods[1:] if ref is not None else []:
         mo = out["methods"][meth]["metrics"]["overall"]
         ro = out["methods"]["one_by_one_fp32"]["metrics"]["overall"]
         out["methods"][meth]["vs_one_by_one"] = {
             "max_abs_mean_logprob_diff": float(np.abs(means(recs[meth]) - means(ref)).max()),
             "examples_with_a_different_decision": sum(a != b for a, b in zip(decisions(recs[meth]), decisions(ref))),
             "delta_SS": mo["SS"] - ro["SS"], "delta_LMS": mo["LMS"] - ro["LMS"], "delta_ICAT": mo["ICAT"] - ro["ICAT"]}
+    if "batched_fp32" not in recs or "batched_bf16" not in recs:
+        return out
     fp32 = out["methods"]["batched_fp32"]["metrics"]["overall"]
     bf16 = out["methods"]["batched_bf16"]["metrics"]["overall"]
     out["bf16_vs_fp32"] = {"delta_SS": bf16["SS"] - fp32["SS"], "delta_LMS": bf16["LMS"] - fp32["LMS"],
                            "delta_ICAT": bf16["ICAT"] - fp32["ICAT"],
                            "within_0_5": abs(bf16["SS"] - fp32["SS"]) <= 0.5 and abs(bf16["LMS"] - fp32["LMS"]) <= 0.5}
     return out
+
+
+def _x(ratio) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}x"
 
 
 def markdown(res: dict) -> str:
@@ -320,19 +332,22 @@ def markdown(res: dict) -> str:
     for meth, r in c["methods"].items():
         o = r["metrics"]["overall"]
         lines.append(f"| {meth} | {r['max_tokens'] or '–'} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['sentences_per_s_cpu']:.1f} "
-                     f"| {r['tokens_per_s_cpu']:.0f} | {r['speedup_vs_one_by_one_cpu']:.2f}x | {r['speedup_vs_one_by_one_wall']:.2f}x "
+                     f"| {r['tokens_per_s_cpu']:.0f} | {_x(r['speedup_vs_one_by_one_cpu'])} | {_x(r['speedup_vs_one_by_one_wall'])} "
                      f"| {100 * r['padding_share']:.1f}% | {r['achieved_gflops_cpu']:.1f} | {100 * r['share_of_matmul_peak_cpu']:.1f}% "
                      f"| {o['SS']:.2f} | {o['LMS']:.2f} | {o['ICAT']:.2f} |")
     p = res["matmul_peak"]
     lines += ["", f"Matmul peak ({p['float32']['n']}^3, best of {p['float32']['reps']}, CPU time): "
               f"fp32 {p['float32']['gflops_cpu']:.1f} GFLOP/s, bf16 {p['bfloat16']['gflops_cpu']:.1f} GFLOP/s."]
-    v = c["methods"]["batched_fp32"]["vs_one_by_one"]
-    lines.append(f"batched fp32 vs one-by-one fp32: max |mean log-prob diff| {v['max_abs_mean_logprob_diff']:.2e}, "
-                 f"{v['examples_with_a_different_decision']} examples with a different decision, "
-                 f"ΔSS {v['delta_SS']:+.3f}, ΔLMS {v['delta_LMS']:+.3f}.")
-    b = c["bf16_vs_fp32"]
-    lines.append(f"bf16 vs fp32 (batched): ΔSS {b['delta_SS']:+.2f}, ΔLMS {b['delta_LMS']:+.2f}, ΔICAT {b['delta_ICAT']:+.2f} "
-                 f"-> {'within' if b['within_0_5'] else 'NOT within'} 0.5.")
+    for meth, r in c["methods"].items():
+        if "vs_one_by_one" in r:
+            v = r["vs_one_by_one"]
+            lines.append(f"{meth} vs one_by_one_fp32: max |mean log-prob diff| {v['max_abs_mean_logprob_diff']:.2e}, "
+                         f"{v['examples_with_a_different_decision']} examples with a different decision, "
+                         f"ΔSS {v['delta_SS']:+.3f}, ΔLMS {v['delta_LMS']:+.3f}.")
+    if "bf16_vs_fp32" in c:
+        b = c["bf16_vs_fp32"]
+        lines.append(f"bf16 vs fp32 (batched): ΔSS {b['delta_SS']:+.2f}, ΔLMS {b['delta_LMS']:+.2f}, "
+                     f"ΔICAT {b['delta_ICAT']:+.2f} -> {'within' if b['within_0_5'] else 'NOT within'} 0.5.")
     if "profile" in res:
         lines += ["", "| stage share of CPU time | body | lm_head | log-softmax + gather |", "|---|---|---|---|"]
         for k, r in res["profile"].items():
@@ -367,12 +382,16 @@ def main(args) -> dict:
     print(f"[bench] matmul peak {res['matmul_peak']}", flush=True)
 
     sweep_exs = evenly_spaced(examples, args.sweep_limit)
-    res["sweep"] = sweep(models, tok, sweep_exs, args.max_tokens, args.sweep_rounds)
-    budgets = {dt: res["sweep"]["by_dtype"][dt]["best_max_tokens"] for dt in models}
+    if len(args.max_tokens) > 1:
+        res["sweep"] = sweep(models, tok, sweep_exs, args.max_tokens, args.sweep_rounds)
+        budgets = {dt: res["sweep"]["by_dtype"][dt]["best_max_tokens"] for dt in models}
+    else:
+        budgets = {dt: args.max_tokens[0] for dt in models}
     if not args.no_profile:
         res["profile"] = profile(models, tok, sweep_exs, budgets, one_by_one_n=min(150, 3 * len(sweep_exs)))
         print(f"[bench] profile {res['profile']}", flush=True)
-    res["compare"] = compare(models, tok, examples, budgets, args.chunks, fp["per_token_flop"], res["matmul_peak"])
+    res["compare"] = compare(models, tok, examples, budgets, args.chunks, fp["per_token_flop"], res["matmul_peak"],
+                             args.methods)
     # the peak again at the end, so a busier machine during the run shows up
     res["matmul_peak_end"] = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
     res["load_average_end"] = os.getloadavg()
