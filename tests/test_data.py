@@ -453,3 +453,19 @@ def test_data_dir_default_is_shared_data(monkeypatch):
     monkeypatch.delenv("BIASUNLEARN_DATA", raising=False)
     d = data_dir()
     assert (d / "bbq").is_dir() and (d / "stereoset").is_dir()
+
+
+def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
+    import os
+
+    from biasunlearn.io import atomic_write_text, read_json, write_json
+
+    p = tmp_path / "r.json"
+    write_json(p, {"a": 1})
+    write_json(p, {"a": 2, "b": [1, 2]})
+    assert read_json(p) == {"a": 2, "b": [1, 2]}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
+    atomic_write_text(tmp_path / "t.md", "x")
+    assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
