@@ -12,6 +12,21 @@ def _read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def _finish(fig, ax, out_png, xlabel, ylabel, title) -> Path:
+    """Labels, legend and grid, then save the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
 def plot_losses(log_path, out_png, title="BiasUnlearn losses") -> Path | None:
     import matplotlib
 
@@ -54,15 +69,7 @@ def plot_dev_ss(dev_log_path, out_png, swaps=None, title="Dev SS per bias type")
     for i, ev in enumerate(swaps or []):
         ax.axvline(ev["step"], color="red", alpha=0.4, lw=1, label="swap" if i == 0 else None)
         ax.annotate(f"{ev['bias_type'][:4]}{ev['direction']:+d}", (ev["step"], ev["ss"]), fontsize=7, color="red")
-    ax.set_xlabel("step")
-    ax.set_ylabel("dev SS")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return _finish(fig, ax, out_png, "step", "dev SS", title)
 
 
 # --- comparison report (biasunlearn compare) -------------------------------------------------------------------
@@ -84,15 +91,7 @@ def plot_dev_ss_compare(runs: dict, out_png, title="Dev SS (overall) against tra
     for label, pts in series.items():
         ax.plot(*zip(*pts), marker=".", label=label)
     ax.axhline(50, color="black", lw=1, ls="--", label="50 (fair)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("dev SS (overall)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return _finish(fig, ax, out_png, "training step", "dev SS (overall)", title)
 
 
 def plot_ablation_losses(runs: dict, out_png, keys=(("loss_forget", "forgetting loss (NPO)"),
