@@ -16,14 +16,31 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $BIASUNLEARN_DATA or ../shared/data)")
 
 
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    """The evaluation-budget options shared by eval, transfer and export."""
+    p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
+    p.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
+    p.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
+    p.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
+    p.add_argument("--no-intersentence", action="store_true", help="skip StereoSet intersentence")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="scoring batch budget in padded tokens (default: 256 on CPU, 8192 on CUDA)")
+
+
+def eval_config_from_args(a):
+    from .evaluate import EvalConfig
+
+    return EvalConfig(benchmarks=tuple(b.strip() for b in a.benchmarks.split(",") if b.strip()), data_dir=a.data_dir,
+                      limit=a.limit, bbq_per_category=None if a.bbq_per_category == 0 else a.bbq_per_category,
+                      ppl_max_tokens=None if a.ppl_max_tokens == 0 else a.ppl_max_tokens,
+                      stereoset_intersentence=not a.no_intersentence, max_tokens=a.max_tokens)
+
+
 def _eval_cmd(a) -> int:
-    from .evaluate import EvalConfig, run_eval
+    from .evaluate import run_eval
     from .report import eval_markdown
 
-    cfg = EvalConfig(benchmarks=tuple(b.strip() for b in a.benchmarks.split(",") if b.strip()), data_dir=a.data_dir,
-                     limit=a.limit, bbq_per_category=None if a.bbq_per_category == 0 else a.bbq_per_category,
-                     ppl_max_tokens=None if a.ppl_max_tokens == 0 else a.ppl_max_tokens,
-                     stereoset_intersentence=not a.no_intersentence, max_tokens=a.max_tokens)
+    cfg = eval_config_from_args(a)
     doc = run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr))
     print(eval_markdown(doc))
     if a.out:
@@ -37,14 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="measure bias: StereoSet, CrowS-Pairs, BBQ, perplexity")
     _add_model_args(e)
-    e.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
     e.add_argument("--out", default=None, help="folder for results.json and predictions")
-    e.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
-    e.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
-    e.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
-    e.add_argument("--no-intersentence", action="store_true", help="skip StereoSet intersentence")
-    e.add_argument("--max-tokens", type=int, default=None,
-                   help="scoring batch budget in padded tokens (default: 256 on CPU, 8192 on CUDA)")
+    add_eval_args(e)
     e.set_defaults(func=_eval_cmd)
 
     for register in _extra_commands:

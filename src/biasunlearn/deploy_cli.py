@@ -1,28 +1,10 @@
 """`biasunlearn transfer` and `biasunlearn export` (registered by cli.py). Thin: parse, call biasunlearn.deploy."""
 from __future__ import annotations
 
-import argparse
 import sys
 
+from .cli import eval_config_from_args
 from .errors import ConfigError
-
-
-def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
-    p.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
-    p.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
-    p.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
-    p.add_argument("--no-intersentence", action="store_true", help="skip StereoSet intersentence")
-    p.add_argument("--max-tokens", type=int, default=None, help="scoring batch budget in padded tokens (default: 256 on CPU, 8192 on CUDA)")
-
-
-def _eval_config(a):
-    from .evaluate import EvalConfig
-
-    return EvalConfig(benchmarks=tuple(b.strip() for b in a.benchmarks.split(",") if b.strip()), data_dir=a.data_dir,
-                      limit=a.limit, bbq_per_category=None if a.bbq_per_category == 0 else a.bbq_per_category,
-                      ppl_max_tokens=None if a.ppl_max_tokens == 0 else a.ppl_max_tokens,
-                      stereoset_intersentence=not a.no_intersentence, max_tokens=a.max_tokens)
 
 
 def _need_adapter(a) -> str:
@@ -38,7 +20,7 @@ def _log(s: str) -> None:
 def _transfer_cmd(a) -> int:
     from .deploy import transfer
 
-    res = transfer(_need_adapter(a), a.model, a.out, dtype=a.dtype, device=a.device, cfg=_eval_config(a),
+    res = transfer(_need_adapter(a), a.model, a.out, dtype=a.dtype, device=a.device, cfg=eval_config_from_args(a),
                    reuse=a.reuse, log=_log)
     print(res["report"].read_text())
     return 0
@@ -48,13 +30,13 @@ def _export_cmd(a) -> int:
     from .deploy import export_merged
 
     res = export_merged(a.model, _need_adapter(a), a.out, dtype=a.dtype, device=a.device,
-                        run_eval=a.eval, cfg=_eval_config(a), verify=not a.no_verify, overwrite=a.overwrite, log=_log)
+                        run_eval=a.eval, cfg=eval_config_from_args(a), verify=not a.no_verify, overwrite=a.overwrite, log=_log)
     print(f"exported to {res['out']} (model card: {res['card']})")
     return 0
 
 
 def register(subparsers) -> None:
-    from .cli import _add_model_args
+    from .cli import _add_model_args, add_eval_args
 
     t = subparsers.add_parser(
         "transfer", help="apply an adapter to a fine-tuned variant of its base model and measure before/after",
@@ -65,7 +47,7 @@ def register(subparsers) -> None:
     t.add_argument("--out", required=True, help="folder for report.md and the before/after results")
     t.add_argument("--reuse", action="store_true",
                    help="keep results already in --out made with the same model, adapter and settings")
-    _add_eval_args(t)
+    add_eval_args(t)
     t.set_defaults(func=_transfer_cmd)
 
     e = subparsers.add_parser(
@@ -81,5 +63,5 @@ def register(subparsers) -> None:
     e.add_argument("--no-verify", action="store_true",
                    help="skip reloading the saved folder to check it scores like the adapter model")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
-    _add_eval_args(e)
+    add_eval_args(e)
     e.set_defaults(func=_export_cmd)
