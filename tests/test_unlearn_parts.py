@@ -88,7 +88,10 @@ def test_controller_state_round_trip_and_criterion():
     c2 = SwapController(["a", "b"])
     c2.load_state_dict(c.state_dict())
     assert c2.directions == c.directions and c2.events == c.events and c2.history == c.history
-    assert SwapController.criterion({"a": 47.0, "b": 55.5}) == pytest.approx(5.5)
+    assert SwapController.criterion({"a": 47.0, "b": 55.5}) == pytest.approx((5.5, 3.0))
+    # a tie on the worst type is broken by the next one
+    assert SwapController.criterion({"a": 57.3, "b": 51.0}) < SwapController.criterion({"a": 57.3, "b": 53.0})
+    assert SwapController.criterion({"a": 56.0, "b": 56.0}) < SwapController.criterion({"a": 57.3, "b": 50.0})
 
 
 def _ex(i, bias, target):
@@ -126,6 +129,26 @@ def test_sets_adversarial_share_swap_and_deterministic_chunks():
     r0 = s.chunk(2, {"gender": 1, "race": 1}, 2, 2, 2, rank=0, world=2)
     r1 = s.chunk(2, {"gender": 1, "race": 1}, 2, 2, 2, rank=1, world=2)
     assert {i.key for i in r0["retain"]}.isdisjoint({i.key for i in r1["retain"]})
+
+
+def test_balanced_chunks_deal_types_evenly_and_cycle_within_each_type():
+    train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(10 + i, "race", "Kenyan") for i in range(4)]
+    s = UnlearnSets(train, adversarial_share=0.25, seed=3)
+    dirs = {"gender": 1, "race": 1}
+    seen = {"gender": [], "race": []}
+    for step in range(5):
+        ch = s.chunk(step, dirs, 2, 4, 1, balance_types=True)
+        # one forget item of each type per step, although race has half as many examples
+        assert sorted(i.bias_type for i in ch["forget"]) == ["gender", "race"]
+        assert sorted(i.bias_type for i in ch["retain"]) == ["gender", "gender", "race", "race"]
+        for i in ch["forget"]:
+            seen[i.bias_type].append(i.key)
+    # race's forget pool is 4 stereotype + 1 adversarial = 5 items: 5 steps use each once
+    assert len(set(seen["race"])) == 5
+    assert len(set(seen["gender"])) == 5  # gender's 10 are read cyclically, no repeats yet
+    assert s.chunk(3, dirs, 2, 4, 1, balance_types=True) == s.chunk(3, dirs, 2, 4, 1, balance_types=True)
+    # a type left out (direction 0) is not dealt
+    assert {i.bias_type for i in s.chunk(0, {"gender": 0, "race": 1}, 4, 4, 1, balance_types=True)["forget"]} == {"race"}
 
 
 def test_sentence_span_scores_whole_sentence():

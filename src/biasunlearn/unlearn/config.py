@@ -34,6 +34,8 @@ class UnlearnConfig(TrainingArguments):
     forget_batch_size: int = _f(4, "Forget examples per step and device (the paper's global batch is 4).")
     retain_batch_size: int = _f(28, "Retain examples per step and device (1:n with n = 7, the paper's 28).")
     unrelated_batch_size: int = _f(28, "Unrelated examples per step and device for the KL term.")
+    balance_types: bool = _f(False, "Deal each forget and retain batch evenly over the bias types (round-robin) "
+                                    "instead of drawing from the pooled sets, where the largest type dominates.")
     adversarial_share: float = _f(0.25, "Share of each type's anti-stereotype sentences added to its forget set.")
     alpha_forget: float = _f(0.4, "Weight of the NPO forget loss (alpha_1).")
     alpha_retain: float = _f(0.4, "Weight of the retention cross-entropy (alpha_2); 0 = ablation without it.")

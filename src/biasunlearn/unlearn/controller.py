@@ -48,9 +48,11 @@ class SwapController:
         return dict(self.directions), stop
 
     @staticmethod
-    def criterion(dev_ss: dict, target: float = 50.0) -> float:
-        """Checkpoint choice: the largest |SS - 50| over bias types (lower is better)."""
-        return max(abs(v - target) for v in dev_ss.values())
+    def criterion(dev_ss: dict, target: float = 50.0) -> tuple:
+        """Checkpoint choice: the largest |SS - 50| over bias types, lower is better. Ties (a small dev slice makes
+        SS move in coarse steps, so one type can sit on the same value for many checks) go to the second largest,
+        and so on: the deviations sorted from largest to smallest, compared in order."""
+        return tuple(sorted((round(abs(v - target), 9) for v in dev_ss.values()), reverse=True))
 
     def state_dict(self) -> dict:
         return {"directions": dict(self.directions), "events": list(self.events), "history": list(self.history),

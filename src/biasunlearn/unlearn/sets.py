@@ -51,14 +51,21 @@ class UnlearnSets:
         texts = unrelated if unrelated is not None else [e.unrelated for e in train]
         self.unrelated = [Item(key=f"unrel:{i}", bias_type="", x="", y=t) for i, t in enumerate(texts)]
 
-    def pools(self, directions: dict[str, int]) -> tuple[list[Item], list[Item]]:
-        forget, retain = [], []
+    def type_pools(self, directions: dict[str, int]) -> dict[str, tuple[list[Item], list[Item]]]:
+        """(forget, retain) of every bias type that takes part (direction != 0)."""
+        out = {}
         for b in self.bias_types:
             d = directions.get(b, 1)
             if d == 0:
                 continue
             fg, rt = (self.stereo[b], self.anti[b]) if d > 0 else (self.anti[b], self.stereo[b])
-            forget += fg + [rt[i] for i in self.adv_idx[b]]
+            out[b] = (fg + [rt[i] for i in self.adv_idx[b]], rt)
+        return out
+
+    def pools(self, directions: dict[str, int]) -> tuple[list[Item], list[Item]]:
+        forget, retain = [], []
+        for fg, rt in self.type_pools(directions).values():
+            forget += fg
             retain += rt
         return forget, retain
 
@@ -74,13 +81,32 @@ class UnlearnSets:
         order = self._perm(len(pool), tag)
         return [pool[order[(start + j) % len(pool)]] for j in range(k)]
 
+    def _balanced(self, pools: dict[str, list[Item]], tag: str, start: int, k: int) -> list[Item]:
+        """k items dealt round-robin over the types (in sorted order), each type's pool read cyclically: draw
+        number g overall goes to type g mod T and is that type's (g div T)-th draw."""
+        types = [b for b in sorted(pools) if pools[b]]
+        if not types:
+            return []
+        out = []
+        for g in range(start, start + k):
+            b = types[g % len(types)]
+            out += self._cyclic(pools[b], f"{tag}|{b}", g // len(types), 1)
+        return out
+
     def chunk(self, step: int, directions: dict[str, int], forget_bs: int, retain_bs: int, unrelated_bs: int,
-              rank: int = 0, world: int = 1) -> dict[str, list[Item]]:
-        forget, retain = self.pools(directions)
+              rank: int = 0, world: int = 1, balance_types: bool = False) -> dict[str, list[Item]]:
         tag = ",".join(f"{b}{directions.get(b, 1)}" for b in self.bias_types)
         slot = step * world + rank
+        if balance_types:
+            tp = self.type_pools(directions)
+            forget = self._balanced({b: v[0] for b, v in tp.items()}, "forget" + tag, slot * forget_bs, forget_bs)
+            retain = self._balanced({b: v[1] for b, v in tp.items()}, "retain" + tag, slot * retain_bs, retain_bs)
+        else:
+            fg, rt = self.pools(directions)
+            forget = self._cyclic(fg, "forget" + tag, slot * forget_bs, forget_bs)
+            retain = self._cyclic(rt, "retain" + tag, slot * retain_bs, retain_bs)
         return {
-            "forget": self._cyclic(forget, "forget" + tag, slot * forget_bs, forget_bs),
-            "retain": self._cyclic(retain, "retain" + tag, slot * retain_bs, retain_bs),
+            "forget": forget,
+            "retain": retain,
             "unrelated": self._cyclic(self.unrelated, "unrelated", slot * unrelated_bs, unrelated_bs),
         }

@@ -77,7 +77,8 @@ class BiasUnlearnTrainer(Trainer):
         a = self.args
         step = self.state.global_step
         chunk = self.sets.chunk(step, self.controller.directions, a.forget_batch_size, a.retain_batch_size,
-                                a.unrelated_batch_size, rank=a.process_index, world=a.world_size)
+                                a.unrelated_batch_size, rank=a.process_index, world=a.world_size,
+                                balance_types=a.balance_types)
         device = inputs["step_index"].device
         # A switched-off term (alpha 0, an ablation) is still computed and logged, so its curve can be compared,
         # but it adds nothing to the loss.
@@ -189,7 +190,7 @@ class DevCheckCallback(TrainerCallback):
                 f"{args.collapse_lms_drop}); training stopped. Best adapter so far: {self.out / 'best_adapter'}")
         crit = SwapController.criterion(ss)
         drop = self.start_lms - lms
-        score = (0 if drop <= args.lms_guard else 1, crit if drop <= args.lms_guard else drop)
+        score = (0, crit) if drop <= args.lms_guard else (1, (drop,))
         if step > 0 and (self.best is None or score < self.best[0]):
             self.best = (score, step)
             if self.trainer.is_world_process_zero():
@@ -229,7 +230,7 @@ class DevCheckCallback(TrainerCallback):
         st = json.loads(p.read_text())
         self.trainer.controller.load_state_dict(st["controller"])
         self.start_lms = st["start_lms"]
-        self.best = tuple((tuple(st["best"][0]), st["best"][1])) if st["best"] else None
+        self.best = ((int(st["best"][0][0]), tuple(st["best"][0][1])), st["best"][1]) if st["best"] else None
 
 
 class JsonlLogCallback(TrainerCallback):

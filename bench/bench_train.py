@@ -1,0 +1,133 @@
+"""Issue 3's benchmark: train BiasUnlearn on a shipped model, evaluate it on held-out data, check the targets.
+
+1. trains with `biasunlearn train`'s settings (--config YAML plus --set NAME=VALUE), or reuses the finished run in
+   --run (train_summary.json and adapter/ present);
+2. evaluates base + adapter with the base figures' evaluation settings (bench/results/base_<model>/results.json, made
+   by base_figures.py; StereoSet intersentence is left out, as in the training report), on the held-out test set;
+3. writes <results>/summary.json (targets met or not, wall times, peak memory), <results>/report.md (before/after
+   tables) and copies the run's small files (config, splits, logs, dev curves, plots) next to them.
+
+Nothing here looks at the test set before training is over: the checkpoint is the run's own dev choice.
+
+    python bench/bench_train.py --model smollm2-135m --config configs/smollm2-cpu.yaml --run runs/smol-bal \
+        --results bench/results/train_smollm2-135m --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+TARGETS = {"ss_overall": 2.0, "ss_domain": 4.0, "dlms": 1.5, "icat": 85.0, "ppl_rel": 3.0}
+COPY = ("config.json", "splits.json", "log.jsonl", "dev_log.jsonl", "train_summary.json", "losses.png", "dev_ss.png")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--config", default=None, help="YAML of UnlearnConfig settings (as `biasunlearn train --config`)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="more settings (win over --config)")
+    p.add_argument("--run", required=True, help="training output folder (reused when finished)")
+    p.add_argument("--results", required=True, help="where summary.json, report.md and the logs go (committed)")
+    p.add_argument("--base", default=None, help="base results.json (default bench/results/base_<model>/results.json)")
+    p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:  # OpenMP reads this once, when torch is imported
+    os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
+
+
+def targets(before: dict, after: dict) -> dict:
+    """The issue's acceptance figures from two results documents (held-out StereoSet intrasentence, perplexity)."""
+    mb = before["benchmarks"]["stereoset"]["metrics"]["intrasentence"]
+    ma = after["benchmarks"]["stereoset"]["metrics"]["intrasentence"]
+    ov_b, ov_a = mb["overall"], ma["overall"]
+    doms = {d: ma[d]["ss"] for d in ma if d != "overall"}
+    out = {"ss_before": ov_b["ss"], "ss_after": ov_a["ss"], "lms_before": ov_b["lms"], "lms_after": ov_a["lms"],
+           "icat_before": ov_b["icat"], "icat_after": ov_a["icat"], "ss_domains_after": doms,
+           "dlms": ov_a["lms"] - ov_b["lms"]}
+    met = {"ss_overall_within_2": abs(ov_a["ss"] - 50) <= TARGETS["ss_overall"],
+           "every_domain_within_4": all(abs(v - 50) <= TARGETS["ss_domain"] for v in doms.values()),
+           "abs_dlms_le_1.5": abs(out["dlms"]) <= TARGETS["dlms"],
+           "icat_ge_85": ov_a["icat"] >= TARGETS["icat"]}
+    pb = before["benchmarks"].get("perplexity", {}).get("metrics", {}).get("perplexity")
+    pa = after["benchmarks"].get("perplexity", {}).get("metrics", {}).get("perplexity")
+    if pb and pa:
+        out["ppl_before"], out["ppl_after"] = pb, pa
+        out["ppl_rel_change_pct"] = 100.0 * (pa / pb - 1)
+        met["ppl_increase_le_3pct"] = out["ppl_rel_change_pct"] <= TARGETS["ppl_rel"]
+    out["met"] = met
+    return out
+
+
+def main(a) -> int:
+    import torch
+
+    from biasunlearn.evaluate import EvalConfig, run_eval
+    from biasunlearn.io import atomic_write_text, read_json, write_json
+    from biasunlearn.report import before_after_markdown
+    from biasunlearn.train_cli import parse_train_config
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    torch.set_num_threads(a.threads)
+    run, res = Path(a.run), Path(a.results)
+    base_path = Path(a.base or f"bench/results/base_{a.model}/results.json")
+    before = read_json(base_path)
+    argv = ["--model", a.model, "--out", str(run), "--skip_final_eval", "True"]
+    if a.config:
+        argv += ["--config", a.config]
+    for item in a.set:
+        k, _, v = item.partition("=")
+        argv += [f"--{k}", v]
+    cfg, _ = parse_train_config(argv)
+    t0 = time.perf_counter()
+    if (run / "train_summary.json").exists() and (run / "adapter" / "adapter_config.json").exists():
+        print(f"[bench] reusing the finished run in {run}", file=sys.stderr)
+    else:
+        train_adapter(cfg, resume=(run / "biasunlearn_state.json").exists() or any(run.glob("checkpoint-*")))
+    train_s = time.perf_counter() - t0
+    summary = read_json(run / "train_summary.json")
+    ecfg_b = before["eval_config"]
+    ecfg = EvalConfig(benchmarks=tuple(b for b in a.benchmarks.split(",") if b), stereoset_intersentence=False,
+                      bbq_per_category=ecfg_b.get("bbq_per_category"), ppl_window=ecfg_b["ppl_window"],
+                      ppl_stride=ecfg_b["ppl_stride"], ppl_max_tokens=ecfg_b["ppl_max_tokens"], data_dir=cfg.data_dir)
+    t1 = time.perf_counter()
+    after_path = run / "eval_after" / "results.json"
+    if after_path.exists() and read_json(after_path)["eval_config"]["benchmarks"] == list(ecfg.benchmarks):
+        after = read_json(after_path)
+    else:
+        after = run_eval(a.model, adapter=str(run / "adapter"), dtype=before["bench"]["dtype"], cfg=ecfg,
+                         out_dir=run / "eval_after", log=lambda s: print(s, file=sys.stderr, flush=True))
+    eval_s = time.perf_counter() - t1
+    res.mkdir(parents=True, exist_ok=True)
+    for f in COPY:
+        if (run / f).exists():
+            shutil.copy2(run / f, res / f)
+    write_json(res / "eval_after.json", after)
+    doc = {"model": a.model, "run": str(run), "base": str(base_path), "argv": sys.argv, "threads": a.threads,
+           "config": cfg.method_dict(), "targets": targets(before, after),
+           "train": {"steps": summary.get("steps"), "wall_time_s": summary.get("train_wall_time_s"),
+                     "peak_memory_mb": summary.get("peak_memory_mb"), "best": summary.get("best"),
+                     "swaps": summary.get("swaps"), "stopped": summary.get("stopped"),
+                     "this_call_s": round(train_s, 1)},
+           "eval_after_wall_time_s": {k: v.get("wall_time_s") for k, v in after["benchmarks"].items()},
+           "eval_this_call_s": round(eval_s, 1)}
+    write_json(res / "summary.json", doc)
+    md = [f"# BiasUnlearn on {a.model}: held-out before/after", "",
+          f"Run `{run}`; before = `{base_path}`; after = the run's adapter (its own dev-chosen checkpoint).", "",
+          before_after_markdown(before, after)]
+    atomic_write_text(res / "report.md", "\n".join(md))
+    t = doc["targets"]
+    print(f"SS {t['ss_before']:.2f} -> {t['ss_after']:.2f}, LMS {t['dlms']:+.2f}, ICAT {t['icat_before']:.2f} -> "
+          f"{t['icat_after']:.2f}; met: {t['met']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(ARGS))
