@@ -48,14 +48,14 @@ def targets(before: dict, after: dict) -> dict:
     mb = before["benchmarks"]["stereoset"]["metrics"]["intrasentence"]
     ma = after["benchmarks"]["stereoset"]["metrics"]["intrasentence"]
     ov_b, ov_a = mb["overall"], ma["overall"]
-    doms = {d: ma[d]["ss"] for d in ma if d != "overall"}
-    out = {"ss_before": ov_b["ss"], "ss_after": ov_a["ss"], "lms_before": ov_b["lms"], "lms_after": ov_a["lms"],
-           "icat_before": ov_b["icat"], "icat_after": ov_a["icat"], "ss_domains_after": doms,
-           "dlms": ov_a["lms"] - ov_b["lms"]}
-    met = {"ss_overall_within_2": abs(ov_a["ss"] - 50) <= TARGETS["ss_overall"],
+    doms = {d: ma[d]["SS"] for d in ma if d != "overall"}
+    out = {"ss_before": ov_b["SS"], "ss_after": ov_a["SS"], "lms_before": ov_b["LMS"], "lms_after": ov_a["LMS"],
+           "icat_before": ov_b["ICAT"], "icat_after": ov_a["ICAT"], "ss_domains_before": {d: mb[d]["SS"] for d in doms},
+           "ss_domains_after": doms, "dlms": ov_a["LMS"] - ov_b["LMS"]}
+    met = {"ss_overall_within_2": abs(ov_a["SS"] - 50) <= TARGETS["ss_overall"],
            "every_domain_within_4": all(abs(v - 50) <= TARGETS["ss_domain"] for v in doms.values()),
            "abs_dlms_le_1.5": abs(out["dlms"]) <= TARGETS["dlms"],
-           "icat_ge_85": ov_a["icat"] >= TARGETS["icat"]}
+           "icat_ge_85": ov_a["ICAT"] >= TARGETS["icat"]}
     pb = before["benchmarks"].get("perplexity", {}).get("metrics", {}).get("perplexity")
     pa = after["benchmarks"].get("perplexity", {}).get("metrics", {}).get("perplexity")
     if pb and pa:

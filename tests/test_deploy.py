@@ -299,6 +299,11 @@ def test_before_after_markdown_deltas_and_gaps():
     assert "### BBQ\n\nnot measured (after)" in md
     assert "different settings (limit)" in md
     assert "not measured" not in before_after_markdown(b, b)
+    # which benchmarks ran is not a setting difference: the missing section says "not measured" itself
+    a2 = _tiny.results_doc("m", "ad", 52.0, 11.0)
+    a2["eval_config"]["benchmarks"] = ["stereoset", "perplexity"]
+    a2["eval_config"]["stereoset_intersentence"] = not b["eval_config"].get("stereoset_intersentence", True)
+    assert "different settings" not in before_after_markdown(b, a2)
 
 
 # --- bench scripts (smoke, on the tiny models) -------------------------------------------------------------------
