@@ -257,3 +257,68 @@ def test_perplexity_windows_through_the_model_equal_one_pass(tiny_model):
     # the first window's tokens have the same context either way
     first, _ = score_sequences(model, [ids[:8]], [1])
     assert float(s8[0]) == pytest.approx(float(first[0]), abs=1e-5)
+
+
+# --- the direct path: lm_head on scored positions only ----------------------------------------------------------
+
+def _seqs(tok, n=12):
+    return encode_for_scoring(tok, TEXTS[:n], PREFIXES[:n])
+
+
+def test_direct_head_path_equals_full_forward(tiny_model):
+    from biasunlearn.scoring import split_head
+
+    model, tok = tiny_model
+    assert split_head(model) is not None  # the direct path really runs on these models
+    seqs, starts = _seqs(tok)
+    a, ca = score_sequences(model, seqs, starts, pad_id=tok.pad_token_id, direct=True, max_tokens=48)
+    b, cb = score_sequences(model, seqs, starts, pad_id=tok.pad_token_id, direct=False, max_tokens=48)
+    assert (ca == cb).all() and ca.sum() > 0
+    assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_direct_head_path_with_a_lora_adapter(tiny_model_paths, tmp_path):
+    from _tiny import make_adapter
+
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import split_head
+
+    ad = make_adapter(tiny_model_paths["llama"], tmp_path / "ad")
+    model, tok, _ = load_model(str(tiny_model_paths["llama"]), adapter=str(ad), device="cpu")
+    assert split_head(model) is not None
+    seqs, starts = _seqs(tok)
+    with_ad = score_sequences(model, seqs, starts, direct=True)[0]
+    assert with_ad == pytest.approx(score_sequences(model, seqs, starts, direct=False)[0], abs=1e-4)
+    with model.disable_adapter():
+        plain = score_sequences(model, seqs, starts, direct=True)[0]
+        assert plain == pytest.approx(score_sequences(model, seqs, starts, direct=False)[0], abs=1e-4)
+    assert abs(with_ad - plain).max() > 1e-3  # the adapter is live on the direct path
+
+
+def test_direct_head_path_refused_or_dropped_when_logits_are_transformed(tiny_model_paths):
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import split_head
+
+    model, tok, _ = load_model(str(tiny_model_paths["llama"]), device="cpu")
+    model.config.final_logit_softcapping = 30.0
+    assert split_head(model) is None
+    model.config.final_logit_softcapping = None
+    from biasunlearn.baselines import SelfDebias
+
+    assert split_head(SelfDebias(model, tok)) is None  # a scoring wrapper keeps its own forward
+    seqs, starts = _seqs(tok)
+    plain = score_sequences(model, seqs, starts)[0]
+    # a model whose forward rescales the logits although its config says nothing: the first-batch check catches it
+    orig = model.forward
+
+    def scaled(*a, **kw):
+        out = orig(*a, **kw)
+        out.logits = out.logits * 3.0
+        return out
+
+    model.forward = scaled
+    assert split_head(model) is not None
+    got = score_sequences(model, seqs, starts, direct=True, max_tokens=48)[0]
+    want = score_sequences(model, seqs, starts, direct=False, max_tokens=48)[0]
+    assert got == pytest.approx(want, abs=1e-5)
+    assert abs(got - plain).max() > 0.1
