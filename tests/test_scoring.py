@@ -309,6 +309,7 @@ def test_direct_head_path_refused_or_dropped_when_logits_are_transformed(tiny_mo
     seqs, starts = _seqs(tok)
     plain = score_sequences(model, seqs, starts)[0]
     # a model whose forward rescales the logits although its config says nothing: the first-batch check catches it
+    model, tok, _ = load_model(str(tiny_model_paths["llama"]), device="cpu")
     orig = model.forward
 
     def scaled(*a, **kw):
@@ -322,3 +323,5 @@ def test_direct_head_path_refused_or_dropped_when_logits_are_transformed(tiny_mo
     want = score_sequences(model, seqs, starts, direct=False, max_tokens=48)[0]
     assert got == pytest.approx(want, abs=1e-5)
     assert abs(got - plain).max() > 0.1
+    # and the verdict sticks to that model: a later call does not try the direct path again
+    assert score_sequences(model, seqs, starts, direct=True, max_tokens=48)[0] == pytest.approx(want, abs=1e-5)

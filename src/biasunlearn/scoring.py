@@ -13,6 +13,7 @@ checks itself against the full forward pass on the first batch and falls back to
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -109,6 +110,7 @@ def model_device(model) -> torch.device:
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale",
                      "logit_softcapping")
 HEAD_ROWS = 64  # scored positions per lm_head + log-softmax piece on the direct path
+_DIRECT_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> passed the first-batch check
 
 
 def split_head(model):
@@ -157,8 +159,9 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
 
     `model(input_ids=..., attention_mask=...)` must return an object with `.logits` ([B, T, V]). With `direct`
     (default) and a model `split_head` accepts, the lm_head runs on the scored positions only (see the module
-    docstring); the first batch is scored both ways and the direct path is dropped if they differ by more than
-    0.05 nats per token (bf16 rounding stays far below; a logit transform the check missed does not).
+    docstring); the first batch a model sees is scored both ways and the direct path is dropped for that model if
+    they differ by more than 0.05 nats per token (bf16 rounding stays far below; a logit transform the config check
+    missed does not).
     """
     from tqdm.auto import tqdm
 
@@ -176,7 +179,9 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
     if was_training:
         model.eval()
     split = split_head(model) if direct else None
-    checked = False
+    checked = _DIRECT_CHECKED.get(model, False) if split is not None else True
+    if checked is None:  # failed before: do not try again
+        split = None
     bar = tqdm(total=n, desc=progress, unit="seq", disable=progress is None, leave=False, mininterval=1.0)
     try:
         with torch.inference_mode():
@@ -190,8 +195,10 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
                     s = _batch_direct(*split, ids, attn, m)
                     if not checked:
                         full = _batch_full(model, ids, attn, m)
-                        if ((s - full).abs() > 0.05 * c.clamp(min=1)).any():
+                        ok = not ((s - full).abs() > 0.05 * c.clamp(min=1)).any()
+                        if not ok:
                             split, s = None, full
+                        _DIRECT_CHECKED[model] = True if ok else None
                         checked = True
                 sums[idx], counts[idx] = s.cpu().numpy(), c.cpu().numpy()
                 bar.update(len(idx))
