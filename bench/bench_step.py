@@ -52,7 +52,8 @@ def main():
     inputs = {"step_index": torch.tensor([0])}
 
     def bare(step):
-        ch = sets.chunk(step, ctl.directions, cfg.forget_batch_size, cfg.retain_batch_size, cfg.unrelated_batch_size)
+        ch = sets.chunk(step, ctl.directions, cfg.forget_batch_size, cfg.retain_batch_size, cfg.unrelated_batch_size,
+                        balance_types=cfg.balance_types)
         items = ch["forget"] + ch["retain"] + ch["unrelated"]
         ids, attn, mask = tr._batch(items, dev)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
