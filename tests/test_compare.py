@@ -256,12 +256,14 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
         rc = cli.main(["compare", "--model", "m", "--methods", "base,cda,sft", "--out", str(tmp_path / "o"),
                        "--max_steps", "50", "--learning-rate", "1e-4", "--eval_every", "10", "--limit", "20",
                        "--benchmarks", "stereoset,crows_pairs", "--bbq-per-category", "0", "--dtype", "float32",
-                       "--set", "lora_r=4", "--set", "train_pool=a.json", "--rerun", "cda", "--ablations"])
+                       "--set", "lora_r=4", "--set", "train_pool=a.json", "--rerun", "cda", "--ablations",
+                       "--no-intersentence"])
     assert rc == 0 and "report.md" in buf.getvalue()
     assert seen["methods"] == "base,cda,sft" and seen["ablations"] is True and seen["max_steps"] == 50
     assert seen["learning_rate"] == 1e-4 and seen["eval_every"] == 10 and seen["limit"] == 20
     assert seen["benchmarks"] == "stereoset,crows_pairs" and seen["bbq_per_category"] == 0
     assert seen["config_overrides"] == {"lora_r": 4, "train_pool": "a.json"} and seen["rerun"] == ["cda"]
+    assert seen["stereoset_intersentence"] is False
     # --report-only rebuilds the report from the folders
     out = tmp_path / "rep"
     write_folder(out, {"base": doc("base", "base", {"overall": 60.0}, 90.0, {"overall": 55.0}, 1.0, 20.0)})

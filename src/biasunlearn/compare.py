@@ -349,12 +349,14 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                 ppl_max_tokens: int | None = 32768, dtype: str | None = None, data_dir=None, rerun=(),
                 config_overrides: dict | None = None, baseline_batch_size: int | None = None,
                 dpo_pairs_per_step: int | None = None, dpo_beta: float = 0.1, ablation_checkpoint: str = "final",
-                cost_sentences: int = 60, progress: bool = True, log=_log) -> dict:
+                cost_sentences: int = 60, progress: bool = True, stereoset_intersentence: bool = True,
+                log=_log) -> dict:
     """Run (or reuse) every method, then write <out>/report.md and <out>/report.html. Returns
     {"results": {method: results document}, "report": path, "html": path}.
 
     max_steps / learning_rate / eval_every: the budget of every trained method (default: UnlearnConfig's).
-    benchmarks / limit / bbq_per_category / ppl_max_tokens: the evaluation budget (the same for every method).
+    benchmarks / limit / bbq_per_category / ppl_max_tokens / stereoset_intersentence: the evaluation budget (the
+    same for every method).
     config_overrides: further UnlearnConfig settings for every trained method (train_pool, LoRA, batch sizes, ...).
     """
     from .unlearn.config import UnlearnConfig
@@ -371,7 +373,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     ecfg = EvalConfig(benchmarks=tuple(benchmarks), data_dir=str(data_dir) if data_dir is not None else None,
                       limit=limit, bbq_per_category=bbq_per_category or None, ppl_max_tokens=ppl_max_tokens or None,
-                      progress=progress)
+                      stereoset_intersentence=stereoset_intersentence, progress=progress)
     check_config(ecfg)
     known = set(UnlearnConfig.__dataclass_fields__)
     bad = [k for k in (config_overrides or {}) if k not in known]

@@ -33,7 +33,8 @@ def _compare_cmd(a) -> int:
                       bbq_per_category=a.bbq_per_category, ppl_max_tokens=a.ppl_max_tokens, dtype=a.dtype,
                       data_dir=a.data_dir, rerun=a.rerun or (), config_overrides=overrides or None,
                       baseline_batch_size=a.batch_size, dpo_pairs_per_step=a.dpo_pairs, dpo_beta=a.dpo_beta,
-                      ablation_checkpoint=a.ablation_checkpoint, log=lambda s: print(s, file=sys.stderr, flush=True))
+                      ablation_checkpoint=a.ablation_checkpoint, stereoset_intersentence=not a.no_intersentence,
+                      log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"report: {res['report']}\nhtml:   {res['html']}")
     return 0
 
@@ -60,6 +61,8 @@ def register(sub) -> None:
     c.add_argument("--eval_every", "--eval-every", dest="eval_every", type=int, default=None,
                    help="dev check every N steps (default 20)")
     c.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
+    c.add_argument("--no-intersentence", action="store_true",
+                   help="skip StereoSet intersentence (the headline table is intrasentence; halves StereoSet's cost)")
     c.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
     c.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
     c.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
