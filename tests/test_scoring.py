@@ -325,3 +325,47 @@ def test_direct_head_path_refused_or_dropped_when_logits_are_transformed(tiny_mo
     assert abs(got - plain).max() > 0.1
     # and the verdict sticks to that model: a later call does not try the direct path again
     assert score_sequences(model, seqs, starts, direct=True, max_tokens=48)[0] == pytest.approx(want, abs=1e-5)
+
+
+# --- shared-prompt scoring (BBQ) --------------------------------------------------------------------------------
+
+SHARED_PROMPTS = ["The mother was very", "Rain fell on the roof all afternoon, and then", "A",
+                  "Scientists study the stars. Who studies them?"]
+SHARED_ANSWERS = [" caring", " tired today.", " kind", " the farmer and his dog", " sunshine", " rain",
+                  " B", " C and D and E", " Not known", " Scientists", " nobody at all", " birds"]
+
+
+def test_shared_prompt_scoring_equals_scoring_each_answer_with_its_prompt(tiny_model):
+    from biasunlearn.scoring import _SHARED_CHECKED, score_texts_shared
+
+    model, tok = tiny_model
+    prefixes = [p for p in SHARED_PROMPTS for _ in range(3)]
+    want = score_texts(model, tok, SHARED_ANSWERS, prefixes)
+    got = score_texts_shared(model, tok, SHARED_PROMPTS, SHARED_ANSWERS, 3, max_tokens=40)
+    assert [g.n for g in got] == [w.n for w in want] and all(w.n > 0 for w in want)
+    assert [g.sum for g in got] == pytest.approx([w.sum for w in want], abs=1e-4)
+    assert _SHARED_CHECKED.get(model) is True  # the fast path ran and passed its check
+    # batches after the checked one use the fast path alone: still the same numbers
+    again = score_texts_shared(model, tok, SHARED_PROMPTS, SHARED_ANSWERS, 3, max_tokens=40)
+    assert [g.sum for g in again] == pytest.approx([w.sum for w in want], abs=1e-4)
+
+
+def test_shared_prompt_scoring_with_adapter_and_wrapper(tiny_model_paths, tmp_path):
+    from _tiny import make_adapter
+
+    from biasunlearn.baselines import SelfDebias
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import score_texts_shared
+
+    ad = make_adapter(tiny_model_paths["gpt2"], tmp_path / "ad")
+    model, tok, _ = load_model(str(tiny_model_paths["gpt2"]), adapter=str(ad), device="cpu")
+    prefixes = [p for p in SHARED_PROMPTS for _ in range(3)]
+    for m in (model, SelfDebias(model, tok)):  # the wrapper cannot take a cache: it goes the plain way
+        want = [s.sum for s in score_texts(m, tok, SHARED_ANSWERS, prefixes)]
+        got = [s.sum for s in score_texts_shared(m, tok, SHARED_PROMPTS, SHARED_ANSWERS, 3)]
+        assert got == pytest.approx(want, abs=1e-4)
+    from biasunlearn.scoring import _SHARED_CHECKED
+
+    assert _SHARED_CHECKED.get(model) is True
+    with pytest.raises(ValueError, match="continuations"):
+        score_texts_shared(model, tok, SHARED_PROMPTS, SHARED_ANSWERS[:5], 3)

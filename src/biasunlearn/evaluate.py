@@ -18,7 +18,7 @@ from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset,
 from .errors import ConfigError
 from .io import sha256_file, write_json, write_jsonl
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, stereoset_scores
-from .scoring import score_sequences, score_texts
+from .scoring import score_sequences, score_texts, score_texts_shared
 
 BENCHMARKS = ("stereoset", "crows_pairs", "bbq", "perplexity")
 DEFAULT_PATHS = {
@@ -155,13 +155,10 @@ def eval_bbq(model, tok, cfg: EvalConfig, path: Path) -> dict:
             by_cat.setdefault(e.category, []).append(e)
         examples = [e for c in sorted(by_cat) for e in _sample(by_cat[c], cfg.bbq_per_category, cfg.seed)]
     examples = _sample(examples, cfg.limit, cfg.seed)
-    prefixes, texts = [], []
-    for e in examples:
-        prompt = BBQ_PROMPT.format(context=e.context, question=e.question)
-        for a in e.answers:
-            prefixes.append(prompt)
-            texts.append(" " + a)
-    scores = score_texts(model, tok, texts, prefixes, **_skw(cfg, "bbq"))
+    prompts = [BBQ_PROMPT.format(context=e.context, question=e.question) for e in examples]
+    texts = [" " + a for e in examples for a in e.answers]
+    # the three answers share the context and question: that prompt runs once per example
+    scores = score_texts_shared(model, tok, prompts, texts, 3, **_skw(cfg, "bbq"))
     recs = []
     for i, e in enumerate(examples):
         means = [scores[3 * i + k].mean for k in range(3)]

@@ -209,10 +209,136 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
     return sums, counts
 
 
+_SHARED_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> shared-prompt path verified
+
+
+def _forward_params(model) -> set:
+    """Parameter names of the underlying transformers model's forward (through a PEFT wrapper)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return set(inspect.signature(type(base).forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _shared_batch(model, prompts, conts, k: int, pad_id: int, device):
+    """Sums and counts for one batch of prompts with k continuations each: the prompts run once (left-padded, explicit
+    positions), their key/value cache is repeated k times, and the continuations run on it."""
+    B = len(prompts)
+    P = max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    pmask = torch.zeros((B, P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.as_tensor(p, dtype=torch.long)
+        pmask[i, P - len(p):] = 1
+    ids, pmask = ids.to(device), pmask.to(device)
+    pos = (pmask.cumsum(1) - 1).clamp(min=0)
+    names = _forward_params(model)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in names else {}  # only the last prompt position is needed
+    out = model(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True, **extra)
+    first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(k, 0)  # predicts each first token
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    del out
+    cache.batch_repeat_interleave(k)
+    cids, cmask = pad_batch(conts, pad_id, device)
+    plen = pmask.sum(1).repeat_interleave(k, 0)
+    cpos = plen.unsqueeze(1) + torch.arange(cids.shape[1], device=device).unsqueeze(0)
+    full_mask = torch.cat([pmask.repeat_interleave(k, 0), cmask], 1)
+    cache_kw = {"cache": cache} if "cache" in names else {"past_key_values": cache}  # renamed in transformers 5.2x
+    logits = model(input_ids=cids, attention_mask=full_mask, position_ids=cpos, use_cache=True, **cache_kw).logits
+    lp0 = first.gather(-1, cids[:, :1]).squeeze(-1)
+    rest = token_logprobs(logits, cids)  # [B*k, C-1]: token t+1 given the prompt and tokens <= t
+    m = cmask[:, 1:].bool()
+    sums = lp0.double() * cmask[:, 0] + (rest * m).sum(1).double()
+    return sums, cmask.sum(1)
+
+
+def score_shared_prefix(model, prompts: Sequence[Sequence[int]], conts: Sequence[Sequence[int]], k: int, *,
+                        pad_id: int = 0, max_tokens: int | None = None, max_batch: int = 64,
+                        progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Score k continuations of every prompt: conts[i*k + j] given prompts[i] (which starts with the start token).
+    The same numbers as `score_sequences` on prompt + continuation, with each prompt run once instead of k times
+    (BBQ: three answers share a long context and question). The first batch a model sees is also scored the plain
+    way; on a difference above 0.01 nats per token (0.3 in bf16/fp16), or a model that cannot take a cache and explicit positions (a
+    scoring wrapper), every batch goes the plain way."""
+    from tqdm.auto import tqdm
+
+    if len(conts) != k * len(prompts):
+        raise ValueError(f"{len(conts)} continuations for {len(prompts)} prompts x {k}")
+    if any(len(c) == 0 for c in conts):
+        raise ValueError("empty continuation")
+    n = len(conts)
+    sums, counts = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return sums, counts
+    device = model_device(model)
+    if max_tokens is None:
+        max_tokens = 8192 if device.type == "cuda" else 256
+    full_seqs = [list(prompts[i // k]) + list(conts[i]) for i in range(n)]
+    starts = [len(prompts[i // k]) for i in range(n)]
+    verdict = _SHARED_CHECKED.get(model, False) if isinstance(model, torch.nn.Module) else None
+    if verdict is None or not callable(getattr(model, "get_decoder", None)):
+        return score_sequences(model, full_seqs, starts, pad_id=pad_id, max_tokens=max_tokens, progress=progress)
+    # bf16/fp16 logits carry about 0.1 nats of rounding per token whatever the batching (their spacing is 1/16 at
+    # 10); a wrong cache, position or mask is off by whole nats
+    tol = 0.01 if next(model.parameters()).dtype == torch.float32 else 0.3
+    # a batch's cost: its prompts once plus k continuations each
+    cost = [len(prompts[i]) + sum(len(conts[i * k + j]) for j in range(k)) for i in range(len(prompts))]
+    batches = length_batches(cost, max_tokens * k, max_batch)
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    bar = tqdm(total=n, desc=progress, unit="seq", disable=progress is None, leave=False, mininterval=1.0)
+    try:
+        with torch.inference_mode():
+            for b, idx in enumerate(batches):
+                rows = [i * k + j for i in idx for j in range(k)]
+                args = ([prompts[i] for i in idx], [conts[r] for r in rows], k, pad_id, device)
+                if verdict:
+                    s, c = (t.cpu().numpy() for t in _shared_batch(model, *args))
+                else:
+                    try:
+                        s, c = (t.cpu().numpy() for t in _shared_batch(model, *args))
+                    except (TypeError, ValueError, AttributeError, NotImplementedError, RuntimeError):
+                        s = c = None  # the plain way below
+                    ref_s, ref_c = score_sequences(model, [full_seqs[r] for r in rows], [starts[r] for r in rows],
+                                                   pad_id=pad_id, max_tokens=max_tokens)
+                    ok = s is not None and (c == ref_c).all() and (np.abs(s - ref_s) <= tol * np.maximum(c, 1)).all()
+                    _SHARED_CHECKED[model] = True if ok else None
+                    verdict = True
+                    if not ok:  # this batch and the rest the plain way
+                        rest = [r for bb in batches[b:] for i in bb for r in range(i * k, i * k + k)]
+                        sums[rest], counts[rest] = score_sequences(
+                            model, [full_seqs[r] for r in rest], [starts[r] for r in rest], pad_id=pad_id,
+                            max_tokens=max_tokens)
+                        bar.update(len(rest))
+                        break
+                sums[rows], counts[rows] = s, c
+                bar.update(len(rows))
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+    return sums, counts
+
+
 def score_texts(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] | None = None, **kw) -> list[Score]:
     """Score each text (given its prefix, if any). Keyword arguments go to `score_sequences`."""
     seqs, starts = encode_for_scoring(tokenizer, texts, prefixes)
     sums, counts = score_sequences(model, seqs, starts, pad_id=tokenizer.pad_token_id or 0, **kw)
+    return [Score(float(s), int(c)) for s, c in zip(sums, counts)]
+
+
+def score_texts_shared(model, tokenizer, prompts: Sequence[str], texts: Sequence[str], k: int, **kw) -> list[Score]:
+    """texts[i*k + j] given prompts[i], each prompt run once (see `score_shared_prefix`); the same tokens as
+    `score_texts(model, tokenizer, texts, prefixes)` with each prompt repeated k times."""
+    start = start_token_id(tokenizer)
+    pre = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    sums, counts = score_shared_prefix(model, [[start] + p for p in pre], body, k,
+                                       pad_id=tokenizer.pad_token_id or 0, **kw)
     return [Score(float(s), int(c)) for s, c in zip(sums, counts)]
 
 
