@@ -13,6 +13,7 @@ checks itself against the full forward pass on the first batch and falls back to
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 from typing import Sequence
@@ -152,6 +153,29 @@ def _batch_direct(body, head, ids, attn, m, head_rows: int = HEAD_ROWS):
     return torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device).index_add_(0, owner, lp.double())
 
 
+def _default_budget(device: torch.device, max_tokens: int | None) -> int:
+    # measured (BENCHMARKS.md): small batches are fastest on a CPU (cache-resident activations), big on a GPU
+    return max_tokens if max_tokens is not None else (8192 if device.type == "cuda" else 256)
+
+
+@contextlib.contextmanager
+def _scoring(model, n: int, progress: str | None):
+    """Eval mode and inference mode for the duration (the training mode is restored after), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    bar = tqdm(total=n, desc=progress, unit="seq", disable=progress is None, leave=False, mininterval=1.0)
+    try:
+        with torch.inference_mode():
+            yield bar
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+
+
 def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Sequence[int], *, pad_id: int = 0,
                     max_tokens: int | None = None, max_batch: int = 128, progress: str | None = None,
                     direct: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -160,52 +184,37 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
     `model(input_ids=..., attention_mask=...)` must return an object with `.logits` ([B, T, V]). With `direct`
     (default) and a model `split_head` accepts, the lm_head runs on the scored positions only (see the module
     docstring); the first batch a model sees is scored both ways and the direct path is dropped for that model if
-    they differ by more than 0.05 nats per token (bf16 rounding stays far below; a logit transform the config check
-    missed does not).
+    they differ by more than 0.05 nats per token (the same hidden states go through the same head, so only
+    rounding differs; a logit transform the config check missed does not pass).
     """
-    from tqdm.auto import tqdm
-
     n = len(sequences)
     sums, counts = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)
     if n == 0:
         return sums, counts
     device = model_device(model)
-    if max_tokens is None:
-        # measured (BENCHMARKS.md): small batches are fastest on a CPU (cache-resident activations), big on a GPU
-        max_tokens = 8192 if device.type == "cuda" else 256
-    lengths = [len(s) for s in sequences]
-    batches = length_batches(lengths, max_tokens, max_batch)
-    was_training = getattr(model, "training", False)
-    if was_training:
-        model.eval()
+    batches = length_batches([len(s) for s in sequences], _default_budget(device, max_tokens), max_batch)
     split = split_head(model) if direct else None
     checked = _DIRECT_CHECKED.get(model, False) if split is not None else True
     if checked is None:  # failed before: do not try again
         split = None
-    bar = tqdm(total=n, desc=progress, unit="seq", disable=progress is None, leave=False, mininterval=1.0)
-    try:
-        with torch.inference_mode():
-            for idx in batches:
-                ids, attn = pad_batch([sequences[i] for i in idx], pad_id, device)
-                m = score_mask(attn.sum(1), torch.as_tensor([score_from[i] for i in idx], device=device), ids.shape[1])
-                c = m.sum(1)
-                if split is None:
-                    s = _batch_full(model, ids, attn, m)
-                else:
-                    s = _batch_direct(*split, ids, attn, m)
-                    if not checked:
-                        full = _batch_full(model, ids, attn, m)
-                        ok = not ((s - full).abs() > 0.05 * c.clamp(min=1)).any()
-                        if not ok:
-                            split, s = None, full
-                        _DIRECT_CHECKED[model] = True if ok else None
-                        checked = True
-                sums[idx], counts[idx] = s.cpu().numpy(), c.cpu().numpy()
-                bar.update(len(idx))
-    finally:
-        bar.close()
-        if was_training:
-            model.train()
+    with _scoring(model, n, progress) as bar:
+        for idx in batches:
+            ids, attn = pad_batch([sequences[i] for i in idx], pad_id, device)
+            m = score_mask(attn.sum(1), torch.as_tensor([score_from[i] for i in idx], device=device), ids.shape[1])
+            c = m.sum(1)
+            if split is None:
+                s = _batch_full(model, ids, attn, m)
+            else:
+                s = _batch_direct(*split, ids, attn, m)
+                if not checked:
+                    full = _batch_full(model, ids, attn, m)
+                    ok = not ((s - full).abs() > 0.05 * c.clamp(min=1)).any()
+                    if not ok:
+                        split, s = None, full
+                    _DIRECT_CHECKED[model] = True if ok else None
+                    checked = True
+            sums[idx], counts[idx] = s.cpu().numpy(), c.cpu().numpy()
+            bar.update(len(idx))
     return sums, counts
 
 
@@ -261,10 +270,8 @@ def score_shared_prefix(model, prompts: Sequence[Sequence[int]], conts: Sequence
     """Score k continuations of every prompt: conts[i*k + j] given prompts[i] (which starts with the start token).
     The same numbers as `score_sequences` on prompt + continuation, with each prompt run once instead of k times
     (BBQ: three answers share a long context and question). The first batch a model sees is also scored the plain
-    way; on a difference above 0.01 nats per token (0.3 in bf16/fp16), or a model that cannot take a cache and explicit positions (a
-    scoring wrapper), every batch goes the plain way."""
-    from tqdm.auto import tqdm
-
+    way; on a difference above 0.01 nats per token (0.3 in bf16/fp16), or a model that cannot take a cache and
+    explicit positions (a scoring wrapper), every batch goes the plain way."""
     if len(conts) != k * len(prompts):
         raise ValueError(f"{len(conts)} continuations for {len(prompts)} prompts x {k}")
     if any(len(c) == 0 for c in conts):
@@ -274,10 +281,14 @@ def score_shared_prefix(model, prompts: Sequence[Sequence[int]], conts: Sequence
     if n == 0:
         return sums, counts
     device = model_device(model)
-    if max_tokens is None:
-        max_tokens = 8192 if device.type == "cuda" else 256
+    max_tokens = _default_budget(device, max_tokens)
     full_seqs = [list(prompts[i // k]) + list(conts[i]) for i in range(n)]
     starts = [len(prompts[i // k]) for i in range(n)]
+
+    def plain(rows):
+        return score_sequences(model, [full_seqs[r] for r in rows], [starts[r] for r in rows], pad_id=pad_id,
+                               max_tokens=max_tokens)
+
     verdict = _SHARED_CHECKED.get(model, False) if isinstance(model, torch.nn.Module) else None
     if verdict is None or not callable(getattr(model, "get_decoder", None)):
         return score_sequences(model, full_seqs, starts, pad_id=pad_id, max_tokens=max_tokens, progress=progress)
@@ -287,40 +298,28 @@ def score_shared_prefix(model, prompts: Sequence[Sequence[int]], conts: Sequence
     # a batch's cost: its prompts once plus k continuations each
     cost = [len(prompts[i]) + sum(len(conts[i * k + j]) for j in range(k)) for i in range(len(prompts))]
     batches = length_batches(cost, max_tokens * k, max_batch)
-    was_training = getattr(model, "training", False)
-    if was_training:
-        model.eval()
-    bar = tqdm(total=n, desc=progress, unit="seq", disable=progress is None, leave=False, mininterval=1.0)
-    try:
-        with torch.inference_mode():
-            for b, idx in enumerate(batches):
-                rows = [i * k + j for i in idx for j in range(k)]
-                args = ([prompts[i] for i in idx], [conts[r] for r in rows], k, pad_id, device)
-                if verdict:
+    with _scoring(model, n, progress) as bar:
+        for b, idx in enumerate(batches):
+            rows = [i * k + j for i in idx for j in range(k)]
+            args = ([prompts[i] for i in idx], [conts[r] for r in rows], k, pad_id, device)
+            if verdict:
+                s, c = (t.cpu().numpy() for t in _shared_batch(model, *args))
+            else:
+                try:
                     s, c = (t.cpu().numpy() for t in _shared_batch(model, *args))
-                else:
-                    try:
-                        s, c = (t.cpu().numpy() for t in _shared_batch(model, *args))
-                    except (TypeError, ValueError, AttributeError, NotImplementedError, RuntimeError):
-                        s = c = None  # the plain way below
-                    ref_s, ref_c = score_sequences(model, [full_seqs[r] for r in rows], [starts[r] for r in rows],
-                                                   pad_id=pad_id, max_tokens=max_tokens)
-                    ok = s is not None and (c == ref_c).all() and (np.abs(s - ref_s) <= tol * np.maximum(c, 1)).all()
-                    _SHARED_CHECKED[model] = True if ok else None
-                    verdict = True
-                    if not ok:  # this batch and the rest the plain way
-                        rest = [r for bb in batches[b:] for i in bb for r in range(i * k, i * k + k)]
-                        sums[rest], counts[rest] = score_sequences(
-                            model, [full_seqs[r] for r in rest], [starts[r] for r in rest], pad_id=pad_id,
-                            max_tokens=max_tokens)
-                        bar.update(len(rest))
-                        break
-                sums[rows], counts[rows] = s, c
-                bar.update(len(rows))
-    finally:
-        bar.close()
-        if was_training:
-            model.train()
+                except (TypeError, ValueError, AttributeError, NotImplementedError, RuntimeError):
+                    s = c = None  # the plain way below
+                ref_s, ref_c = plain(rows)
+                ok = s is not None and (c == ref_c).all() and (np.abs(s - ref_s) <= tol * np.maximum(c, 1)).all()
+                _SHARED_CHECKED[model] = True if ok else None
+                verdict = True
+                if not ok:  # this batch and the rest the plain way
+                    rest = [r for bb in batches[b:] for i in bb for r in range(i * k, i * k + k)]
+                    sums[rest], counts[rest] = plain(rest)
+                    bar.update(len(rest))
+                    break
+            sums[rows], counts[rows] = s, c
+            bar.update(len(rows))
     return sums, counts
 
 
