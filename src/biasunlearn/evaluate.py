@@ -81,7 +81,8 @@ def _skw(cfg: EvalConfig, desc: str) -> dict:
 
 def stereoset_records(model, tok, examples, **skw) -> list[dict]:
     """Score the three sentences of each example (mean token log-prob). Intersentence candidates are scored given
-    the context sentence; intrasentence sentences are scored whole."""
+    the context sentence (run once for the three when every example is intersentence); intrasentence sentences are
+    scored whole."""
     texts, prefixes = [], []
     for e in examples:
         for lab in ("stereotype", "anti-stereotype", "unrelated"):
@@ -91,8 +92,12 @@ def stereoset_records(model, tok, examples, **skw) -> list[dict]:
             else:
                 prefixes.append("")
                 texts.append(e.sentence(lab))
-    use_prefix = any(prefixes)
-    scores = score_texts(model, tok, texts, prefixes if use_prefix else None, **skw)
+    if examples and all(e.task == "intersentence" for e in examples):
+        # the three candidates share the context sentence: it runs once per example
+        scores = score_texts_shared(model, tok, prefixes[::3], texts, 3, **skw)
+    else:
+        use_prefix = any(prefixes)
+        scores = score_texts(model, tok, texts, prefixes if use_prefix else None, **skw)
     recs = []
     for i, e in enumerate(examples):
         s, a, u = (scores[3 * i + k].mean for k in range(3))
