@@ -340,3 +340,23 @@ def test_bench_make_variant_and_transfer_scripts(tiny, tmp_path):
     text = md.read_text()
     assert text.count(bt.BEGIN) == 1 and "keep me" in text and "to be filled" not in text
     assert "variant + transferred adapter" in text and "Base: before and after the adapter" in text
+
+
+def test_bench_train_targets_from_two_results_documents():
+    bt = _bench("bench_train")
+
+    def doc(ss: dict, lms: float, ppl: float):
+        intra = {d: {"SS": v, "LMS": lms, "ICAT": lms * min(v, 100 - v) / 50} for d, v in ss.items()}
+        return {"benchmarks": {"stereoset": {"metrics": {"intrasentence": intra}},
+                               "perplexity": {"metrics": {"perplexity": ppl}}}}
+
+    before = doc({"gender": 62.0, "race": 64.0, "overall": 62.0}, 89.0, 20.0)
+    t = bt.targets(before, doc({"gender": 53.9, "race": 48.0, "overall": 51.5}, 88.0, 20.5))
+    assert t["dlms"] == pytest.approx(-1.0) and t["ppl_rel_change_pct"] == pytest.approx(2.5)
+    assert t["icat_after"] == pytest.approx(88.0 * 48.5 / 50)  # 85.36
+    assert t["met"] == {"ss_overall_within_2": True, "every_domain_within_4": True, "abs_dlms_le_1.5": True,
+                        "icat_ge_85": True, "ppl_increase_le_3pct": True}
+    t = bt.targets(before, doc({"gender": 54.1, "race": 48.0, "overall": 52.5}, 87.0, 21.0))
+    assert t["met"] == {"ss_overall_within_2": False, "every_domain_within_4": False, "abs_dlms_le_1.5": False,
+                        "icat_ge_85": False, "ppl_increase_le_3pct": False}
+    assert t["ss_domains_before"] == {"gender": 62.0, "race": 64.0}
