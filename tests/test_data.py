@@ -469,3 +469,13 @@ def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
     assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
     atomic_write_text(tmp_path / "t.md", "x")
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
+
+
+def test_related_target_terms_are_reported_not_shared():
+    from biasunlearn.data.splits import related_terms
+
+    train = {"afghan", "syrian", "her", "grandmother", "mexico"}
+    test = {"afghanistan", "syria", "hero", "grandfather", "mexico", "chile"}
+    # "hero" is too short to say anything, "mexico" is shared (reported elsewhere), "chile" has no relative
+    assert related_terms(train, test) == {"afghanistan": ["afghan"], "grandfather": ["grandmother"],
+                                          "syria": ["syrian"]}

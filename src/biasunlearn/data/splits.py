@@ -94,4 +94,20 @@ def overlap_report(train: list[StereoSetExample], test: list[StereoSetExample]) 
     train_sents = {s.lower() for e in train for s in (e.stereotype, e.anti_stereotype, e.unrelated)}
     test_sents = {s.lower() for e in test for s in (e.stereotype, e.anti_stereotype, e.unrelated)}
     return {"shared_target_terms": sorted(train_terms & test_terms), "shared_sentences": len(train_sents & test_sents),
-            "train_terms": len(train_terms), "test_terms": len(test_terms)}
+            "train_terms": len(train_terms), "test_terms": len(test_terms),
+            "related_target_terms": related_terms(train_terms, test_terms)}
+
+
+def related_terms(train_terms, test_terms, stem: int = 5) -> dict:
+    """Test terms that are not shared but look like a form of a train term (the same first `stem` letters, e.g.
+    "Afghanistan" / "Afghan", "Syria" / "Syrian"): {test term: [train terms]}. Reported, not refused: the groups
+    are the same, the sentences are not. It says how new the test set's groups really are."""
+    def key(t: str) -> str:
+        return t.lower().replace(" ", "")[:stem]
+
+    by_key: dict[str, list[str]] = {}
+    for t in train_terms:
+        if len(key(t)) == stem:  # shorter words ("her", "boy") say too little
+            by_key.setdefault(key(t), []).append(t)
+    return {t: sorted(by_key[key(t)]) for t in sorted(test_terms)
+            if t not in train_terms and len(key(t)) == stem and key(t) in by_key}
