@@ -99,9 +99,10 @@ def overlap_report(train: list[StereoSetExample], test: list[StereoSetExample]) 
 
 
 def related_terms(train_terms, test_terms, stem: int = 5) -> dict:
-    """Test terms that are not shared but look like a form of a train term (the same first `stem` letters, e.g.
-    "Afghanistan" / "Afghan", "Syria" / "Syrian"): {test term: [train terms]}. Reported, not refused: the groups
-    are the same, the sentences are not. It says how new the test set's groups really are."""
+    """Test terms that are not shared but begin with the same `stem` letters as a train term: {test term: [train
+    terms]}. A crude stem: it finds "Afghanistan" / "Afghan" and "Syria" / "Syrian" (the same group, other
+    sentences), and also "grandfather" / "grandmother". Reported, not refused: it says how new the test set's groups
+    really are."""
     def key(t: str) -> str:
         return t.lower().replace(" ", "")[:stem]
 
