@@ -177,8 +177,8 @@ def sweep(models, tok, examples, budgets, rounds) -> dict:
 # --- where the time goes -----------------------------------------------------------------------------------------
 
 def breakdown(model, tok, texts, max_tokens: int | None) -> dict:
-    """CPU seconds in the transformer body, the lm_head matmul and log-softmax + gather, mirroring score_sequences
-    (max_tokens None: one sentence per pass, like score_texts_one_by_one)."""
+    """CPU seconds in the transformer body, the lm_head matmul and log-softmax + gather, mirroring score_sequences'
+    full path (direct=False; max_tokens None: one sentence per pass, like score_texts_one_by_one)."""
     seqs, starts = encode_for_scoring(tok, texts)
     lengths = [len(s) for s in seqs]
     batches = [[i] for i in range(len(seqs))] if max_tokens is None else length_batches(lengths, max_tokens, MAX_BATCH)
@@ -201,46 +201,13 @@ def breakdown(model, tok, texts, max_tokens: int | None) -> dict:
             "share": {"body": body.cpu / total, "lm_head": head.cpu / total, "log_softmax_gather": lsm.cpu / total}}
 
 
-def score_real_rows(model, tok, texts, max_tokens: int, head_rows: int = 64):
-    """Prototype of a suggested change to score_sequences: run the body on the padded batch, then apply the lm_head
-    and a fused float32 log-softmax only to the scored positions, `head_rows` rows at a time, so the [B, T, V] logits
-    tensor never exists: no padded rows in the head, no 100+ MB fresh allocation per batch, and the bf16 -> fp32
-    conversion and log-softmax run on cache-sized pieces. Returns (sums, counts)."""
-    seqs, starts = encode_for_scoring(tok, texts)
-    lengths = [len(s) for s in seqs]
-    sums, counts = np.zeros(len(seqs)), np.zeros(len(seqs), dtype=np.int64)
-    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    with torch.inference_mode():
-        for idx in length_batches(lengths, max_tokens, MAX_BATCH):
-            ids, attn = pad_batch([seqs[i] for i in idx], tok.pad_token_id or 0, "cpu")
-            h = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
-            m = score_mask(attn.sum(1), torch.as_tensor([starts[i] for i in idx]), ids.shape[1])
-            rows, targets = h[m], ids[:, 1:][m]
-            owner = torch.arange(len(idx)).unsqueeze(1).expand_as(m)[m]
-            lp = torch.empty(len(rows))
-            for a in range(0, len(rows), head_rows):
-                logp = torch.log_softmax(lm_head(rows[a:a + head_rows]), -1, dtype=torch.float32)
-                lp[a:a + head_rows] = logp.gather(-1, targets[a:a + head_rows, None]).squeeze(-1)
-            sums[idx] = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, owner, lp.double()).numpy()
-            counts[idx] = m.sum(1).numpy()
-    return sums, counts
-
-
 def profile(models, tok, examples, budgets: dict, one_by_one_n: int) -> dict:
     texts = texts_of(examples)
     out = {"sentences": len(texts)}
     out["one_by_one_fp32"] = breakdown(models["float32"], tok, texts[:one_by_one_n], None)
     for dt, model in models.items():
         out[f"batched_{dt}"] = breakdown(model, tok, texts, budgets[dt])
-        ref, proto = Clock(), Clock()
-        with ref.run():
-            sc = stereoset_records(model, tok, examples, max_tokens=budgets[dt])
-        with proto.run():
-            sums, counts = score_real_rows(model, tok, texts, budgets[dt])
-        ref_means = np.array([[r["s_stereo"], r["s_anti"], r["s_unrel"]] for r in sc]).ravel()
-        out[f"prototype_real_rows_{dt}"] = {
-            "max_tokens": budgets[dt], "cpu_s_current": ref.cpu, "cpu_s_prototype": proto.cpu,
-            "speedup_cpu": ref.cpu / proto.cpu, "max_abs_mean_diff": float(np.abs(ref_means - sums / counts).max())}
+    # the head on scored rows only, once a prototype here, is now score_sequences' direct path: bench_direct.py
     return out
 
 
@@ -355,10 +322,6 @@ def markdown(res: dict) -> str:
                 s = r["share"]
                 lines.append(f"| {k} (max_tokens {r['max_tokens'] or '–'}) | {100 * s['body']:.0f}% | {100 * s['lm_head']:.0f}% "
                              f"| {100 * s['log_softmax_gather']:.0f}% |")
-        for k, r in res["profile"].items():
-            if k.startswith("prototype"):
-                lines.append(f"\n{k}: {r['speedup_cpu']:.2f}x faster than the current batched path at max_tokens "
-                             f"{r['max_tokens']} (max |diff| {r['max_abs_mean_diff']:.1e})")
     return "\n".join(lines) + "\n"
 
 

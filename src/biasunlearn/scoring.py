@@ -232,9 +232,10 @@ def _forward_params(model) -> set:
         return set()
 
 
-def _shared_batch(model, prompts, conts, k: int, pad_id: int, device):
+def _shared_batch(model, names: set, prompts, conts, k: int, pad_id: int, device):
     """Sums and counts for one batch of prompts with k continuations each: the prompts run once (left-padded, explicit
-    positions), their key/value cache is repeated k times, and the continuations run on it."""
+    positions), their key/value cache is repeated k times, and the continuations run on it. `names`: the model's
+    forward parameters (`_forward_params`)."""
     B = len(prompts)
     P = max(len(p) for p in prompts)
     ids = torch.full((B, P), pad_id, dtype=torch.long)
@@ -244,7 +245,6 @@ def _shared_batch(model, prompts, conts, k: int, pad_id: int, device):
         pmask[i, P - len(p):] = 1
     ids, pmask = ids.to(device), pmask.to(device)
     pos = (pmask.cumsum(1) - 1).clamp(min=0)
-    names = _forward_params(model)
     extra = {"logits_to_keep": 1} if "logits_to_keep" in names else {}  # only the last prompt position is needed
     out = model(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True, **extra)
     first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(k, 0)  # predicts each first token
@@ -298,10 +298,11 @@ def score_shared_prefix(model, prompts: Sequence[Sequence[int]], conts: Sequence
     # a batch's cost: its prompts once plus k continuations each
     cost = [len(prompts[i]) + sum(len(conts[i * k + j]) for j in range(k)) for i in range(len(prompts))]
     batches = length_batches(cost, max_tokens * k, max_batch)
+    names = _forward_params(model)
     with _scoring(model, n, progress) as bar:
         for b, idx in enumerate(batches):
             rows = [i * k + j for i in idx for j in range(k)]
-            args = ([prompts[i] for i in idx], [conts[r] for r in rows], k, pad_id, device)
+            args = (names, [prompts[i] for i in idx], [conts[r] for r in rows], k, pad_id, device)
             if verdict:
                 s, c = (t.cpu().numpy() for t in _shared_batch(model, *args))
             else:
@@ -333,11 +334,9 @@ def score_texts(model, tokenizer, texts: Sequence[str], prefixes: Sequence[str] 
 def score_texts_shared(model, tokenizer, prompts: Sequence[str], texts: Sequence[str], k: int, **kw) -> list[Score]:
     """texts[i*k + j] given prompts[i], each prompt run once (see `score_shared_prefix`); the same tokens as
     `score_texts(model, tokenizer, texts, prefixes)` with each prompt repeated k times."""
-    start = start_token_id(tokenizer)
-    pre = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    pre, _ = encode_for_scoring(tokenizer, prompts)  # start token + prompt
     body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    sums, counts = score_shared_prefix(model, [[start] + p for p in pre], body, k,
-                                       pad_id=tokenizer.pad_token_id or 0, **kw)
+    sums, counts = score_shared_prefix(model, pre, body, k, pad_id=tokenizer.pad_token_id or 0, **kw)
     return [Score(float(s), int(c)) for s, c in zip(sums, counts)]
 
 

@@ -39,6 +39,7 @@ class UnlearnSets:
         if score_span not in ("y", "sentence"):
             raise ValueError(f"score_span {score_span!r}: expected 'y' or 'sentence'")
         self.seed = seed
+        self._perms: dict[tuple[int, str], list[int]] = {}
         self.bias_types = sorted({e.bias_type for e in train})
         self.stereo = {b: [make_item(e, "stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
         self.anti = {b: [make_item(e, "anti-stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
@@ -70,10 +71,14 @@ class UnlearnSets:
         return forget, retain
 
     def _perm(self, n: int, tag: str) -> list[int]:
-        h = int(hashlib.sha256(f"{self.seed}|{tag}".encode()).hexdigest()[:12], 16)
-        order = list(range(n))
-        random.Random(h).shuffle(order)
-        return order
+        """A seeded permutation of range(n), the same for the same (seed, n, tag); computed once."""
+        key = (n, tag)
+        if key not in self._perms:
+            h = int(hashlib.sha256(f"{self.seed}|{tag}".encode()).hexdigest()[:12], 16)
+            order = list(range(n))
+            random.Random(h).shuffle(order)
+            self._perms[key] = order
+        return self._perms[key]
 
     def _cyclic(self, pool: list[Item], tag: str, start: int, k: int) -> list[Item]:
         if not pool:
