@@ -154,3 +154,31 @@ def test_balanced_chunks_deal_types_evenly_and_cycle_within_each_type():
 def test_sentence_span_scores_whole_sentence():
     s = UnlearnSets([_ex(0, "gender", "father")], score_span="sentence")
     assert (s.stereo["gender"][0].x, s.stereo["gender"][0].y) == ("", "The father was lazy today.")
+
+
+def test_controller_swap_margin_is_a_dead_band():
+    c = SwapController(["gender", "race"], mode="swap", margin=2.0)
+    d, _ = c.update(0, {"gender": 49.5, "race": 47.9})  # gender inside the band keeps +1; race below 48 swaps
+    assert d == {"gender": 1, "race": -1}
+    d, _ = c.update(10, {"gender": 48.0, "race": 51.9})  # 48.0 is not below 48; race back only at 52 or above
+    assert d == {"gender": 1, "race": -1}
+    d, _ = c.update(20, {"gender": 47.0, "race": 52.0})
+    assert d == {"gender": -1, "race": 1}
+    assert [(e["step"], e["bias_type"], e["direction"]) for e in c.events] == \
+        [(0, "race", -1), (20, "gender", -1), (20, "race", 1)]
+    # margin 0 is the paper's rule: below 50 swapped, 50 or above normal
+    p = SwapController(["gender"], mode="swap")
+    assert p.update(0, {"gender": 49.9})[0] == {"gender": -1}
+    assert p.update(10, {"gender": 50.0})[0] == {"gender": 1}
+    with pytest.raises(ValueError, match="margin"):
+        SwapController(["gender"], margin=-1)
+
+
+def test_report_leaves_out_perplexity_when_kl_trained_on_wikitext(tmp_path):
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.pipeline import eval_config_for
+
+    base = make_config(output_dir=str(tmp_path), eval_benchmarks="stereoset,perplexity")
+    assert eval_config_for(base).benchmarks == ("stereoset", "perplexity")
+    wiki = make_config(output_dir=str(tmp_path), eval_benchmarks="stereoset,perplexity", unrelated_source="wikitext")
+    assert eval_config_for(wiki).benchmarks == ("stereoset",)

@@ -46,6 +46,9 @@ class UnlearnConfig(TrainingArguments):
     swap_mode: str = _f("swap", "'swap': swap forget/retain of a type whose dev SS falls below 50 (the paper); "
                                 "'focus_worst': after the first round train only the type farthest from 50 "
                                 "(the released code); 'none': never swap (ablation).")
+    swap_margin: float = _f(0.0, "Dead band for swapping: a type is swapped when its dev SS falls below 50 - margin "
+                                 "and swapped back when it reaches 50 + margin; inside the band it keeps its "
+                                 "direction. 0 = the paper's rule (swap below 50, back at 50 or above).")
     eval_every: int = _f(20, "Dev check (and checkpoint) every this many steps.")
     early_stop_tolerance: float = _f(2.0, "Stop when every type's dev SS is within 50 +- this.")
     lms_guard: float = _f(1.0, "Best checkpoint: only dev checks whose LMS is at most this many points below the "
@@ -73,6 +76,8 @@ class UnlearnConfig(TrainingArguments):
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.swap_margin < 0:
+            raise ConfigError(f"swap_margin={self.swap_margin}: must be 0 or more")
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
 

@@ -14,6 +14,7 @@ class SwapController:
     mode: str = "swap"  # swap (the paper) | focus_worst (the released code) | none
     target: float = 50.0
     tolerance: float = 2.0  # early stop when every type's dev SS is within target +- tolerance
+    margin: float = 0.0  # hysteresis: swap below target - margin, swap back at target + margin or above (0 = the paper)
     directions: dict = field(default_factory=dict)
     events: list = field(default_factory=list)  # every swap: {step, bias_type, ss, direction}
     history: list = field(default_factory=list)  # every dev check: {step, ss: {...}, lms}
@@ -22,6 +23,8 @@ class SwapController:
     def __post_init__(self):
         if self.mode not in ("swap", "focus_worst", "none"):
             raise ValueError(f"swap mode {self.mode!r}: expected swap, focus_worst or none")
+        if self.margin < 0:
+            raise ValueError(f"swap margin {self.margin}: must be 0 or more")
         for b in self.bias_types:
             self.directions.setdefault(b, 1)
 
@@ -33,7 +36,7 @@ class SwapController:
             for b in self.bias_types:
                 if b not in dev_ss:
                     continue
-                want = -1 if dev_ss[b] < self.target else 1
+                want = self._want(b, dev_ss[b])
                 if self.directions[b] != 0 and self.directions[b] != want:
                     self.events.append({"step": step, "bias_type": b, "ss": dev_ss[b], "direction": want})
                     self.directions[b] = want
@@ -46,6 +49,16 @@ class SwapController:
                     self.directions[b] = 0
         stop = all(abs(dev_ss[b] - self.target) <= self.tolerance for b in self.bias_types if b in dev_ss)
         return dict(self.directions), stop
+
+    def _want(self, b: str, ss: float) -> int:
+        """The paper's rule (SS below the target: swapped, else normal), with a dead band of +-margin around the
+        target inside which a type keeps its current direction, so a dev score that wobbles around 50 by one example
+        does not flip the training direction at every check."""
+        if self.margin <= 0 or self.directions.get(b, 1) == 0:
+            return -1 if ss < self.target else 1
+        if self.directions[b] > 0:
+            return -1 if ss < self.target - self.margin else 1
+        return 1 if ss >= self.target + self.margin else -1
 
     @staticmethod
     def criterion(dev_ss: dict, target: float = 50.0) -> tuple:

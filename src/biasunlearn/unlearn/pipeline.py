@@ -82,7 +82,8 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
                                          "overlap_with_test": overlap})
         write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(), "model": info.to_dict(),
                                          "versions": package_versions()})
-    controller = SwapController(sets.bias_types, mode=cfg.swap_mode, tolerance=cfg.early_stop_tolerance)
+    controller = SwapController(sets.bias_types, mode=cfg.swap_mode, tolerance=cfg.early_stop_tolerance,
+                               margin=cfg.swap_margin)
     trainer = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=controller, tokenizer=tok)
     dev_cb = DevCheckCallback(trainer, splits.dev, out, log=log)
     trainer.add_callback(dev_cb)
@@ -124,8 +125,17 @@ def _peak_mem_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def report_benchmarks(cfg: UnlearnConfig) -> tuple[str, ...]:
+    """The benchmarks of the before/after report. WikiText-2 perplexity is left out when the KL term was trained on
+    WikiText-2 (`unrelated_source: wikitext`): it is the same file, and no number is reported on trained data."""
+    names = tuple(b.strip() for b in cfg.eval_benchmarks.split(",") if b.strip())
+    if cfg.unrelated_source == "wikitext":
+        names = tuple(b for b in names if b != "perplexity")
+    return names
+
+
 def eval_config_for(cfg: UnlearnConfig) -> EvalConfig:
-    return EvalConfig(benchmarks=tuple(b for b in cfg.eval_benchmarks.split(",") if b), data_dir=cfg.data_dir,
+    return EvalConfig(benchmarks=report_benchmarks(cfg), data_dir=cfg.data_dir,
                       bbq_per_category=cfg.eval_bbq_per_category or None,
                       stereoset_intersentence=cfg.eval_intersentence)
 
@@ -133,6 +143,8 @@ def eval_config_for(cfg: UnlearnConfig) -> EvalConfig:
 def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> tuple[dict, dict]:
     """Evaluate the base model and base + adapter on held-out data (reusing finished results)."""
     ecfg = eval_config_for(cfg)
+    if cfg.unrelated_source == "wikitext" and "perplexity" in cfg.eval_benchmarks:
+        log("[eval] perplexity left out: the KL term was trained on WikiText-2 (unrelated_source: wikitext)")
     docs = []
     for name, adapter in (("eval_before", None), ("eval_after", adapter_dir)):
         res = out / name / "results.json"
