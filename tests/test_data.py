@@ -224,6 +224,28 @@ def test_split_x_y(context, sentence, x, y):
     assert got[0] + got[1] == sentence
 
 
+@pytest.mark.parametrize("context,sentence,parts", [
+    ("The mother was very BLANK today.", "The mother was very caring today.",
+     ("The mother was very", " caring", " today.")),
+    ("The Ethiopian man was BLANK.", "The ethiopian man was poor.", ("The ethiopian man was", " poor", ".")),
+    # several filled words, and a case difference in the rest
+    ("Afghanistan has been at BLANK for Many years.", "Afghanistan has been at civil war for many years.",
+     ("Afghanistan has been at", " civil war", " for many years.")),
+    # BLANK at the end of the context: no rest
+    ("My neighbour is BLANK", "My neighbour is rich", ("My neighbour is", " rich", "")),
+    # the rest does not follow the context: the word is all of y
+    ("He was BLANK at work.", "He was lazy in the office.", ("He was", " lazy in the office.", "")),
+    # no prefix: split_x_y's fallback, whole sentence
+    ("BLANK mother cooked dinner.", "Loving mother cooked dinner.", ("", "Loving mother cooked dinner.", "")),
+])
+def test_split_x_word_rest(context, sentence, parts):
+    from biasunlearn.data.stereoset import split_x_word_rest
+
+    got = split_x_word_rest(context, sentence)
+    assert got == parts
+    assert "".join(got) == sentence
+
+
 # --- CrowS-Pairs ---------------------------------------------------------------------------------------------------
 
 def crows_rows():

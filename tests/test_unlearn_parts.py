@@ -156,6 +156,37 @@ def test_sentence_span_scores_whole_sentence():
     assert (s.stereo["gender"][0].x, s.stereo["gender"][0].y) == ("", "The father was lazy today.")
 
 
+def test_word_span_scores_only_the_filled_word(tiny_model):
+    from types import SimpleNamespace
+
+    from biasunlearn.models import start_token_id
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    _, tok = tiny_model
+    s = UnlearnSets([_ex(0, "gender", "father")], score_span="word")
+    it = s.stereo["gender"][0]
+    assert (it.x, it.y, it.z) == ("The father was", " lazy", " today.")
+    def batch(items):  # the trainer's own encoding, on a stand-in (encodings are cached by key: one per span)
+        stub = SimpleNamespace(tok=tok, _start=start_token_id(tok), _ids={})
+        stub._encode = lambda item: BiasUnlearnTrainer._encode(stub, item)
+        return BiasUnlearnTrainer._batch(stub, items, "cpu")
+
+    ids, attn, mask = batch([it, s.unrelated[0]])
+    y_ids, _, y_mask = batch([UnlearnSets([_ex(0, "gender", "father")], score_span="y").stereo["gender"][0]])
+    n_x = len(tok("The father was", add_special_tokens=False)["input_ids"])
+    n_w = len(tok(" lazy", add_special_tokens=False)["input_ids"])
+    n_z = len(tok(" today.", add_special_tokens=False)["input_ids"])
+    # the word: predictions at positions n_x .. n_x + n_w - 1 score tokens 1 + n_x .. n_x + n_w
+    want = [0.0] * (ids.shape[1] - 1)
+    for t in range(n_x, n_x + n_w):
+        want[t] = 1.0
+    assert mask[0].tolist() == want
+    # same tokens fed as the y span, which scores the word and the rest
+    assert ids[0].tolist()[:1 + n_x + n_w + n_z] == y_ids[0].tolist()
+    assert y_mask[0].sum().item() == n_w + n_z and y_mask[0][n_x:n_x + n_w + n_z].sum().item() == n_w + n_z
+    assert attn[0].sum().item() == 1 + n_x + n_w + n_z
+
+
 def test_controller_swap_margin_is_a_dead_band():
     c = SwapController(["gender", "race"], mode="swap", margin=2.0)
     d, _ = c.update(0, {"gender": 49.5, "race": 47.9})  # gender inside the band keeps +1; race below 48 swaps

@@ -55,6 +55,30 @@ def split_x_y(context: str, sentence: str) -> tuple[str, str]:
     return "", sentence
 
 
+def split_x_word_rest(context: str, sentence: str) -> tuple[str, str, str]:
+    """Split an intrasentence sentence into x (before the blank), the filled word(s), and the rest after the blank.
+
+    ``x + word + rest == sentence``. Both ends are matched against the context case-insensitively; where the
+    sentence does not follow its context (x or rest cannot be matched), the word is everything after x and rest is
+    empty, which is `split_x_y`'s y.
+    """
+    x, y = split_x_y(context, sentence)
+    i = context.find("BLANK")
+    suffix = context[i + len("BLANK"):].strip() if i >= 0 else ""
+    if not x or not suffix:
+        return x, y, ""
+    # the rest keeps its leading space (" for many years."), so each part tokenises as in the whole sentence
+    k = y.lower().rfind(suffix.lower())
+    if k <= 0 or k + len(suffix) != len(y):
+        return x, y, ""
+    while k > 0 and y[k - 1] == " ":
+        k -= 1
+    word, rest = y[:k], y[k:]
+    if not word.strip():
+        return x, y, ""
+    return x, word, rest
+
+
 def _example_from_sentences(ex: dict, task: str, path: Path, row: int, skips: SkipLog) -> StereoSetExample | None:
     for key in ("id", "target", "bias_type", "context"):
         if key not in ex:

@@ -28,8 +28,9 @@ class UnlearnConfig(TrainingArguments):
     min_dev_per_type: int = _f(8, "At least this many dev examples per bias type.")
     unrelated_source: str = _f("stereoset", "Text for the KL term: 'stereoset' (unrelated sentences of the train pool) "
                                             "or 'wikitext' (WikiText-2 raw test lines).")
-    score_span: str = _f("y", "Tokens that carry the forget/retain losses: 'y' (after the blank, as the released code) "
-                              "or 'sentence' (the whole sentence).")
+    score_span: str = _f("y", "Tokens that carry the forget/retain losses: 'y' (after the blank, as the released code), "
+                              "'sentence' (the whole sentence) or 'word' (only the filled-in word(s), where the "
+                              "stereotype and anti-stereotype sentences differ; the rest is fed, not scored).")
     # --- the method ---
     forget_batch_size: int = _f(4, "Forget examples per step and device (the paper's global batch is 4).")
     retain_batch_size: int = _f(28, "Retain examples per step and device (1:n with n = 7, the paper's 28).")
@@ -68,7 +69,7 @@ class UnlearnConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        checks = {"score_span": ("y", "sentence"), "npo_variant": ("sum", "token_mean"),
+        checks = {"score_span": ("y", "sentence", "word"), "npo_variant": ("sum", "token_mean"),
                   "swap_mode": ("swap", "focus_worst", "none"), "unrelated_source": ("stereoset", "wikitext"),
                   "eval_dtype": ("float32", "bfloat16")}
         from ..errors import ConfigError

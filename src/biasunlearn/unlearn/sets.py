@@ -12,32 +12,42 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from ..data.stereoset import StereoSetExample, split_x_y
+from ..data.stereoset import StereoSetExample, split_x_word_rest, split_x_y
+
+
+SCORE_SPANS = ("y", "sentence", "word")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One training sentence: x is fed but not scored, y is scored. key identifies it (for the reference cache)."""
+    """One training sentence x + y + z: only y is scored, x and z are fed. key identifies it (reference cache)."""
 
     key: str
     bias_type: str
     x: str
     y: str
+    z: str = ""
 
 
 def make_item(e: StereoSetExample, label: str, score_span: str) -> Item:
     sent = e.sentence(label)
-    x, y = split_x_y(e.context, sent) if score_span == "y" else ("", sent)
-    if not y.strip():
+    z = ""
+    if score_span == "word":
+        x, y, z = split_x_word_rest(e.context, sent)
+    elif score_span == "y":
+        x, y = split_x_y(e.context, sent)
+    else:
         x, y = "", sent
-    return Item(key=f"{e.id}:{label}", bias_type=e.bias_type, x=x, y=y)
+    if not y.strip():
+        x, y, z = "", sent, ""
+    return Item(key=f"{e.id}:{label}", bias_type=e.bias_type, x=x, y=y, z=z)
 
 
 class UnlearnSets:
     def __init__(self, train: list[StereoSetExample], unrelated: list[str] | None = None, *,
                  adversarial_share: float = 0.25, score_span: str = "y", seed: int = 0):
-        if score_span not in ("y", "sentence"):
-            raise ValueError(f"score_span {score_span!r}: expected 'y' or 'sentence'")
+        if score_span not in SCORE_SPANS:
+            raise ValueError(f"score_span {score_span!r}: expected one of {', '.join(SCORE_SPANS)}")
         self.seed = seed
         self._perms: dict[tuple[int, str], list[int]] = {}
         self.bias_types = sorted({e.bias_type for e in train})

@@ -59,17 +59,20 @@ class BiasUnlearnTrainer(Trainer):
         self._parts: dict[str, list[float]] = {}
 
     # --- batches ---
-    def _encode(self, item: Item) -> tuple[list[int], int]:
+    def _encode(self, item: Item) -> tuple[list[int], int, int]:
+        """(token ids, first scored position, end of the scored positions): start + x + y + z, y scored."""
         if item.key not in self._ids:
             x = self.tok(item.x, add_special_tokens=False)["input_ids"] if item.x else []
             y = self.tok(item.y, add_special_tokens=False)["input_ids"]
-            self._ids[item.key] = ([self._start] + x + y, 1 + len(x))
+            z = self.tok(item.z, add_special_tokens=False)["input_ids"] if item.z else []
+            self._ids[item.key] = ([self._start] + x + y + z, 1 + len(x), 1 + len(x) + len(y))
         return self._ids[item.key]
 
     def _batch(self, items: list[Item], device):
         enc = [self._encode(it) for it in items]
         ids, attn = pad_batch([e[0] for e in enc], self.tok.pad_token_id or 0, device)
-        mask = score_mask(attn.sum(1), torch.tensor([e[1] for e in enc], device=device), ids.shape[1]).float()
+        mask = score_mask(torch.tensor([e[2] for e in enc], device=device),
+                          torch.tensor([e[1] for e in enc], device=device), ids.shape[1]).float()
         return ids, attn, mask
 
     # --- loss ---
