@@ -6,7 +6,11 @@ about how far a checkpoint has moved. This script scores the run's own dev split
 base model and with each given adapter, and prints, per bias type, dev SS together with the mean margin
 s(stereo) - s(anti) in nats per token (continuous, so it shows movement the count hides) and dev LMS.
 
-    python bench/dev_margins.py --run runs/s3_r1 --adapters best_adapter,final_adapter --threads 1
+    python bench/dev_margins.py --run runs/smol-bal --adapters runs/smol-bal/best_adapter,runs/x/checkpoint-30
+
+Per type it prints dev SS, the mean margin s(stereo) - s(anti) and its change from the base (negative: the
+stereotype lost ground to its twin), and the change of s(stereo) - s(unrel) and s(anti) - s(unrel) (how the
+meaningful sentences moved against the unrelated one: what LMS counts).
 
 Only the dev split is read; nothing here touches the held-out test set.
 """
@@ -40,20 +44,36 @@ def dev_examples(run: Path):
     return dev, cfg["model"] if "model" in cfg else None
 
 
-def summarise(recs) -> dict:
+def _mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+def summarise(recs, base=None) -> dict:
+    """Per bias type and overall: SS, LMS, and the mean margins in nats per token (changes against `base`)."""
     m = stereoset_scores(recs)
     out = {}
+    pairs = list(zip(recs, base)) if base is not None else [(r, None) for r in recs]
     for b in sorted({r["bias_type"] for r in recs}) + ["overall"]:
-        rows = recs if b == "overall" else [r for r in recs if r["bias_type"] == b]
-        margin = sum(r["s_stereo"] - r["s_anti"] for r in rows) / len(rows)
-        out[b] = {"SS": round(m[b]["SS"], 2), "LMS": round(m[b]["LMS"], 2), "margin": round(margin, 4), "n": len(rows)}
+        rows = [(r, q) for r, q in pairs if b == "overall" or r["bias_type"] == b]
+        row = {"SS": round(m[b]["SS"], 2), "LMS": round(m[b]["LMS"], 2), "n": len(rows),
+               "margin": round(_mean([r["s_stereo"] - r["s_anti"] for r, _ in rows]), 4)}
+        if base is not None:
+            row["d_margin"] = round(_mean([(r["s_stereo"] - r["s_anti"]) - (q["s_stereo"] - q["s_anti"])
+                                           for r, q in rows]), 4)
+            row["d_stereo_vs_unrel"] = round(_mean([(r["s_stereo"] - r["s_unrel"]) - (q["s_stereo"] - q["s_unrel"])
+                                                    for r, q in rows]), 4)
+            row["d_anti_vs_unrel"] = round(_mean([(r["s_anti"] - r["s_unrel"]) - (q["s_anti"] - q["s_unrel"])
+                                                  for r, q in rows]), 4)
+        out[b] = row
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="run folder (splits.json, config.json, adapters)")
-    ap.add_argument("--adapters", default="best_adapter", help="comma-separated adapter folders inside the run")
+    ap.add_argument("--adapters", default="", help="comma-separated adapter folders (trained on the same base "
+                                                  "model, scored on this run's dev split)")
+    ap.add_argument("--out", default=None, help="JSON file for the results (default: RUN/dev_margins.json)")
     ap.add_argument("--model", default=None, help="base model (default: the run's)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="bfloat16")
@@ -63,18 +83,22 @@ def main(argv=None) -> int:
     run = Path(a.run)
     dev, model_name = dev_examples(run)
     model_name = a.model or model_name
-    results = {}
+    results, base = {}, None
     for name in ["base"] + [s for s in a.adapters.split(",") if s]:
-        adapter = None if name == "base" else str(run / name)
-        model, tok, _ = load_model(model_name, adapter=adapter, dtype=a.dtype)
+        model, tok, _ = load_model(model_name, adapter=None if name == "base" else name, dtype=a.dtype)
         with torch.no_grad():
-            results[name] = summarise(stereoset_records(model, tok, dev))
+            recs = stereoset_records(model, tok, dev)
         del model
         gc.collect()
-        row = results[name]
-        print(f"{name:>16}: " + "  ".join(f"{b} SS {v['SS']:.1f} m {v['margin']:+.3f}" for b, v in row.items())
-              + f"  LMS {row['overall']['LMS']:.1f}", flush=True)
-    write_json(run / "dev_margins.json", results)
+        base = recs if base is None else base
+        row = results[name] = summarise(recs, None if name == "base" else base)
+        print(f"{name}:", flush=True)
+        for b, v in row.items():
+            extra = "" if "d_margin" not in v else (f"  d_margin {v['d_margin']:+.4f}  d(stereo-unrel) "
+                                                    f"{v['d_stereo_vs_unrel']:+.4f}  d(anti-unrel) "
+                                                    f"{v['d_anti_vs_unrel']:+.4f}")
+            print(f"  {b:>10}: SS {v['SS']:5.1f}  LMS {v['LMS']:5.1f}  margin {v['margin']:+.4f}{extra}", flush=True)
+    write_json(Path(a.out) if a.out else run / "dev_margins.json", results)
     return 0
 
 

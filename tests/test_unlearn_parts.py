@@ -213,3 +213,13 @@ def test_report_leaves_out_perplexity_when_kl_trained_on_wikitext(tmp_path):
     assert eval_config_for(base).benchmarks == ("stereoset", "perplexity")
     wiki = make_config(output_dir=str(tmp_path), eval_benchmarks="stereoset,perplexity", unrelated_source="wikitext")
     assert eval_config_for(wiki).benchmarks == ("stereoset",)
+
+
+def test_dev_margins_hand_computed():
+    from biasunlearn.unlearn.trainer import dev_margins
+
+    recs = [{"bias_type": "gender", "s_stereo": -2.0, "s_anti": -2.5, "s_unrel": -5.0},
+            {"bias_type": "gender", "s_stereo": -3.0, "s_anti": -2.0, "s_unrel": -5.0},
+            {"bias_type": "race", "s_stereo": -1.0, "s_anti": -1.25, "s_unrel": -4.0}]
+    assert dev_margins(recs) == {"gender": pytest.approx(-0.25), "overall": pytest.approx(-0.25 / 3, abs=1e-5),
+                                 "race": pytest.approx(0.25)}

@@ -65,6 +65,11 @@ def test_train_writes_run_folder_and_changes_lora(tmp_path, tiny_llama_path, tra
     assert splits["overlap_with_test"]["shared_sentences"] == 0
     dev = [json.loads(x) for x in (run / "dev_log.jsonl").read_text().splitlines()]
     assert [d["step"] for d in dev] == [0, 2, 4]
+    # the dev margin is logged per type and overall, and overall is the mean over all dev examples
+    assert set(dev[0]["margin"]) == set(dev[0]["ss"]) | {"overall"}
+    n = sum(splits["counts"]["dev"].values())
+    per_type = sum(dev[0]["margin"][b] * splits["counts"]["dev"][b] for b in dev[0]["ss"]) / n
+    assert dev[0]["margin"]["overall"] == pytest.approx(per_type, abs=1e-4)
     logs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert all(k in logs[0] for k in ("loss_forget", "loss_retain", "loss_kl"))
     # at step 1 policy == reference, so NPO is 2/beta*log 2 and KL is 0

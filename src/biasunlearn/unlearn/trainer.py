@@ -154,6 +154,19 @@ class BiasUnlearnTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def dev_margins(recs) -> dict:
+    """Mean s(stereotype) - s(anti-stereotype) in nats per token, per bias type and overall. Unlike dev SS, which
+    counts each example as won or lost and moves in steps of several points on a small dev slice, it shows how far
+    the stereotype sentences really moved against their twins (0 = level on average; positive = stereotypes
+    preferred)."""
+    out: dict[str, list[float]] = {}
+    for r in recs:
+        d = r["s_stereo"] - r["s_anti"]
+        out.setdefault(r["bias_type"], []).append(d)
+        out.setdefault("overall", []).append(d)
+    return {b: round(sum(v) / len(v), 5) for b, v in sorted(out.items())}
+
+
 class DevCheckCallback(TrainerCallback):
     """Every eval_every steps: dev SS per bias type and dev LMS through the one scoring path; the controller decides
     swaps and early stopping; the best adapter by the dev criterion is kept. Also the collapse guard and logs."""
@@ -173,20 +186,22 @@ class DevCheckCallback(TrainerCallback):
         m = stereoset_scores(recs)
         ss = {b: v["SS"] for b, v in m.items() if b != "overall"}
         lms = m["overall"]["LMS"]
-        result = [ss, lms, m["overall"]["SS"]]
+        result = [ss, lms, m["overall"]["SS"], dev_margins(recs)]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(result, src=0)  # every process acts on rank 0's numbers
-        ss, lms, overall = result
+        ss, lms, overall, margins = result
         if self.start_lms is None:
             self.start_lms = lms
         directions, stop = self.trainer.controller.update(step, ss, lms)
-        entry = {"step": step, "ss": ss, "ss_overall": overall, "lms": lms, "directions": directions,
+        entry = {"step": step, "ss": ss, "ss_overall": overall, "lms": lms, "margin": margins,
+                 "directions": directions,
                  "elapsed_s": round(time.time() - self.t0, 1)}
         if self.trainer.is_world_process_zero():
             with open(self.out / "dev_log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
         self.log(f"[dev] step {step}: SS " + " ".join(f"{b}={v:.1f}" for b, v in ss.items())
-                 + f" overall={overall:.1f} LMS={lms:.1f} directions={directions}")
+                 + f" overall={overall:.1f} LMS={lms:.1f} margin={margins.get('overall', 0):+.4f} "
+                 f"directions={directions}")
         if self.start_lms - lms > args.collapse_lms_drop:
             raise TrainingCollapse(
                 f"dev LMS fell from {self.start_lms:.1f} to {lms:.1f} at step {step} (bound "
