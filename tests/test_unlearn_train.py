@@ -163,3 +163,19 @@ def test_dev_lms_collapse_guard(tmp_path, tiny_llama_path, train_data):
     cfg = _cfg(tmp_path, tiny_llama_path, train_data, collapse_lms_drop=-1.0)  # any dev check after start trips it
     with pytest.raises(trainer.TrainingCollapse, match="dev LMS fell"):
         pipeline.train_adapter(cfg, log=lambda s: None)
+
+
+def test_checkpoint_metric_margin_keeps_the_check_closest_to_level(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.unlearn.controller import SwapController
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=6, checkpoint_metric="margin", lms_guard=100.0)
+    summary = train_adapter(cfg, log=lambda s: None)
+    dev = [json.loads(x) for x in (tmp_path / "run" / "dev_log.jsonl").read_text().splitlines()]
+    later = [d for d in dev if d["step"] > 0]
+    crit = {d["step"]: SwapController.criterion({b: v for b, v in d["margin"].items() if b != "overall"}, 0.0)
+            for d in later}
+    want = min(crit, key=lambda s: (crit[s], s))  # the first check wins a tie
+    assert summary["best"][1] == want
+    kept = json.loads((tmp_path / "run" / "best_adapter" / "dev_check.json").read_text())
+    assert kept["step"] == want and kept["margin"] == next(d["margin"] for d in dev if d["step"] == want)

@@ -54,6 +54,10 @@ class UnlearnConfig(TrainingArguments):
     early_stop_tolerance: float = _f(2.0, "Stop when every type's dev SS is within 50 +- this.")
     lms_guard: float = _f(1.0, "Best checkpoint: only dev checks whose LMS is at most this many points below the "
                                "start count (falls back to the smallest drop if none qualifies).")
+    checkpoint_metric: str = _f("ss", "Best checkpoint by 'ss' (each type's dev SS against 50, worst first) or "
+                                      "'margin' (each type's mean dev margin s(stereo) - s(anti) against 0, worst "
+                                      "first): the margin is continuous, where a small dev slice makes SS jump by "
+                                      "whole examples.")
     collapse_lms_drop: float = _f(15.0, "Stop the run (collapse guard) when dev LMS falls this many points.")
     # --- LoRA ---
     lora_r: int = _f(8, "LoRA rank.")
@@ -71,7 +75,8 @@ class UnlearnConfig(TrainingArguments):
         super().__post_init__()
         checks = {"score_span": ("y", "sentence", "word"), "npo_variant": ("sum", "token_mean"),
                   "swap_mode": ("swap", "focus_worst", "none"), "unrelated_source": ("stereoset", "wikitext"),
-                  "eval_dtype": ("float32", "bfloat16")}
+                  "eval_dtype": ("float32", "bfloat16"),
+                  "checkpoint_metric": ("ss", "margin")}
         from ..errors import ConfigError
 
         for name, allowed in checks.items():

@@ -206,7 +206,10 @@ class DevCheckCallback(TrainerCallback):
             raise TrainingCollapse(
                 f"dev LMS fell from {self.start_lms:.1f} to {lms:.1f} at step {step} (bound "
                 f"{args.collapse_lms_drop}); training stopped. Best adapter so far: {self.out / 'best_adapter'}")
-        crit = SwapController.criterion(ss)
+        if args.checkpoint_metric == "margin":
+            crit = SwapController.criterion({b: v for b, v in margins.items() if b != "overall"}, target=0.0)
+        else:
+            crit = SwapController.criterion(ss)
         drop = self.start_lms - lms
         score = (0, crit) if drop <= args.lms_guard else (1, (drop,))
         if step > 0 and (self.best is None or score < self.best[0]):
