@@ -223,3 +223,41 @@ def test_dev_margins_hand_computed():
             {"bias_type": "race", "s_stereo": -1.0, "s_anti": -1.25, "s_unrel": -4.0}]
     assert dev_margins(recs) == {"gender": pytest.approx(-0.25), "overall": pytest.approx(-0.25 / 3, abs=1e-5),
                                  "race": pytest.approx(0.25)}
+
+
+def test_retention_sequence_reduction_sums_each_sentence():
+    lp = torch.tensor([[-1.0, -2.0, -9.0], [-3.0, -9.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert retention_loss(lp, mask, "sequence").item() == pytest.approx((3.0 + 3.0) / 2)
+    assert retention_loss(lp, mask, "token").item() == pytest.approx(6.0 / 3)
+    with pytest.raises(ValueError, match="reduction"):
+        retention_loss(lp, mask, "mean")
+
+
+def test_pair_retain_puts_each_forget_twin_in_the_same_step():
+    train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(10 + i, "race", "Kenyan") for i in range(6)]
+    s = UnlearnSets(train, adversarial_share=0.25, seed=3)
+    for dirs in ({"gender": 1, "race": 1}, {"gender": -1, "race": 1}):
+        for step in range(6):
+            plain = s.chunk(step, dirs, 4, 6, 1, balance_types=True)
+            ch = s.chunk(step, dirs, 4, 6, 1, balance_types=True, pair_retain=True)
+            assert ch["forget"] == plain["forget"] and len(ch["retain"]) == 6
+            retain_keys = [i.key for i in ch["retain"]]
+            assert len(set(retain_keys)) == len(retain_keys)
+            n_twins = 0
+            for it in ch["forget"]:
+                ex, label = it.key.split(":")
+                normal = "stereotype" if dirs[it.bias_type] > 0 else "anti-stereotype"
+                other = "anti-stereotype" if label == "stereotype" else "stereotype"
+                if label == normal:  # a forgotten sentence: its twin is trained up in the same step, first
+                    assert f"{ex}:{other}" in retain_keys[:4]
+                    n_twins += 1
+                else:  # adversarial: its twin is the sentence being forgotten, never retained
+                    assert f"{ex}:{other}" not in retain_keys
+            # the twins come first, then the usual draw fills the batch
+            assert retain_keys[n_twins:] == [k for k in (i.key for i in plain["retain"])
+                                             if k not in retain_keys[:n_twins]][:6 - n_twins]
+            # every retained sentence belongs to the retain side of its type
+            for it in ch["retain"]:
+                want = "anti-stereotype" if dirs[it.bias_type] > 0 else "stereotype"
+                assert it.key.endswith(":" + want)

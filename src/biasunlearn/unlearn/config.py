@@ -37,6 +37,12 @@ class UnlearnConfig(TrainingArguments):
     unrelated_batch_size: int = _f(28, "Unrelated examples per step and device for the KL term.")
     balance_types: bool = _f(False, "Deal each forget and retain batch evenly over the bias types (round-robin) "
                                     "instead of drawing from the pooled sets, where the largest type dominates.")
+    pair_retain: bool = _f(False, "Put the twin of each forget sentence (its anti-stereotype, or its stereotype when "
+                                  "the type is swapped) into the same step's retain batch, so the pair is pushed "
+                                  "apart in one update; the rest of the retain batch is drawn as usual.")
+    retain_reduction: str = _f("token", "Retention CE: 'token' = mean over all scored tokens of the batch (the "
+                                        "paper); 'sequence' = per-sentence summed NLL averaged over sentences, the "
+                                        "scale of NPO's per-sentence sums.")
     adversarial_share: float = _f(0.25, "Share of each type's anti-stereotype sentences added to its forget set.")
     alpha_forget: float = _f(0.4, "Weight of the NPO forget loss (alpha_1).")
     alpha_retain: float = _f(0.4, "Weight of the retention cross-entropy (alpha_2); 0 = ablation without it.")
@@ -76,7 +82,7 @@ class UnlearnConfig(TrainingArguments):
         checks = {"score_span": ("y", "sentence", "word"), "npo_variant": ("sum", "token_mean"),
                   "swap_mode": ("swap", "focus_worst", "none"), "unrelated_source": ("stereoset", "wikitext"),
                   "eval_dtype": ("float32", "bfloat16"),
-                  "checkpoint_metric": ("ss", "margin")}
+                  "checkpoint_metric": ("ss", "margin"), "retain_reduction": ("token", "sequence")}
         from ..errors import ConfigError
 
         for name, allowed in checks.items():

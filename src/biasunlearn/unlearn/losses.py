@@ -26,8 +26,17 @@ def npo_loss_token_mean(policy_tok_logp: torch.Tensor, ref_tok_logp: torch.Tenso
     return -(2.0 / beta) * F.logsigmoid(-beta * (pol - ref))
 
 
-def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the retain batch, eq. (2): mean negative log-likelihood over its scored tokens. [N, T] in."""
+def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+    """Cross-entropy on the retain batch, eq. (2). [N, T] in.
+
+    reduction 'token': mean negative log-likelihood over all scored tokens of the batch (the paper);
+    'sequence': each sentence's summed NLL, averaged over sentences, the same per-sentence scale as NPO's summed
+    log-probabilities, so a retain sentence weighs as much as a forget sentence.
+    """
+    if reduction == "sequence":
+        return -(tok_logp * mask).sum(1).mean()
+    if reduction != "token":
+        raise ValueError(f"retention reduction {reduction!r}: expected 'token' or 'sequence'")
     return -(tok_logp * mask).sum() / mask.sum().clamp(min=1)
 
 

@@ -108,8 +108,33 @@ class UnlearnSets:
             out += self._cyclic(pools[b], f"{tag}|{b}", g // len(types), 1)
         return out
 
+    def twin(self, item: Item) -> Item | None:
+        """The other sentence of item's example (stereotype <-> anti-stereotype), or None for unrelated text."""
+        if not hasattr(self, "_by_key"):
+            self._by_key = {it.key: it for b in self.bias_types for it in self.stereo[b] + self.anti[b]}
+        ex, _, label = item.key.rpartition(":")
+        other = {"stereotype": "anti-stereotype", "anti-stereotype": "stereotype"}.get(label)
+        return self._by_key.get(f"{ex}:{other}") if other else None
+
+    def _paired(self, forget: list[Item], retain: list[Item], directions: dict[str, int]) -> list[Item]:
+        """The retain batch with the twins of the forget items first: each forget sentence is trained down in the
+        same step as its twin is trained up, so what they share cancels and what differs (the filled-in word and
+        what follows it) carries the update. Adversarial items (anti-stereotypes in the forget set) get no twin:
+        their twin is the sentence being forgotten. The batch keeps its size; drawn items make up the rest."""
+        retain_label = {b: ("anti-stereotype" if directions.get(b, 1) > 0 else "stereotype") for b in self.bias_types}
+        twins = []
+        for it in forget:
+            tw = self.twin(it)
+            if tw is not None and tw.key.endswith(":" + retain_label[tw.bias_type]) and tw not in twins:
+                twins.append(tw)
+        twins = twins[: len(retain)]
+        keys = {t.key for t in twins}
+        rest = [it for it in retain if it.key not in keys]
+        return twins + rest[: len(retain) - len(twins)]
+
     def chunk(self, step: int, directions: dict[str, int], forget_bs: int, retain_bs: int, unrelated_bs: int,
-              rank: int = 0, world: int = 1, balance_types: bool = False) -> dict[str, list[Item]]:
+              rank: int = 0, world: int = 1, balance_types: bool = False,
+              pair_retain: bool = False) -> dict[str, list[Item]]:
         tag = ",".join(f"{b}{directions.get(b, 1)}" for b in self.bias_types)
         slot = step * world + rank
         if balance_types:
@@ -120,6 +145,8 @@ class UnlearnSets:
             fg, rt = self.pools(directions)
             forget = self._cyclic(fg, "forget" + tag, slot * forget_bs, forget_bs)
             retain = self._cyclic(rt, "retain" + tag, slot * retain_bs, retain_bs)
+        if pair_retain:
+            retain = self._paired(forget, retain, directions)
         return {
             "forget": forget,
             "retain": retain,

@@ -81,7 +81,7 @@ class BiasUnlearnTrainer(Trainer):
         step = self.state.global_step
         chunk = self.sets.chunk(step, self.controller.directions, a.forget_batch_size, a.retain_batch_size,
                                 a.unrelated_batch_size, rank=a.process_index, world=a.world_size,
-                                balance_types=a.balance_types)
+                                balance_types=a.balance_types, pair_retain=a.pair_retain)
         device = inputs["step_index"].device
         # A switched-off term (alpha 0, an ablation) is still computed and logged, so its curve can be compared,
         # but it adds nothing to the loss.
@@ -107,7 +107,7 @@ class BiasUnlearnTrainer(Trainer):
         else:
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
         r, u = sl["retain"], sl["unrelated"]
-        l_retain = retention_loss(tok_lp[r], mask[r])
+        l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction)
         with torch.no_grad(), unwrapped.disable_adapter():
             ref_logits = unwrapped(input_ids=ids[u], attention_mask=attn[u], use_cache=False).logits
         # every real token after the start token is scored: positions 0..len-2 predict tokens 1..len-1
