@@ -29,14 +29,14 @@ from biasunlearn.evaluate import stereoset_records
 from biasunlearn.io import write_json
 from biasunlearn.metrics import stereoset_scores
 from biasunlearn.models import load_model
+from biasunlearn.unlearn.trainer import dev_margins
 
 
 def dev_examples(run: Path):
     splits = json.loads((run / "splits.json").read_text())
     cfg = json.loads((run / "config.json").read_text())["config"]
     files = tuple(f.strip() for f in cfg["train_pool"].split(",") if f.strip())
-    pool = load_train_pool(cfg.get("data_dir"), files=files)
-    pool = pool[0] if isinstance(pool, tuple) else pool
+    pool, _ = load_train_pool(cfg.get("data_dir"), files=files)
     want = set(splits["dev_ids"])
     dev = [e for e in pool if e.id in want]
     if len(dev) != len(want):
@@ -51,12 +51,13 @@ def _mean(xs) -> float:
 def summarise(recs, base=None) -> dict:
     """Per bias type and overall: SS, LMS, and the mean margins in nats per token (changes against `base`)."""
     m = stereoset_scores(recs)
+    margins = dev_margins(recs)
     out = {}
     pairs = list(zip(recs, base)) if base is not None else [(r, None) for r in recs]
     for b in sorted({r["bias_type"] for r in recs}) + ["overall"]:
         rows = [(r, q) for r, q in pairs if b == "overall" or r["bias_type"] == b]
         row = {"SS": round(m[b]["SS"], 2), "LMS": round(m[b]["LMS"], 2), "n": len(rows),
-               "margin": round(_mean([r["s_stereo"] - r["s_anti"] for r, _ in rows]), 4)}
+               "margin": round(margins[b], 4)}
         if base is not None:
             row["d_margin"] = round(_mean([(r["s_stereo"] - r["s_anti"]) - (q["s_stereo"] - q["s_anti"])
                                            for r, q in rows]), 4)

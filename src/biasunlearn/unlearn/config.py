@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
+from .sets import SCORE_SPANS
+
 
 def _f(default, help_text):
     return field(default=default, metadata={"help": help_text})
@@ -79,7 +81,7 @@ class UnlearnConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        checks = {"score_span": ("y", "sentence", "word"), "npo_variant": ("sum", "token_mean"),
+        checks = {"score_span": SCORE_SPANS, "npo_variant": ("sum", "token_mean"),
                   "swap_mode": ("swap", "focus_worst", "none"), "unrelated_source": ("stereoset", "wikitext"),
                   "eval_dtype": ("float32", "bfloat16"),
                   "checkpoint_metric": ("ss", "margin"), "retain_reduction": ("token", "sequence")}

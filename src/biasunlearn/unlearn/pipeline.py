@@ -143,7 +143,7 @@ def eval_config_for(cfg: UnlearnConfig) -> EvalConfig:
 def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> tuple[dict, dict]:
     """Evaluate the base model and base + adapter on held-out data (reusing finished results)."""
     ecfg = eval_config_for(cfg)
-    if cfg.unrelated_source == "wikitext" and "perplexity" in cfg.eval_benchmarks:
+    if "perplexity" in {b.strip() for b in cfg.eval_benchmarks.split(",")} and "perplexity" not in ecfg.benchmarks:
         log("[eval] perplexity left out: the KL term was trained on WikiText-2 (unrelated_source: wikitext)")
     docs = []
     for name, adapter in (("eval_before", None), ("eval_after", adapter_dir)):

@@ -53,6 +53,7 @@ class UnlearnSets:
         self.bias_types = sorted({e.bias_type for e in train})
         self.stereo = {b: [make_item(e, "stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
         self.anti = {b: [make_item(e, "anti-stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
+        self._by_key = {it.key: it for b in self.bias_types for it in self.stereo[b] + self.anti[b]}
         rng = random.Random(seed)
         self.adv_idx = {}
         for b in self.bias_types:
@@ -110,8 +111,6 @@ class UnlearnSets:
 
     def twin(self, item: Item) -> Item | None:
         """The other sentence of item's example (stereotype <-> anti-stereotype), or None for unrelated text."""
-        if not hasattr(self, "_by_key"):
-            self._by_key = {it.key: it for b in self.bias_types for it in self.stereo[b] + self.anti[b]}
         ex, _, label = item.key.rpartition(":")
         other = {"stereotype": "anti-stereotype", "anti-stereotype": "stereotype"}.get(label)
         return self._by_key.get(f"{ex}:{other}") if other else None
