@@ -5,7 +5,10 @@ both alike; the figure that matters is the ratio of medians. The BiasUnlearn ste
 does: the adapter forward on forget+retain+unrelated, the adapter-disabled reference pass for the KL term (and for
 forget examples not yet in the reference cache), NPO, CE and full-vocabulary KL, and the backward pass.
 
-    python bench/bench_step.py --model smollm2-135m --steps 8 [--bf16] [--threads 2]
+    python bench/bench_step.py --model smollm2-135m --steps 8 [--bf16] [--threads 2] [--config configs/smollm2-cpu.yaml]
+
+--config takes a recipe's chunk settings (batch sizes, pairing, balancing, span, reductions) from a training YAML,
+so the figure is for the chunk that recipe really trains on.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both ways (as training on this CPU does)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--config", default=None, help="training YAML whose settings shape the chunk")
     ap.add_argument("--out", default="bench/results/step.json")
     a = ap.parse_args()
     if a.threads:
@@ -39,12 +43,20 @@ def main():
     from biasunlearn.unlearn.sets import UnlearnSets
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
 
-    cfg = make_config(output_dir="/tmp/bench_step", skip_final_eval=True, bf16=a.bf16, use_cpu=True, max_steps=1000)
+    recipe = {}
+    if a.config:
+        import yaml
+
+        recipe = yaml.safe_load(Path(a.config).read_text()) or {}
+        recipe.pop("max_steps", None)
+    cfg = make_config(**{**recipe, "output_dir": "/tmp/bench_step", "skip_final_eval": True, "bf16": a.bf16,
+                         "use_cpu": True, "max_steps": 1000})
     model, tok, info = load_model(a.model, device="cpu")
     model.train()
     model = prepare_lora(model, cfg)
     splits = make_splits(cfg.data_dir, seed=cfg.seed)
-    sets = UnlearnSets(splits.train, seed=cfg.seed)
+    sets = UnlearnSets(splits.train, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
+                       seed=cfg.seed)
     ctl = SwapController(sets.bias_types)
     tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=ctl, tokenizer=tok)
     opt_params = [p for p in model.parameters() if p.requires_grad]
@@ -53,7 +65,7 @@ def main():
 
     def bare(step):
         ch = sets.chunk(step, ctl.directions, cfg.forget_batch_size, cfg.retain_batch_size, cfg.unrelated_batch_size,
-                        balance_types=cfg.balance_types)
+                        balance_types=cfg.balance_types, pair_retain=cfg.pair_retain)
         items = ch["forget"] + ch["retain"] + ch["unrelated"]
         ids, attn, mask = tr._batch(items, dev)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
@@ -81,8 +93,10 @@ def main():
                 times[name].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"model": a.model, "bf16_autocast": a.bf16, "threads": torch.get_num_threads(), "steps": a.steps,
+           "config": a.config,
            "chunk": {"forget": cfg.forget_batch_size, "retain": cfg.retain_batch_size,
-                     "unrelated": cfg.unrelated_batch_size},
+                     "unrelated": cfg.unrelated_batch_size, "pair_retain": cfg.pair_retain,
+                     "retain_reduction": cfg.retain_reduction, "score_span": cfg.score_span},
            "median_s": med, "all_s": times, "ratio": med["biasunlearn"] / med["bare"],
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "model_params": info.n_params,

@@ -205,6 +205,36 @@ def test_controller_swap_margin_is_a_dead_band():
         SwapController(["gender"], margin=-1)
 
 
+def test_controller_margin_signal_swaps_on_margin_not_ss():
+    c = SwapController(["gender", "race"], mode="swap", signal="margin", margin=0.02)
+    # gender: SS dips below 50 on a small slice but its margin is still clearly positive -> no swap;
+    # race: SS above 50 yet the margin has gone past -0.02 -> swapped
+    d, stop = c.update(0, {"gender": 45.8, "race": 51.0}, 90.0, dev_margin={"gender": 0.19, "race": -0.03})
+    assert d == {"gender": 1, "race": -1} and stop is False
+    d, _ = c.update(10, {"gender": 50.0, "race": 50.0}, 90.0, dev_margin={"gender": -0.019, "race": 0.019})
+    assert d == {"gender": 1, "race": -1}  # both inside the +-0.02 band: directions kept
+    d, stop = c.update(20, {"gender": 51.0, "race": 49.0}, 90.0, dev_margin={"gender": -0.05, "race": 0.02})
+    assert d == {"gender": -1, "race": 1} and stop is True  # early stop still reads SS (all within 50 +- 2)
+    assert [(e["step"], e["bias_type"], e["direction"], e["margin"], e["ss"]) for e in c.events] == \
+        [(0, "race", -1, -0.03, 51.0), (20, "gender", -1, -0.05, 51.0), (20, "race", 1, 0.02, 49.0)]
+    assert c.history[0]["margin"] == {"gender": 0.19, "race": -0.03}
+    with pytest.raises(ValueError, match="needs the dev margins"):
+        c.update(30, {"gender": 50.0, "race": 50.0})
+    with pytest.raises(ValueError, match="signal"):
+        SwapController(["gender"], signal="lms")
+
+
+def test_config_swap_signal_settings_are_checked():
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+
+    with pytest.raises(ConfigError, match="swap_signal='dev'"):
+        make_config(output_dir="/tmp/x", swap_signal="dev")
+    with pytest.raises(ConfigError, match="swap_margin_nats=-0.1"):
+        make_config(output_dir="/tmp/x", swap_margin_nats=-0.1)
+    assert make_config(output_dir="/tmp/x", swap_signal="margin").swap_signal == "margin"
+
+
 def test_report_leaves_out_perplexity_when_kl_trained_on_wikitext(tmp_path):
     from biasunlearn.unlearn.config import make_config
     from biasunlearn.unlearn.pipeline import eval_config_for

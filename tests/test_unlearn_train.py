@@ -179,3 +179,18 @@ def test_checkpoint_metric_margin_keeps_the_check_closest_to_level(tmp_path, tin
     assert summary["best"][1] == want
     kept = json.loads((tmp_path / "run" / "best_adapter" / "dev_check.json").read_text())
     assert kept["step"] == want and kept["margin"] == next(d["margin"] for d in dev if d["step"] == want)
+
+
+def test_swap_signal_margin_sets_each_direction_from_the_logged_dev_margin(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=6, swap_signal="margin", swap_margin_nats=0.0)
+    summary = train_adapter(cfg, log=lambda s: None)
+    dev = [json.loads(x) for x in (tmp_path / "run" / "dev_log.jsonl").read_text().splitlines()]
+    assert [d["step"] for d in dev] == [0, 2, 4, 6]
+    for d in dev:  # the rule with no dead band: swapped exactly when the type's dev margin is below 0
+        assert d["directions"] == {b: (-1 if d["margin"][b] < 0 else 1) for b in d["ss"]}, d
+    flips = [(d["step"], b) for prev, d in zip(dev, dev[1:]) for b in d["ss"]
+             if d["directions"][b] != prev["directions"][b]]
+    first = [(0, b) for b in dev[0]["ss"] if dev[0]["directions"][b] == -1]
+    assert [(e["step"], e["bias_type"]) for e in summary["swaps"]] == first + flips

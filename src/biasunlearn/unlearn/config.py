@@ -57,7 +57,14 @@ class UnlearnConfig(TrainingArguments):
                                 "(the released code); 'none': never swap (ablation).")
     swap_margin: float = _f(0.0, "Dead band for swapping: a type is swapped when its dev SS falls below 50 - margin "
                                  "and swapped back when it reaches 50 + margin; inside the band it keeps its "
-                                 "direction. 0 = the paper's rule (swap below 50, back at 50 or above).")
+                                 "direction. 0 = the paper's rule (swap below 50, back at 50 or above). "
+                                 "Used with swap_signal 'ss'.")
+    swap_signal: str = _f("ss", "What the swap rule reads per bias type: 'ss' (dev SS against 50, the paper) or "
+                                "'margin' (the mean dev margin s(stereo) - s(anti) in nats per token against 0). "
+                                "On a small dev slice SS moves by whole examples, so one example can swap a type "
+                                "whose stereotypes are still clearly preferred; the margin is continuous.")
+    swap_margin_nats: float = _f(0.0, "Dead band for swap_signal 'margin', in nats per token: swapped below "
+                                      "-band, swapped back at +band or above.")
     eval_every: int = _f(20, "Dev check (and checkpoint) every this many steps.")
     early_stop_tolerance: float = _f(2.0, "Stop when every type's dev SS is within 50 +- this.")
     lms_guard: float = _f(1.0, "Best checkpoint: only dev checks whose LMS is at most this many points below the "
@@ -84,14 +91,15 @@ class UnlearnConfig(TrainingArguments):
         checks = {"score_span": SCORE_SPANS, "npo_variant": ("sum", "token_mean"),
                   "swap_mode": ("swap", "focus_worst", "none"), "unrelated_source": ("stereoset", "wikitext"),
                   "eval_dtype": ("float32", "bfloat16"),
-                  "checkpoint_metric": ("ss", "margin"), "retain_reduction": ("token", "sequence")}
+                  "checkpoint_metric": ("ss", "margin"), "swap_signal": ("ss", "margin"), "retain_reduction": ("token", "sequence")}
         from ..errors import ConfigError
 
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-        if self.swap_margin < 0:
-            raise ConfigError(f"swap_margin={self.swap_margin}: must be 0 or more")
+        for name in ("swap_margin", "swap_margin_nats"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
 

@@ -1,7 +1,8 @@
 """The swap / early-stop controller: state plus rules, testable without a model.
 
-It takes the dev StereoSet score (SS) of each bias type and returns each type's direction (+1 forget stereotypes,
--1 swapped: forget anti-stereotypes) and whether to stop. Its state goes into checkpoints, so --resume restores it.
+It takes the dev StereoSet score (SS) of each bias type (and, when the swap rule reads it, the mean dev margin
+s(stereo) - s(anti)) and returns each type's direction (+1 forget stereotypes, -1 swapped: forget anti-stereotypes)
+and whether to stop. Its state goes into checkpoints, so --resume restores it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class SwapController:
     target: float = 50.0
     tolerance: float = 2.0  # early stop when every type's dev SS is within target +- tolerance
     margin: float = 0.0  # hysteresis: swap below target - margin, swap back at target + margin or above (0 = the paper)
+    signal: str = "ss"  # what the swap rule reads: "ss" (dev SS against target) or "margin" (dev margin against 0)
     directions: dict = field(default_factory=dict)
     events: list = field(default_factory=list)  # every swap: {step, bias_type, ss, direction}
     history: list = field(default_factory=list)  # every dev check: {step, ss: {...}, lms}
@@ -25,20 +27,34 @@ class SwapController:
             raise ValueError(f"swap mode {self.mode!r}: expected swap, focus_worst or none")
         if self.margin < 0:
             raise ValueError(f"swap margin {self.margin}: must be 0 or more")
+        if self.signal not in ("ss", "margin"):
+            raise ValueError(f"swap signal {self.signal!r}: expected ss or margin")
         for b in self.bias_types:
             self.directions.setdefault(b, 1)
 
-    def update(self, step: int, dev_ss: dict, dev_lms: float | None = None) -> tuple[dict, bool]:
-        """Apply the rules to one dev check. Returns (directions, stop)."""
-        self.history.append({"step": step, "ss": dict(dev_ss), "lms": dev_lms})
+    def update(self, step: int, dev_ss: dict, dev_lms: float | None = None,
+               dev_margin: dict | None = None) -> tuple[dict, bool]:
+        """Apply the rules to one dev check. Returns (directions, stop). `dev_margin` (per type) is required when
+        the swap rule reads the margin; early stopping always reads SS (the paper's rule)."""
+        if self.signal == "margin" and self.mode != "none" and dev_margin is None:
+            raise ValueError("swap signal 'margin' needs the dev margins of the check")
+        self.history.append({"step": step, "ss": dict(dev_ss), "lms": dev_lms,
+                             **({"margin": dict(dev_margin)} if dev_margin is not None else {})})
         self.rounds += 1
+        if self.signal == "margin":
+            read, target = dev_margin or {}, 0.0
+        else:
+            read, target = dev_ss, self.target
         if self.mode in ("swap", "focus_worst"):
             for b in self.bias_types:
-                if b not in dev_ss:
+                if b not in read:
                     continue
-                want = self._want(b, dev_ss[b])
+                want = self._want(b, read[b], target)
                 if self.directions[b] != 0 and self.directions[b] != want:
-                    self.events.append({"step": step, "bias_type": b, "ss": dev_ss[b], "direction": want})
+                    ev = {"step": step, "bias_type": b, "ss": dev_ss.get(b), "direction": want}
+                    if dev_margin is not None and b in dev_margin:
+                        ev["margin"] = dev_margin[b]
+                    self.events.append(ev)
                     self.directions[b] = want
                 elif self.directions[b] == 0:
                     self.directions[b] = want
@@ -50,15 +66,15 @@ class SwapController:
         stop = all(abs(dev_ss[b] - self.target) <= self.tolerance for b in self.bias_types if b in dev_ss)
         return dict(self.directions), stop
 
-    def _want(self, b: str, ss: float) -> int:
-        """The paper's rule (SS below the target: swapped, else normal), with a dead band of +-margin around the
-        target inside which a type keeps its current direction, so a dev score that wobbles around 50 by one example
+    def _want(self, b: str, x: float, target: float) -> int:
+        """The paper's rule (the signal below its target: swapped, else normal), with a dead band of +-margin around
+        the target inside which a type keeps its current direction, so a dev score that wobbles around the target
         does not flip the training direction at every check."""
         if self.margin <= 0 or self.directions.get(b, 1) == 0:
-            return -1 if ss < self.target else 1
+            return -1 if x < target else 1
         if self.directions[b] > 0:
-            return -1 if ss < self.target - self.margin else 1
-        return 1 if ss >= self.target + self.margin else -1
+            return -1 if x < target - self.margin else 1
+        return 1 if x >= target + self.margin else -1
 
     @staticmethod
     def criterion(dev_ss: dict, target: float = 50.0) -> tuple:

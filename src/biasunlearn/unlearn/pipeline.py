@@ -83,7 +83,8 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(), "model": info.to_dict(),
                                          "versions": package_versions()})
     controller = SwapController(sets.bias_types, mode=cfg.swap_mode, tolerance=cfg.early_stop_tolerance,
-                               margin=cfg.swap_margin)
+                                signal=cfg.swap_signal,
+                                margin=cfg.swap_margin_nats if cfg.swap_signal == "margin" else cfg.swap_margin)
     trainer = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=controller, tokenizer=tok)
     dev_cb = DevCheckCallback(trainer, splits.dev, out, log=log)
     trainer.add_callback(dev_cb)

@@ -192,7 +192,8 @@ class DevCheckCallback(TrainerCallback):
         ss, lms, overall, margins = result
         if self.start_lms is None:
             self.start_lms = lms
-        directions, stop = self.trainer.controller.update(step, ss, lms)
+        directions, stop = self.trainer.controller.update(
+            step, ss, lms, dev_margin={b: v for b, v in margins.items() if b != "overall"})
         entry = {"step": step, "ss": ss, "ss_overall": overall, "lms": lms, "margin": margins,
                  "directions": directions,
                  "elapsed_s": round(time.time() - self.t0, 1)}
