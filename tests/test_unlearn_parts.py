@@ -77,6 +77,14 @@ def test_controller_focus_worst_and_none():
     assert c.directions == {"gender": 1, "race": 0, "religion": 0}  # gender farthest from 50 (8 vs 6 vs 2)
     c.update(20, {"gender": 53, "race": 41, "religion": 52})
     assert c.directions == {"gender": 0, "race": -1, "religion": 0}
+    # with the margin signal the farthest type is read from the margins: race's SS is farther from 50 here, but
+    # gender's margin is farther from 0
+    m = SwapController(["gender", "race"], mode="focus_worst", signal="margin")
+    m.update(0, {"gender": 52, "race": 60}, dev_margin={"gender": 0.2, "race": 0.05})
+    d, _ = m.update(10, {"gender": 51, "race": 61}, dev_margin={"gender": 0.15, "race": -0.1})
+    assert d == {"gender": 1, "race": 0}
+    d, _ = m.update(20, {"gender": 51, "race": 61}, dev_margin={"gender": 0.05, "race": -0.1})
+    assert d == {"gender": 0, "race": -1}
     n = SwapController(["gender"], mode="none")
     n.update(0, {"gender": 30})
     assert n.directions == {"gender": 1} and n.events == []

@@ -59,7 +59,8 @@ class SwapController:
                 elif self.directions[b] == 0:
                     self.directions[b] = want
         if self.mode == "focus_worst" and self.rounds > 1:
-            worst = max((b for b in self.bias_types if b in dev_ss), key=lambda b: abs(dev_ss[b] - self.target))
+            # the type farthest from level by the signal the swap rule reads (dev SS, or the dev margin)
+            worst = max((b for b in self.bias_types if b in read), key=lambda b: abs(read[b] - target))
             for b in self.bias_types:
                 if b != worst:
                     self.directions[b] = 0
