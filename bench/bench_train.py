@@ -15,6 +15,7 @@ Nothing here looks at the test set before training is over: the checkpoint is th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -87,8 +88,18 @@ def main(a) -> int:
         argv += [f"--{k}", v]
     cfg, _ = parse_train_config(argv)
     t0 = time.perf_counter()
+    config, differs = json.loads(json.dumps(cfg.method_dict(), default=str)), {}
     if (run / "train_summary.json").exists() and (run / "adapter" / "adapter_config.json").exists():
         print(f"[bench] reusing the finished run in {run}", file=sys.stderr)
+        # the run's own settings are what produced the adapter; record those, and say where the command differs
+        if (run / "config.json").exists():
+            used = read_json(run / "config.json")["config"]
+            differs = {k: {"run": v, "command": config.get(k)} for k, v in used.items()
+                       if k not in ("skip_final_eval",) and config.get(k) != v}
+            config = used
+            if differs:
+                print(f"[bench] the run was trained with settings other than this command's: {sorted(differs)}; "
+                      f"summary.json records the run's", file=sys.stderr)
     else:
         train_adapter(cfg, resume=(run / "biasunlearn_state.json").exists() or any(run.glob("checkpoint-*")))
     train_s = time.perf_counter() - t0
@@ -111,7 +122,8 @@ def main(a) -> int:
             shutil.copy2(run / f, res / f)
     write_json(res / "eval_after.json", after)
     doc = {"model": a.model, "run": str(run), "base": str(base_path), "argv": sys.argv, "threads": a.threads,
-           "config": cfg.method_dict(), "targets": targets(before, after),
+           "config": config, **({"command_config_differs": differs} if differs else {}),
+           "targets": targets(before, after),
            "train": {"steps": summary.get("steps"), "wall_time_s": summary.get("train_wall_time_s"),
                      "peak_memory_mb": summary.get("peak_memory_mb"), "best": summary.get("best"),
                      "swaps": summary.get("swaps"), "stopped": summary.get("stopped"),

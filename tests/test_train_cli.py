@@ -31,6 +31,19 @@ def test_config_errors(tmp_path):
         parse_train_config(["--out", str(tmp_path), "--swap_mode", "sometimes"])
 
 
+@pytest.mark.parametrize("name", ["smollm2-cpu.yaml", "gemma3-270m-cpu.yaml"])
+def test_shipped_recipes_parse_to_what_the_yaml_says(tmp_path, name):
+    import yaml
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    values = yaml.safe_load(path.read_text())
+    cfg, _ = parse_train_config(["--config", str(path), "--out", str(tmp_path / "r")])
+    for k, v in values.items():  # every setting arrives unchanged (a typo'd key would have raised)
+        assert getattr(cfg, k) == v, k
+    assert cfg.save_steps == cfg.eval_every == values["eval_every"]
+
+
 def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
     data = tmp_path / "data"
     shutil.copytree(fake_data, data)

@@ -46,6 +46,25 @@ def test_retention_loss_is_mean_nll_over_scored_tokens():
     assert retention_loss(lp, mask).item() == pytest.approx(2.0)
 
 
+def test_forward_kl_sequence_reduction_sums_per_sentence():
+    ref = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 3.0], [1.0, 0.0]]])
+    pol = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [5.0, 0.0]], [[0.0, 2.0], [0.0, 3.0], [0.0, 1.0]]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+
+    def kl(r, p):  # two-way softmax by hand
+        pr = [math.exp(x) / (math.exp(r[0]) + math.exp(r[1])) for x in r]
+        pp = [math.exp(x) / (math.exp(p[0]) + math.exp(p[1])) for x in p]
+        return sum(a * (math.log(a) - math.log(b)) for a, b in zip(pr, pp))
+
+    per = [[kl(ref[i, t].tolist(), pol[i, t].tolist()) for t in range(3)] for i in range(2)]
+    seq = ((per[0][0] + per[0][1]) + (per[1][0] + per[1][1] + per[1][2])) / 2
+    tok = ((per[0][0] + per[0][1]) + (per[1][0] + per[1][1] + per[1][2])) / 5
+    assert forward_kl(ref, pol, mask, "sequence").item() == pytest.approx(seq, rel=1e-5)
+    assert forward_kl(ref, pol, mask).item() == pytest.approx(tok, rel=1e-5)
+    with pytest.raises(ValueError, match="KL reduction"):
+        forward_kl(ref, pol, mask, "batch")
+
+
 def test_forward_kl_hand_computed_and_masked():
     ref = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]))
     pol = torch.log(torch.tensor([[[0.25, 0.75], [0.1, 0.9]]]))

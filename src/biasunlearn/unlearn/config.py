@@ -45,6 +45,9 @@ class UnlearnConfig(TrainingArguments):
     retain_reduction: str = _f("token", "Retention CE: 'token' = mean over all scored tokens of the batch (the "
                                         "paper); 'sequence' = per-sentence summed NLL averaged over sentences, the "
                                         "scale of NPO's per-sentence sums.")
+    kl_reduction: str = _f("token", "KL term: 'token' = mean over all real tokens of the unrelated batch (the paper); "
+                                    "'sequence' = per-sentence summed KL averaged over sentences, so with "
+                                    "retain_reduction 'sequence' all three terms are on NPO's per-sentence scale.")
     adversarial_share: float = _f(0.25, "Share of each type's anti-stereotype sentences added to its forget set.")
     alpha_forget: float = _f(0.4, "Weight of the NPO forget loss (alpha_1).")
     alpha_retain: float = _f(0.4, "Weight of the retention cross-entropy (alpha_2); 0 = ablation without it.")
@@ -91,7 +94,8 @@ class UnlearnConfig(TrainingArguments):
         checks = {"score_span": SCORE_SPANS, "npo_variant": ("sum", "token_mean"),
                   "swap_mode": ("swap", "focus_worst", "none"), "unrelated_source": ("stereoset", "wikitext"),
                   "eval_dtype": ("float32", "bfloat16"),
-                  "checkpoint_metric": ("ss", "margin"), "swap_signal": ("ss", "margin"), "retain_reduction": ("token", "sequence")}
+                  "checkpoint_metric": ("ss", "margin"), "swap_signal": ("ss", "margin"), "retain_reduction": ("token", "sequence"),
+                  "kl_reduction": ("token", "sequence")}
         from ..errors import ConfigError
 
         for name, allowed in checks.items():

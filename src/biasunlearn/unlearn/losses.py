@@ -40,12 +40,19 @@ def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor, reduction: str = 
     return -(tok_logp * mask).sum() / mask.sum().clamp(min=1)
 
 
-def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(pi_ref || pi_theta) per token, averaged over the real (unpadded) tokens. logits: [N, T, V], mask [N, T].
+def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torch.Tensor,
+               reduction: str = "token") -> torch.Tensor:
+    """KL(pi_ref || pi_theta) per token over the real (unpadded) tokens. logits: [N, T, V], mask [N, T].
 
     Computed in float32 over the full vocabulary: sum_v p_ref (log p_ref - log p_theta).
+    reduction 'token': averaged over all real tokens of the batch (the paper); 'sequence': each sentence's summed
+    KL, averaged over sentences, the per-sentence scale of NPO's sums and of retain_reduction 'sequence'.
     """
+    if reduction not in ("token", "sequence"):
+        raise ValueError(f"KL reduction {reduction!r}: expected 'token' or 'sequence'")
     ref_lp = torch.log_softmax(ref_logits.float(), -1)
     pol_lp = torch.log_softmax(policy_logits.float(), -1)
     kl = (ref_lp.exp() * (ref_lp - pol_lp)).sum(-1)
+    if reduction == "sequence":
+        return (kl * mask).sum(1).mean()
     return (kl * mask).sum() / mask.sum().clamp(min=1)

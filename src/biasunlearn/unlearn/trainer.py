@@ -112,7 +112,7 @@ class BiasUnlearnTrainer(Trainer):
             ref_logits = unwrapped(input_ids=ids[u], attention_mask=attn[u], use_cache=False).logits
         # every real token after the start token is scored: positions 0..len-2 predict tokens 1..len-1
         kl_mask = attn[u][:, 1:].float()
-        l_kl = forward_kl(ref_logits[:, :-1], logits[u][:, :-1], kl_mask)
+        l_kl = forward_kl(ref_logits[:, :-1], logits[u][:, :-1], kl_mask, a.kl_reduction)
         loss = a.alpha_forget * l_forget
         if a.alpha_retain > 0:
             loss = loss + a.alpha_retain * l_retain
