@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 TARGETS = {"ss_overall": 2.0, "ss_domain": 4.0, "dlms": 1.5, "icat": 85.0, "ppl_rel": 3.0}
-COPY = ("config.json", "splits.json", "log.jsonl", "dev_log.jsonl", "train_summary.json", "losses.png", "dev_ss.png")
+COPY = ("config.json", "splits.json", "log.jsonl", "dev_log.jsonl", "train_summary.json", "losses.png", "dev_ss.png",
+        "dev_margin.png")
 
 
 def parse_args(argv=None):

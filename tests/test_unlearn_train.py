@@ -54,7 +54,7 @@ def test_train_writes_run_folder_and_changes_lora(tmp_path, tiny_llama_path, tra
     summary = train_adapter(cfg, log=lambda s: None)
     run = tmp_path / "run"
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.json", "splits.json",
-                 "log.jsonl", "dev_log.jsonl", "losses.png", "dev_ss.png", "train_summary.json"):
+                 "log.jsonl", "dev_log.jsonl", "losses.png", "dev_ss.png", "dev_margin.png", "train_summary.json"):
         assert (run / name).exists(), name
     assert summary["steps"] == 4
     w = _lora(run / "adapter")

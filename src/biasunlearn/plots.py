@@ -72,6 +72,35 @@ def plot_dev_ss(dev_log_path, out_png, swaps=None, title="Dev SS per bias type")
     return _finish(fig, ax, out_png, "step", "dev SS", title)
 
 
+def plot_dev_margin(dev_log_path, out_png, swaps=None, title="Dev margin per bias type") -> Path | None:
+    """The mean dev margin s(stereo) - s(anti) per type (nats per token; 0 = level) at every dev check, with the
+    swap events and, as shading per type, the checks at which focus_worst left the type out. None when the log has
+    no margins (a baseline's log, or a run from before margins were logged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _read_jsonl(dev_log_path) if r.get("margin")]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    types = sorted({b for r in rows for b in r["margin"] if b != "overall"})
+    for b in types + ["overall"]:
+        pts = [(r["step"], r["margin"][b]) for r in rows if b in r["margin"]]
+        trained = [(st, m) for (st, m), r in zip(pts, rows) if r.get("directions", {}).get(b, 1) != 0]
+        style = dict(color="black", lw=2) if b == "overall" else {}
+        line, = ax.plot(*zip(*pts), marker=".", label=b, **style)
+        if b != "overall" and len(trained) < len(pts) and trained:
+            ax.plot(*zip(*trained), ls="none", marker="o", mfc="none", color=line.get_color())
+    ax.axhline(0, color="grey", lw=1, ls="--", label="0 (level)")
+    for i, ev in enumerate(swaps or []):
+        ax.axvline(ev["step"], color="red", alpha=0.4, lw=1, label="swap" if i == 0 else None)
+    if any(0 in r.get("directions", {}).values() for r in rows):
+        ax.plot([], [], ls="none", marker="o", mfc="none", color="grey", label="type trained next (focus_worst)")
+    return _finish(fig, ax, out_png, "step", "dev margin, nats per token", title)
+
+
 # --- comparison report (biasunlearn compare) -------------------------------------------------------------------
 
 def plot_dev_ss_compare(runs: dict, out_png, title="Dev SS (overall) against training steps") -> Path | None:

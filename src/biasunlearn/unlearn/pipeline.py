@@ -17,7 +17,7 @@ from ..errors import BiasUnlearnError, ConfigError
 from ..evaluate import EvalConfig, evaluate_model, package_versions
 from ..io import atomic_write_text, read_json, write_json
 from ..models import load_model
-from ..plots import plot_dev_ss, plot_losses
+from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig
 from .controller import SwapController
 from .sets import UnlearnSets
@@ -108,6 +108,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
                                                        splits.to_dict()["checksum"]})
         plot_losses(out / "log.jsonl", out / "losses.png")
         plot_dev_ss(out / "dev_log.jsonl", out / "dev_ss.png", controller.events)
+        plot_dev_margin(out / "dev_log.jsonl", out / "dev_margin.png", controller.events)
     summary = {"train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
                "swaps": controller.events, "best": dev_cb.best,
                "peak_memory_mb": _peak_mem_mb()}
