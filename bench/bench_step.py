@@ -36,21 +36,17 @@ def main():
     from biasunlearn.data.splits import make_splits
     from biasunlearn.models import load_model
     from biasunlearn.scoring import token_logprobs
-    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.train_cli import parse_train_config
     from biasunlearn.unlearn.controller import SwapController
     from biasunlearn.unlearn.losses import retention_loss
     from biasunlearn.unlearn.pipeline import prepare_lora
     from biasunlearn.unlearn.sets import UnlearnSets
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
 
-    recipe = {}
-    if a.config:
-        import yaml
-
-        recipe = yaml.safe_load(Path(a.config).read_text()) or {}
-        recipe.pop("max_steps", None)
-    cfg = make_config(**{**recipe, "output_dir": "/tmp/bench_step", "skip_final_eval": True, "bf16": a.bf16,
-                         "use_cpu": True, "max_steps": 1000})
+    # the recipe's settings read as `biasunlearn train --config` reads them; these flags win over it
+    argv = ["--out", "/tmp/bench_step", "--skip_final_eval", "True", "--bf16", str(a.bf16), "--use_cpu", "True",
+            "--max_steps", "1000"] + (["--config", a.config] if a.config else [])
+    cfg, _ = parse_train_config(argv)
     model, tok, info = load_model(a.model, device="cpu")
     model.train()
     model = prepare_lora(model, cfg)

@@ -74,8 +74,8 @@ def plot_dev_ss(dev_log_path, out_png, swaps=None, title="Dev SS per bias type")
 
 def plot_dev_margin(dev_log_path, out_png, swaps=None, title="Dev margin per bias type") -> Path | None:
     """The mean dev margin s(stereo) - s(anti) per type (nats per token; 0 = level) at every dev check, with the
-    swap events and, as shading per type, the checks at which focus_worst left the type out. None when the log has
-    no margins (a baseline's log, or a run from before margins were logged)."""
+    swap events and, when focus_worst left types out, an open circle on the checks after which the type was
+    trained. None when the log has no margins (a baseline's log, or a run from before margins were logged)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,8 +87,9 @@ def plot_dev_margin(dev_log_path, out_png, swaps=None, title="Dev margin per bia
     fig, ax = plt.subplots(figsize=(7, 4))
     types = sorted({b for r in rows for b in r["margin"] if b != "overall"})
     for b in types + ["overall"]:
-        pts = [(r["step"], r["margin"][b]) for r in rows if b in r["margin"]]
-        trained = [(st, m) for (st, m), r in zip(pts, rows) if r.get("directions", {}).get(b, 1) != 0]
+        sel = [r for r in rows if b in r["margin"]]
+        pts = [(r["step"], r["margin"][b]) for r in sel]
+        trained = [(r["step"], r["margin"][b]) for r in sel if r.get("directions", {}).get(b, 1) != 0]
         style = dict(color="black", lw=2) if b == "overall" else {}
         line, = ax.plot(*zip(*pts), marker=".", label=b, **style)
         if b != "overall" and len(trained) < len(pts) and trained:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
+from .controller import SWAP_MODES, SWAP_SIGNALS
+from .losses import REDUCTIONS
 from .sets import SCORE_SPANS
 
 
@@ -92,10 +94,9 @@ class UnlearnConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         checks = {"score_span": SCORE_SPANS, "npo_variant": ("sum", "token_mean"),
-                  "swap_mode": ("swap", "focus_worst", "none"), "unrelated_source": ("stereoset", "wikitext"),
-                  "eval_dtype": ("float32", "bfloat16"),
-                  "checkpoint_metric": ("ss", "margin"), "swap_signal": ("ss", "margin"), "retain_reduction": ("token", "sequence"),
-                  "kl_reduction": ("token", "sequence")}
+                  "swap_mode": SWAP_MODES, "unrelated_source": ("stereoset", "wikitext"),
+                  "eval_dtype": ("float32", "bfloat16"), "checkpoint_metric": ("ss", "margin"),
+                  "swap_signal": SWAP_SIGNALS, "retain_reduction": REDUCTIONS, "kl_reduction": REDUCTIONS}
         from ..errors import ConfigError
 
         for name, allowed in checks.items():

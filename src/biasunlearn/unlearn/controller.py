@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SWAP_MODES = ("swap", "focus_worst", "none")
+SWAP_SIGNALS = ("ss", "margin")
+
 
 @dataclass
 class SwapController:
@@ -18,16 +21,16 @@ class SwapController:
     margin: float = 0.0  # hysteresis: swap below target - margin, swap back at target + margin or above (0 = the paper)
     signal: str = "ss"  # what the swap rule reads: "ss" (dev SS against target) or "margin" (dev margin against 0)
     directions: dict = field(default_factory=dict)
-    events: list = field(default_factory=list)  # every swap: {step, bias_type, ss, direction}
-    history: list = field(default_factory=list)  # every dev check: {step, ss: {...}, lms}
+    events: list = field(default_factory=list)  # every swap: {step, bias_type, ss, direction[, margin]}
+    history: list = field(default_factory=list)  # every dev check: {step, ss: {...}, lms[, margin: {...}]}
     rounds: int = 0
 
     def __post_init__(self):
-        if self.mode not in ("swap", "focus_worst", "none"):
+        if self.mode not in SWAP_MODES:
             raise ValueError(f"swap mode {self.mode!r}: expected swap, focus_worst or none")
         if self.margin < 0:
             raise ValueError(f"swap margin {self.margin}: must be 0 or more")
-        if self.signal not in ("ss", "margin"):
+        if self.signal not in SWAP_SIGNALS:
             raise ValueError(f"swap signal {self.signal!r}: expected ss or margin")
         for b in self.bias_types:
             self.directions.setdefault(b, 1)

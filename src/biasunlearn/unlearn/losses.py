@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+REDUCTIONS = ("token", "sequence")  # how retention_loss and forward_kl reduce over a batch
+
 
 def npo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
     """NPO (Zhang et al. 2024), eq. (1) of the paper: -(2/beta) * mean(logsigmoid(-beta * (log pi - log pi_ref))).
@@ -33,10 +35,10 @@ def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor, reduction: str = 
     'sequence': each sentence's summed NLL, averaged over sentences, the same per-sentence scale as NPO's summed
     log-probabilities, so a retain sentence weighs as much as a forget sentence.
     """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"retention reduction {reduction!r}: expected 'token' or 'sequence'")
     if reduction == "sequence":
         return -(tok_logp * mask).sum(1).mean()
-    if reduction != "token":
-        raise ValueError(f"retention reduction {reduction!r}: expected 'token' or 'sequence'")
     return -(tok_logp * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -48,7 +50,7 @@ def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torc
     reduction 'token': averaged over all real tokens of the batch (the paper); 'sequence': each sentence's summed
     KL, averaged over sentences, the per-sentence scale of NPO's sums and of retain_reduction 'sequence'.
     """
-    if reduction not in ("token", "sequence"):
+    if reduction not in REDUCTIONS:
         raise ValueError(f"KL reduction {reduction!r}: expected 'token' or 'sequence'")
     ref_lp = torch.log_softmax(ref_logits.float(), -1)
     pol_lp = torch.log_softmax(policy_logits.float(), -1)

@@ -192,8 +192,8 @@ class DevCheckCallback(TrainerCallback):
         ss, lms, overall, margins = result
         if self.start_lms is None:
             self.start_lms = lms
-        directions, stop = self.trainer.controller.update(
-            step, ss, lms, dev_margin={b: v for b, v in margins.items() if b != "overall"})
+        type_margins = {b: v for b, v in margins.items() if b != "overall"}
+        directions, stop = self.trainer.controller.update(step, ss, lms, dev_margin=type_margins)
         entry = {"step": step, "ss": ss, "ss_overall": overall, "lms": lms, "margin": margins,
                  "directions": directions,
                  "elapsed_s": round(time.time() - self.t0, 1)}
@@ -208,7 +208,7 @@ class DevCheckCallback(TrainerCallback):
                 f"dev LMS fell from {self.start_lms:.1f} to {lms:.1f} at step {step} (bound "
                 f"{args.collapse_lms_drop}); training stopped. Best adapter so far: {self.out / 'best_adapter'}")
         if args.checkpoint_metric == "margin":
-            crit = SwapController.criterion({b: v for b, v in margins.items() if b != "overall"}, target=0.0)
+            crit = SwapController.criterion(type_margins, target=0.0)
         else:
             crit = SwapController.criterion(ss)
         drop = self.start_lms - lms
