@@ -318,3 +318,36 @@ def test_pair_retain_puts_each_forget_twin_in_the_same_step():
             for it in ch["retain"]:
                 want = "anti-stereotype" if dirs[it.bias_type] > 0 else "stereotype"
                 assert it.key.endswith(":" + want)
+
+
+def test_twin_margins_hand_computed_and_only_the_forget_y_tokens_get_gradient():
+    from biasunlearn.unlearn.losses import npo_loss, twin_margins
+
+    # row 0: forget sentence, 3 real tokens, the first (x) unscored; row 1: its twin, 2 real tokens
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.5, 0.0]], requires_grad=True)
+    scored = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    real = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    pol, ref = twin_margins(lp, scored, real, [0], [1])
+    # s = mean(-1, -2, -3) = -2, n = 3 -> -6; twin mean = -1 -> reference 3 * -1 = -3
+    assert pol.tolist() == pytest.approx([-6.0]) and ref.tolist() == pytest.approx([-3.0])
+    assert not ref.requires_grad
+    loss = npo_loss(pol, ref, beta=1.0)
+    # -(2/beta) * logsigmoid(-(-6 + 3)) = 2 * softplus(-3)
+    assert loss.item() == pytest.approx(2 * math.log1p(math.exp(-3.0)), rel=1e-6)
+    loss.backward()
+    g = lp.grad
+    # gradient only on the forget row's scored tokens (x is shared with the twin; the twin is a fixed target)
+    assert g[0, 0].item() == 0.0 and g[1].abs().sum().item() == 0.0
+    expected = 2 * torch.sigmoid(torch.tensor(-3.0)).item()  # d/dpol of 2*softplus(pol - ref)
+    assert g[0, 1].item() == pytest.approx(expected, rel=1e-5) and g[0, 2].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_npo_reference_twin_needs_pairs():
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+
+    with pytest.raises(ConfigError, match="npo_reference='twin' needs pair_retain"):
+        make_config(output_dir="/tmp/x", npo_reference="twin", pair_retain=False)
+    with pytest.raises(ConfigError, match="npo_reference"):
+        make_config(output_dir="/tmp/x", npo_reference="reference")
+    assert make_config(output_dir="/tmp/x", npo_reference="twin", pair_retain=True).npo_reference == "twin"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from transformers import TrainingArguments
 
 from .controller import SWAP_MODES, SWAP_SIGNALS
-from .losses import REDUCTIONS
+from .losses import NPO_REFERENCES, REDUCTIONS
 from .sets import SCORE_SPANS
 
 
@@ -57,6 +57,13 @@ class UnlearnConfig(TrainingArguments):
     npo_beta: float = _f(0.1, "NPO beta.")
     npo_variant: str = _f("sum", "'sum': one NPO term per example on summed log-probs (the paper); "
                                  "'token_mean': the released code's batch-mean of token-mean NLL.")
+    npo_reference: str = _f("model", "What NPO's forget push is measured against: 'model' (the original model's "
+                                     "log-probability of the same sentence, the paper) or 'twin' (the sentence's "
+                                     "twin in the same step, on StereoSet's per-token scale: a stereotype is pushed "
+                                     "down while it is above its anti-stereotype, and the push fades about 1/beta "
+                                     "nats below it, not below the original model). 'twin' needs pair_retain and "
+                                     "npo_variant 'sum'; forget items without a twin in the step (the adversarial "
+                                     "share) keep the model reference.")
     swap_mode: str = _f("swap", "'swap': swap forget/retain of a type whose dev SS falls below 50 (the paper); "
                                 "'focus_worst': after the first round train only the type farthest from 50 "
                                 "(the released code); 'none': never swap (ablation).")
@@ -94,7 +101,7 @@ class UnlearnConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         checks = {"score_span": SCORE_SPANS, "npo_variant": ("sum", "token_mean"),
-                  "swap_mode": SWAP_MODES, "unrelated_source": ("stereoset", "wikitext"),
+                  "swap_mode": SWAP_MODES, "npo_reference": NPO_REFERENCES, "unrelated_source": ("stereoset", "wikitext"),
                   "eval_dtype": ("float32", "bfloat16"), "checkpoint_metric": ("ss", "margin"),
                   "swap_signal": SWAP_SIGNALS, "retain_reduction": REDUCTIONS, "kl_reduction": REDUCTIONS}
         from ..errors import ConfigError
@@ -105,6 +112,9 @@ class UnlearnConfig(TrainingArguments):
         for name in ("swap_margin", "swap_margin_nats"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
+        if self.npo_reference == "twin" and not (self.pair_retain and self.npo_variant == "sum"):
+            raise ConfigError("npo_reference='twin' needs pair_retain=true and npo_variant='sum' (the twin of each "
+                              "forget sentence must be scored in the same step)")
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 REDUCTIONS = ("token", "sequence")  # how retention_loss and forward_kl reduce over a batch
+NPO_REFERENCES = ("model", "twin")  # what NPO's forget push is measured against (see twin_margins)
 
 
 def npo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
@@ -14,6 +15,28 @@ def npo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.
     Minimising it lowers policy_logp below ref_logp: the forget set is forgotten. Equals 2/beta*log 2 at the start.
     """
     return -(2.0 / beta) * F.logsigmoid(-beta * (policy_logp - ref_logp)).mean()
+
+
+def twin_margins(tok_logp: torch.Tensor, scored: torch.Tensor, real: torch.Tensor, rows: list[int],
+                 twin_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each forget sentence against its twin, on StereoSet's scale, for NPO with `npo_reference: twin`.
+
+    tok_logp [N, T] token log-probs of the step's batch; scored [N, T] the tokens that carry the losses (y); real
+    [N, T] every real token after the start token (what StereoSet's sentence score averages). For each pair
+    (rows[k], twin_rows[k]) returns (policy, reference) = (n*s, n*s_twin): s is the forget sentence's mean
+    log-probability over all its real tokens, n their number, s_twin the twin's mean, detached. Only the forget
+    sentence's scored tokens carry gradient: x is shared with the twin, so lowering it would lower both.
+    NPO on (policy - reference) then pushes a stereotype down only while it is above (or level with) its twin,
+    and fades once it is about 1/beta nats below it, instead of pushing it below its reference model's
+    log-probability however far its twin lags.
+    """
+    r = torch.as_tensor(rows, device=tok_logp.device, dtype=torch.long)
+    t = torch.as_tensor(twin_rows, device=tok_logp.device, dtype=torch.long)
+    lp, sc, rl = tok_logp[r], scored[r], real[r]
+    n = rl.sum(1).clamp(min=1)
+    mean_self = ((lp * sc).sum(1) + (lp.detach() * (rl - sc)).sum(1)) / n
+    twin_mean = ((tok_logp[t] * real[t]).sum(1) / real[t].sum(1).clamp(min=1)).detach()
+    return n * mean_self, n * twin_mean
 
 
 def npo_loss_token_mean(policy_tok_logp: torch.Tensor, ref_tok_logp: torch.Tensor, mask: torch.Tensor,

@@ -21,7 +21,7 @@ from ..metrics import stereoset_scores
 from ..models import start_token_id
 from ..scoring import pad_batch, score_mask, token_logprobs
 from .controller import SwapController
-from .losses import forward_kl, npo_loss, npo_loss_token_mean, retention_loss
+from .losses import forward_kl, npo_loss, npo_loss_token_mean, retention_loss, twin_margins
 from .sets import Item, UnlearnSets
 
 
@@ -103,6 +103,8 @@ class BiasUnlearnTrainer(Trainer):
         if a.npo_variant == "sum":
             pol = (tok_lp[f] * mask[f]).sum(1)
             ref = torch.tensor([self._ref_cache[it.key][0] for it in chunk["forget"]], device=device)
+            if a.npo_reference == "twin":
+                pol, ref = self._against_twins(chunk, sl, tok_lp, mask, attn, pol, ref)
             l_forget = npo_loss(pol, ref, a.npo_beta)
         else:
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
@@ -126,6 +128,22 @@ class BiasUnlearnTrainer(Trainer):
         for k, v in logs.items():
             self._parts.setdefault(k, []).append(float(v))
         return (loss, out) if return_outputs else loss
+
+    def _against_twins(self, chunk, sl, tok_lp, mask, attn, pol, ref):
+        """npo_reference 'twin': each forget sentence whose twin is in this step's retain batch is measured against
+        the twin (losses.twin_margins); the others (the adversarial share) keep the model reference."""
+        pos = {it.key: sl["retain"].start + j for j, it in enumerate(chunk["retain"])}
+        rows, twins = [], []
+        for k, it in enumerate(chunk["forget"]):
+            tw = self.sets.twin(it)
+            if tw is not None and tw.key in pos:
+                rows.append(sl["forget"].start + k)
+                twins.append(pos[tw.key])
+        if not rows:
+            return pol, ref
+        p_tw, r_tw = twin_margins(tok_lp, mask, attn[:, 1:].float(), rows, twins)
+        idx = torch.as_tensor([r - sl["forget"].start for r in rows], device=pol.device)
+        return pol.index_copy(0, idx, p_tw), ref.index_copy(0, idx, r_tw)
 
     def _ref_forget(self, unwrapped, items, ids, attn, mask):
         """Reference log-probs of forget items: per-sequence sums (cached) and, for token_mean, per-token values."""
