@@ -99,14 +99,26 @@ class BiasUnlearnTrainer(Trainer):
 
         unwrapped = self.accelerator.unwrap_model(model)
         f = sl["forget"]
-        ref_tok = self._ref_forget(unwrapped, chunk["forget"], ids[f], attn[f], mask[f])
+        forget = chunk["forget"]
         if a.npo_variant == "sum":
             pol = (tok_lp[f] * mask[f]).sum(1)
-            ref = torch.tensor([self._ref_cache[it.key][0] for it in chunk["forget"]], device=device)
-            if a.npo_reference == "twin":
-                pol, ref = self._against_twins(chunk, sl, tok_lp, mask, attn, pol, ref)
+            # npo_reference 'twin': forget item k is measured against the twin at batch row twin_row[k]; only the
+            # others (the adversarial share) need the reference model's log-prob
+            twin_row = self._twin_rows(chunk, sl) if a.npo_reference == "twin" else {}
+            own = [k for k in range(len(forget)) if k not in twin_row]
+            if own:
+                self._ref_forget(unwrapped, [forget[k] for k in own], ids[f][own], attn[f][own], mask[f][own])
+            ref = torch.tensor([0.0 if k in twin_row else self._ref_cache[it.key][0] for k, it in enumerate(forget)],
+                               device=device)
+            if twin_row:
+                ks = list(twin_row)
+                p_tw, r_tw = twin_margins(tok_lp, mask, attn[:, 1:].float(), [f.start + k for k in ks],
+                                          [twin_row[k] for k in ks])
+                idx = torch.as_tensor(ks, device=device)
+                pol, ref = pol.index_copy(0, idx, p_tw), ref.index_copy(0, idx, r_tw)
             l_forget = npo_loss(pol, ref, a.npo_beta)
         else:
+            ref_tok = self._ref_forget(unwrapped, forget, ids[f], attn[f], mask[f])
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
         r, u = sl["retain"], sl["unrelated"]
         l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction)
@@ -129,21 +141,16 @@ class BiasUnlearnTrainer(Trainer):
             self._parts.setdefault(k, []).append(float(v))
         return (loss, out) if return_outputs else loss
 
-    def _against_twins(self, chunk, sl, tok_lp, mask, attn, pol, ref):
-        """npo_reference 'twin': each forget sentence whose twin is in this step's retain batch is measured against
-        the twin (losses.twin_margins); the others (the adversarial share) keep the model reference."""
+    def _twin_rows(self, chunk, sl) -> dict[int, int]:
+        """{index in the forget batch: batch row of its twin} for the forget items whose twin is in this step's
+        retain batch (pair_retain puts it there; the adversarial share has none)."""
         pos = {it.key: sl["retain"].start + j for j, it in enumerate(chunk["retain"])}
-        rows, twins = [], []
+        out = {}
         for k, it in enumerate(chunk["forget"]):
             tw = self.sets.twin(it)
             if tw is not None and tw.key in pos:
-                rows.append(sl["forget"].start + k)
-                twins.append(pos[tw.key])
-        if not rows:
-            return pol, ref
-        p_tw, r_tw = twin_margins(tok_lp, mask, attn[:, 1:].float(), rows, twins)
-        idx = torch.as_tensor([r - sl["forget"].start for r in rows], device=pol.device)
-        return pol.index_copy(0, idx, p_tw), ref.index_copy(0, idx, r_tw)
+                out[k] = pos[tw.key]
+        return out
 
     def _ref_forget(self, unwrapped, items, ids, attn, mask):
         """Reference log-probs of forget items: per-sequence sums (cached) and, for token_mean, per-token values."""
