@@ -8,11 +8,14 @@ s(stereo) - s(anti) in nats per token (continuous, so it shows movement the coun
 
     python bench/dev_margins.py --run runs/smol-bal --adapters runs/smol-bal/best_adapter,runs/x/checkpoint-30
 
+With --split train,dev it scores the run's train split too: the gap between the two shows how much of what an
+adapter learned on its training pairs carries over to target terms it never saw (dev is disjoint by target term).
+
 Per type it prints dev SS, the mean margin s(stereo) - s(anti) and its change from the base (negative: the
 stereotype lost ground to its twin), and the change of s(stereo) - s(unrel) and s(anti) - s(unrel) (how the
 meaningful sentences moved against the unrelated one: what LMS counts).
 
-Only the dev split is read; nothing here touches the held-out test set.
+Only the run's own train and dev splits are read; nothing here touches the held-out test set.
 """
 from __future__ import annotations
 
@@ -32,16 +35,26 @@ from biasunlearn.models import load_model
 from biasunlearn.unlearn.trainer import dev_margins
 
 
-def dev_examples(run: Path):
+SPLITS = ("train", "dev")
+
+
+def split_examples(run: Path, split: str = "dev"):
+    """The examples of the run's `split` (train or dev), rebuilt from its splits.json ids and the train pool."""
+    if split not in SPLITS:
+        raise SystemExit(f"--split {split}: must be one of {', '.join(SPLITS)}")
     splits = json.loads((run / "splits.json").read_text())
     cfg = json.loads((run / "config.json").read_text())["config"]
     files = tuple(f.strip() for f in cfg["train_pool"].split(",") if f.strip())
     pool, _ = load_train_pool(cfg.get("data_dir"), files=files)
-    want = set(splits["dev_ids"])
-    dev = [e for e in pool if e.id in want]
-    if len(dev) != len(want):
-        raise SystemExit(f"{run}/splits.json lists {len(want)} dev ids, the pool has {len(dev)} of them")
-    return dev, cfg["model"] if "model" in cfg else None
+    want = set(splits[f"{split}_ids"])
+    exs = [e for e in pool if e.id in want]
+    if len(exs) != len(want):
+        raise SystemExit(f"{run}/splits.json lists {len(want)} {split} ids, the pool has {len(exs)} of them")
+    return exs, cfg["model"] if "model" in cfg else None
+
+
+def dev_examples(run: Path):
+    return split_examples(run, "dev")
 
 
 def _mean(xs) -> float:
@@ -74,7 +87,9 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, help="run folder (splits.json, config.json, adapters)")
     ap.add_argument("--adapters", default="", help="comma-separated adapter folders (trained on the same base "
                                                   "model, scored on this run's dev split)")
-    ap.add_argument("--out", default=None, help="JSON file for the results (default: RUN/dev_margins.json)")
+    ap.add_argument("--split", default="dev", help="comma-separated: dev, train or both (train,dev)")
+    ap.add_argument("--out", default=None, help="JSON file for the results (default: RUN/dev_margins.json); with "
+                                               "more than one split, {split: {adapter: ...}}")
     ap.add_argument("--model", default=None, help="base model (default: the run's)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="bfloat16")
@@ -82,24 +97,28 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     run = Path(a.run)
-    dev, model_name = dev_examples(run)
-    model_name = a.model or model_name
-    results, base = {}, None
+    splits = [s.strip() for s in a.split.split(",") if s.strip()]
+    data = {s: split_examples(run, s) for s in splits}
+    model_name = a.model or data[splits[0]][1]
+    results: dict = {s: {} for s in splits}
+    base: dict = {}
     for name in ["base"] + [s for s in a.adapters.split(",") if s]:
         model, tok, _ = load_model(model_name, adapter=None if name == "base" else name, dtype=a.dtype)
-        with torch.no_grad():
-            recs = stereoset_records(model, tok, dev)
+        for split in splits:
+            with torch.no_grad():
+                recs = stereoset_records(model, tok, data[split][0])
+            base.setdefault(split, recs)
+            row = results[split][name] = summarise(recs, None if name == "base" else base[split])
+            print(f"{name} ({split}):", flush=True)
+            for b, v in row.items():
+                extra = "" if "d_margin" not in v else (f"  d_margin {v['d_margin']:+.4f}  d(stereo-unrel) "
+                                                        f"{v['d_stereo_vs_unrel']:+.4f}  d(anti-unrel) "
+                                                        f"{v['d_anti_vs_unrel']:+.4f}")
+                print(f"  {b:>10}: SS {v['SS']:5.1f}  LMS {v['LMS']:5.1f}  margin {v['margin']:+.4f}{extra}",
+                      flush=True)
         del model
         gc.collect()
-        base = recs if base is None else base
-        row = results[name] = summarise(recs, None if name == "base" else base)
-        print(f"{name}:", flush=True)
-        for b, v in row.items():
-            extra = "" if "d_margin" not in v else (f"  d_margin {v['d_margin']:+.4f}  d(stereo-unrel) "
-                                                    f"{v['d_stereo_vs_unrel']:+.4f}  d(anti-unrel) "
-                                                    f"{v['d_anti_vs_unrel']:+.4f}")
-            print(f"  {b:>10}: SS {v['SS']:5.1f}  LMS {v['LMS']:5.1f}  margin {v['margin']:+.4f}{extra}", flush=True)
-    write_json(Path(a.out) if a.out else run / "dev_margins.json", results)
+    write_json(Path(a.out) if a.out else run / "dev_margins.json", results[splits[0]] if len(splits) == 1 else results)
     return 0
 
 

@@ -221,3 +221,65 @@ def test_npo_against_twins_lowers_stereotypes_against_their_twins(tmp_path, tiny
     base, tok, _ = load_model(str(tiny_llama_path), device="cpu")
     tuned, tok, _ = load_model(str(tiny_llama_path), adapter=str(tmp_path / "run" / "checkpoint-6"), device="cpu")
     assert margin(tuned, tok) < margin(base, tok) - 0.05
+
+
+def test_generated_unrelated_text_is_sampled_once_seeded_and_reused(tmp_path, tiny_llama_path, train_data,
+                                                                    monkeypatch):
+    """unrelated_source 'generated': texts sampled from the original model feed the KL term; they are written to the
+    run folder, the same seed gives the same texts, the training RNG is untouched, and --resume reuses the file."""
+    from biasunlearn.models import load_model
+    from biasunlearn.unlearn import generated
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    model, tok, _ = load_model(str(tiny_llama_path), device="cpu")
+    model.train()
+    torch.manual_seed(123)
+    want_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = generated.sample_texts(model, tok, n=5, tokens=6, seed=7, batch_size=2)
+    assert torch.equal(torch.rand(3), want_next)  # the caller's RNG stream is as if nothing was sampled
+    assert model.training  # mode restored
+    b = generated.sample_texts(model, tok, n=5, tokens=6, seed=7, batch_size=2)
+    c = generated.sample_texts(model, tok, n=5, tokens=6, seed=8, batch_size=2)
+    assert len(a) == 5 and all(isinstance(t, str) and t for t in a)
+    assert a == b and a != c  # same seed, same texts; another seed, other texts
+    assert all(len(tok(t, add_special_tokens=False)["input_ids"]) <= 6 + 2 for t in a)
+
+    from biasunlearn.unlearn import pipeline
+
+    seen = []
+    real_sets = pipeline.UnlearnSets
+    monkeypatch.setattr(pipeline, "UnlearnSets", lambda train, unrelated, **k: seen.append(unrelated) or
+                        real_sets(train, unrelated, **k))
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, unrelated_source="generated", generated_count=6,
+               generated_tokens=5, max_steps=2)
+    train_adapter(cfg, log=lambda s: None)
+    path = tmp_path / "run" / generated.FILE
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines[0]["settings"] == {"n": 6, "tokens": 5, "seed": 0, "model": str(tiny_llama_path)}
+    texts = [x["text"] for x in lines[1:]]
+    assert len(texts) == lines[0]["kept"] and 1 <= len(texts) <= 6
+    assert seen == [texts]  # the KL term's text is the sampled text, not the pool's unrelated sentences
+    logs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert logs[0]["loss_kl"] == pytest.approx(0.0, abs=1e-6) and logs[1]["loss_kl"] > 0
+    # a resumed run reads the file instead of sampling again
+    calls = []
+    orig = generated.sample_texts
+    generated.sample_texts = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        got = generated.load_or_sample(tmp_path / "run", model, tok, 6, 5, 0, str(tiny_llama_path), log=lambda s: None)
+        assert got == texts and calls == []
+        generated.load_or_sample(tmp_path / "run", model, tok, 6, 4, 0, str(tiny_llama_path), log=lambda s: None)
+        assert calls == [1]  # other settings: sampled again (and the file rewritten)
+    finally:
+        generated.sample_texts = orig
+    assert json.loads(path.read_text().splitlines()[0])["settings"]["tokens"] == 4
+
+
+def test_generated_source_settings_are_checked(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="generated_count=0"):
+        _cfg(tmp_path, tiny_llama_path, train_data, unrelated_source="generated", generated_count=0)
+    with pytest.raises(ConfigError, match="unrelated_source='nope'"):
+        _cfg(tmp_path, tiny_llama_path, train_data, unrelated_source="nope")

@@ -13,6 +13,8 @@ from .controller import SWAP_MODES, SWAP_SIGNALS
 from .losses import NPO_REFERENCES, REDUCTIONS
 from .sets import SCORE_SPANS
 
+UNRELATED_SOURCES = ("stereoset", "wikitext", "generated")
+
 
 def _f(default, help_text):
     return field(default=default, metadata={"help": help_text})
@@ -30,8 +32,12 @@ class UnlearnConfig(TrainingArguments):
                                                                    "with the train pool; never used for decisions).")
     dev_fraction: float = _f(0.15, "Share of the train pool held out as dev, disjoint by target term, per bias type.")
     min_dev_per_type: int = _f(8, "At least this many dev examples per bias type.")
-    unrelated_source: str = _f("stereoset", "Text for the KL term: 'stereoset' (unrelated sentences of the train pool) "
-                                            "or 'wikitext' (WikiText-2 raw test lines).")
+    unrelated_source: str = _f("stereoset", "Text for the KL term: 'stereoset' (unrelated sentences of the train pool), "
+                                            "'wikitext' (WikiText-2 raw test lines; perplexity is then left out of "
+                                            "the report) or 'generated' (texts sampled once from the original model, "
+                                            "kept in the run folder as generated_unrelated.jsonl).")
+    generated_count: int = _f(512, "With unrelated_source 'generated': how many texts to sample.")
+    generated_tokens: int = _f(48, "With unrelated_source 'generated': new tokens per sampled text (at most).")
     score_span: str = _f("y", "Tokens that carry the forget/retain losses: 'y' (after the blank, as the released code), "
                               "'sentence' (the whole sentence) or 'word' (only the filled-in word(s), where the "
                               "stereotype and anti-stereotype sentences differ; the rest is fed, not scored).")
@@ -101,7 +107,7 @@ class UnlearnConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         checks = {"score_span": SCORE_SPANS, "npo_variant": ("sum", "token_mean"),
-                  "swap_mode": SWAP_MODES, "npo_reference": NPO_REFERENCES, "unrelated_source": ("stereoset", "wikitext"),
+                  "swap_mode": SWAP_MODES, "npo_reference": NPO_REFERENCES, "unrelated_source": UNRELATED_SOURCES,
                   "eval_dtype": ("float32", "bfloat16"), "checkpoint_metric": ("ss", "margin"),
                   "swap_signal": SWAP_SIGNALS, "retain_reduction": REDUCTIONS, "kl_reduction": REDUCTIONS}
         from ..errors import ConfigError
@@ -115,6 +121,9 @@ class UnlearnConfig(TrainingArguments):
         if self.npo_reference == "twin" and not (self.pair_retain and self.npo_variant == "sum"):
             raise ConfigError("npo_reference='twin' needs pair_retain=true and npo_variant='sum' (the twin of each "
                               "forget sentence must be scored in the same step)")
+        if self.unrelated_source == "generated" and (self.generated_count < 1 or self.generated_tokens < 1):
+            raise ConfigError(f"generated_count={self.generated_count}, generated_tokens={self.generated_tokens}: "
+                              "both must be at least 1 with unrelated_source='generated'")
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
 

@@ -20,6 +20,7 @@ from ..models import load_model
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig
 from .controller import SwapController
+from .generated import load_or_sample
 from .sets import UnlearnSets
 from .trainer import BiasUnlearnTrainer, DevCheckCallback, JsonlLogCallback
 
@@ -73,6 +74,10 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     if cfg.unrelated_source == "wikitext":
         unrelated = load_text_lines(data_dir(cfg.data_dir) / "text/wikitext-2-raw/wiki.test.raw")
         unrelated = [u for u in unrelated if not u.strip().startswith("=")][:2000]
+    elif cfg.unrelated_source == "generated":
+        with model.disable_adapter():  # the original model's own text
+            unrelated = load_or_sample(out, model, tok, cfg.generated_count, cfg.generated_tokens, cfg.seed,
+                                       info.resolved, write=cfg.process_index == 0, log=log)
     else:
         unrelated = None
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
