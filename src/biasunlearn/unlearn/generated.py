@@ -27,13 +27,16 @@ def _settings(n: int, tokens: int, seed: int, model_id: str) -> dict:
     return {"n": n, "tokens": tokens, "seed": seed, "model": model_id}
 
 
-def sample_texts(model, tokenizer, n: int, tokens: int, seed: int, batch_size: int = 32) -> list[str]:
+def sample_texts(model, tokenizer, n: int, tokens: int, seed: int, batch_size: int = 32,
+                 progress: str | None = None) -> list[str]:
     """n texts of up to `tokens` new tokens each, sampled (temperature 1, no top-k/top-p) from the start token.
 
     Runs under the caller's adapter state (disable it first); eval mode for the sampling (no dropout), then the
     module's previous mode is restored. The global RNG is forked, so training draws are the same as without it.
-    Texts that decode to nothing (an immediate end-of-text) are dropped.
+    Texts that decode to nothing (an immediate end-of-text) are dropped. `progress`: a progress bar's label.
     """
+    from tqdm.auto import tqdm
+
     if n < 1 or tokens < 1:
         raise ConfigError(f"generated_count={n}, generated_tokens={tokens}: both must be at least 1")
     was_training = model.training
@@ -42,6 +45,7 @@ def sample_texts(model, tokenizer, n: int, tokens: int, seed: int, batch_size: i
     start = start_token_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[str] = []
+    bar = tqdm(total=n, desc=progress, unit="text", disable=progress is None, leave=False, mininterval=1.0)
     try:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(seed)
@@ -54,7 +58,9 @@ def sample_texts(model, tokenizer, n: int, tokens: int, seed: int, batch_size: i
                     text = tokenizer.decode(row, skip_special_tokens=True).strip()
                     if text:
                         out.append(text)
+                bar.update(k)
     finally:
+        bar.close()
         model.train(was_training)
     if not out:
         raise ConfigError("unrelated_source='generated': every sampled text was empty (the model ended each one "
@@ -75,7 +81,7 @@ def load_or_sample(out_dir: Path, model, tokenizer, n: int, tokens: int, seed: i
             return [json.loads(x)["text"] for x in lines[1:]]
         log(f"[train] {path} was made with other settings ({head.get('settings')}); sampling again")
     log(f"[train] sampling {n} texts of up to {tokens} tokens from the original model for the KL term")
-    texts = sample_texts(model, tokenizer, n, tokens, seed)
+    texts = sample_texts(model, tokenizer, n, tokens, seed, progress="sampling KL text")
     if write:
         body = [json.dumps({"settings": want, "kept": len(texts)})] + [json.dumps({"text": t}) for t in texts]
         atomic_write_text(path, "\n".join(body) + "\n")
