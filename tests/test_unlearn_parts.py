@@ -109,6 +109,33 @@ def test_controller_focus_worst_and_none():
     assert n.directions == {"gender": 1} and n.events == []
 
 
+def test_controller_pause_stops_training_a_type_past_level_instead_of_reversing_it():
+    c = SwapController(["gender", "race", "religion"], mode="pause", margin=2.0)
+    d, stop = c.update(0, {"gender": 60, "race": 47.5, "religion": 49.0})
+    # race is below 48: paused (0), not swapped (-1); religion is inside the dead band and keeps training
+    assert d == {"gender": 1, "race": 0, "religion": 1} and not stop
+    d, _ = c.update(10, {"gender": 58, "race": 51.9, "religion": 47.0})
+    assert d == {"gender": 1, "race": 0, "religion": 0}  # race resumes only at 52 or above
+    d, _ = c.update(20, {"gender": 56, "race": 52.0, "religion": 45.0})
+    assert d == {"gender": 1, "race": 1, "religion": 0}
+    assert [(e["step"], e["bias_type"], e["direction"]) for e in c.events] == \
+        [(0, "race", 0), (10, "religion", 0), (20, "race", 1)]
+    assert c.events[0]["ss"] == 47.5
+    # every type past level: nothing left to train toward, so the run stops (though no type is within 50 +- 2)
+    d, stop = c.update(30, {"gender": 40, "race": 44, "religion": 45})
+    assert d == {"gender": 0, "race": 0, "religion": 0} and stop
+    # the state (paused types included) survives a resume
+    c2 = SwapController(["gender", "race", "religion"], mode="pause", margin=2.0)
+    c2.load_state_dict(c.state_dict())
+    assert c2.update(40, {"gender": 53, "race": 44, "religion": 45})[0] == {"gender": 1, "race": 0, "religion": 0}
+    # read on the margin, against 0
+    m = SwapController(["gender"], mode="pause", signal="margin", margin=0.02)
+    assert m.update(0, {"gender": 45.0}, dev_margin={"gender": 0.01})[0] == {"gender": 1}
+    assert m.update(10, {"gender": 55.0}, dev_margin={"gender": -0.03})[0] == {"gender": 0}
+    with pytest.raises(ValueError, match="pause"):
+        SwapController(["gender"], mode="paused")
+
+
 def test_controller_state_round_trip_and_criterion():
     c = SwapController(["a", "b"])
     c.update(5, {"a": 40, "b": 70}, 88.0)

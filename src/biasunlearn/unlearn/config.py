@@ -72,7 +72,10 @@ class UnlearnConfig(TrainingArguments):
                                      "share) keep the model reference.")
     swap_mode: str = _f("swap", "'swap': swap forget/retain of a type whose dev SS falls below 50 (the paper); "
                                 "'focus_worst': after the first round train only the type farthest from 50 "
-                                "(the released code); 'none': never swap (ablation).")
+                                "(the released code); 'pause': stop training a type whose dev SS falls below 50 instead of "
+                                "training it toward its stereotypes, and train it again once it is back at 50 (the "
+                                "run stops if every type is paused); 'none': never swap (ablation). swap_margin and "
+                                "swap_signal apply to 'swap' and 'pause'.")
     swap_margin: float = _f(0.0, "Dead band for swapping: a type is swapped when its dev SS falls below 50 - margin "
                                  "and swapped back when it reaches 50 + margin; inside the band it keeps its "
                                  "direction. 0 = the paper's rule (swap below 50, back at 50 or above). "

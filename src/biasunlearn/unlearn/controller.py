@@ -1,21 +1,21 @@
 """The swap / early-stop controller: state plus rules, testable without a model.
 
 It takes the dev StereoSet score (SS) of each bias type (and, when the swap rule reads it, the mean dev margin
-s(stereo) - s(anti)) and returns each type's direction (+1 forget stereotypes, -1 swapped: forget anti-stereotypes)
-and whether to stop. Its state goes into checkpoints, so --resume restores it.
+s(stereo) - s(anti)) and returns each type's direction (+1 forget stereotypes, -1 swapped: forget anti-stereotypes,
+0 not trained) and whether to stop. Its state goes into checkpoints, so --resume restores it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SWAP_MODES = ("swap", "focus_worst", "none")
+SWAP_MODES = ("swap", "focus_worst", "pause", "none")
 SWAP_SIGNALS = ("ss", "margin")
 
 
 @dataclass
 class SwapController:
     bias_types: list
-    mode: str = "swap"  # swap (the paper) | focus_worst (the released code) | none
+    mode: str = "swap"  # swap (the paper) | focus_worst (the released code) | pause | none
     target: float = 50.0
     tolerance: float = 2.0  # early stop when every type's dev SS is within target +- tolerance
     margin: float = 0.0  # hysteresis: swap below target - margin, swap back at target + margin or above (0 = the paper)
@@ -27,7 +27,7 @@ class SwapController:
 
     def __post_init__(self):
         if self.mode not in SWAP_MODES:
-            raise ValueError(f"swap mode {self.mode!r}: expected swap, focus_worst or none")
+            raise ValueError(f"swap mode {self.mode!r}: expected one of {', '.join(SWAP_MODES)}")
         if self.margin < 0:
             raise ValueError(f"swap margin {self.margin}: must be 0 or more")
         if self.signal not in SWAP_SIGNALS:
@@ -48,7 +48,18 @@ class SwapController:
             read, target = dev_margin or {}, 0.0
         else:
             read, target = dev_ss, self.target
-        if self.mode in ("swap", "focus_worst"):
+        if self.mode == "pause":
+            for b in self.bias_types:
+                if b not in read:
+                    continue
+                want = self._want_pause(b, read[b], target)
+                if want != self.directions[b]:
+                    ev = {"step": step, "bias_type": b, "ss": dev_ss.get(b), "direction": want}
+                    if dev_margin is not None and b in dev_margin:
+                        ev["margin"] = dev_margin[b]
+                    self.events.append(ev)
+                    self.directions[b] = want
+        elif self.mode in ("swap", "focus_worst"):
             for b in self.bias_types:
                 if b not in read:
                     continue
@@ -68,6 +79,8 @@ class SwapController:
                 if b != worst:
                     self.directions[b] = 0
         stop = all(abs(dev_ss[b] - self.target) <= self.tolerance for b in self.bias_types if b in dev_ss)
+        if self.mode == "pause" and not any(self.directions.values()):
+            stop = True  # every type is past level: there is nothing left to train toward
         return dict(self.directions), stop
 
     def _want(self, b: str, x: float, target: float) -> int:
@@ -79,6 +92,13 @@ class SwapController:
         if self.directions[b] > 0:
             return -1 if x < target - self.margin else 1
         return 1 if x >= target + self.margin else -1
+
+    def _want_pause(self, b: str, x: float, target: float) -> int:
+        """'pause': a type whose signal falls below target - margin is no longer trained (0) instead of being
+        trained toward its stereotypes, and is trained again (+1) once it is back at target + margin or above."""
+        if self.directions.get(b, 1) > 0:
+            return 0 if x < target - self.margin else 1
+        return 1 if x >= target + self.margin else 0
 
     @staticmethod
     def criterion(dev_ss: dict, target: float = 50.0) -> tuple:
