@@ -54,22 +54,14 @@ class SwapController:
                     continue
                 want = self._want_pause(b, read[b], target)
                 if want != self.directions[b]:
-                    ev = {"step": step, "bias_type": b, "ss": dev_ss.get(b), "direction": want}
-                    if dev_margin is not None and b in dev_margin:
-                        ev["margin"] = dev_margin[b]
-                    self.events.append(ev)
-                    self.directions[b] = want
+                    self._record(step, b, want, dev_ss, dev_margin)
         elif self.mode in ("swap", "focus_worst"):
             for b in self.bias_types:
                 if b not in read:
                     continue
                 want = self._want(b, read[b], target)
                 if self.directions[b] != 0 and self.directions[b] != want:
-                    ev = {"step": step, "bias_type": b, "ss": dev_ss.get(b), "direction": want}
-                    if dev_margin is not None and b in dev_margin:
-                        ev["margin"] = dev_margin[b]
-                    self.events.append(ev)
-                    self.directions[b] = want
+                    self._record(step, b, want, dev_ss, dev_margin)
                 elif self.directions[b] == 0:
                     self.directions[b] = want
         if self.mode == "focus_worst" and self.rounds > 1:
@@ -92,6 +84,14 @@ class SwapController:
         if self.directions[b] > 0:
             return -1 if x < target - self.margin else 1
         return 1 if x >= target + self.margin else -1
+
+    def _record(self, step: int, b: str, direction: int, dev_ss: dict, dev_margin: dict | None) -> None:
+        """Set type b's new direction and log the change as an event."""
+        ev = {"step": step, "bias_type": b, "ss": dev_ss.get(b), "direction": direction}
+        if dev_margin is not None and b in dev_margin:
+            ev["margin"] = dev_margin[b]
+        self.events.append(ev)
+        self.directions[b] = direction
 
     def _want_pause(self, b: str, x: float, target: float) -> int:
         """'pause': a type whose signal falls below target - margin is no longer trained (0) instead of being
