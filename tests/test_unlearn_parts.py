@@ -85,6 +85,7 @@ def test_controller_swaps_and_swaps_back_and_records():
     assert c.events == [{"step": 10, "bias_type": "gender", "ss": 45, "direction": -1}]
     d, stop = c.update(20, {"gender": 51, "race": 49})
     assert d == {"gender": 1, "race": -1} and stop  # both within 50 +- 2
+    assert c.stop_reason == "every bias type within 50 +- 2"
     assert len(c.events) == 3
 
 
@@ -124,6 +125,7 @@ def test_controller_pause_stops_training_a_type_past_level_instead_of_reversing_
     # every type past level: nothing left to train toward, so the run stops (though no type is within 50 +- 2)
     d, stop = c.update(30, {"gender": 40, "race": 44, "religion": 45})
     assert d == {"gender": 0, "race": 0, "religion": 0} and stop
+    assert c.stop_reason == "every bias type is past level and paused"
     # the state (paused types included) survives a resume
     c2 = SwapController(["gender", "race", "religion"], mode="pause", margin=2.0)
     c2.load_state_dict(c.state_dict())

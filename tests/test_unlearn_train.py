@@ -283,3 +283,51 @@ def test_generated_source_settings_are_checked(tmp_path, tiny_llama_path, train_
         _cfg(tmp_path, tiny_llama_path, train_data, unrelated_source="generated", generated_count=0)
     with pytest.raises(ConfigError, match="unrelated_source='nope'"):
         _cfg(tmp_path, tiny_llama_path, train_data, unrelated_source="nope")
+
+
+def _forced_margins(monkeypatch, schedule):
+    """Make the trainer's dev checks read the given per-type margins, one dict per check, in order."""
+    import biasunlearn.unlearn.trainer as tr
+
+    calls = iter(schedule)
+    monkeypatch.setattr(tr, "dev_margins", lambda recs: {**next(calls), "overall": 0.0})
+
+
+def test_pause_mode_leaves_paused_types_out_of_training_and_stops_when_all_are_paused(
+        tmp_path, tiny_llama_path, train_data, monkeypatch):
+    from biasunlearn.unlearn.pipeline import train_adapter
+    from biasunlearn.unlearn.sets import UnlearnSets
+
+    _forced_margins(monkeypatch, [{"gender": 0.1, "race": -0.1}, {"gender": 0.1, "race": -0.1},
+                                  {"gender": -0.1, "race": -0.1}])
+    drawn = []
+    chunk = UnlearnSets.chunk
+
+    def spy(self, step, directions, *a, **kw):
+        out = chunk(self, step, directions, *a, **kw)
+        drawn.append((step, dict(directions), {i.bias_type for i in out["forget"] + out["retain"]}))
+        return out
+
+    monkeypatch.setattr(UnlearnSets, "chunk", spy)
+    logs = []
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=8, swap_mode="pause", swap_signal="margin",
+               swap_margin_nats=0.0)
+    summary = train_adapter(cfg, log=logs.append)
+    dev = [json.loads(x) for x in (tmp_path / "run" / "dev_log.jsonl").read_text().splitlines()]
+    assert [(d["step"], d["directions"]) for d in dev] == [
+        (0, {"gender": 1, "race": 0}), (2, {"gender": 1, "race": 0}), (4, {"gender": 0, "race": 0})]
+    assert summary["steps"] == 4  # stopped at the check where every type was paused, not at max_steps 8
+    assert [(e["step"], e["bias_type"], e["direction"]) for e in summary["swaps"]] == [(0, "race", 0), (4, "gender", 0)]
+    assert drawn and all(types == {"gender"} for _, _, types in drawn)  # race (paused) was never trained
+    assert any("every bias type is past level and paused: early stop" in m for m in logs)
+
+
+def test_pause_mode_with_every_type_past_level_before_training_is_a_clear_error(
+        tmp_path, tiny_llama_path, train_data, monkeypatch):
+    from biasunlearn.errors import BiasUnlearnError
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    _forced_margins(monkeypatch, [{"gender": -0.1, "race": -0.2}])
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, swap_mode="pause", swap_signal="margin", swap_margin_nats=0.0)
+    with pytest.raises(BiasUnlearnError, match="nothing to train"):
+        train_adapter(cfg, log=lambda s: None)

@@ -24,6 +24,7 @@ class SwapController:
     events: list = field(default_factory=list)  # every swap: {step, bias_type, ss, direction[, margin]}
     history: list = field(default_factory=list)  # every dev check: {step, ss: {...}, lms[, margin: {...}]}
     rounds: int = 0
+    stop_reason: str = ""  # why the last update asked to stop ("" when it did not)
 
     def __post_init__(self):
         if self.mode not in SWAP_MODES:
@@ -71,8 +72,10 @@ class SwapController:
                 if b != worst:
                     self.directions[b] = 0
         stop = all(abs(dev_ss[b] - self.target) <= self.tolerance for b in self.bias_types if b in dev_ss)
+        self.stop_reason = f"every bias type within {self.target:g} +- {self.tolerance:g}" if stop else ""
         if self.mode == "pause" and not any(self.directions.values()):
             stop = True  # every type is past level: there is nothing left to train toward
+            self.stop_reason = "every bias type is past level and paused"
         return dict(self.directions), stop
 
     def _want(self, b: str, x: float, target: float) -> int:

@@ -249,6 +249,11 @@ class DevCheckCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kw):
         if state.global_step == 0 and not self.trainer.controller.history:
             self._dev_check(model, 0)
+            if not any(self.trainer.controller.directions.values()):
+                raise BiasUnlearnError(
+                    "every bias type is already past level on the dev split before training "
+                    f"(swap_mode {self.trainer.controller.mode!r} pauses such types): there is nothing to train. "
+                    f"Dev SS at step 0: {self.trainer.controller.history[-1]['ss']}")
         elif self.trainer.controller.history:
             h = self.trainer.controller.history
             self.start_lms = h[0]["lms"]
@@ -258,7 +263,7 @@ class DevCheckCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step % args.eval_every == 0:
             if self._dev_check(model, state.global_step):
-                self.log(f"[dev] every bias type within 50 +- {args.early_stop_tolerance}: early stop")
+                self.log(f"[dev] {self.trainer.controller.stop_reason}: early stop")
                 control.should_training_stop = True
                 control.should_save = True
         return control
