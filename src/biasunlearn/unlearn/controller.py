@@ -49,22 +49,18 @@ class SwapController:
             read, target = dev_margin or {}, 0.0
         else:
             read, target = dev_ss, self.target
-        if self.mode == "pause":
+        if self.mode != "none":
+            rule = self._want_pause if self.mode == "pause" else self._want
             for b in self.bias_types:
                 if b not in read:
                     continue
-                want = self._want_pause(b, read[b], target)
-                if want != self.directions[b]:
-                    self._record(step, b, want, dev_ss, dev_margin)
-        elif self.mode in ("swap", "focus_worst"):
-            for b in self.bias_types:
-                if b not in read:
+                want = rule(b, read[b], target)
+                if want == self.directions[b]:
                     continue
-                want = self._want(b, read[b], target)
-                if self.directions[b] != 0 and self.directions[b] != want:
+                if self.directions[b] == 0 and self.mode == "focus_worst":
+                    self.directions[b] = want  # a type focus_worst left out takes part again: not a swap
+                else:
                     self._record(step, b, want, dev_ss, dev_margin)
-                elif self.directions[b] == 0:
-                    self.directions[b] = want
         if self.mode == "focus_worst" and self.rounds > 1:
             # the type farthest from level by the signal the swap rule reads (dev SS, or the dev margin)
             worst = max((b for b in self.bias_types if b in read), key=lambda b: abs(read[b] - target))
