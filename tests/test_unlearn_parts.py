@@ -320,6 +320,22 @@ def test_retention_sequence_reduction_sums_each_sentence():
         retention_loss(lp, mask, "mean")
 
 
+def test_retention_floor_counts_only_what_each_sentence_lost_against_the_original():
+    # sentence sums: -3 and -3; the original model had -2 (so 1 nat lost) and -4 (above it: nothing)
+    lp = torch.tensor([[-1.0, -2.0, -9.0], [-3.0, -9.0, -9.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    floor = torch.tensor([-2.0, -4.0])
+    loss = retention_loss(lp, mask, "sequence", floor)
+    assert loss.item() == pytest.approx(1.0 / 2)
+    loss.backward()
+    # the CE gradient (-1/N per scored token) on the sentence below its floor, none on the one above it
+    assert lp.grad.tolist() == [[-0.5, -0.5, 0.0], [0.0, 0.0, 0.0]]
+    assert retention_loss(lp.detach(), mask, "token", floor).item() == pytest.approx(1.0 / 3)
+    # a floor far below every sentence switches the term off; none at all is the plain CE
+    assert retention_loss(lp.detach(), mask, "sequence", torch.tensor([-50.0, -50.0])).item() == 0.0
+    assert retention_loss(lp.detach(), mask, "sequence", None).item() == pytest.approx(3.0)
+
+
 def test_pair_retain_puts_each_forget_twin_in_the_same_step():
     train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(10 + i, "race", "Kenyan") for i in range(6)]
     s = UnlearnSets(train, adversarial_share=0.25, seed=3)

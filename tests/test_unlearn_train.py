@@ -80,6 +80,27 @@ def test_train_writes_run_folder_and_changes_lora(tmp_path, tiny_llama_path, tra
     assert cfgdoc["config"]["alpha_forget"] == 0.4 and cfgdoc["config"]["npo_beta"] == 0.1
 
 
+def test_retain_floor_starts_at_zero_and_never_goes_negative(tmp_path, tiny_llama_path, train_data):
+    """With retain_floor the retain term is measured against the adapter-off model: at step 1 the adapter is the
+    identity (LoRA B = 0), so every retain sentence sits exactly at its floor and the term is 0; without the floor it
+    is the plain CE, well above 0."""
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    losses = {}
+    for floor in (True, False):
+        out = tmp_path / f"floor_{floor}"
+        cfg = _cfg(tmp_path, tiny_llama_path, train_data, output_dir=str(out), retain_floor=floor,
+                   retain_reduction="sequence", adversarial_share=0.0, swap_mode="none", lms_guard=100.0)
+        train_adapter(cfg, log=lambda s: None)
+        logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if "loss_retain" in x]
+        losses[floor] = [r["loss_retain"] for r in logs]
+        assert json.loads((out / "config.json").read_text())["config"]["retain_floor"] is floor
+    assert losses[True][0] == pytest.approx(0.0, abs=1e-5)
+    assert losses[False][0] > 1.0
+    assert all(v >= 0.0 for v in losses[True])
+    assert len(losses[True]) == 4
+
+
 def test_gradient_checkpointing_still_trains_lora(tmp_path, tiny_gpt2_path, train_data):
     from biasunlearn.unlearn.pipeline import train_adapter
 

@@ -53,6 +53,10 @@ class UnlearnConfig(TrainingArguments):
     retain_reduction: str = _f("token", "Retention CE: 'token' = mean over all scored tokens of the batch (the "
                                         "paper); 'sequence' = per-sentence summed NLL averaged over sentences, the "
                                         "scale of NPO's per-sentence sums.")
+    retain_floor: bool = _f(False, "Hold retain sentences at the original model's level instead of raising them "
+                                   "without bound: a retain sentence adds its NLL only while its summed "
+                                   "log-probability is below the original model's (adapter off, cached per "
+                                   "sentence), as relu(log p_ref - log p). The paper's CE has no such floor.")
     kl_reduction: str = _f("token", "KL term: 'token' = mean over all real tokens of the unrelated batch (the paper); "
                                     "'sequence' = per-sentence summed KL averaged over sentences, so with "
                                     "retain_reduction 'sequence' all three terms are on NPO's per-sentence scale.")

@@ -51,18 +51,26 @@ def npo_loss_token_mean(policy_tok_logp: torch.Tensor, ref_tok_logp: torch.Tenso
     return -(2.0 / beta) * F.logsigmoid(-beta * (pol - ref))
 
 
-def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor, reduction: str = "token",
+                   floor_logp: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy on the retain batch, eq. (2). [N, T] in.
 
     reduction 'token': mean negative log-likelihood over all scored tokens of the batch (the paper);
     'sequence': each sentence's summed NLL, averaged over sentences, the same per-sentence scale as NPO's summed
     log-probabilities, so a retain sentence weighs as much as a forget sentence.
+
+    floor_logp ([N], optional; `retain_floor`): each sentence's summed log-probability under the original model.
+    A sentence then adds only what it has lost against it, relu(floor - log p), so it is held at its original
+    level instead of being raised without bound; its gradient is the CE's while it is below the floor, 0 above.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"retention reduction {reduction!r}: expected 'token' or 'sequence'")
+    nll = -(tok_logp * mask).sum(1)
+    if floor_logp is not None:
+        nll = torch.relu(nll + floor_logp)
     if reduction == "sequence":
-        return -(tok_logp * mask).sum(1).mean()
-    return -(tok_logp * mask).sum() / mask.sum().clamp(min=1)
+        return nll.mean()
+    return nll.sum() / mask.sum().clamp(min=1)
 
 
 def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torch.Tensor,

@@ -107,7 +107,7 @@ class BiasUnlearnTrainer(Trainer):
             twin_row = self._twin_rows(chunk, sl) if a.npo_reference == "twin" else {}
             own = [k for k in range(len(forget)) if k not in twin_row]
             if own:
-                self._ref_forget(unwrapped, [forget[k] for k in own], ids[f][own], attn[f][own], mask[f][own])
+                self._ref_logp(unwrapped, [forget[k] for k in own], ids[f][own], attn[f][own], mask[f][own])
             ref = torch.tensor([0.0 if k in twin_row else self._ref_cache[it.key][0] for k, it in enumerate(forget)],
                                device=device)
             if twin_row:
@@ -118,10 +118,15 @@ class BiasUnlearnTrainer(Trainer):
                 pol, ref = pol.index_copy(0, idx, p_tw), ref.index_copy(0, idx, r_tw)
             l_forget = npo_loss(pol, ref, a.npo_beta)
         else:
-            ref_tok = self._ref_forget(unwrapped, forget, ids[f], attn[f], mask[f])
+            ref_tok = self._ref_logp(unwrapped, forget, ids[f], attn[f], mask[f])
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
         r, u = sl["retain"], sl["unrelated"]
-        l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction)
+        floor = None
+        if a.retain_floor:
+            retain = chunk["retain"]
+            self._ref_logp(unwrapped, retain, ids[r], attn[r], mask[r])
+            floor = torch.tensor([self._ref_cache[it.key][0] for it in retain], device=device)
+        l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction, floor)
         with torch.no_grad(), unwrapped.disable_adapter():
             ref_logits = unwrapped(input_ids=ids[u], attention_mask=attn[u], use_cache=False).logits
         # every real token after the start token is scored: positions 0..len-2 predict tokens 1..len-1
@@ -152,8 +157,9 @@ class BiasUnlearnTrainer(Trainer):
                 out[k] = pos[tw.key]
         return out
 
-    def _ref_forget(self, unwrapped, items, ids, attn, mask):
-        """Reference log-probs of forget items: per-sequence sums (cached) and, for token_mean, per-token values."""
+    def _ref_logp(self, unwrapped, items, ids, attn, mask):
+        """Reference log-probs of fixed items (forget, and retain with retain_floor): per-sequence sums (cached) and,
+        for token_mean, per-token values."""
         missing = [k for k, it in enumerate(items) if it.key not in self._ref_cache]
         if missing:
             with torch.no_grad(), unwrapped.disable_adapter():
