@@ -369,3 +369,19 @@ def test_shared_prompt_scoring_with_adapter_and_wrapper(tiny_model_paths, tmp_pa
     assert _SHARED_CHECKED.get(model) is True
     with pytest.raises(ValueError, match="continuations"):
         score_texts_shared(model, tok, SHARED_PROMPTS, SHARED_ANSWERS[:5], 3)
+
+
+def test_load_model_warns_when_the_cpu_would_emulate_bf16(tiny_llama_path, monkeypatch):
+    import warnings
+
+    import biasunlearn.models as models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match=r"--dtype bfloat16: .*use --dtype float32 here"):
+        model, _, info = models.load_model(str(tiny_llama_path), dtype="bfloat16", device="cpu")
+    assert info.dtype == "bfloat16" and next(model.parameters()).dtype == torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        models.load_model(str(tiny_llama_path), dtype="float32", device="cpu")  # fp32: nothing to warn about
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+        models.load_model(str(tiny_llama_path), dtype="bfloat16", device="cpu")  # native bf16: no warning

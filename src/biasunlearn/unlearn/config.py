@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
+from ..models import cpu_has_native_bf16
 from .controller import SWAP_MODES, SWAP_SIGNALS
 from .losses import NPO_REFERENCES, REDUCTIONS
 from .sets import SCORE_SPANS
@@ -160,17 +161,7 @@ def make_config(**overrides) -> UnlearnConfig:
     kw.setdefault("eval_every", UnlearnConfig.__dataclass_fields__["eval_every"].default)
     kw.setdefault("save_steps", kw["eval_every"])
     if "bf16" not in kw:
-        kw["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else _cpu_bf16()
+        kw["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
     if not torch.cuda.is_available():
         kw.setdefault("use_cpu", True)
     return UnlearnConfig(**kw)
-
-
-def _cpu_bf16() -> bool:
-    try:
-        import torch
-
-        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")) or \
-            "avx512_bf16" in open("/proc/cpuinfo").read()
-    except Exception:
-        return False
