@@ -10,10 +10,10 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from biasunlearn.io import write_json
 from biasunlearn.models import cpu_has_native_bf16
 
 
@@ -46,10 +46,7 @@ def main(argv=None) -> int:
            "fp32_s": round(fp32, 5), "bf16_s": round(bf16, 5), "bf16_over_fp32": round(bf16 / fp32, 2)}
     print(json.dumps(res, indent=1))
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(a.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1) + "\n")
-        tmp.replace(a.out)
+        write_json(a.out, res)
     return 0
 
 

@@ -106,10 +106,10 @@ class BiasUnlearnTrainer(Trainer):
             # others (the adversarial share) need the reference model's log-prob
             twin_row = self._twin_rows(chunk, sl) if a.npo_reference == "twin" else {}
             own = [k for k in range(len(forget)) if k not in twin_row]
+            ref = torch.zeros(len(forget), device=device)
             if own:
-                self._ref_logp(unwrapped, [forget[k] for k in own], ids[f][own], attn[f][own], mask[f][own])
-            ref = torch.tensor([0.0 if k in twin_row else self._ref_cache[it.key][0] for k, it in enumerate(forget)],
-                               device=device)
+                ref[own] = self._ref_logp(unwrapped, [forget[k] for k in own], ids[f][own], attn[f][own],
+                                          mask[f][own])
             if twin_row:
                 ks = list(twin_row)
                 p_tw, r_tw = twin_margins(tok_lp, mask, attn[:, 1:].float(), [f.start + k for k in ks],
@@ -118,14 +118,10 @@ class BiasUnlearnTrainer(Trainer):
                 pol, ref = pol.index_copy(0, idx, p_tw), ref.index_copy(0, idx, r_tw)
             l_forget = npo_loss(pol, ref, a.npo_beta)
         else:
-            ref_tok = self._ref_logp(unwrapped, forget, ids[f], attn[f], mask[f])
+            ref_tok = self._ref_logp(unwrapped, forget, ids[f], attn[f], mask[f], per_token=True)
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
         r, u = sl["retain"], sl["unrelated"]
-        floor = None
-        if a.retain_floor:
-            retain = chunk["retain"]
-            self._ref_logp(unwrapped, retain, ids[r], attn[r], mask[r])
-            floor = torch.tensor([self._ref_cache[it.key][0] for it in retain], device=device)
+        floor = self._ref_logp(unwrapped, chunk["retain"], ids[r], attn[r], mask[r]) if a.retain_floor else None
         l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction, floor)
         with torch.no_grad(), unwrapped.disable_adapter():
             ref_logits = unwrapped(input_ids=ids[u], attention_mask=attn[u], use_cache=False).logits
@@ -157,9 +153,9 @@ class BiasUnlearnTrainer(Trainer):
                 out[k] = pos[tw.key]
         return out
 
-    def _ref_logp(self, unwrapped, items, ids, attn, mask):
-        """Reference log-probs of fixed items (forget, and retain with retain_floor): per-sequence sums (cached) and,
-        for token_mean, per-token values."""
+    def _ref_logp(self, unwrapped, items, ids, attn, mask, per_token: bool = False):
+        """Reference log-probs of fixed items (forget, and retain with retain_floor), cached per item: the
+        per-sequence sums [N], or with `per_token` (token_mean NPO) the per-token values [N, T-1]."""
         missing = [k for k, it in enumerate(items) if it.key not in self._ref_cache]
         if missing:
             with torch.no_grad(), unwrapped.disable_adapter():
@@ -168,6 +164,8 @@ class BiasUnlearnTrainer(Trainer):
             for k in range(len(items)):
                 if items[k].key not in self._ref_cache:
                     self._ref_cache[items[k].key] = (float((lp[k] * mask[k]).sum()), lp[k].tolist())
+        if not per_token:
+            return torch.tensor([self._ref_cache[it.key][0] for it in items], device=ids.device)
         width = ids.shape[1] - 1
         rows = []
         for it in items:
