@@ -387,6 +387,35 @@ def test_twin_margins_hand_computed_and_only_the_forget_y_tokens_get_gradient():
     assert g[0, 1].item() == pytest.approx(expected, rel=1e-5) and g[0, 2].item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_twin_grad_pushes_the_pair_apart_with_hand_computed_gradients():
+    """npo_twin_grad: the same values as the detached twin, but the twin's scored tokens get the opposite push,
+    scaled by n_self / n_twin (the reference is n_self times the twin's mean)."""
+    from biasunlearn.unlearn.losses import npo_loss, twin_margins
+
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.5, 0.0]], requires_grad=True)
+    scored = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    real = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    pol, ref = twin_margins(lp, scored, real, [0], [1], twin_grad=True)
+    assert pol.tolist() == pytest.approx([-6.0]) and ref.tolist() == pytest.approx([-3.0])
+    assert ref.requires_grad
+    npo_loss(pol, ref, beta=1.0).backward()
+    g = lp.grad
+    expected = 2 * torch.sigmoid(torch.tensor(-3.0)).item()
+    assert g[0, 1].item() == pytest.approx(expected, rel=1e-5)
+    # the twin: d loss / d ref = -expected, d ref / d lp[1, 1] = 3 / 2; its unscored token (x) and padding get none
+    assert g[1, 1].item() == pytest.approx(-1.5 * expected, rel=1e-5)
+    assert g[1, 0].item() == 0.0 and g[1, 2].item() == 0.0 and g[0, 0].item() == 0.0
+
+
+def test_twin_grad_needs_the_twin_reference():
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+
+    with pytest.raises(ConfigError, match="npo_twin_grad=true needs npo_reference='twin'"):
+        make_config(output_dir="/tmp/x", npo_twin_grad=True, pair_retain=True)
+    assert make_config(output_dir="/tmp/x", npo_reference="twin", pair_retain=True, npo_twin_grad=True).npo_twin_grad
+
+
 def test_npo_reference_twin_needs_pairs():
     from biasunlearn.errors import ConfigError
     from biasunlearn.unlearn.config import make_config

@@ -244,6 +244,31 @@ def test_npo_against_twins_lowers_stereotypes_against_their_twins(tmp_path, tiny
     assert margin(tuned, tok) < margin(base, tok) - 0.05
 
 
+def test_twin_grad_reaches_the_trainer_and_raises_the_twins(tmp_path, tiny_llama_path, train_data):
+    """npo_twin_grad on a real model, forget term only: step 1 is the same loss (same weights), then the runs part,
+    and with the twin's gradient on the anti-stereotypes rise against the run without it."""
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import score_texts
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    pool = _pool()
+    antis = [p["data"]["anti-stereotype"]["sentence"] for p in pool]
+    got = {}
+    for grad in (False, True):
+        out = tmp_path / f"run_{grad}"
+        cfg = _cfg(tmp_path, tiny_llama_path, train_data, output_dir=str(out), alpha_retain=0.0, alpha_kl=0.0,
+                   alpha_forget=1.0, adversarial_share=0.0, swap_mode="none", max_steps=4, lms_guard=100.0,
+                   npo_beta=1.0, pair_retain=True, npo_reference="twin", npo_twin_grad=grad)
+        train_adapter(cfg, log=lambda s: None)
+        assert json.loads((out / "config.json").read_text())["config"]["npo_twin_grad"] is grad
+        logs = [json.loads(x)["loss_forget"] for x in (out / "log.jsonl").read_text().splitlines() if "loss_forget" in x]
+        tuned, tok, _ = load_model(str(tiny_llama_path), adapter=str(out / "checkpoint-4"), device="cpu")
+        got[grad] = (logs, sum(s.mean for s in score_texts(tuned, tok, antis)) / len(antis))
+    assert got[True][0][0] == pytest.approx(got[False][0][0], rel=1e-5)
+    assert got[True][0][1:] != pytest.approx(got[False][0][1:], rel=1e-4)
+    assert got[True][1] > got[False][1]
+
+
 def test_generated_unrelated_text_is_sampled_once_seeded_and_reused(tmp_path, tiny_llama_path, train_data,
                                                                     monkeypatch):
     """unrelated_source 'generated': texts sampled from the original model feed the KL term; they are written to the

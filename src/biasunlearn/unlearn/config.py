@@ -75,6 +75,9 @@ class UnlearnConfig(TrainingArguments):
                                      "nats below it, not below the original model). 'twin' needs pair_retain and "
                                      "npo_variant 'sum'; forget items without a twin in the step (the adversarial "
                                      "share) keep the model reference.")
+    npo_twin_grad: bool = _f(False, "With npo_reference 'twin': let the twin's scored tokens carry NPO's gradient "
+                                    "too, so the push acts on the pair's difference (the stereotype lowered and its "
+                                    "twin raised together) instead of on the forget sentence alone.")
     swap_mode: str = _f("swap", "'swap': swap forget/retain of a type whose dev SS falls below 50 (the paper); "
                                 "'focus_worst': after the first round train only the type farthest from 50 "
                                 "(the released code); 'pause': stop training a type whose dev SS falls below 50 instead of "
@@ -129,6 +132,8 @@ class UnlearnConfig(TrainingArguments):
         if self.npo_reference == "twin" and not (self.pair_retain and self.npo_variant == "sum"):
             raise ConfigError("npo_reference='twin' needs pair_retain=true and npo_variant='sum' (the twin of each "
                               "forget sentence must be scored in the same step)")
+        if self.npo_twin_grad and self.npo_reference != "twin":
+            raise ConfigError("npo_twin_grad=true needs npo_reference='twin' (it is the twin that gets the gradient)")
         if self.unrelated_source == "generated" and (self.generated_count < 1 or self.generated_tokens < 1):
             raise ConfigError(f"generated_count={self.generated_count}, generated_tokens={self.generated_tokens}: "
                               "both must be at least 1 with unrelated_source='generated'")

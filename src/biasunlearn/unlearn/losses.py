@@ -17,8 +17,15 @@ def npo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.
     return -(2.0 / beta) * F.logsigmoid(-beta * (policy_logp - ref_logp)).mean()
 
 
+def _mean_over_real(lp: torch.Tensor, sc: torch.Tensor, rl: torch.Tensor, grad: bool) -> torch.Tensor:
+    """Mean log-probability over a sentence's real tokens; with grad, only its scored tokens (y) carry gradient."""
+    if not grad:
+        return ((lp * rl).sum(1) / rl.sum(1).clamp(min=1)).detach()
+    return ((lp * sc).sum(1) + (lp.detach() * (rl - sc)).sum(1)) / rl.sum(1).clamp(min=1)
+
+
 def twin_margins(tok_logp: torch.Tensor, scored: torch.Tensor, real: torch.Tensor, rows: list[int],
-                 twin_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+                 twin_rows: list[int], twin_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Each forget sentence against its twin, on StereoSet's scale, for NPO with `npo_reference: twin`.
 
     tok_logp [N, T] token log-probs of the step's batch; scored [N, T] the tokens that carry the losses (y); real
@@ -29,13 +36,16 @@ def twin_margins(tok_logp: torch.Tensor, scored: torch.Tensor, real: torch.Tenso
     NPO on (policy - reference) then pushes a stereotype down only while it is above (or level with) its twin,
     and fades once it is about 1/beta nats below it, instead of pushing it below its reference model's
     log-probability however far its twin lags.
+
+    twin_grad (`npo_twin_grad`): the twin's scored tokens carry gradient too, so NPO acts on the difference of the
+    pair (a contrastive loss: the stereotype is lowered and its twin raised by the same push, which fades once the
+    pair is past level), not on the forget sentence alone.
     """
     r = torch.as_tensor(rows, device=tok_logp.device, dtype=torch.long)
     t = torch.as_tensor(twin_rows, device=tok_logp.device, dtype=torch.long)
-    lp, sc, rl = tok_logp[r], scored[r], real[r]
-    n = rl.sum(1).clamp(min=1)
-    mean_self = ((lp * sc).sum(1) + (lp.detach() * (rl - sc)).sum(1)) / n
-    twin_mean = ((tok_logp[t] * real[t]).sum(1) / real[t].sum(1).clamp(min=1)).detach()
+    n = real[r].sum(1).clamp(min=1)
+    mean_self = _mean_over_real(tok_logp[r], scored[r], real[r], grad=True)
+    twin_mean = _mean_over_real(tok_logp[t], scored[t], real[t], grad=twin_grad)
     return n * mean_self, n * twin_mean
 
 
