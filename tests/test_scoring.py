@@ -385,3 +385,21 @@ def test_load_model_warns_when_the_cpu_would_emulate_bf16(tiny_llama_path, monke
         models.load_model(str(tiny_llama_path), dtype="float32", device="cpu")  # fp32: nothing to warn about
         monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
         models.load_model(str(tiny_llama_path), dtype="bfloat16", device="cpu")  # native bf16: no warning
+
+
+SKYLAKE_X_CPUINFO = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6148\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
+SAPPHIRE_CPUINFO = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+
+
+@pytest.mark.parametrize("capability,cpuinfo,native", [
+    ("AVX512", SKYLAKE_X_CPUINFO, False),  # AVX-512 without the bf16 instructions: torch emulates bf16
+    ("AVX512", SAPPHIRE_CPUINFO, True),
+    ("AVX2", SKYLAKE_X_CPUINFO.replace(" avx512f avx512bw avx512vl", ""), False),
+    ("AVX2", "flags\t: avx2 avx512_bf16\n", True),  # the flag decides, whatever torch's dispatch level says
+    ("AMX", "", True),
+    ("DEFAULT", "", False),  # no /proc/cpuinfo flags line (e.g. another OS): fp32
+])
+def test_cpu_has_native_bf16_needs_the_bf16_instructions(capability, cpuinfo, native):
+    from biasunlearn.models import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(cpuinfo=cpuinfo, capability=capability) is native
