@@ -9,6 +9,8 @@ float32, and float32 otherwise; the choice and its reason are written into resul
 
     python bench/base_figures.py --model smollm2-135m
     python bench/base_figures.py --model gemma3-270m
+    python bench/base_figures.py --model smollm2-135m --dtype float32 --benchmarks stereoset,crows_pairs,perplexity \
+        --no-intersentence --out bench/results/explore_s11/base_fp32   # a like-for-like base for an fp32 test read
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens", type=int, default=None,
                    help="scoring batch budget (default: EvalConfig's). Peak memory is about max_tokens x vocab x 12 "
                         "bytes of logits, so lower it for large vocabularies (gemma3: 262k)")
+    p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity",
+                   help="comma-separated subset (a float32 read for bench_train.py --base needs only "
+                        "stereoset,crows_pairs,perplexity)")
+    p.add_argument("--no-intersentence", action="store_true",
+                   help="leave StereoSet intersentence out (the training report does)")
     p.add_argument("--out", default=None, help="default: bench/results/base_<model>")
     return p.parse_args(argv)
 
@@ -63,7 +70,9 @@ def main(args) -> dict:
     dtype, reason = choose_dtype(args.dtype, Path(args.scoring_results))
     out = Path(args.out or f"bench/results/base_{args.model.replace('/', '_')}")
     print(f"[base] {args.model} in {dtype} ({reason}); {torch.get_num_threads()} thread(s) -> {out}", flush=True)
-    cfg = EvalConfig(data_dir=args.data_dir, limit=args.limit)
+    cfg = EvalConfig(data_dir=args.data_dir, limit=args.limit,
+                     benchmarks=tuple(b for b in args.benchmarks.split(",") if b),
+                     stereoset_intersentence=not args.no_intersentence)
     if args.max_tokens:
         cfg.max_tokens = args.max_tokens
     doc = run_eval(args.model, dtype=dtype, cfg=cfg, out_dir=out)
