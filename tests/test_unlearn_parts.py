@@ -425,3 +425,38 @@ def test_npo_reference_twin_needs_pairs():
     with pytest.raises(ConfigError, match="npo_reference"):
         make_config(output_dir="/tmp/x", npo_reference="reference")
     assert make_config(output_dir="/tmp/x", npo_reference="twin", pair_retain=True).npo_reference == "twin"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_targets_are_checked_against_the_model_and_attention_only_leaves_the_mlp_alone(arch, tiny_model_paths,
+                                                                                            tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from biasunlearn.adapters import resolve_lora_targets
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.pipeline import prepare_lora
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_paths[arch]))
+    attention = "q_proj,k_proj,v_proj,o_proj"
+    if arch == "gpt2":
+        assert resolve_lora_targets(model, "auto") == ["c_attn", "c_fc", "c_proj"]
+        # the SmolLM2 recipe's attention-only setting, used on GPT-2: the error lists the names GPT-2 has
+        with pytest.raises(ConfigError, match=r"lora_targets: q_proj, k_proj, v_proj, o_proj are not .*c_attn, c_fc, c_proj"):
+            resolve_lora_targets(model, attention)
+        return
+    assert resolve_lora_targets(model, "auto") == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                                   "v_proj"]
+    assert resolve_lora_targets(model, " q_proj, k_proj,v_proj ,o_proj") == attention.split(",")
+    with pytest.raises(ConfigError, match="lora_targets: c_attn is not a linear layer"):
+        resolve_lora_targets(model, "q_proj,c_attn")
+    with pytest.raises(ConfigError, match="lora_targets: ','"):
+        resolve_lora_targets(model, ",")
+    peft_model = prepare_lora(model, make_config(output_dir=str(tmp_path), lora_targets=attention))
+    trainable = {n.split(".")[-4] for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    kv = model.config.num_key_value_heads * (hidden // model.config.num_attention_heads)
+    r = 8  # the default rank: A is r x in, B is out x r
+    per_layer = r * (hidden + hidden) * 2 + r * (hidden + kv) * 2  # q and o, then k and v
+    assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == n_layers * per_layer

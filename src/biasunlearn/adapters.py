@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 
 
 def find_lora_targets(model) -> list[str]:
@@ -28,6 +28,22 @@ def find_lora_targets(model) -> list[str]:
     if not names:
         raise ModelLoadError("no linear layers found inside transformer blocks to put LoRA on")
     return sorted(names)
+
+
+def resolve_lora_targets(model, spec: str) -> list[str]:
+    """The `lora_targets` setting made concrete: 'auto' = `find_lora_targets`; otherwise comma-separated names, each
+    of which must name a linear layer inside the transformer blocks (a recipe written for one architecture, such as
+    `q_proj,k_proj,v_proj,o_proj`, fails here on GPT-2, whose attention layer is `c_attn`, with the names it has)."""
+    available = find_lora_targets(model)
+    if spec.strip() == "auto":
+        return available
+    targets = [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in available]
+    if not targets or unknown:
+        raise ConfigError(f"lora_targets: {', '.join(unknown) or repr(spec)} "
+                          f"{'is' if len(unknown) == 1 else 'are'} not a linear layer of this model's blocks; "
+                          f"it has {', '.join(available)} (or use 'auto' for all of them)")
+    return targets
 
 
 def adapter_mismatches(model, adapter_dir) -> list[str]:

@@ -48,9 +48,9 @@ def lora_config(model, cfg):
     trainers that wrap the model themselves (TRL's DPOTrainer takes a `peft_config`)."""
     from peft import LoraConfig
 
-    from ..adapters import find_lora_targets
+    from ..adapters import resolve_lora_targets
 
-    targets = find_lora_targets(model) if cfg.lora_targets == "auto" else [t.strip() for t in cfg.lora_targets.split(",")]
+    targets = resolve_lora_targets(model, cfg.lora_targets)
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                       task_type="CAUSAL_LM", bias="none")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import find_lora_targets
+from ..adapters import resolve_lora_targets
 from ..data import data_dir, load_stereoset, load_text_lines
 from ..data.splits import make_splits, overlap_report
 from ..errors import BiasUnlearnError, ConfigError
@@ -38,7 +38,7 @@ def last_checkpoint(out: Path) -> Path | None:
 def prepare_lora(model, cfg: UnlearnConfig):
     from peft import LoraConfig, get_peft_model
 
-    targets = find_lora_targets(model) if cfg.lora_targets == "auto" else [t.strip() for t in cfg.lora_targets.split(",")]
+    targets = resolve_lora_targets(model, cfg.lora_targets)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
                       task_type="CAUSAL_LM", bias="none")
     model = get_peft_model(model, lcfg)
