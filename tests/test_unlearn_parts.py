@@ -450,13 +450,14 @@ def test_lora_targets_are_checked_against_the_model_and_attention_only_leaves_th
     assert resolve_lora_targets(model, " q_proj, k_proj,v_proj ,o_proj") == attention.split(",")
     with pytest.raises(ConfigError, match="lora_targets: c_attn is not a linear layer"):
         resolve_lora_targets(model, "q_proj,c_attn")
-    with pytest.raises(ConfigError, match="lora_targets: ','"):
+    with pytest.raises(ConfigError, match="lora_targets: ',' names no layer; this model has down_proj, gate_proj"):
         resolve_lora_targets(model, ",")
-    peft_model = prepare_lora(model, make_config(output_dir=str(tmp_path), lora_targets=attention))
+    cfg = make_config(output_dir=str(tmp_path), lora_targets=attention)
+    peft_model = prepare_lora(model, cfg)
     trainable = {n.split(".")[-4] for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable == {"q_proj", "k_proj", "v_proj", "o_proj"}
     n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     kv = model.config.num_key_value_heads * (hidden // model.config.num_attention_heads)
-    r = 8  # the default rank: A is r x in, B is out x r
+    r = cfg.lora_r  # A is r x in, B is out x r
     per_layer = r * (hidden + hidden) * 2 + r * (hidden + kv) * 2  # q and o, then k and v
     assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == n_layers * per_layer

@@ -19,12 +19,10 @@ def find_lora_targets(model) -> list[str]:
 
     names = set()
     blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    block_params = set()
     for ml in blocks:
         for name, mod in ml.named_modules():
             if isinstance(mod, (torch.nn.Linear, Conv1D)):
                 names.add(name.split(".")[-1])
-                block_params.add(id(mod))
     if not names:
         raise ModelLoadError("no linear layers found inside transformer blocks to put LoRA on")
     return sorted(names)
@@ -39,10 +37,12 @@ def resolve_lora_targets(model, spec: str) -> list[str]:
         return available
     targets = [t.strip() for t in spec.split(",") if t.strip()]
     unknown = [t for t in targets if t not in available]
-    if not targets or unknown:
-        raise ConfigError(f"lora_targets: {', '.join(unknown) or repr(spec)} "
-                          f"{'is' if len(unknown) == 1 else 'are'} not a linear layer of this model's blocks; "
-                          f"it has {', '.join(available)} (or use 'auto' for all of them)")
+    has = f"this model has {', '.join(available)} (or use 'auto' for all of them)"
+    if not targets:
+        raise ConfigError(f"lora_targets: {spec!r} names no layer; {has}")
+    if unknown:
+        raise ConfigError(f"lora_targets: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a linear "
+                          f"layer of this model's blocks; {has}")
     return targets
 
 
