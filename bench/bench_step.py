@@ -6,6 +6,10 @@ does: the adapter forward on forget+retain+unrelated, the adapter-disabled refer
 forget examples not yet in the reference cache), NPO, CE and full-vocabulary KL, and the backward pass.
 
     python bench/bench_step.py --model smollm2-135m --steps 8 [--bf16] [--threads 2] [--config configs/smollm2-cpu.yaml]
+        [--layout packed|padded|both]
+
+Both ways use the same batch layout: with `both` (the default) the chunk is timed packed (pack_sequences, no
+padding) and padded, four timings interleaved per step, so the report also gives what packing saves.
 
 --config takes a recipe's chunk settings (batch sizes, pairing, balancing, span, reductions) from a training YAML,
 so the figure is for the chunk that recipe really trains on.
@@ -29,6 +33,9 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both ways (as training on this CPU does)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--config", default=None, help="training YAML whose settings shape the chunk")
+    ap.add_argument("--layout", choices=["packed", "padded", "both"], default="both",
+                    help="batch layout: sentences packed end to end (pack_sequences, the default) or padded to the "
+                         "longest; 'both' times the two side by side")
     ap.add_argument("--out", default="bench/results/step.json")
     a = ap.parse_args()
     if a.threads:
@@ -59,48 +66,59 @@ def main():
     dev = torch.device("cpu")
     inputs = {"step_index": torch.tensor([0])}
 
-    def bare(step):
+    layouts = ["packed", "padded"] if a.layout == "both" else [a.layout]
+
+    def bare(step, packed):
         ch = sets.chunk(step, ctl.directions, cfg.forget_batch_size, cfg.retain_batch_size, cfg.unrelated_batch_size,
                         balance_types=cfg.balance_types, pair_retain=cfg.pair_retain)
         items = ch["forget"] + ch["retain"] + ch["unrelated"]
-        ids, attn, mask = tr._batch(items, dev)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            loss = retention_loss(token_logprobs(logits, ids), mask)
+            sb = tr._forward(model, items, dev, packed)
+            loss = retention_loss(sb.tok_lp, sb.scored)
         loss.backward()
 
-    def unlearn(step):
+    def unlearn(step, packed):
         tr.state.global_step = step
+        tr._packed = packed  # the layout under test (training decides it once, on its first step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             loss = tr.compute_loss(model, inputs)
         loss.backward()
 
-    times = {"bare": [], "biasunlearn": []}
+    times = {f"{kind}_{lay}": [] for lay in layouts for kind in ("bare", "biasunlearn")}
     import resource
 
     for i in range(a.warmup + a.steps):
-        for name, fn in (("bare", bare), ("biasunlearn", unlearn)):
-            for p in opt_params:
-                p.grad = None
-            t = time.perf_counter()
-            fn(i)
-            dt = time.perf_counter() - t
-            if i >= a.warmup:
-                times[name].append(dt)
+        for lay in layouts:
+            for kind, fn in (("bare", bare), ("biasunlearn", unlearn)):
+                for p in opt_params:
+                    p.grad = None
+                t = time.perf_counter()
+                fn(i, lay == "packed")
+                dt = time.perf_counter() - t
+                if i >= a.warmup:
+                    times[f"{kind}_{lay}"].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {lay: med[f"biasunlearn_{lay}"] / med[f"bare_{lay}"] for lay in layouts}
     res = {"model": a.model, "bf16_autocast": a.bf16, "threads": torch.get_num_threads(), "steps": a.steps,
-           "config": a.config,
+           "config": a.config, "layouts": layouts,
            "chunk": {"forget": cfg.forget_batch_size, "retain": cfg.retain_batch_size,
                      "unrelated": cfg.unrelated_batch_size, "pair_retain": cfg.pair_retain,
                      "retain_reduction": cfg.retain_reduction, "score_span": cfg.score_span},
-           "median_s": med, "all_s": times, "ratio": med["biasunlearn"] / med["bare"],
+           "median_s": med, "all_s": times, "ratio": ratios,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "model_params": info.n_params,
            "second_copy_would_add_mb": info.n_params * 4 / 2**20}
+    if len(layouts) == 2:  # what packing saves, on the same chunks, side by side
+        res["packed_over_padded"] = {kind: med[f"{kind}_packed"] / med[f"{kind}_padded"]
+                                     for kind in ("bare", "biasunlearn")}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
-    print(f"bare fwd+bwd median {med['bare']:.2f}s | BiasUnlearn step median {med['biasunlearn']:.2f}s | "
-          f"ratio {res['ratio']:.3f} | peak RSS {res['peak_rss_mb']:.0f} MB")
+    for lay in layouts:
+        print(f"[{lay}] bare fwd+bwd median {med[f'bare_{lay}']:.2f}s | BiasUnlearn step median "
+              f"{med[f'biasunlearn_{lay}']:.2f}s | ratio {ratios[lay]:.3f}")
+    if len(layouts) == 2:
+        print("packed / padded time: " + ", ".join(f"{k} {v:.3f}" for k, v in res["packed_over_padded"].items()))
+    print(f"peak RSS {res['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

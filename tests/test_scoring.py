@@ -403,3 +403,52 @@ def test_cpu_has_native_bf16_needs_the_bf16_instructions(capability, cpuinfo, na
     from biasunlearn.models import cpu_has_native_bf16
 
     assert cpu_has_native_bf16(cpuinfo=cpuinfo, capability=capability) is native
+
+
+# --- packing (training batches) ------------------------------------------------------------------------------------
+
+def test_pack_batch_by_hand():
+    from biasunlearn.scoring import pack_batch, pack_rows
+
+    assert pack_rows([3, 1, 2], 3) == [[0], [2, 1]]
+    assert pack_rows([2, 2, 2, 1], 4) == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_rows([5], 4)
+    pk = pack_batch([[5, 6, 7], [8], [9, 10]], pad_id=0, device="cpu")
+    assert pk.ids.tolist() == [[5, 6, 7], [9, 10, 8]]
+    assert pk.positions.tolist() == [[0, 1, 2], [0, 1, 0]]
+    # predicting positions in the rows flattened to [2 * 3]: sequence 0 -> 0, 1; sequence 2 -> row 1 slot 0
+    # (predicts 10 from 9); sequence 1 has a single token and so no prediction
+    assert pk.index.tolist() == [[0, 1], [0, 0], [3, 0]]
+    assert pk.real.tolist() == [[True, True], [False, False], [True, False]]
+    vals = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert (pk.unpack(vals) * pk.real).tolist() == [[1.0, 2.0], [0.0, 0.0], [4.0, 0.0]]
+    # filler at a row's end is a sequence of its own
+    pk = pack_batch([[1, 2, 3, 4], [5, 6]], pad_id=0, device="cpu")
+    assert pk.ids.tolist() == [[1, 2, 3, 4], [5, 6, 0, 0]] and pk.positions.tolist()[1] == [0, 1, 0, 1]
+
+
+def test_packed_forward_equals_padded_and_unrestarted_positions_leak(tiny_model):
+    from biasunlearn.scoring import pack_batch
+
+    model, tok = tiny_model
+    texts = ["The mother was very caring.", "Hi there", "The river runs past the old city and into the sea.",
+             "My sister is strong."]
+    seqs, _ = encode_for_scoring(tok, texts)
+    pk = pack_batch(seqs, tok.pad_token_id or 0, "cpu")
+    assert pk.ids.shape[0] < len(seqs)  # it really packed
+    ids, attn = pad_batch(seqs, tok.pad_token_id or 0, "cpu")
+    with torch.no_grad():
+        padded = token_logprobs(model(input_ids=ids, attention_mask=attn, use_cache=False).logits, ids)
+        def from_rows(logits):  # log p of each sequence's next tokens, read from the packed rows
+            lg = pk.unpack(logits)
+            nxt = pk.ids.reshape(-1)[(pk.index + 1) * pk.real]
+            return lg.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) - lg.logsumexp(-1)
+
+        packed = from_rows(model(input_ids=pk.ids, position_ids=pk.positions, use_cache=False).logits)
+        # the same rows with plain 0..W-1 positions: later sentences in a row attend to the earlier ones
+        leaked = from_rows(model(input_ids=pk.ids, use_cache=False).logits)
+    real = pk.real
+    assert real.sum().item() == sum(len(s) - 1 for s in seqs)
+    assert ((packed - padded) * real).abs().max().item() < 1e-4
+    assert ((leaked - padded) * real).abs().max().item() > 1e-2

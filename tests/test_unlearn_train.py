@@ -377,3 +377,42 @@ def test_pause_mode_with_every_type_past_level_before_training_is_a_clear_error(
     cfg = _cfg(tmp_path, tiny_llama_path, train_data, swap_mode="pause", swap_signal="margin", swap_margin_nats=0.0)
     with pytest.raises(BiasUnlearnError, match="nothing to train"):
         train_adapter(cfg, log=lambda s: None)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, tmp_path, tiny_model_paths, train_data):
+    """pack_sequences: the first step checks packing against padding and records it; with dropout off, a packed
+    step's three losses equal the padded step's (the KL's reference pass is packed too), and a run with packing off never packs."""
+    from biasunlearn.models import load_model
+    from biasunlearn.data.splits import make_splits
+    from biasunlearn.unlearn.controller import SwapController
+    from biasunlearn.unlearn.pipeline import prepare_lora
+    from biasunlearn.unlearn.sets import UnlearnSets
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    losses = {}
+    for pack in (True, False):
+        cfg = _cfg(tmp_path / str(pack), tiny_model_paths[arch], train_data, pack_sequences=pack, lora_dropout=0.0,
+                   forget_batch_size=3, retain_batch_size=5, unrelated_batch_size=4, adversarial_share=0.5)
+        model, tok, _ = load_model(cfg.model, device="cpu")
+        model = prepare_lora(model, cfg)
+        model.eval()  # no dropout anywhere (GPT-2 has its own), so the two layouts must agree
+        splits = make_splits(cfg.data_dir, files=(cfg.train_pool,), seed=cfg.seed, dev_fraction=cfg.dev_fraction,
+                             min_dev_per_type=cfg.min_dev_per_type)
+        sets = UnlearnSets(splits.train, adversarial_share=cfg.adversarial_share, seed=cfg.seed)
+        ctl = SwapController(sets.bias_types)
+        tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=ctl, tokenizer=tok)
+        torch.manual_seed(0)
+        for p in model.parameters():  # a non-zero adapter, so the policy differs from the reference
+            if p.requires_grad:
+                p.data.normal_(0, 0.05)
+        tr.state.global_step = 1
+        tr.compute_loss(model, {"step_index": torch.tensor([1])})
+        losses[pack] = {k: v[-1] for k, v in tr._parts.items()}
+        if pack:
+            assert tr.packing_check["packed"] is True and tr.packing_check["max_abs_diff_nats"] < 1e-4
+        else:
+            assert tr.packing_check is None and tr._packed is False
+    for k in ("loss_forget", "loss_retain", "loss_kl"):
+        assert losses[True][k] == pytest.approx(losses[False][k], rel=1e-4, abs=1e-6), k
+    assert losses[True]["loss_kl"] > 1e-4  # the adapter moved the policy: the KL is really compared

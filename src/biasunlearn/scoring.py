@@ -84,6 +84,71 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
     return ids.to(device), mask.to(device)
 
 
+@dataclass
+class PackedBatch:
+    """Sequences packed end to end into a few rows, no padding between them (`pack_batch`).
+
+    ids, positions: [R, W]; each sequence restarts its positions at 0, which is how transformers' attention masks
+    tell packed sequences apart (with attention_mask=None); the tail of a row is filler with its own positions.
+    index: [N, L-1], L the longest sequence: for prediction t of sequence i (the logits that score its token t+1),
+    its position in the rows flattened to [R*W], one row per sequence in input order; real: [N, L-1] which of those
+    are real."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    index: torch.Tensor
+    real: torch.Tensor
+
+    def unpack(self, values: torch.Tensor) -> torch.Tensor:
+        """[R, W, ...] per-position values (logits, hidden states) -> [N, L-1, ...] at each sequence's predicting
+        positions, in the padded layout (what is not real reads position 0). Differentiable."""
+        return values.reshape(-1, *values.shape[2:])[self.index]
+
+
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: indices grouped into rows whose lengths sum to at most `width` (>= the longest)."""
+    if lengths and max(lengths) > width:
+        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit a row of {width}")
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, f in enumerate(free):
+            if lengths[i] <= f:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(width - lengths[i])
+    return rows
+
+
+def pack_batch(seqs: Sequence[Sequence[int]], pad_id: int, device, width: int | None = None) -> PackedBatch:
+    """Pack sequences into rows of `width` tokens (default: the longest sequence), so a batch costs about its real
+    tokens instead of N x longest. Feed `ids` with `position_ids=positions` and no attention mask."""
+    lengths = [len(s) for s in seqs]
+    if not lengths or min(lengths) < 1:
+        raise ValueError("pack_batch needs at least one sequence, none of them empty")
+    width = max(lengths) if width is None else width
+    rows = pack_rows(lengths, width)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    L = max(lengths)
+    index = torch.zeros((len(seqs), max(L - 1, 1)), dtype=torch.long)
+    real = torch.zeros((len(seqs), max(L - 1, 1)), dtype=torch.bool)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            n = lengths[i]
+            ids[r, at:at + n] = torch.as_tensor(seqs[i], dtype=torch.long)
+            pos[r, at:at + n] = torch.arange(n)
+            index[i, : n - 1] = r * width + at + torch.arange(n - 1)
+            real[i, : n - 1] = True
+            at += n
+        pos[r, at:] = torch.arange(width - at)  # filler: a sequence of its own
+    return PackedBatch(ids.to(device), pos.to(device), index.to(device), real.to(device))
+
+
 def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, longest first, each under max_tokens padded tokens."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

@@ -83,19 +83,26 @@ def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor, reduction: str = 
     return nll.sum() / mask.sum().clamp(min=1)
 
 
-def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torch.Tensor,
-               reduction: str = "token") -> torch.Tensor:
-    """KL(pi_ref || pi_theta) per token over the real (unpadded) tokens. logits: [N, T, V], mask [N, T].
-
-    Computed in float32 over the full vocabulary: sum_v p_ref (log p_ref - log p_theta).
-    reduction 'token': averaged over all real tokens of the batch (the paper); 'sequence': each sentence's summed
-    KL, averaged over sentences, the per-sentence scale of NPO's sums and of retain_reduction 'sequence'.
-    """
+def forward_kl_rows(ref_logits: torch.Tensor, policy_logits: torch.Tensor, owner: torch.Tensor, n_seq: int,
+                    reduction: str = "token") -> torch.Tensor:
+    """KL(pi_ref || pi_theta) on rows of logits that are all real tokens: [M, V] each, owner [M] = the sentence
+    (0..n_seq-1) each row belongs to. Computed in float32 over the full vocabulary: sum_v p_ref (log p_ref -
+    log p_theta). reduction 'token': averaged over the M tokens (the paper); 'sequence': each sentence's summed KL,
+    averaged over the n_seq sentences, the per-sentence scale of NPO's sums and of retain_reduction 'sequence'."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"KL reduction {reduction!r}: expected 'token' or 'sequence'")
     ref_lp = torch.log_softmax(ref_logits.float(), -1)
     pol_lp = torch.log_softmax(policy_logits.float(), -1)
     kl = (ref_lp.exp() * (ref_lp - pol_lp)).sum(-1)
     if reduction == "sequence":
-        return (kl * mask).sum(1).mean()
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+        return kl.sum() / max(n_seq, 1)
+    return kl.sum() / max(kl.shape[0], 1)
+
+
+def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torch.Tensor,
+               reduction: str = "token") -> torch.Tensor:
+    """KL(pi_ref || pi_theta) per token over the real (unpadded) tokens. logits: [N, T, V], mask [N, T]: only the
+    rows the mask keeps are computed (`forward_kl_rows`)."""
+    keep = mask.bool()
+    owner = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(keep)[keep]
+    return forward_kl_rows(ref_logits[keep], policy_logits[keep], owner, mask.shape[0], reduction)

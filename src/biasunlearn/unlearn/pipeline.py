@@ -116,7 +116,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         plot_dev_margin(out / "dev_log.jsonl", out / "dev_margin.png", controller.events)
     summary = {"train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
                "swaps": controller.events, "best": dev_cb.best,
-               "peak_memory_mb": _peak_mem_mb()}
+               "peak_memory_mb": _peak_mem_mb(), "packing": trainer.packing_check}
     if trainer.is_world_process_zero():
         write_json(out / "train_summary.json", summary)
     del trainer, model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,9 +20,9 @@ from ..evaluate import stereoset_records
 from ..io import write_json
 from ..metrics import stereoset_scores
 from ..models import start_token_id
-from ..scoring import pad_batch, score_mask, token_logprobs
+from ..scoring import pack_batch, pad_batch, score_mask, token_logprobs
 from .controller import SwapController
-from .losses import forward_kl, npo_loss, npo_loss_token_mean, retention_loss, twin_margins
+from .losses import forward_kl_rows, npo_loss, npo_loss_token_mean, retention_loss, twin_margins
 from .sets import Item, UnlearnSets
 
 
@@ -42,6 +43,38 @@ class _StepIndex(torch.utils.data.Dataset):
         return {"step_index": i}
 
 
+@dataclass
+class StepBatch:
+    """A forward pass over a step's sentences, read in the padded [N, L-1] layout whatever the model saw.
+
+    ids: what the model saw; scored: the tokens that carry the forget/retain losses; real: every real prediction
+    (token 1.. of each sentence); index: the flat position in ids (and in out.logits' rows) of each prediction;
+    tok_lp: log p of each next token, for the sentences it was asked for (0 elsewhere)."""
+
+    out: object
+    ids: torch.Tensor
+    scored: torch.Tensor
+    real: torch.Tensor
+    index: torch.Tensor
+    tok_lp: torch.Tensor | None = None
+
+    def rows(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The real predictions of sentences sl, sentence-major: (flat positions [M], owner [M] = which sentence of
+        sl, t [M] = which prediction of it)."""
+        keep = self.real[sl].bool()
+        owner, t = keep.nonzero(as_tuple=True)
+        return self.index[sl][keep], owner, t
+
+    def logits_at(self, flat_rows: torch.Tensor) -> torch.Tensor:
+        logits = self.out.logits
+        return logits.reshape(-1, logits.shape[-1])[flat_rows]
+
+    def logit_rows(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [M, V] of the real predictions of sentences sl, sentence-major; owner [M])."""
+        rows, owner, _ = self.rows(sl)
+        return self.logits_at(rows), owner
+
+
 def _collate(rows):
     return {"step_index": torch.tensor([r["step_index"] for r in rows])}
 
@@ -57,6 +90,8 @@ class BiasUnlearnTrainer(Trainer):
         self._ids: dict[str, tuple[list[int], int]] = {}
         self._ref_cache: dict[str, tuple[float, list[float]]] = {}
         self._parts: dict[str, list[float]] = {}
+        self._packed: bool | None = None  # pack_sequences, once checked on the first step (_use_packing)
+        self.packing_check: dict | None = None
 
     # --- batches ---
     def _encode(self, item: Item) -> tuple[list[int], int, int]:
@@ -69,11 +104,72 @@ class BiasUnlearnTrainer(Trainer):
         return self._ids[item.key]
 
     def _batch(self, items: list[Item], device):
+        """The padded layout: (ids [N, L], attention mask [N, L], scored mask [N, L-1])."""
         enc = [self._encode(it) for it in items]
         ids, attn = pad_batch([e[0] for e in enc], self.tok.pad_token_id or 0, device)
-        mask = score_mask(torch.tensor([e[2] for e in enc], device=device),
-                          torch.tensor([e[1] for e in enc], device=device), ids.shape[1]).float()
-        return ids, attn, mask
+        return ids, attn, BiasUnlearnTrainer._masks(enc, ids.shape[1], device)[0]
+
+    @staticmethod
+    def _masks(enc, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scored [N, width-1], real [N, width-1]) as floats: prediction t scores token t+1."""
+        scored = score_mask(torch.tensor([e[2] for e in enc], device=device),
+                            torch.tensor([e[1] for e in enc], device=device), width).float()
+        real = score_mask(torch.tensor([len(e[0]) for e in enc], device=device),
+                          torch.ones(len(enc), dtype=torch.long, device=device), width).float()
+        return scored, real
+
+    def _forward(self, model, items: list[Item], device, packed: bool, score: slice = slice(None)) -> StepBatch:
+        """One forward pass over `items`, packed end to end (no padding) or padded to the longest. Token
+        log-probabilities are computed for the sentences in `score` only (the unrelated sentences of a step need
+        their full distribution for the KL, not a log-softmax of their own)."""
+        enc = [self._encode(it) for it in items]
+        seqs = [e[0] for e in enc]
+        pad = self.tok.pad_token_id or 0
+        if packed:
+            pk = pack_batch(seqs, pad, device)
+            ids, index = pk.ids, pk.index
+            out = model(input_ids=ids, position_ids=pk.positions, use_cache=False)
+        else:
+            ids, attn = pad_batch(seqs, pad, device)
+            out = model(input_ids=ids, attention_mask=attn, use_cache=False)
+            index = torch.arange(ids.numel(), device=device).view_as(ids)[:, :-1]
+        scored, real = self._masks(enc, index.shape[1] + 1, device)
+        sb = StepBatch(out, ids, scored, real, index)
+        rows, owner, t = sb.rows(score)
+        logits = sb.logits_at(rows).float()
+        lp = logits.gather(-1, ids.reshape(-1)[rows + 1].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        first = range(len(items))[score].start if len(items) else 0
+        sb.tok_lp = torch.zeros(real.shape, dtype=lp.dtype, device=device).index_put((owner + first, t), lp)
+        return sb
+
+    def _use_packing(self, model, items: list[Item], device) -> bool:
+        """Whether this model packs correctly: decided once, on the first step's batch, by scoring it both ways
+        without dropout. A model whose attention ignores position-restarts (so packed sequences would see each
+        other) differs by whole nats and trains padded; the decision is logged."""
+        if self._packed is None:
+            if not self.args.pack_sequences:
+                self._packed = False
+            else:
+                was = model.training
+                model.eval()
+                try:
+                    with torch.no_grad():
+                        a = self._forward(model, items, device, packed=True)
+                        b = self._forward(model, items, device, packed=False)
+                finally:
+                    model.train(was)
+                diff = float(((a.tok_lp - b.tok_lp) * b.real).abs().max())
+                tol = 0.01 if a.out.logits.dtype == torch.float32 else 0.3
+                self._packed = diff <= tol
+                self.packing_check = {"max_abs_diff_nats": round(diff, 6), "tolerance": tol,
+                                      "packed": self._packed}
+                if not self._packed:
+                    import logging
+
+                    logging.getLogger(__name__).warning(
+                        "pack_sequences: packed and padded token log-probabilities differ by %.3g nats on this "
+                        "model (tolerance %g); training with padded batches instead", diff, tol)
+        return self._packed
 
     # --- loss ---
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -87,10 +183,10 @@ class BiasUnlearnTrainer(Trainer):
         # but it adds nothing to the loss.
         parts = [("forget", chunk["forget"]), ("retain", chunk["retain"]), ("unrelated", chunk["unrelated"])]
         items = [it for _, its in parts for it in its]
-        ids, attn, mask = self._batch(items, device)
-        out = model(input_ids=ids, attention_mask=attn, use_cache=False)
-        logits = out.logits
-        tok_lp = token_logprobs(logits, ids)
+        packed = self._use_packing(model, items, device)
+        n_scored = len(chunk["forget"]) + len(chunk["retain"])
+        sb = self._forward(model, items, device, packed, score=slice(0, n_scored))
+        out, tok_lp, mask = sb.out, sb.tok_lp, sb.scored
         sl = {}
         i = 0
         for name, its in parts:
@@ -108,26 +204,27 @@ class BiasUnlearnTrainer(Trainer):
             own = [k for k in range(len(forget)) if k not in twin_row]
             ref = torch.zeros(len(forget), device=device)
             if own:
-                ref[own] = self._ref_logp(unwrapped, [forget[k] for k in own], ids[f][own], attn[f][own],
-                                          mask[f][own])
+                ref[own] = self._ref_logp(unwrapped, [forget[k] for k in own], device)
             if twin_row:
                 ks = list(twin_row)
-                p_tw, r_tw = twin_margins(tok_lp, mask, attn[:, 1:].float(), [f.start + k for k in ks],
+                p_tw, r_tw = twin_margins(tok_lp, mask, sb.real, [f.start + k for k in ks],
                                           [twin_row[k] for k in ks], twin_grad=a.npo_twin_grad)
                 idx = torch.as_tensor(ks, device=device)
                 pol, ref = pol.index_copy(0, idx, p_tw), ref.index_copy(0, idx, r_tw)
             l_forget = npo_loss(pol, ref, a.npo_beta)
         else:
-            ref_tok = self._ref_logp(unwrapped, forget, ids[f], attn[f], mask[f], per_token=True)
+            ref_tok = self._ref_logp(unwrapped, forget, device, per_token=tok_lp.shape[1])
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
         r, u = sl["retain"], sl["unrelated"]
-        floor = self._ref_logp(unwrapped, chunk["retain"], ids[r], attn[r], mask[r]) if a.retain_floor else None
+        floor = self._ref_logp(unwrapped, chunk["retain"], device) if a.retain_floor else None
         l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction, floor)
+        # KL over every real prediction of the unrelated sentences (token 1.. of each), in the same rows and order
+        # for the reference (adapter off, no gradient) as for the policy
         with torch.no_grad(), unwrapped.disable_adapter():
-            ref_logits = unwrapped(input_ids=ids[u], attention_mask=attn[u], use_cache=False).logits
-        # every real token after the start token is scored: positions 0..len-2 predict tokens 1..len-1
-        kl_mask = attn[u][:, 1:].float()
-        l_kl = forward_kl(ref_logits[:, :-1], logits[u][:, :-1], kl_mask, a.kl_reduction)
+            ref_rows, _ = self._forward(unwrapped, chunk["unrelated"], device, packed,
+                                        score=slice(0, 0)).logit_rows(slice(None))
+        pol_rows, owner = sb.logit_rows(u)
+        l_kl = forward_kl_rows(ref_rows, pol_rows, owner, len(chunk["unrelated"]), a.kl_reduction)
         loss = a.alpha_forget * l_forget
         if a.alpha_retain > 0:
             loss = loss + a.alpha_retain * l_retain
@@ -153,25 +250,26 @@ class BiasUnlearnTrainer(Trainer):
                 out[k] = pos[tw.key]
         return out
 
-    def _ref_logp(self, unwrapped, items, ids, attn, mask, per_token: bool = False):
+    def _ref_logp(self, unwrapped, items, device, per_token: int = 0):
         """Reference log-probs of fixed items (forget, and retain with retain_floor), cached per item: the
-        per-sequence sums [N], or with `per_token` (token_mean NPO) the per-token values [N, T-1]."""
-        missing = [k for k, it in enumerate(items) if it.key not in self._ref_cache]
+        per-sequence sums over scored tokens [N], or with `per_token` = W (token_mean NPO) the per-token values
+        [N, W] (zero-padded)."""
+        missing = [it for it in items if it.key not in self._ref_cache]
         if missing:
+            ids, attn, mask = self._batch(missing, device)
             with torch.no_grad(), unwrapped.disable_adapter():
                 lg = unwrapped(input_ids=ids, attention_mask=attn, use_cache=False).logits
                 lp = token_logprobs(lg, ids)
-            for k in range(len(items)):
-                if items[k].key not in self._ref_cache:
-                    self._ref_cache[items[k].key] = (float((lp[k] * mask[k]).sum()), lp[k].tolist())
+            for k, it in enumerate(missing):
+                n = int(attn[k].sum()) - 1
+                self._ref_cache[it.key] = (float((lp[k] * mask[k]).sum()), lp[k, :n].tolist())
         if not per_token:
-            return torch.tensor([self._ref_cache[it.key][0] for it in items], device=ids.device)
-        width = ids.shape[1] - 1
+            return torch.tensor([self._ref_cache[it.key][0] for it in items], device=device)
         rows = []
         for it in items:
-            v = self._ref_cache[it.key][1]
-            rows.append(v[:width] + [0.0] * (width - len(v[:width])))
-        return torch.tensor(rows, device=ids.device)
+            v = self._ref_cache[it.key][1][:per_token]
+            rows.append(v + [0.0] * (per_token - len(v)))
+        return torch.tensor(rows, device=device)
 
     def log(self, logs, start_time=None):
         if self._parts:
