@@ -50,7 +50,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from biasunlearn.evaluate import EvalConfig, run_eval  # noqa: E402
-from biasunlearn.io import atomic_write_text, write_json  # noqa: E402
+from biasunlearn.io import atomic_write_text, comma_list, write_json  # noqa: E402
 from biasunlearn.report import eval_markdown  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main(args) -> dict:
     out = Path(args.out or f"bench/results/base_{args.model.replace('/', '_')}")
     print(f"[base] {args.model} in {dtype} ({reason}); {torch.get_num_threads()} thread(s) -> {out}", flush=True)
     cfg = EvalConfig(data_dir=args.data_dir, limit=args.limit,
-                     benchmarks=tuple(b for b in args.benchmarks.split(",") if b),
+                     benchmarks=tuple(comma_list(args.benchmarks)),
                      stereoset_intersentence=not args.no_intersentence)
     if args.max_tokens:
         cfg.max_tokens = args.max_tokens

@@ -72,7 +72,7 @@ def main(a) -> int:
     import torch
 
     from biasunlearn.evaluate import EvalConfig, run_eval
-    from biasunlearn.io import atomic_write_text, read_json, write_json
+    from biasunlearn.io import atomic_write_text, comma_list, read_json, write_json
     from biasunlearn.report import before_after_markdown
     from biasunlearn.train_cli import parse_train_config
     from biasunlearn.unlearn.pipeline import train_adapter
@@ -106,7 +106,7 @@ def main(a) -> int:
     train_s = time.perf_counter() - t0
     summary = read_json(run / "train_summary.json")
     ecfg_b = before["eval_config"]
-    ecfg = EvalConfig(benchmarks=tuple(b for b in a.benchmarks.split(",") if b), stereoset_intersentence=False,
+    ecfg = EvalConfig(benchmarks=tuple(comma_list(a.benchmarks)), stereoset_intersentence=False,
                       bbq_per_category=ecfg_b.get("bbq_per_category"), ppl_window=ecfg_b["ppl_window"],
                       ppl_stride=ecfg_b["ppl_stride"], ppl_max_tokens=ecfg_b["ppl_max_tokens"], data_dir=cfg.data_dir)
     t1 = time.perf_counter()

@@ -29,7 +29,7 @@ import torch
 
 from biasunlearn.data.splits import load_train_pool
 from biasunlearn.evaluate import stereoset_records
-from biasunlearn.io import write_json
+from biasunlearn.io import comma_list, write_json
 from biasunlearn.metrics import stereoset_scores
 from biasunlearn.models import load_model
 from biasunlearn.unlearn.trainer import dev_margins
@@ -44,7 +44,7 @@ def split_examples(run: Path, split: str = "dev"):
         raise SystemExit(f"--split {split}: must be one of {', '.join(SPLITS)}")
     splits = json.loads((run / "splits.json").read_text())
     cfg = json.loads((run / "config.json").read_text())["config"]
-    files = tuple(f.strip() for f in cfg["train_pool"].split(",") if f.strip())
+    files = tuple(comma_list(cfg["train_pool"]))
     pool, _ = load_train_pool(cfg.get("data_dir"), files=files)
     want = set(splits[f"{split}_ids"])
     exs = [e for e in pool if e.id in want]
@@ -97,12 +97,12 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     run = Path(a.run)
-    splits = [s.strip() for s in a.split.split(",") if s.strip()]
+    splits = comma_list(a.split)
     data = {s: split_examples(run, s) for s in splits}
     model_name = a.model or data[splits[0]][1]
     results: dict = {s: {} for s in splits}
     base: dict = {}
-    for name in ["base"] + [s for s in a.adapters.split(",") if s]:
+    for name in ["base"] + comma_list(a.adapters):
         model, tok, _ = load_model(model_name, adapter=None if name == "base" else name, dtype=a.dtype)
         for split in splits:
             with torch.no_grad():

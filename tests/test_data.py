@@ -501,3 +501,11 @@ def test_related_target_terms_are_reported_not_shared():
     # "hero" is too short to say anything, "mexico" is shared (reported elsewhere), "chile" has no relative
     assert related_terms(train, test) == {"afghanistan": ["afghan"], "grandfather": ["grandmother"],
                                           "syria": ["syrian"]}
+
+
+def test_comma_list_reads_every_comma_separated_setting_the_same_way():
+    from biasunlearn.io import comma_list
+
+    assert comma_list(" stereoset, crows_pairs,,bbq ") == ["stereoset", "crows_pairs", "bbq"]
+    assert comma_list("") == [] and comma_list(None) == [] and comma_list(" , ") == []
+    assert comma_list("a/b.json") == ["a/b.json"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, ModelLoadError
+from .io import comma_list
 
 
 def find_lora_targets(model) -> list[str]:
@@ -35,7 +36,7 @@ def resolve_lora_targets(model, spec: str) -> list[str]:
     available = find_lora_targets(model)
     if spec.strip() == "auto":
         return available
-    targets = [t.strip() for t in spec.split(",") if t.strip()]
+    targets = comma_list(spec)
     unknown = [t for t in targets if t not in available]
     has = f"this model has {', '.join(available)} (or use 'auto' for all of them)"
     if not targets:

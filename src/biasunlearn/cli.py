@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .errors import BiasUnlearnError
+from .io import comma_list
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def eval_config_from_args(a):
     from .evaluate import EvalConfig
 
-    return EvalConfig(benchmarks=tuple(b.strip() for b in a.benchmarks.split(",") if b.strip()), data_dir=a.data_dir,
+    return EvalConfig(benchmarks=tuple(comma_list(a.benchmarks)), data_dir=a.data_dir,
                       limit=a.limit, bbq_per_category=None if a.bbq_per_category == 0 else a.bbq_per_category,
                       ppl_max_tokens=None if a.ppl_max_tokens == 0 else a.ppl_max_tokens,
                       stereoset_intersentence=not a.no_intersentence, max_tokens=a.max_tokens)

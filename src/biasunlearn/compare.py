@@ -32,7 +32,7 @@ import torch
 
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
-from .io import atomic_write_text, read_json, write_json
+from .io import atomic_write_text, comma_list, read_json, write_json
 
 DEFAULT_METHODS = ("base", "cda", "sft", "dpo", "self_debias", "biasunlearn")
 LABELS = {"base": "Base model", "cda": "CDA", "sft": "SFT", "dpo": "DPO", "self_debias": "Self-Debias",
@@ -329,7 +329,7 @@ class _Runner:
 def resolve_methods(methods, ablations: bool) -> list[str]:
     """The methods to run, in report order; the base model always comes first (ΔLMS and Δperplexity need it)."""
     if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
+        methods = comma_list(methods)
     if methods is None:
         methods = ["base"] if ablations else list(DEFAULT_METHODS)
     names = list(methods) + (list(ABLATIONS) if ablations else [])
@@ -366,9 +366,9 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
     if ablation_checkpoint not in ("final", "best"):
         raise ConfigError(f"ablation_checkpoint {ablation_checkpoint!r}: expected final or best")
     if isinstance(benchmarks, str):
-        benchmarks = tuple(b.strip() for b in benchmarks.split(",") if b.strip())
+        benchmarks = tuple(comma_list(benchmarks))
     if isinstance(rerun, str):
-        rerun = [r.strip() for r in rerun.split(",") if r.strip()]
+        rerun = comma_list(rerun)
     if dtype is None:
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     ecfg = EvalConfig(benchmarks=tuple(benchmarks), data_dir=str(data_dir) if data_dir is not None else None,

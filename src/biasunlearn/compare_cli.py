@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from .errors import ConfigError
+from .io import comma_list
 
 
 def _value(text: str):
@@ -77,7 +78,7 @@ def register(sub) -> None:
                    help="evaluate ablations at the final checkpoint (the paper) or at the best dev check")
     c.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="any UnlearnConfig setting for every trained method, e.g. --set lora_r=16 (repeatable)")
-    c.add_argument("--rerun", default=None, type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+    c.add_argument("--rerun", default=None, type=comma_list,
                    help="comma-separated methods to recompute although results exist ('all' for every one)")
     c.add_argument("--report-only", action="store_true", help="only rebuild the report from the folders in --out")
     c.set_defaults(func=_compare_cmd)

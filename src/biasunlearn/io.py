@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+def comma_list(spec: str | None) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: how every comma-separated setting (benchmarks, files, methods, layers) is read."""
+    return [x.strip() for x in (spec or "").split(",") if x.strip()]
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

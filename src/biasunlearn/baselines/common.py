@@ -25,7 +25,7 @@ from ..data import data_dir, load_stereoset
 from ..data.splits import make_splits, overlap_report
 from ..errors import ConfigError
 from ..evaluate import package_versions, stereoset_records
-from ..io import write_json
+from ..io import comma_list, write_json
 from ..metrics import stereoset_scores
 from ..models import load_model, start_token_id
 
@@ -58,7 +58,7 @@ def lora_config(model, cfg):
 def load_splits(cfg):
     """The train/dev split of the config (the SAME call BiasUnlearn's pipeline makes) and the held-out test set,
     checked for overlap with the train pool."""
-    splits = make_splits(cfg.data_dir, files=tuple(f.strip() for f in cfg.train_pool.split(",") if f.strip()),
+    splits = make_splits(cfg.data_dir, files=tuple(comma_list(cfg.train_pool)),
                          dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type, seed=cfg.seed)
     if not splits.train:
         raise ConfigError(f"train pool {cfg.train_pool!r} gave no training examples")

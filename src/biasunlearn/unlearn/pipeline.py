@@ -15,7 +15,7 @@ from ..data import data_dir, load_stereoset, load_text_lines
 from ..data.splits import make_splits, overlap_report
 from ..errors import BiasUnlearnError, ConfigError
 from ..evaluate import EvalConfig, evaluate_model, package_versions
-from ..io import atomic_write_text, read_json, write_json
+from ..io import atomic_write_text, comma_list, read_json, write_json
 from ..models import load_model
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig
@@ -64,7 +64,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
 
     set_seed(cfg.seed)  # the LoRA initialisation draws from the RNG: same seed, same adapter start
     model = prepare_lora(model, cfg)
-    splits = make_splits(cfg.data_dir, files=tuple(f.strip() for f in cfg.train_pool.split(",") if f.strip()),
+    splits = make_splits(cfg.data_dir, files=tuple(comma_list(cfg.train_pool)),
                          dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type,
                          seed=cfg.seed)
     test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
@@ -135,7 +135,7 @@ def _peak_mem_mb() -> float:
 def report_benchmarks(cfg: UnlearnConfig) -> tuple[str, ...]:
     """The benchmarks of the before/after report. WikiText-2 perplexity is left out when the KL term was trained on
     WikiText-2 (`unrelated_source: wikitext`): it is the same file, and no number is reported on trained data."""
-    names = tuple(b.strip() for b in cfg.eval_benchmarks.split(",") if b.strip())
+    names = tuple(comma_list(cfg.eval_benchmarks))
     if cfg.unrelated_source == "wikitext":
         names = tuple(b for b in names if b != "perplexity")
     return names
@@ -150,7 +150,7 @@ def eval_config_for(cfg: UnlearnConfig) -> EvalConfig:
 def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> tuple[dict, dict]:
     """Evaluate the base model and base + adapter on held-out data (reusing finished results)."""
     ecfg = eval_config_for(cfg)
-    if "perplexity" in {b.strip() for b in cfg.eval_benchmarks.split(",")} and "perplexity" not in ecfg.benchmarks:
+    if "perplexity" in set(comma_list(cfg.eval_benchmarks)) and "perplexity" not in ecfg.benchmarks:
         log("[eval] perplexity left out: the KL term was trained on WikiText-2 (unrelated_source: wikitext)")
     docs = []
     for name, adapter in (("eval_before", None), ("eval_after", adapter_dir)):
