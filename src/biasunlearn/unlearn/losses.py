@@ -83,20 +83,49 @@ def retention_loss(tok_logp: torch.Tensor, mask: torch.Tensor, reduction: str = 
     return nll.sum() / mask.sum().clamp(min=1)
 
 
-def forward_kl_rows(ref_logits: torch.Tensor, policy_logits: torch.Tensor, owner: torch.Tensor, n_seq: int,
+KL_CHUNK_ROWS = 32  # rows of logits per piece of the fused KL (a few MB each, even with 262k-token vocabularies)
+
+
+class _ForwardKL(torch.autograd.Function):
+    """sum_i w_i KL(softmax(ref_i) || softmax(pol_i)) over rows i, with its gradient for pol computed in the same
+    pass, a few rows at a time: softmax(pol_i) - softmax(ref_i), times w_i. Autograd through log-softmax, exp and
+    the product would keep five [M, V] float32 tensors and run twice as many passes over them. The reference gets
+    no gradient (it is the frozen model's)."""
+
+    @staticmethod
+    def forward(ctx, ref_logits, policy_logits, weights):
+        total = torch.zeros((), dtype=torch.float32, device=policy_logits.device)
+        grad = torch.empty(policy_logits.shape, dtype=torch.float32, device=policy_logits.device)
+        for a in range(0, policy_logits.shape[0], KL_CHUNK_ROWS):
+            rows = slice(a, a + KL_CHUNK_ROWS)
+            ref_lp = torch.log_softmax(ref_logits[rows].float(), -1)
+            pol_lp = torch.log_softmax(policy_logits[rows].float(), -1)
+            p_ref = ref_lp.exp()
+            w = weights[rows]
+            total += (w * (p_ref * (ref_lp - pol_lp)).sum(-1)).sum()
+            torch.sub(pol_lp.exp_(), p_ref, out=grad[rows]).mul_(w.unsqueeze(-1))
+        ctx.save_for_backward(grad)
+        ctx.pol_dtype = policy_logits.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return None, (grad * g).to(ctx.pol_dtype), None
+
+
+def forward_kl_rows(ref_logits: torch.Tensor, policy_logits: torch.Tensor, n_seq: int,
                     reduction: str = "token") -> torch.Tensor:
-    """KL(pi_ref || pi_theta) on rows of logits that are all real tokens: [M, V] each, owner [M] = the sentence
-    (0..n_seq-1) each row belongs to. Computed in float32 over the full vocabulary: sum_v p_ref (log p_ref -
-    log p_theta). reduction 'token': averaged over the M tokens (the paper); 'sequence': each sentence's summed KL,
-    averaged over the n_seq sentences, the per-sentence scale of NPO's sums and of retain_reduction 'sequence'."""
+    """KL(pi_ref || pi_theta) on rows of logits that are all real tokens ([M, V] each) of n_seq sentences. Computed in float32 over the full vocabulary: sum_v p_ref (log p_ref -
+    log p_theta), fused with its gradient (`_ForwardKL`; the reference gets none). reduction 'token': averaged over
+    the M tokens (the paper); 'sequence': each sentence's summed KL, averaged over the n_seq sentences, the
+    per-sentence scale of NPO's sums and of retain_reduction 'sequence'."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"KL reduction {reduction!r}: expected 'token' or 'sequence'")
-    ref_lp = torch.log_softmax(ref_logits.float(), -1)
-    pol_lp = torch.log_softmax(policy_logits.float(), -1)
-    kl = (ref_lp.exp() * (ref_lp - pol_lp)).sum(-1)
-    if reduction == "sequence":
-        return kl.sum() / max(n_seq, 1)
-    return kl.sum() / max(kl.shape[0], 1)
+    m = policy_logits.shape[0]
+    scale = 1.0 / max(n_seq, 1) if reduction == "sequence" else 1.0 / max(m, 1)
+    weights = torch.full((m,), scale, dtype=torch.float32, device=policy_logits.device)
+    return _ForwardKL.apply(ref_logits.detach(), policy_logits, weights)
 
 
 def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torch.Tensor,
@@ -104,5 +133,4 @@ def forward_kl(ref_logits: torch.Tensor, policy_logits: torch.Tensor, mask: torc
     """KL(pi_ref || pi_theta) per token over the real (unpadded) tokens. logits: [N, T, V], mask [N, T]: only the
     rows the mask keeps are computed (`forward_kl_rows`)."""
     keep = mask.bool()
-    owner = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(keep)[keep]
-    return forward_kl_rows(ref_logits[keep], policy_logits[keep], owner, mask.shape[0], reduction)
+    return forward_kl_rows(ref_logits[keep], policy_logits[keep], mask.shape[0], reduction)

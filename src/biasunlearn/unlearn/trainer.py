@@ -223,8 +223,8 @@ class BiasUnlearnTrainer(Trainer):
         with torch.no_grad(), unwrapped.disable_adapter():
             ref_rows, _ = self._forward(unwrapped, chunk["unrelated"], device, packed,
                                         score=slice(0, 0)).logit_rows(slice(None))
-        pol_rows, owner = sb.logit_rows(u)
-        l_kl = forward_kl_rows(ref_rows, pol_rows, owner, len(chunk["unrelated"]), a.kl_reduction)
+        pol_rows, _ = sb.logit_rows(u)
+        l_kl = forward_kl_rows(ref_rows, pol_rows, len(chunk["unrelated"]), a.kl_reduction)
         loss = a.alpha_forget * l_forget
         if a.alpha_retain > 0:
             loss = loss + a.alpha_retain * l_retain
