@@ -42,7 +42,6 @@ def main():
         torch.set_num_threads(a.threads)
     from biasunlearn.data.splits import make_splits
     from biasunlearn.models import load_model
-    from biasunlearn.scoring import token_logprobs
     from biasunlearn.train_cli import parse_train_config
     from biasunlearn.unlearn.controller import SwapController
     from biasunlearn.unlearn.losses import retention_loss

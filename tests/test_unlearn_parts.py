@@ -216,16 +216,18 @@ def test_word_span_scores_only_the_filled_word(tiny_model):
     from types import SimpleNamespace
 
     from biasunlearn.models import start_token_id
+    from biasunlearn.scoring import pad_batch
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
 
     _, tok = tiny_model
     s = UnlearnSets([_ex(0, "gender", "father")], score_span="word")
     it = s.stereo["gender"][0]
     assert (it.x, it.y, it.z) == ("The father was", " lazy", " today.")
-    def batch(items):  # the trainer's own encoding, on a stand-in (encodings are cached by key: one per span)
+    def batch(items):  # the trainer's own encoding and scored mask, on a stand-in (encodings are cached by key)
         stub = SimpleNamespace(tok=tok, _start=start_token_id(tok), _ids={})
-        stub._encode = lambda item: BiasUnlearnTrainer._encode(stub, item)
-        return BiasUnlearnTrainer._batch(stub, items, "cpu")
+        enc = [BiasUnlearnTrainer._encode(stub, it) for it in items]
+        ids, attn = pad_batch([e[0] for e in enc], tok.pad_token_id or 0, "cpu")
+        return ids, attn, BiasUnlearnTrainer._masks(enc, ids.shape[1], "cpu")[0]
 
     ids, attn, mask = batch([it, s.unrelated[0]])
     y_ids, _, y_mask = batch([UnlearnSets([_ex(0, "gender", "father")], score_span="y").stereo["gender"][0]])

@@ -379,10 +379,13 @@ def test_pause_mode_with_every_type_past_level_before_training_is_a_clear_error(
         train_adapter(cfg, log=lambda s: None)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, tmp_path, tiny_model_paths, train_data):
+@pytest.mark.parametrize("arch,extra", [("gpt2", {}), ("llama", {}),
+                                        ("llama", {"retain_floor": True, "npo_variant": "token_mean"})])
+def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, extra, tmp_path, tiny_model_paths,
+                                                                       train_data):
     """pack_sequences: the first step checks packing against padding and records it; with dropout off, a packed
-    step's three losses equal the padded step's (the KL's reference pass is packed too), and a run with packing off never packs."""
+    step's three losses equal the padded step's (the KL's reference pass is packed too, and so are the cached
+    reference log-probs of forget and, with retain_floor, retain sentences), and a run with packing off never packs."""
     from biasunlearn.models import load_model
     from biasunlearn.data.splits import make_splits
     from biasunlearn.unlearn.controller import SwapController
@@ -393,7 +396,7 @@ def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, tmp_
     losses = {}
     for pack in (True, False):
         cfg = _cfg(tmp_path / str(pack), tiny_model_paths[arch], train_data, pack_sequences=pack, lora_dropout=0.0,
-                   forget_batch_size=3, retain_batch_size=5, unrelated_batch_size=4, adversarial_share=0.5)
+                   forget_batch_size=3, retain_batch_size=5, unrelated_batch_size=4, adversarial_share=0.5, **extra)
         model, tok, _ = load_model(cfg.model, device="cpu")
         model = prepare_lora(model, cfg)
         model.eval()  # no dropout anywhere (GPT-2 has its own), so the two layouts must agree

@@ -20,7 +20,7 @@ from ..evaluate import stereoset_records
 from ..io import write_json
 from ..metrics import stereoset_scores
 from ..models import start_token_id
-from ..scoring import pack_batch, pad_batch, score_mask, token_logprobs
+from ..scoring import pack_batch, pad_batch, score_mask
 from .controller import SwapController
 from .losses import forward_kl_rows, npo_loss, npo_loss_token_mean, retention_loss, twin_margins
 from .sets import Item, UnlearnSets
@@ -69,10 +69,9 @@ class StepBatch:
         logits = self.out.logits
         return logits.reshape(-1, logits.shape[-1])[flat_rows]
 
-    def logit_rows(self, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [M, V] of the real predictions of sentences sl, sentence-major; owner [M])."""
-        rows, owner, _ = self.rows(sl)
-        return self.logits_at(rows), owner
+    def logit_rows(self, sl: slice) -> torch.Tensor:
+        """Logits [M, V] of the real predictions of sentences sl, sentence-major."""
+        return self.logits_at(self.rows(sl)[0])
 
 
 def _collate(rows):
@@ -103,12 +102,6 @@ class BiasUnlearnTrainer(Trainer):
             self._ids[item.key] = ([self._start] + x + y + z, 1 + len(x), 1 + len(x) + len(y))
         return self._ids[item.key]
 
-    def _batch(self, items: list[Item], device):
-        """The padded layout: (ids [N, L], attention mask [N, L], scored mask [N, L-1])."""
-        enc = [self._encode(it) for it in items]
-        ids, attn = pad_batch([e[0] for e in enc], self.tok.pad_token_id or 0, device)
-        return ids, attn, BiasUnlearnTrainer._masks(enc, ids.shape[1], device)[0]
-
     @staticmethod
     def _masks(enc, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(scored [N, width-1], real [N, width-1]) as floats: prediction t scores token t+1."""
@@ -138,8 +131,8 @@ class BiasUnlearnTrainer(Trainer):
         rows, owner, t = sb.rows(score)
         logits = sb.logits_at(rows).float()
         lp = logits.gather(-1, ids.reshape(-1)[rows + 1].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-        first = range(len(items))[score].start if len(items) else 0
-        sb.tok_lp = torch.zeros(real.shape, dtype=lp.dtype, device=device).index_put((owner + first, t), lp)
+        sb.tok_lp = torch.zeros(real.shape, dtype=lp.dtype, device=device).index_put((owner + (score.start or 0), t),
+                                                                                      lp)
         return sb
 
     def _use_packing(self, model, items: list[Item], device) -> bool:
@@ -221,10 +214,9 @@ class BiasUnlearnTrainer(Trainer):
         # KL over every real prediction of the unrelated sentences (token 1.. of each), in the same rows and order
         # for the reference (adapter off, no gradient) as for the policy
         with torch.no_grad(), unwrapped.disable_adapter():
-            ref_rows, _ = self._forward(unwrapped, chunk["unrelated"], device, packed,
-                                        score=slice(0, 0)).logit_rows(slice(None))
-        pol_rows, _ = sb.logit_rows(u)
-        l_kl = forward_kl_rows(ref_rows, pol_rows, len(chunk["unrelated"]), a.kl_reduction)
+            ref_rows = self._forward(unwrapped, chunk["unrelated"], device, packed,
+                                     score=slice(0, 0)).logit_rows(slice(None))
+        l_kl = forward_kl_rows(ref_rows, sb.logit_rows(u), len(chunk["unrelated"]), a.kl_reduction)
         loss = a.alpha_forget * l_forget
         if a.alpha_retain > 0:
             loss = loss + a.alpha_retain * l_retain
@@ -256,13 +248,11 @@ class BiasUnlearnTrainer(Trainer):
         [N, W] (zero-padded)."""
         missing = [it for it in items if it.key not in self._ref_cache]
         if missing:
-            ids, attn, mask = self._batch(missing, device)
             with torch.no_grad(), unwrapped.disable_adapter():
-                lg = unwrapped(input_ids=ids, attention_mask=attn, use_cache=False).logits
-                lp = token_logprobs(lg, ids)
+                sb = self._forward(unwrapped, missing, device, packed=bool(self._packed))
             for k, it in enumerate(missing):
-                n = int(attn[k].sum()) - 1
-                self._ref_cache[it.key] = (float((lp[k] * mask[k]).sum()), lp[k, :n].tolist())
+                n = int(sb.real[k].sum())
+                self._ref_cache[it.key] = (float((sb.tok_lp[k] * sb.scored[k]).sum()), sb.tok_lp[k, :n].tolist())
         if not per_token:
             return torch.tensor([self._ref_cache[it.key][0] for it in items], device=device)
         rows = []
