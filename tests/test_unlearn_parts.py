@@ -489,3 +489,33 @@ def test_fused_kl_value_and_gradient_equal_plain_autograd_across_row_pieces(redu
     ref_leaf = ref.clone().requires_grad_(True)
     forward_kl_rows(ref_leaf, pol, n_seq, reduction).backward()
     assert ref_leaf.grad is None
+
+
+def test_twin_offset_moves_the_reference_and_keeps_pushing_a_level_pair():
+    """npo_twin_offset: the reference is n * (twin mean - offset), so a pair at level still gets the push NPO gives
+    a pair `offset` nats per token above level; negative offsets, or an offset without the twin reference, are
+    refused."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.losses import npo_loss, twin_margins
+
+    # both rows have mean -2 over 2 real tokens: the pair is level
+    lp = torch.tensor([[-1.0, -3.0], [-2.5, -1.5]], requires_grad=True)
+    scored = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    real = torch.ones(2, 2)
+    pol, ref = twin_margins(lp, scored, real, [0], [1], offset=0.25)
+    assert pol.tolist() == pytest.approx([-4.0]) and ref.tolist() == pytest.approx([2 * (-2.0 - 0.25)])
+    npo_loss(pol, ref, beta=2.0).backward()
+    # d/dpol of (2/beta) softplus(beta (pol - ref)) = 2 sigmoid(beta * 0.5) = 2 sigmoid(1.0), on the scored token
+    assert lp.grad[0, 1].item() == pytest.approx(2 * torch.sigmoid(torch.tensor(1.0)).item(), rel=1e-5)
+    lp.grad = None
+    pol0, ref0 = twin_margins(lp, scored, real, [0], [1])
+    npo_loss(pol0, ref0, beta=2.0).backward()
+    assert lp.grad[0, 1].item() == pytest.approx(1.0, rel=1e-5)  # level, no offset: 2 sigmoid(0)
+
+    with pytest.raises(ConfigError, match="npo_twin_offset=-0.1: must be 0 or more"):
+        make_config(output_dir="/tmp/x", npo_reference="twin", pair_retain=True, npo_twin_offset=-0.1)
+    with pytest.raises(ConfigError, match="npo_twin_offset=0.1.*needs npo_reference='twin'"):
+        make_config(output_dir="/tmp/x", npo_twin_offset=0.1)
+    assert make_config(output_dir="/tmp/x", npo_reference="twin", pair_retain=True,
+                       npo_twin_offset=0.1).npo_twin_offset == 0.1

@@ -83,6 +83,11 @@ class UnlearnConfig(TrainingArguments):
     npo_twin_grad: bool = _f(False, "With npo_reference 'twin': let the twin's scored tokens carry NPO's gradient "
                                     "too, so the push acts on the pair's difference (the stereotype lowered and its "
                                     "twin raised together) instead of on the forget sentence alone.")
+    npo_twin_offset: float = _f(0.0, "With npo_reference 'twin': keep pushing a forget sentence until it is this "
+                                     "many nats per token below its twin (0: until level). Held-out pairs move "
+                                     "only part of the way the training pairs do, so a small overshoot on the "
+                                     "training pairs can be what brings unseen ones to level; the dev control "
+                                     "(swap_mode, swap_signal) decides when a type has gone far enough.")
     swap_mode: str = _f("swap", "'swap': swap forget/retain of a type whose dev SS falls below 50 (the paper); "
                                 "'focus_worst': after the first round train only the type farthest from 50 "
                                 "(the released code); 'pause': stop training a type whose dev SS falls below 50 instead of "
@@ -137,6 +142,9 @@ class UnlearnConfig(TrainingArguments):
         if self.npo_reference == "twin" and not (self.pair_retain and self.npo_variant == "sum"):
             raise ConfigError("npo_reference='twin' needs pair_retain=true and npo_variant='sum' (the twin of each "
                               "forget sentence must be scored in the same step)")
+        if self.npo_twin_offset < 0 or (self.npo_twin_offset > 0 and self.npo_reference != "twin"):
+            raise ConfigError(f"npo_twin_offset={self.npo_twin_offset}: must be 0 or more, and above 0 needs "
+                              "npo_reference='twin' (it is measured against the twin)")
         if self.npo_twin_grad and self.npo_reference != "twin":
             raise ConfigError("npo_twin_grad=true needs npo_reference='twin' (it is the twin that gets the gradient)")
         if self.unrelated_source == "generated" and (self.generated_count < 1 or self.generated_tokens < 1):

@@ -25,7 +25,8 @@ def _mean_over_real(lp: torch.Tensor, sc: torch.Tensor, rl: torch.Tensor, grad: 
 
 
 def twin_margins(tok_logp: torch.Tensor, scored: torch.Tensor, real: torch.Tensor, rows: list[int],
-                 twin_rows: list[int], twin_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 twin_rows: list[int], twin_grad: bool = False,
+                 offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Each forget sentence against its twin, on StereoSet's scale, for NPO with `npo_reference: twin`.
 
     tok_logp [N, T] token log-probs of the step's batch; scored [N, T] the tokens that carry the losses (y); real
@@ -40,13 +41,16 @@ def twin_margins(tok_logp: torch.Tensor, scored: torch.Tensor, real: torch.Tenso
     twin_grad (`npo_twin_grad`): the twin's scored tokens carry gradient too, so NPO acts on the difference of the
     pair (a contrastive loss: the stereotype is lowered and its twin raised by the same push, which fades once the
     pair is past level), not on the forget sentence alone.
+
+    offset (`npo_twin_offset`, nats per token): the reference becomes n*(s_twin - offset), so the push goes on
+    until the forget sentence is about `offset` nats per token below its twin instead of level with it.
     """
     r = torch.as_tensor(rows, device=tok_logp.device, dtype=torch.long)
     t = torch.as_tensor(twin_rows, device=tok_logp.device, dtype=torch.long)
     n = real[r].sum(1).clamp(min=1)
     mean_self = _mean_over_real(tok_logp[r], scored[r], real[r], grad=True)
     twin_mean = _mean_over_real(tok_logp[t], scored[t], real[t], grad=twin_grad)
-    return n * mean_self, n * twin_mean
+    return n * mean_self, n * (twin_mean - offset)
 
 
 def npo_loss_token_mean(policy_tok_logp: torch.Tensor, ref_tok_logp: torch.Tensor, mask: torch.Tensor,

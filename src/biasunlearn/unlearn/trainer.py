@@ -201,7 +201,8 @@ class BiasUnlearnTrainer(Trainer):
             if twin_row:
                 ks = list(twin_row)
                 p_tw, r_tw = twin_margins(tok_lp, mask, sb.real, [f.start + k for k in ks],
-                                          [twin_row[k] for k in ks], twin_grad=a.npo_twin_grad)
+                                          [twin_row[k] for k in ks], twin_grad=a.npo_twin_grad,
+                                          offset=a.npo_twin_offset)
                 idx = torch.as_tensor(ks, device=device)
                 pol, ref = pol.index_copy(0, idx, p_tw), ref.index_copy(0, idx, r_tw)
             l_forget = npo_loss(pol, ref, a.npo_beta)
