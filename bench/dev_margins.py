@@ -92,7 +92,7 @@ def main(argv=None) -> int:
                                                "more than one split, {split: {adapter: ...}}")
     ap.add_argument("--model", default=None, help="base model (default: the run's)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (only fast on CPUs with native bf16)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -509,3 +509,19 @@ def test_comma_list_reads_every_comma_separated_setting_the_same_way():
     assert comma_list(" stereoset, crows_pairs,,bbq ") == ["stereoset", "crows_pairs", "bbq"]
     assert comma_list("") == [] and comma_list(None) == [] and comma_list(" , ") == []
     assert comma_list("a/b.json") == ["a/b.json"]
+
+
+def test_dev_term_counts_and_the_types_whose_dev_ss_rests_on_few_terms():
+    from biasunlearn.data.splits import Splits, coarse_dev_types, term_counts
+    from biasunlearn.data.stereoset import StereoSetExample
+
+    def ex(i, bias, target):
+        return StereoSetExample(str(i), "intrasentence", bias, target, "c BLANK", "s", "a", "u")
+
+    dev = ([ex(i, "gender", "girl") for i in range(14)] + [ex(20 + i, "gender", "woman") for i in range(2)]
+           + [ex(30 + i, "race", f"term{i % 6}") for i in range(12)])
+    assert term_counts(dev) == {"gender": 2, "race": 6}
+    assert coarse_dev_types(dev) == {"gender": (16, 2)}
+    assert coarse_dev_types(dev, min_terms=7) == {"gender": (16, 2), "race": (12, 6)}
+    doc = Splits(train=[], dev=dev, seed=0, dev_fraction=0.15).to_dict()
+    assert doc["dev_term_counts"] == {"gender": 2, "race": 6} and doc["counts"]["dev"] == {"gender": 16, "race": 12}

@@ -33,7 +33,8 @@ class Splits:
         body = {"seed": self.seed, "dev_fraction": self.dev_fraction, "sources": self.sources,
                 "train_ids": ids(self.train), "dev_ids": ids(self.dev),
                 "dev_targets": sorted({f"{e.bias_type}/{e.target}" for e in self.dev}),
-                "counts": {"train": _count(self.train), "dev": _count(self.dev)}, "skipped": self.skipped}
+                "counts": {"train": _count(self.train), "dev": _count(self.dev)},
+                "dev_term_counts": term_counts(self.dev), "skipped": self.skipped}
         body["checksum"] = sha256_text(repr((body["train_ids"], body["dev_ids"], sorted(self.sources.items()))))
         return body
 
@@ -43,6 +44,21 @@ def _count(exs) -> dict:
     for e in exs:
         out[e.bias_type] = out.get(e.bias_type, 0) + 1
     return dict(sorted(out.items()))
+
+
+def term_counts(exs) -> dict:
+    """Distinct target terms per bias type. StereoSet's SS is the mean over target terms, so a type's dev SS over
+    a handful of terms moves by whole examples of the smallest of them."""
+    terms: dict[str, set] = {}
+    for e in exs:
+        terms.setdefault(e.bias_type, set()).add(e.target)
+    return {b: len(t) for b, t in sorted(terms.items())}
+
+
+def coarse_dev_types(dev, min_terms: int = 5) -> dict:
+    """The bias types whose dev slice has fewer than `min_terms` target terms: {type: (examples, terms)}."""
+    n = _count(dev)
+    return {b: (n[b], t) for b, t in term_counts(dev).items() if t < min_terms}
 
 
 def load_train_pool(root=None, files=TRAIN_POOL_FILES, skips: SkipLog | None = None):

@@ -12,7 +12,7 @@ import torch
 
 from ..adapters import resolve_lora_targets
 from ..data import data_dir, load_stereoset, load_text_lines
-from ..data.splits import make_splits, overlap_report
+from ..data.splits import coarse_dev_types, make_splits, overlap_report
 from ..errors import BiasUnlearnError, ConfigError
 from ..evaluate import EvalConfig, evaluate_model, package_versions
 from ..io import atomic_write_text, comma_list, read_json, write_json
@@ -67,6 +67,12 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     splits = make_splits(cfg.data_dir, files=tuple(comma_list(cfg.train_pool)),
                          dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type,
                          seed=cfg.seed)
+    coarse = coarse_dev_types(splits.dev)
+    if coarse and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "", cfg.checkpoint_metric):
+        log("[train] note: the dev SS of " + ", ".join(f"{b} ({n} examples, {t} target terms)"
+                                                      for b, (n, t) in coarse.items())
+            + " is a mean over fewer than 5 target terms, so it jumps by whole examples between checks; "
+              "swap_signal: margin and checkpoint_metric: margin read the mean dev margin instead")
     test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
     overlap = overlap_report(splits.train + splits.dev, test)
     if overlap["shared_sentences"] or overlap["shared_target_terms"]:
