@@ -183,3 +183,26 @@ def test_perplexity():
     assert perplexity(0.0, 5) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         perplexity(-1.0, 0)
+
+
+def test_ss_standard_error_hand_computed_cases():
+    from biasunlearn.metrics import ss_standard_error
+
+    def rec(bias, target, pro):
+        return {"bias_type": bias, "target": target, "s_stereo": -1.0 if pro else -2.0, "s_anti": -1.5,
+                "s_unrel": -3.0}
+
+    # every example pro-stereotype: SS is 100 on every resample, no error at all
+    assert ss_standard_error([rec("race", t, True) for t in "abc" for _ in range(3)])["race"] == 0.0
+    # one term, 4 examples, 2 pro: only the examples vary; SS = 100 * Binomial(4, 1/2) / 4, SD = 100 * sqrt(1/16)
+    se = ss_standard_error([rec("gender", "girl", p) for p in (True, True, False, False)], resamples=4000)
+    assert se["gender"] == pytest.approx(25.0, abs=1.5) and se["overall"] == pytest.approx(25.0, abs=1.5)
+    # two one-example terms, one pro, one anti: only the terms vary; SS in {0, 50, 100} with p {1/4, 1/2, 1/4},
+    # SD = sqrt(2 * 1/4 * 50^2) = 35.36; another type with a fixed SS dilutes the overall error to a third
+    recs = [rec("religion", "x", True), rec("religion", "y", False)] + [rec("race", t, True) for t in "abcd"]
+    se = ss_standard_error(recs, resamples=4000, seed=3)
+    assert se["religion"] == pytest.approx(35.36, abs=1.5) and se["race"] == 0.0
+    assert se["overall"] == pytest.approx(35.36 / 3, abs=0.8)  # 2 of the 6 terms vary: (2/6) * SD
+    assert ss_standard_error(recs, resamples=300, seed=3) == ss_standard_error(recs, resamples=300, seed=3)
+    with pytest.raises(ValueError, match="no StereoSet records"):
+        ss_standard_error([])

@@ -71,6 +71,9 @@ def test_train_writes_run_folder_and_changes_lora(tmp_path, tiny_llama_path, tra
     n = sum(splits["counts"]["dev"].values())
     per_type = sum(dev[0]["margin"][b] * splits["counts"]["dev"][b] for b in dev[0]["ss"]) / n
     assert dev[0]["margin"]["overall"] == pytest.approx(per_type, abs=1e-4)
+    # each dev SS comes with its bootstrap standard error, per type and overall
+    assert set(dev[0]["ss_se"]) == set(dev[0]["ss"]) | {"overall"} and all(v >= 0 for v in dev[0]["ss_se"].values())
+    assert splits["dev_term_counts"].keys() == splits["counts"]["dev"].keys()
     logs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert all(k in logs[0] for k in ("loss_forget", "loss_retain", "loss_kl"))
     # at step 1 policy == reference, so NPO is 2/beta*log 2 and KL is 0

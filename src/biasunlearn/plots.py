@@ -64,7 +64,14 @@ def plot_dev_ss(dev_log_path, out_png, swaps=None, title="Dev SS per bias type")
     fig, ax = plt.subplots(figsize=(7, 4))
     types = sorted({b for r in rows for b in r["ss"]})
     for b in types:
-        ax.plot([r["step"] for r in rows if b in r["ss"]], [r["ss"][b] for r in rows if b in r["ss"]], marker=".", label=b)
+        have = [r for r in rows if b in r["ss"]]
+        line, = ax.plot([r["step"] for r in have], [r["ss"][b] for r in have], marker=".", label=b)
+        band = [r for r in have if b in r.get("ss_se", {})]  # bootstrap standard error, when the log has it
+        if band:
+            ax.fill_between([r["step"] for r in band], [r["ss"][b] - r["ss_se"][b] for r in band],
+                            [r["ss"][b] + r["ss_se"][b] for r in band], color=line.get_color(), alpha=0.12, lw=0)
+    if any("ss_se" in r for r in rows):
+        title += " (bands: ± bootstrap standard error over terms and examples)"
     ax.axhline(50, color="black", lw=1, ls="--", label="50 (fair)")
     for i, ev in enumerate(swaps or []):
         ax.axvline(ev["step"], color="red", alpha=0.4, lw=1, label="swap" if i == 0 else None)

@@ -18,7 +18,7 @@ from transformers import Trainer, TrainerCallback
 from ..errors import BiasUnlearnError
 from ..evaluate import stereoset_records
 from ..io import write_json
-from ..metrics import stereoset_scores
+from ..metrics import ss_standard_error, stereoset_scores
 from ..models import start_token_id
 from ..scoring import pack_batch, pad_batch, score_mask
 from .controller import SwapController
@@ -304,22 +304,24 @@ class DevCheckCallback(TrainerCallback):
         m = stereoset_scores(recs)
         ss = {b: v["SS"] for b, v in m.items() if b != "overall"}
         lms = m["overall"]["LMS"]
-        result = [ss, lms, m["overall"]["SS"], dev_margins(recs)]
+        result = [ss, lms, m["overall"]["SS"], dev_margins(recs), ss_standard_error(recs, resamples=500)]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(result, src=0)  # every process acts on rank 0's numbers
-        ss, lms, overall, margins = result
+        ss, lms, overall, margins, se = result
         if self.start_lms is None:
             self.start_lms = lms
         type_margins = {b: v for b, v in margins.items() if b != "overall"}
         directions, stop = self.trainer.controller.update(step, ss, lms, dev_margin=type_margins)
-        entry = {"step": step, "ss": ss, "ss_overall": overall, "lms": lms, "margin": margins,
+        # ss_se: bootstrap standard error of each dev SS over target terms and examples (a few terms make it large)
+        entry = {"step": step, "ss": ss, "ss_overall": overall, "ss_se": {b: round(v, 2) for b, v in se.items()},
+                 "lms": lms, "margin": margins,
                  "directions": directions,
                  "elapsed_s": round(time.time() - self.t0, 1)}
         if self.trainer.is_world_process_zero():
             with open(self.out / "dev_log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
-        self.log(f"[dev] step {step}: SS " + " ".join(f"{b}={v:.1f}" for b, v in ss.items())
-                 + f" overall={overall:.1f} LMS={lms:.1f} margin={margins.get('overall', 0):+.4f} "
+        self.log(f"[dev] step {step}: SS " + " ".join(f"{b}={v:.1f}±{se[b]:.0f}" for b, v in ss.items())
+                 + f" overall={overall:.1f}±{se['overall']:.0f} LMS={lms:.1f} margin={margins.get('overall', 0):+.4f} "
                  f"directions={directions}")
         if self.start_lms - lms > args.collapse_lms_drop:
             raise TrainingCollapse(
