@@ -11,7 +11,8 @@ s(stereo) - s(anti) in nats per token (continuous, so it shows movement the coun
 With --split train,dev it scores the run's train split too: the gap between the two shows how much of what an
 adapter learned on its training pairs carries over to target terms it never saw (dev is disjoint by target term).
 
-Per type it prints dev SS, the mean margin s(stereo) - s(anti) and its change from the base (negative: the
+Per type it prints dev SS with its bootstrap standard error over target terms and examples
+(`metrics.ss_standard_error`), the mean margin s(stereo) - s(anti) and its change from the base (negative: the
 stereotype lost ground to its twin), and the change of s(stereo) - s(unrel) and s(anti) - s(unrel) (how the
 meaningful sentences moved against the unrelated one: what LMS counts).
 
@@ -30,7 +31,7 @@ import torch
 from biasunlearn.data.splits import load_train_pool
 from biasunlearn.evaluate import stereoset_records
 from biasunlearn.io import comma_list, write_json
-from biasunlearn.metrics import stereoset_scores
+from biasunlearn.metrics import ss_standard_error, stereoset_scores
 from biasunlearn.models import load_model
 from biasunlearn.unlearn.trainer import dev_margins
 
@@ -64,12 +65,14 @@ def _mean(xs) -> float:
 def summarise(recs, base=None) -> dict:
     """Per bias type and overall: SS, LMS, and the mean margins in nats per token (changes against `base`)."""
     m = stereoset_scores(recs)
+    se = ss_standard_error(recs, resamples=2000)
     margins = dev_margins(recs)
     out = {}
     pairs = list(zip(recs, base)) if base is not None else [(r, None) for r in recs]
     for b in sorted({r["bias_type"] for r in recs}) + ["overall"]:
         rows = [(r, q) for r, q in pairs if b == "overall" or r["bias_type"] == b]
-        row = {"SS": round(m[b]["SS"], 2), "LMS": round(m[b]["LMS"], 2), "n": len(rows),
+        row = {"SS": round(m[b]["SS"], 2), "SS_se": round(se[b], 2), "LMS": round(m[b]["LMS"], 2), "n": len(rows),
+               "terms": m[b]["n_terms"],
                "margin": round(margins[b], 4)}
         if base is not None:
             row["d_margin"] = round(_mean([(r["s_stereo"] - r["s_anti"]) - (q["s_stereo"] - q["s_anti"])
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
                 extra = "" if "d_margin" not in v else (f"  d_margin {v['d_margin']:+.4f}  d(stereo-unrel) "
                                                         f"{v['d_stereo_vs_unrel']:+.4f}  d(anti-unrel) "
                                                         f"{v['d_anti_vs_unrel']:+.4f}")
-                print(f"  {b:>10}: SS {v['SS']:5.1f}  LMS {v['LMS']:5.1f}  margin {v['margin']:+.4f}{extra}",
+                print(f"  {b:>10}: SS {v['SS']:5.1f} ± {v['SS_se']:4.1f} ({v['terms']} terms)  LMS {v['LMS']:5.1f}  margin {v['margin']:+.4f}{extra}",
                       flush=True)
         del model
         gc.collect()

@@ -525,3 +525,22 @@ def test_dev_term_counts_and_the_types_whose_dev_ss_rests_on_few_terms():
     assert coarse_dev_types(dev, min_terms=7) == {"gender": (16, 2), "race": (12, 6)}
     doc = Splits(train=[], dev=dev, seed=0, dev_fraction=0.15).to_dict()
     assert doc["dev_term_counts"] == {"gender": 2, "race": 6} and doc["counts"]["dev"] == {"gender": 16, "race": 12}
+
+
+def test_term_folds_partition_every_term_once_with_balanced_sizes():
+    from biasunlearn.data.splits import term_folds
+    from biasunlearn.data.stereoset import StereoSetExample
+
+    sizes = {"gender": [5, 4, 3, 2, 1, 1], "race": [6, 6, 2, 2, 2, 1, 1]}
+    pool = [StereoSetExample(f"{b}{t}-{i}", "intrasentence", b, f"t{t}", "c BLANK", "s", "a", "u")
+            for b, ss in sizes.items() for t, n in enumerate(ss) for i in range(n)]
+    folds = term_folds(pool, 3, seed=1)
+    every = [k for f in folds for k in f]
+    assert sorted(every) == sorted({(e.bias_type, e.target) for e in pool})  # each term in exactly one fold
+    for b, ss in sizes.items():
+        load = [sum(sizes[b][int(t[1:])] for bb, t in f if bb == b) for f in folds]
+        assert sum(load) == sum(ss) and max(load) - min(load) <= max(ss)
+    # gender 16 examples in 3 folds: largest first to the emptiest fold gives 5 | 4+1 | 3+2 (+1 to the first)
+    g = sorted(sum(sizes["gender"][int(t[1:])] for bb, t in f if bb == "gender") for f in folds)
+    assert g == [5, 5, 6]
+    assert term_folds(pool, 3, seed=1) == folds

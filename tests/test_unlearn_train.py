@@ -422,3 +422,22 @@ def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, extr
     for k in ("loss_forget", "loss_retain", "loss_kl"):
         assert losses[True][k] == pytest.approx(losses[False][k], rel=1e-4, abs=1e-6), k
     assert losses[True]["loss_kl"] > 1e-4  # the adapter moved the policy: the KL is really compared
+
+
+def test_dev_folds_hold_out_every_pool_term_once_and_are_recorded(tmp_path, train_data):
+    from biasunlearn.data.splits import make_splits
+    from biasunlearn.errors import ConfigError
+
+    pool_ids = {e["id"] for e in json.loads((train_data / "pool.json").read_text())}
+    seen = []
+    for k in range(3):
+        sp = make_splits(train_data, files=("pool.json",), seed=5, folds=3, fold=k)
+        assert {e.id for e in sp.dev}.isdisjoint(e.id for e in sp.train)
+        assert {e.id for e in sp.dev} | {e.id for e in sp.train} == pool_ids
+        doc = sp.to_dict()
+        assert (doc["dev_fold"], doc["dev_folds"]) == (k, 3)
+        seen += [e.id for e in sp.dev]
+    assert sorted(seen) == sorted(pool_ids)  # the three dev folds cover the pool once
+    with pytest.raises(ConfigError, match="dev_folds=3, dev_fold=3"):
+        make_splits(train_data, files=("pool.json",), folds=3, fold=3)
+    assert "dev_fold" not in make_splits(train_data, files=("pool.json",), dev_fraction=0.3).to_dict()

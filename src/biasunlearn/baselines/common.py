@@ -59,7 +59,8 @@ def load_splits(cfg):
     """The train/dev split of the config (the SAME call BiasUnlearn's pipeline makes) and the held-out test set,
     checked for overlap with the train pool."""
     splits = make_splits(cfg.data_dir, files=tuple(comma_list(cfg.train_pool)),
-                         dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type, seed=cfg.seed)
+                         dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type, seed=cfg.seed,
+                         folds=cfg.dev_folds, fold=cfg.dev_fold)
     if not splits.train:
         raise ConfigError(f"train pool {cfg.train_pool!r} gave no training examples")
     test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")

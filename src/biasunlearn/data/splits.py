@@ -25,6 +25,7 @@ class Splits:
     dev_fraction: float
     sources: dict = field(default_factory=dict)  # file -> sha256
     skipped: dict = field(default_factory=dict)
+    folds: tuple[int, int] | None = None  # (fold, folds) when dev is one fold of a term-fold partition
 
     def to_dict(self) -> dict:
         def ids(exs):
@@ -35,6 +36,8 @@ class Splits:
                 "dev_targets": sorted({f"{e.bias_type}/{e.target}" for e in self.dev}),
                 "counts": {"train": _count(self.train), "dev": _count(self.dev)},
                 "dev_term_counts": term_counts(self.dev), "skipped": self.skipped}
+        if self.folds is not None:
+            body["dev_fold"], body["dev_folds"] = self.folds
         body["checksum"] = sha256_text(repr((body["train_ids"], body["dev_ids"], sorted(self.sources.items()))))
         return body
 
@@ -77,12 +80,46 @@ def load_train_pool(root=None, files=TRAIN_POOL_FILES, skips: SkipLog | None = N
     return pool, sources
 
 
+def term_folds(pool, folds: int, seed: int = 0) -> list[set]:
+    """Partition the pool's (bias type, target term) pairs into `folds` sets, per bias type, with about the same
+    number of examples in each: terms in a seeded random order, larger terms first, each to the fold that has the
+    fewest examples of that type so far. Every term is in exactly one fold."""
+    rng = random.Random(seed)
+    out: list[set] = [set() for _ in range(folds)]
+    for bias in sorted({e.bias_type for e in pool}):
+        size: dict[str, int] = {}
+        for e in pool:
+            if e.bias_type == bias:
+                size[e.target] = size.get(e.target, 0) + 1
+        terms = sorted(size)
+        rng.shuffle(terms)
+        terms.sort(key=lambda t: -size[t])  # stable: equal sizes keep the shuffled order
+        load = [0] * folds
+        for t in terms:
+            k = min(range(folds), key=lambda i: (load[i], i))
+            out[k].add((bias, t))
+            load[k] += size[t]
+    return out
+
+
 def make_splits(root=None, files=TRAIN_POOL_FILES, dev_fraction: float = 0.15, min_dev_per_type: int = 8,
-                seed: int = 0) -> Splits:
-    """Dev = whole target terms drawn (seeded) per bias type until at least max(min_dev, ceil(frac * n)) examples."""
+                seed: int = 0, folds: int = 0, fold: int = 0) -> Splits:
+    """Dev = whole target terms drawn (seeded) per bias type until at least max(min_dev, ceil(frac * n)) examples.
+
+    With folds > 1: dev = fold `fold` of `term_folds` instead (dev_fraction and min_dev_per_type unused), so that
+    `folds` runs, one per fold, hold out every target term of the pool once between them (cross-validation by term)."""
+    skips = SkipLog()
+    if folds:
+        if folds < 2 or not 0 <= fold < folds:
+            raise ConfigError(f"dev_folds={folds}, dev_fold={fold}: need dev_folds >= 2 and 0 <= dev_fold < dev_folds")
+        pool, sources = load_train_pool(root, files, skips)
+        dev_terms = term_folds(pool, folds, seed)[fold]
+        dev = [e for e in pool if (e.bias_type, e.target) in dev_terms]
+        train = [e for e in pool if (e.bias_type, e.target) not in dev_terms]
+        return Splits(train=train, dev=dev, seed=seed, dev_fraction=len(dev) / len(pool), sources=sources,
+                      skipped=skips.to_dict(), folds=(fold, folds))
     if not 0 < dev_fraction < 1:
         raise ConfigError(f"dev_fraction {dev_fraction}: must be between 0 and 1")
-    skips = SkipLog()
     pool, sources = load_train_pool(root, files, skips)
     rng = random.Random(seed)
     dev_terms = set()

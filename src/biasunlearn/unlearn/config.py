@@ -33,6 +33,10 @@ class UnlearnConfig(TrainingArguments):
                                                                    "with the train pool; never used for decisions).")
     dev_fraction: float = _f(0.15, "Share of the train pool held out as dev, disjoint by target term, per bias type.")
     min_dev_per_type: int = _f(8, "At least this many dev examples per bias type.")
+    dev_folds: int = _f(0, "Cross-validation by target term: with K >= 2, the pool's terms are split per bias type "
+                           "into K folds of about equal size and dev is fold dev_fold (dev_fraction is then unused); "
+                           "K runs, one per fold, hold out every term once. 0: the default dev slice.")
+    dev_fold: int = _f(0, "Which fold is dev when dev_folds >= 2 (0 .. dev_folds - 1).")
     unrelated_source: str = _f("stereoset", "Text for the KL term: 'stereoset' (unrelated sentences of the train pool), "
                                             "'wikitext' (WikiText-2 raw test lines; perplexity is then left out of "
                                             "the report) or 'generated' (texts sampled once from the original model, "

@@ -66,7 +66,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     model = prepare_lora(model, cfg)
     splits = make_splits(cfg.data_dir, files=tuple(comma_list(cfg.train_pool)),
                          dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type,
-                         seed=cfg.seed)
+                         seed=cfg.seed, folds=cfg.dev_folds, fold=cfg.dev_fold)
     coarse = coarse_dev_types(splits.dev)
     if coarse and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "", cfg.checkpoint_metric):
         log("[train] note: the dev SS of " + ", ".join(f"{b} ({n} examples, {t} target terms)"
