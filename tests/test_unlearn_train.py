@@ -2,6 +2,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -441,3 +442,65 @@ def test_dev_folds_hold_out_every_pool_term_once_and_are_recorded(tmp_path, trai
     with pytest.raises(ConfigError, match="dev_folds=3, dev_fold=3"):
         make_splits(train_data, files=("pool.json",), folds=3, fold=3)
     assert "dev_fold" not in make_splits(train_data, files=("pool.json",), dev_fraction=0.3).to_dict()
+
+
+def test_fold_runs_are_checked_before_pooling_and_pooled_by_hand(tmp_path, train_data):
+    from biasunlearn.data.splits import make_splits
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.folds import missing_folds, pooled_summary, read_fold_splits
+
+    def run(name, **kw):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "splits.json").write_text(json.dumps(make_splits(train_data, files=("pool.json",), **kw).to_dict()))
+        return d
+
+    r0, r1, r2 = (run(f"f{k}", seed=2, folds=3, fold=k) for k in range(3))
+    docs = read_fold_splits([r2, r0])
+    assert [d["dev_fold"] for d in docs] == [2, 0] and missing_folds(docs) == [1]
+    assert missing_folds(read_fold_splits([r0, r1, r2])) == []
+    with pytest.raises(ConfigError, match="fold 0 is also"):
+        read_fold_splits([r0, run("again", seed=2, folds=3, fold=0)])
+    with pytest.raises(ConfigError, match="seed 3 differs"):
+        read_fold_splits([r0, run("other_seed", seed=3, folds=3, fold=1)])
+    with pytest.raises(ConfigError, match="not a term fold"):
+        read_fold_splits([r0, run("plain", dev_fraction=0.3)])
+    with pytest.raises(ConfigError, match="splits.json: missing"):
+        read_fold_splits([r0, tmp_path / "nothing"])
+
+    def rec(b, t, ds, da, du=-9.0):
+        return {"bias_type": b, "target": t, "s_stereo": ds, "s_anti": da, "s_unrel": du}
+
+    # gender: term a 2/2 pro, term b 0/1 -> SS 50; race: one term 1/2 -> 50; margins by hand
+    recs = [rec("gender", "a", -1.0, -2.0), rec("gender", "a", -1.0, -1.5), rec("gender", "b", -3.0, -1.0),
+            rec("race", "c", -1.0, -1.2), rec("race", "c", -2.0, -1.0)]
+    s = pooled_summary(recs, resamples=200)
+    assert s["gender"]["SS"] == 50.0 and s["race"]["SS"] == 50.0 and s["overall"]["SS"] == pytest.approx(50.0)
+    assert s["gender"]["margin"] == pytest.approx((1.0 + 0.5 - 2.0) / 3, abs=1e-4)
+    assert s["race"]["margin"] == pytest.approx((0.2 - 1.0) / 2, abs=1e-4)
+    assert (s["gender"]["n_terms"], s["gender"]["n_examples"], s["overall"]["n_terms"]) == (2, 3, 3)
+    assert s["gender"]["SS_se"] > 0 and s["race"]["LMS"] == 100.0
+
+
+def test_cv_pool_script_pools_two_fold_runs(tmp_path, tiny_llama_path, train_data):
+    import importlib.util
+
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    runs = []
+    for k in range(2):
+        cfg = _cfg(tmp_path / f"k{k}", tiny_llama_path, train_data, dev_folds=2, dev_fold=k, max_steps=2)
+        train_adapter(cfg, log=lambda s: None)
+        runs.append(tmp_path / f"k{k}" / "run")
+    spec = importlib.util.spec_from_file_location("cv_pool", Path(__file__).parent.parent / "bench" / "cv_pool.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "cv.json"
+    assert mod.main(["--runs", ",".join(map(str, runs)), "--adapter", "best_adapter", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    pool_n = len(json.loads((train_data / "pool.json").read_text()))
+    assert res["folds"] == 2 and res["missing_folds"] == []
+    for name in ("base", "recipe"):  # every pool example is held out exactly once
+        assert res[name]["overall"]["n_examples"] == pool_n
+    with pytest.raises(SystemExit, match=r"folds \[1\] of 2 have no run"):
+        mod.main(["--runs", str(runs[0]), "--out", str(tmp_path / "x.json")])
