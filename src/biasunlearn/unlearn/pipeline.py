@@ -71,8 +71,9 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     if coarse and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "", cfg.checkpoint_metric):
         log("[train] note: the dev SS of " + ", ".join(f"{b} ({n} examples, {t} target terms)"
                                                       for b, (n, t) in coarse.items())
-            + " is a mean over fewer than 5 target terms, so it jumps by whole examples between checks; "
-              "swap_signal: margin and checkpoint_metric: margin read the mean dev margin instead")
+            + " is a mean over fewer than 5 target terms: it moves by whole examples between checks and its "
+              "standard error (ss_se in dev_log.jsonl) is large; dev_folds cross-validates a recipe over every "
+              "term of the pool")
     test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
     overlap = overlap_report(splits.train + splits.dev, test)
     if overlap["shared_sentences"] or overlap["shared_target_terms"]:
