@@ -69,7 +69,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
                          seed=cfg.seed, folds=cfg.dev_folds, fold=cfg.dev_fold)
     coarse = coarse_dev_types(splits.dev)
     if coarse and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "", cfg.checkpoint_metric):
-        log("[train] note: the dev SS of " + ", ".join(f"{b} ({n} examples, {t} target terms)"
+        log("[train] note: the dev SS of " + ", ".join(f"{b} ({n} examples, {t} target term{'' if t == 1 else 's'})"
                                                       for b, (n, t) in coarse.items())
             + " is a mean over fewer than 5 target terms: it moves by whole examples between checks and its "
               "standard error (ss_se in dev_log.jsonl) is large; dev_folds cross-validates a recipe over every "
