@@ -46,11 +46,9 @@ def main(argv=None) -> int:
     by_id = {e.id: e for e in pool}
     recs: dict[str, list] = {"base": [], "recipe": []}
     base, tok, _ = load_model(cfg["model"], dtype=a.dtype)
-    for run, doc in zip(runs, docs):
-        exs = [by_id[i] for i in doc["dev_ids"]]
-        with torch.no_grad():
-            recs["base"] += stereoset_records(base, tok, exs)
-        print(f"[cv] base scored on fold {doc['dev_fold']} ({len(exs)} examples)", file=sys.stderr, flush=True)
+    with torch.no_grad():  # the base model on every fold at once
+        recs["base"] = stereoset_records(base, tok, [by_id[i] for doc in docs for i in doc["dev_ids"]])
+    print(f"[cv] base scored on folds {sorted(d['dev_fold'] for d in docs)}", file=sys.stderr, flush=True)
     del base
     gc.collect()
     for run, doc in zip(runs, docs):

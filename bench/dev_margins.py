@@ -31,9 +31,8 @@ import torch
 from biasunlearn.data.splits import load_train_pool
 from biasunlearn.evaluate import stereoset_records
 from biasunlearn.io import comma_list, write_json
-from biasunlearn.metrics import ss_standard_error, stereoset_scores
 from biasunlearn.models import load_model
-from biasunlearn.unlearn.trainer import dev_margins
+from biasunlearn.unlearn.folds import pooled_summary
 
 
 SPLITS = ("train", "dev")
@@ -64,16 +63,14 @@ def _mean(xs) -> float:
 
 def summarise(recs, base=None) -> dict:
     """Per bias type and overall: SS, LMS, and the mean margins in nats per token (changes against `base`)."""
-    m = stereoset_scores(recs)
-    se = ss_standard_error(recs, resamples=2000)
-    margins = dev_margins(recs)
+    summary = pooled_summary(recs)
     out = {}
     pairs = list(zip(recs, base)) if base is not None else [(r, None) for r in recs]
     for b in sorted({r["bias_type"] for r in recs}) + ["overall"]:
         rows = [(r, q) for r, q in pairs if b == "overall" or r["bias_type"] == b]
-        row = {"SS": round(m[b]["SS"], 2), "SS_se": round(se[b], 2), "LMS": round(m[b]["LMS"], 2), "n": len(rows),
-               "terms": m[b]["n_terms"],
-               "margin": round(margins[b], 4)}
+        v = summary[b]
+        row = {"SS": v["SS"], "SS_se": v["SS_se"], "LMS": v["LMS"], "n": v["n_examples"], "terms": v["n_terms"],
+               "margin": v["margin"]}
         if base is not None:
             row["d_margin"] = round(_mean([(r["s_stereo"] - r["s_anti"]) - (q["s_stereo"] - q["s_anti"])
                                            for r, q in rows]), 4)

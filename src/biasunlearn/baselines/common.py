@@ -1,7 +1,7 @@
 """What the fine-tuning baselines share with BiasUnlearn and with each other.
 
 Every baseline takes the same `UnlearnConfig` as BiasUnlearn (built with `biasunlearn.unlearn.make_config`), so the
-train pool, the train/dev split (`make_splits` with the same seed and dev fraction), the LoRA settings, the step
+train pool, the train/dev split (`splits_for`: the same seed and dev settings), the LoRA settings, the step
 budget and the learning-rate policy (learning rate, linear schedule, warm-up, AdamW) are the same by construction.
 A run folder gets the same files as a BiasUnlearn run: adapter/, splits.json, config.json, log.jsonl (per-step
 losses), dev_log.jsonl (one line per dev check, same format: {"step", "ss": {bias_type: SS}, "ss_overall", "lms",
@@ -22,10 +22,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..data import data_dir, load_stereoset
-from ..data.splits import make_splits, overlap_report
+from ..data.splits import overlap_report, splits_for
 from ..errors import ConfigError
 from ..evaluate import package_versions, stereoset_records
-from ..io import comma_list, write_json
+from ..io import write_json
 from ..metrics import stereoset_scores
 from ..models import load_model, start_token_id
 
@@ -58,9 +58,7 @@ def lora_config(model, cfg):
 def load_splits(cfg):
     """The train/dev split of the config (the SAME call BiasUnlearn's pipeline makes) and the held-out test set,
     checked for overlap with the train pool."""
-    splits = make_splits(cfg.data_dir, files=tuple(comma_list(cfg.train_pool)),
-                         dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type, seed=cfg.seed,
-                         folds=cfg.dev_folds, fold=cfg.dev_fold)
+    splits = splits_for(cfg)
     if not splits.train:
         raise ConfigError(f"train pool {cfg.train_pool!r} gave no training examples")
     test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import sha256_file, sha256_text
+from ..io import comma_list, sha256_file, sha256_text
 from .common import SkipLog, data_dir
 from .stereoset import StereoSetExample, load_stereoset
 
@@ -108,19 +108,25 @@ def make_splits(root=None, files=TRAIN_POOL_FILES, dev_fraction: float = 0.15, m
 
     With folds > 1: dev = fold `fold` of `term_folds` instead (dev_fraction and min_dev_per_type unused), so that
     `folds` runs, one per fold, hold out every target term of the pool once between them (cross-validation by term)."""
-    skips = SkipLog()
     if folds:
         if folds < 2 or not 0 <= fold < folds:
             raise ConfigError(f"dev_folds={folds}, dev_fold={fold}: need dev_folds >= 2 and 0 <= dev_fold < dev_folds")
-        pool, sources = load_train_pool(root, files, skips)
-        dev_terms = term_folds(pool, folds, seed)[fold]
-        dev = [e for e in pool if (e.bias_type, e.target) in dev_terms]
-        train = [e for e in pool if (e.bias_type, e.target) not in dev_terms]
-        return Splits(train=train, dev=dev, seed=seed, dev_fraction=len(dev) / len(pool), sources=sources,
-                      skipped=skips.to_dict(), folds=(fold, folds))
-    if not 0 < dev_fraction < 1:
+    elif not 0 < dev_fraction < 1:
         raise ConfigError(f"dev_fraction {dev_fraction}: must be between 0 and 1")
+    skips = SkipLog()
     pool, sources = load_train_pool(root, files, skips)
+    if folds:
+        dev_terms = term_folds(pool, folds, seed)[fold]
+    else:
+        dev_terms = _drawn_dev_terms(pool, dev_fraction, min_dev_per_type, seed)
+    dev = [e for e in pool if (e.bias_type, e.target) in dev_terms]
+    train = [e for e in pool if (e.bias_type, e.target) not in dev_terms]
+    return Splits(train=train, dev=dev, seed=seed, dev_fraction=len(dev) / len(pool) if folds else dev_fraction,
+                  sources=sources, skipped=skips.to_dict(), folds=(fold, folds) if folds else None)
+
+
+def _drawn_dev_terms(pool, dev_fraction: float, min_dev_per_type: int, seed: int) -> set:
+    """The default dev slice: (bias type, term) pairs drawn in a seeded order until the type's share is reached."""
     rng = random.Random(seed)
     dev_terms = set()
     for bias in sorted({e.bias_type for e in pool}):
@@ -135,9 +141,15 @@ def make_splits(root=None, files=TRAIN_POOL_FILES, dev_fraction: float = 0.15, m
                 break
             dev_terms.add((bias, t))
             got += per_term[t]
-    dev = [e for e in pool if (e.bias_type, e.target) in dev_terms]
-    train = [e for e in pool if (e.bias_type, e.target) not in dev_terms]
-    return Splits(train=train, dev=dev, seed=seed, dev_fraction=dev_fraction, sources=sources, skipped=skips.to_dict())
+    return dev_terms
+
+
+def splits_for(cfg) -> Splits:
+    """The train/dev split a training config asks for (UnlearnConfig's train_pool, dev and seed settings): the one
+    call BiasUnlearn's pipeline and the baselines make."""
+    return make_splits(cfg.data_dir, files=tuple(comma_list(cfg.train_pool)), dev_fraction=cfg.dev_fraction,
+                       min_dev_per_type=cfg.min_dev_per_type, seed=cfg.seed, folds=cfg.dev_folds,
+                       fold=cfg.dev_fold)
 
 
 def overlap_report(train: list[StereoSetExample], test: list[StereoSetExample]) -> dict:

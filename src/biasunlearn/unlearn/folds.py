@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..metrics import ss_standard_error, stereoset_scores
+from .trainer import dev_margins
 
 
 def read_fold_splits(run_dirs) -> list[dict]:
@@ -51,10 +52,7 @@ def pooled_summary(records: list[dict], resamples: int = 2000) -> dict:
     pooled held-out records."""
     m = stereoset_scores(records)
     se = ss_standard_error(records, resamples=resamples)
-    out = {}
-    for b, v in m.items():
-        rows = [r for r in records if b == "overall" or r["bias_type"] == b]
-        out[b] = {"SS": round(v["SS"], 2), "SS_se": round(se[b], 2), "LMS": round(v["LMS"], 2),
-                  "margin": round(sum(r["s_stereo"] - r["s_anti"] for r in rows) / len(rows), 4),
-                  "n_examples": v["n_examples"], "n_terms": v["n_terms"]}
-    return out
+    margins = dev_margins(records)
+    return {b: {"SS": round(v["SS"], 2), "SS_se": round(se[b], 2), "LMS": round(v["LMS"], 2),
+                "margin": round(margins[b], 4), "n_examples": v["n_examples"], "n_terms": v["n_terms"]}
+            for b, v in m.items()}

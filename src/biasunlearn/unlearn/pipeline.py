@@ -12,7 +12,7 @@ import torch
 
 from ..adapters import resolve_lora_targets
 from ..data import data_dir, load_stereoset, load_text_lines
-from ..data.splits import coarse_dev_types, make_splits, overlap_report
+from ..data.splits import coarse_dev_types, overlap_report, splits_for
 from ..errors import BiasUnlearnError, ConfigError
 from ..evaluate import EvalConfig, evaluate_model, package_versions
 from ..io import atomic_write_text, comma_list, read_json, write_json
@@ -64,9 +64,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
 
     set_seed(cfg.seed)  # the LoRA initialisation draws from the RNG: same seed, same adapter start
     model = prepare_lora(model, cfg)
-    splits = make_splits(cfg.data_dir, files=tuple(comma_list(cfg.train_pool)),
-                         dev_fraction=cfg.dev_fraction, min_dev_per_type=cfg.min_dev_per_type,
-                         seed=cfg.seed, folds=cfg.dev_folds, fold=cfg.dev_fold)
+    splits = splits_for(cfg)
     coarse = coarse_dev_types(splits.dev)
     if coarse and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "", cfg.checkpoint_metric):
         log("[train] note: the dev SS of " + ", ".join(f"{b} ({n} examples, {t} target term{'' if t == 1 else 's'})"
