@@ -504,3 +504,77 @@ def test_cv_pool_script_pools_two_fold_runs(tmp_path, tiny_llama_path, train_dat
         assert res[name]["overall"]["n_examples"] == pool_n
     with pytest.raises(SystemExit, match=r"folds \[1\] of 2 have no run"):
         mod.main(["--runs", str(runs[0]), "--out", str(tmp_path / "x.json")])
+
+
+def test_pooled_dev_curve_weights_folds_by_terms_and_examples_by_hand(tmp_path):
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.folds import pooled_dev_curve
+
+    def run(k, terms, examples, rows):
+        d = tmp_path / f"f{k}"
+        d.mkdir()
+        doc = {"dev_folds": 2, "dev_fold": k, "seed": 0, "sources": {"pool.json": "abc"}, "dev_ids": [f"{k}-{i}" for
+               i in range(sum(examples.values()))], "dev_term_counts": terms, "counts": {"dev": examples}}
+        (d / "splits.json").write_text(json.dumps(doc))
+        (d / "dev_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return d
+
+    def row(step, g, r, se_g, se_r, overall, lms, m_g, m_r, m_all, dirs=None):
+        return {"step": step, "ss": {"gender": g, "race": r}, "ss_se": {"gender": se_g, "race": se_r, "overall": 4.0},
+                "ss_overall": overall, "lms": lms, "margin": {"gender": m_g, "race": m_r, "overall": m_all},
+                "directions": dirs or {"gender": 1, "race": 1}}
+
+    # fold 0: gender 1 term (2 examples), race 3 terms (6 examples); fold 1: gender 3 terms (6), race 1 term (2)
+    f0 = run(0, {"gender": 1, "race": 3}, {"gender": 2, "race": 6},
+             [row(0, 100.0, 40.0, 10.0, 6.0, 55.0, 90.0, 0.3, -0.1, 0.0),
+              row(10, 50.0, 40.0, 10.0, 6.0, 42.5, 88.0, 0.1, -0.1, -0.05, {"gender": 1, "race": 0}),
+              row(20, 50.0, 50.0, 10.0, 6.0, 50.0, 88.0, 0.0, 0.0, 0.0)])
+    f1 = run(1, {"gender": 3, "race": 1}, {"gender": 6, "race": 2},
+             [row(0, 60.0, 80.0, 8.0, 12.0, 65.0, 80.0, 0.2, 0.4, 0.25),
+              row(10, 60.0, 80.0, 8.0, 12.0, 65.0, 84.0, 0.2, 0.4, 0.25, {"gender": 0, "race": 0})])
+    c = pooled_dev_curve([f1, f0])
+    assert c["steps"] == [0, 10] and c["dropped_steps"] == {str(f0): [20]}
+    r0, r10 = c["rows"]
+    assert r0["ss"]["gender"] == pytest.approx((1 * 100 + 3 * 60) / 4)  # 70: weighted by terms, not by folds
+    assert r0["ss"]["race"] == pytest.approx((3 * 40 + 1 * 80) / 4)  # 50
+    assert r0["ss_se"]["gender"] == pytest.approx(((0.25 * 10) ** 2 + (0.75 * 8) ** 2) ** 0.5, abs=0.01)  # 6.5
+    assert r0["ss_se"]["race"] == pytest.approx(((0.75 * 6) ** 2 + (0.25 * 12) ** 2) ** 0.5, abs=0.01)  # 5.41
+    assert r0["ss_se"]["overall"] == pytest.approx((2 * (0.5 * 4.0) ** 2) ** 0.5, abs=0.01)
+    assert r0["ss_overall"] == pytest.approx(60.0) and r0["lms"] == pytest.approx(85.0)  # 4 terms each
+    assert r0["margin"]["gender"] == pytest.approx((2 * 0.3 + 6 * 0.2) / 8, abs=1e-5)  # by examples
+    assert r0["margin"]["race"] == pytest.approx((6 * -0.1 + 2 * 0.4) / 8, abs=1e-5)
+    assert r0["margin"]["overall"] == pytest.approx((8 * 0.0 + 8 * 0.25) / 16, abs=1e-5)
+    assert r0["n_terms"] == {"gender": 4, "race": 4}
+    assert r0["paused"] == {"gender": 0, "race": 0} and r10["paused"] == {"gender": 1, "race": 2}
+    assert r10["ss"]["gender"] == pytest.approx((50 + 180) / 4) and r10["lms"] == pytest.approx(86.0)
+
+    with pytest.raises(ConfigError, match=r"folds \[1\] of 2 have no run"):
+        pooled_dev_curve([f0])
+    (f1 / "dev_log.jsonl").write_text('{"step": 0}\nnot json\n')
+    with pytest.raises(ConfigError, match=r"dev_log.jsonl, line 2: not a dev check row"):
+        pooled_dev_curve([f0, f1])
+
+
+def test_cv_curve_script_writes_json_and_plot(tmp_path, tiny_llama_path, train_data):
+    import importlib.util
+
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    runs = []
+    for k in range(2):
+        cfg = _cfg(tmp_path / f"k{k}", tiny_llama_path, train_data, dev_folds=2, dev_fold=k, max_steps=2, eval_every=1)
+        train_adapter(cfg, log=lambda s: None)
+        runs.append(tmp_path / f"k{k}" / "run")
+    spec = importlib.util.spec_from_file_location("cv_curve", Path(__file__).parent.parent / "bench" / "cv_curve.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out, png = tmp_path / "curve.json", tmp_path / "curve.png"
+    assert mod.main(["--runs", ",".join(map(str, runs)), "--out", str(out), "--png", str(png)]) == 0
+    res = json.loads(out.read_text())
+    logs = [[json.loads(x) for x in (r / "dev_log.jsonl").read_text().splitlines()] for r in runs]
+    assert res["steps"] == [r["step"] for r in logs[0]] and len(res["steps"]) >= 2
+    n = [json.loads((r / "splits.json").read_text())["dev_term_counts"] for r in runs]
+    overall = [sum(x.values()) for x in n]
+    want = sum(k * lg[-1]["ss_overall"] for k, lg in zip(overall, logs)) / sum(overall)
+    assert res["rows"][-1]["ss_overall"] == pytest.approx(want)
+    assert png.exists() and png.stat().st_size > 1000

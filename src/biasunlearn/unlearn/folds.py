@@ -56,3 +56,74 @@ def pooled_summary(records: list[dict], resamples: int = 2000) -> dict:
     return {b: {"SS": round(v["SS"], 2), "SS_se": round(se[b], 2), "LMS": round(v["LMS"], 2),
                 "margin": round(margins[b], 4), "n_examples": v["n_examples"], "n_terms": v["n_terms"]}
             for b, v in m.items()}
+
+
+def pooled_dev_curve(run_dirs) -> dict:
+    """The held-out curve of a cross-validated recipe, from the runs' dev logs alone (no model is loaded): at every
+    dev check that all K runs reached, each bias type's SS pooled over the K folds, i.e. over every term of the pool.
+
+    SS is a mean over target terms, so the pooled SS of a type is its fold SS weighted by the fold's number of terms
+    of that type (`dev_term_counts` in splits.json), and the overall SS and LMS are weighted by the folds' total term
+    counts: exactly what scoring the pooled records would give. The mean margin is a mean over examples, so it is
+    weighted by the folds' dev example counts. The folds are disjoint draws, so the pooled standard error is the
+    stratified one, sqrt(sum((w_k * se_k)^2)) over the folds' logged bootstrap errors.
+
+    Each run's pauses and swaps were decided on its own fold, so the curve is that of the recipe as a whole
+    (controller included), held out at every step. Returns {"steps": [...], "rows": [dev_log-like rows],
+    "dropped_steps": {run: [steps not reached by every run]}}."""
+    runs = [Path(r) for r in run_dirs]
+    docs = read_fold_splits(runs)
+    if missing_folds(docs):
+        raise ConfigError(f"folds {missing_folds(docs)} of {docs[0]['dev_folds']} have no run: a pooled curve "
+                          "needs every fold")
+    logs = []
+    for run in runs:
+        p = run / "dev_log.jsonl"
+        if not p.exists():
+            raise ConfigError(f"{p}: missing (the run made no dev check yet)")
+        rows = {}
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    r = json.loads(line)
+                    rows[int(r["step"])] = r
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ConfigError(f"{p}, line {i}: not a dev check row ({e})") from None
+        logs.append(rows)
+    common = sorted(set.intersection(*(set(rows) for rows in logs)))
+    if not common:
+        raise ConfigError("the runs share no dev-check step: " +
+                          "; ".join(f"{r}: {sorted(rows)[:3]}..." for r, rows in zip(runs, logs)))
+    dropped = {str(r): sorted(set(rows) - set(common)) for r, rows in zip(runs, logs) if set(rows) - set(common)}
+    term_n = [d["dev_term_counts"] for d in docs]
+    ex_n = [d["counts"]["dev"] for d in docs]
+    types = sorted(set().union(*term_n))
+    out_rows = []
+    for step in common:
+        rows = [rows[step] for rows in logs]
+        ss, se, margin = {}, {}, {}
+        for b in types:
+            w = [(n.get(b, 0), r) for n, r in zip(term_n, rows) if n.get(b, 0)]
+            total = sum(k for k, _ in w)
+            ss[b] = sum(k * r["ss"][b] for k, r in w) / total
+            if all("ss_se" in r for _, r in w):
+                se[b] = round(sum((k / total * r["ss_se"][b]) ** 2 for k, r in w) ** 0.5, 2)
+            we = [(n.get(b, 0), r) for n, r in zip(ex_n, rows) if n.get(b, 0) and b in r.get("margin", {})]
+            if we and len(we) == len(w):
+                margin[b] = round(sum(k * r["margin"][b] for k, r in we) / sum(k for k, _ in we), 5)
+        tw = [sum(n.values()) for n in term_n]
+        row = {"step": step, "ss": ss, "ss_overall": sum(k * r["ss_overall"] for k, r in zip(tw, rows)) / sum(tw),
+               "lms": sum(k * r["lms"] for k, r in zip(tw, rows)) / sum(tw),
+               "n_terms": {b: sum(n.get(b, 0) for n in term_n) for b in types}}
+        if all("ss_se" in r and "overall" in r["ss_se"] for r in rows):
+            se["overall"] = round(sum((k / sum(tw) * r["ss_se"]["overall"]) ** 2 for k, r in zip(tw, rows)) ** 0.5, 2)
+        if se:
+            row["ss_se"] = se
+        if margin and all("overall" in r.get("margin", {}) for r in rows):
+            ew = [sum(n.values()) for n in ex_n]
+            margin["overall"] = round(sum(k * r["margin"]["overall"] for k, r in zip(ew, rows)) / sum(ew), 5)
+        if margin:
+            row["margin"] = margin
+        row["paused"] = {b: sum(1 for r in rows if r.get("directions", {}).get(b, 1) == 0) for b in types}
+        out_rows.append(row)
+    return {"steps": common, "rows": out_rows, "dropped_steps": dropped}
