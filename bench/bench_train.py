@@ -7,7 +7,8 @@
 3. writes <results>/summary.json (targets met or not, wall times, peak memory), <results>/report.md (before/after
    tables) and copies the run's small files (config, splits, logs, dev curves, plots) next to them.
 
-Nothing here looks at the test set before training is over: the checkpoint is the run's own dev choice.
+Nothing here looks at the test set before training is over: the checkpoint is the run's own dev choice, or, with
+--adapter checkpoint-N, a step chosen beforehand on the train pool (by cross-validation, bench/cv_curve.py).
 
     python bench/bench_train.py --model smollm2-135m --config configs/smollm2-cpu.yaml --run runs/smol-bal \
         --results bench/results/train_smollm2-135m --threads 2
@@ -37,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--base", default=None, help="base results.json (default bench/results/base_<model>/results.json)")
     p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--adapter", default="adapter", help="adapter folder inside --run: 'adapter' (the run's own "
+                                                        "dev-chosen checkpoint) or a checkpoint chosen elsewhere, "
+                                                        "e.g. checkpoint-80 for a step chosen by cross-validation")
     return p.parse_args(argv)
 
 
@@ -110,19 +114,23 @@ def main(a) -> int:
                       bbq_per_category=ecfg_b.get("bbq_per_category"), ppl_window=ecfg_b["ppl_window"],
                       ppl_stride=ecfg_b["ppl_stride"], ppl_max_tokens=ecfg_b["ppl_max_tokens"], data_dir=cfg.data_dir)
     t1 = time.perf_counter()
-    after_path = run / "eval_after" / "results.json"
+    adapter = run / a.adapter
+    if not (adapter / "adapter_config.json").exists():
+        raise SystemExit(f"{adapter}: no adapter there (adapter_config.json missing)")
+    eval_dir = run / ("eval_after" if a.adapter == "adapter" else f"eval_after_{a.adapter}")
+    after_path = eval_dir / "results.json"
     if after_path.exists() and read_json(after_path)["eval_config"]["benchmarks"] == list(ecfg.benchmarks):
         after = read_json(after_path)
     else:
-        after = run_eval(a.model, adapter=str(run / "adapter"), dtype=before["bench"]["dtype"], cfg=ecfg,
-                         out_dir=run / "eval_after", log=lambda s: print(s, file=sys.stderr, flush=True))
+        after = run_eval(a.model, adapter=str(adapter), dtype=before["bench"]["dtype"], cfg=ecfg,
+                         out_dir=eval_dir, log=lambda s: print(s, file=sys.stderr, flush=True))
     eval_s = time.perf_counter() - t1
     res.mkdir(parents=True, exist_ok=True)
     for f in COPY:
         if (run / f).exists():
             shutil.copy2(run / f, res / f)
     write_json(res / "eval_after.json", after)
-    doc = {"model": a.model, "run": str(run), "base": str(base_path), "argv": sys.argv, "threads": a.threads,
+    doc = {"model": a.model, "run": str(run), "adapter": str(adapter), "base": str(base_path), "argv": sys.argv, "threads": a.threads,
            "config": config, **({"command_config_differs": differs} if differs else {}),
            "targets": targets(before, after),
            "train": {"steps": summary.get("steps"), "wall_time_s": summary.get("train_wall_time_s"),
@@ -133,7 +141,8 @@ def main(a) -> int:
            "eval_this_call_s": round(eval_s, 1)}
     write_json(res / "summary.json", doc)
     md = [f"# BiasUnlearn on {a.model}: held-out before/after", "",
-          f"Run `{run}`; before = `{base_path}`; after = the run's adapter (its own dev-chosen checkpoint).", "",
+          f"Run `{run}`; before = `{base_path}`; after = " + ("the run's adapter (its own dev-chosen checkpoint)."
+                                                              if a.adapter == "adapter" else f"`{adapter}`."), "",
           before_after_markdown(before, after)]
     atomic_write_text(res / "report.md", "\n".join(md))
     t = doc["targets"]
