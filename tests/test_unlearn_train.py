@@ -578,3 +578,25 @@ def test_cv_curve_script_writes_json_and_plot(tmp_path, tiny_llama_path, train_d
     want = sum(k * lg[-1]["ss_overall"] for k, lg in zip(overall, logs)) / sum(overall)
     assert res["rows"][-1]["ss_overall"] == pytest.approx(want)
     assert png.exists() and png.stat().st_size > 1000
+
+
+def test_stop_at_step_keeps_that_steps_adapter_and_the_full_schedule(tmp_path, tiny_llama_path, train_data):
+    """A step fixed beforehand (e.g. by cross-validation): the run stops there, its adapter is that step's (not dev's
+    choice), and it is the very adapter a full-length run has at that step, since the schedule spans max_steps."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    full = _cfg(tmp_path / "full", tiny_llama_path, train_data, max_steps=6, save_total_limit=None)
+    train_adapter(full, log=lambda s: None)
+    cut = _cfg(tmp_path / "cut", tiny_llama_path, train_data, max_steps=6, stop_at_step=4)
+    summary = train_adapter(cut, log=lambda s: None)
+    run = tmp_path / "cut" / "run"
+    assert summary["steps"] == 4 and summary["adapter"] == "step 4 (stop_at_step)"
+    a, f4, last = _lora(run / "adapter"), _lora(tmp_path / "full" / "run" / "checkpoint-4"), _lora(run / "final_adapter")
+    assert a.keys() == f4.keys() and all(torch.equal(a[k], f4[k]) and torch.equal(a[k], last[k]) for k in a)
+    assert any(not torch.equal(a[k], _lora(tmp_path / "full" / "run" / "adapter")[k]) for k in a)
+    logs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if "learning_rate" in x]
+    assert logs[-1]["step"] == 4 and logs[-1]["learning_rate"] == pytest.approx(5e-3 * (6 - 3) / 6)  # 6-step decay
+    assert [json.loads(x)["step"] for x in (run / "dev_log.jsonl").read_text().splitlines()] == [0, 2, 4]
+    with pytest.raises(ConfigError, match=r"stop_at_step=7: must be 0 \(off\) or between 1 and max_steps \(6\)"):
+        _cfg(tmp_path / "bad", tiny_llama_path, train_data, max_steps=6, stop_at_step=7)

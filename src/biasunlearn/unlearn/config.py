@@ -116,6 +116,11 @@ class UnlearnConfig(TrainingArguments):
                                       "'margin' (each type's mean dev margin s(stereo) - s(anti) against 0, worst "
                                       "first): the margin is continuous, where a small dev slice makes SS jump by "
                                       "whole examples.")
+    stop_at_step: int = _f(0, "A schedule fixed beforehand (e.g. its length chosen on the pooled curve of a "
+                              "cross-validation, bench/cv_curve.py): the run stops at this step and its adapter is "
+                              "that step's, whatever dev says (no early stop; best_adapter/ still records dev's choice). The "
+                              "learning-rate schedule still spans max_steps, so the adapter is the one a full run "
+                              "has at this step. 0: off (the adapter is the best dev check).")
     collapse_lms_drop: float = _f(15.0, "Stop the run (collapse guard) when dev LMS falls this many points.")
     # --- LoRA ---
     lora_r: int = _f(8, "LoRA rank.")
@@ -154,6 +159,9 @@ class UnlearnConfig(TrainingArguments):
         if self.unrelated_source == "generated" and (self.generated_count < 1 or self.generated_tokens < 1):
             raise ConfigError(f"generated_count={self.generated_count}, generated_tokens={self.generated_tokens}: "
                               "both must be at least 1 with unrelated_source='generated'")
+        if self.stop_at_step < 0 or (self.stop_at_step and self.max_steps > 0 and self.stop_at_step > self.max_steps):
+            raise ConfigError(f"stop_at_step={self.stop_at_step}: must be 0 (off) or between 1 and max_steps "
+                              f"({self.max_steps})")
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
 

@@ -112,7 +112,8 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(last)
         final = out / "adapter"
         shutil.rmtree(final, ignore_errors=True)
-        shutil.copytree(best if best.exists() else last, final)
+        # stop_at_step: a step fixed beforehand is the adapter, not dev's choice
+        shutil.copytree(best if best.exists() and not cfg.stop_at_step else last, final)
         write_json(final / "biasunlearn_config.json", {"method": "biasunlearn", "config": cfg.method_dict(),
                                                        "base_model": info.to_dict(), "splits_checksum":
                                                        splits.to_dict()["checksum"]})
@@ -121,6 +122,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         plot_dev_margin(out / "dev_log.jsonl", out / "dev_margin.png", controller.events)
     summary = {"train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
                "swaps": controller.events, "best": dev_cb.best,
+               "adapter": f"step {trainer.state.global_step} (stop_at_step)" if cfg.stop_at_step else "best dev check",
                "peak_memory_mb": _peak_mem_mb(), "packing": trainer.packing_check}
     if trainer.is_world_process_zero():
         write_json(out / "train_summary.json", summary)

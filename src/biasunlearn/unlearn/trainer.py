@@ -357,10 +357,14 @@ class DevCheckCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step % args.eval_every == 0:
-            if self._dev_check(model, state.global_step):
+            if self._dev_check(model, state.global_step) and not args.stop_at_step:
                 self.log(f"[dev] {self.trainer.controller.stop_reason}: early stop")
                 control.should_training_stop = True
                 control.should_save = True
+        if args.stop_at_step and state.global_step >= args.stop_at_step:
+            self.log(f"[train] step {state.global_step}: stop_at_step reached; the adapter is this step's")
+            control.should_training_stop = True
+            control.should_save = True
         return control
 
     def on_save(self, args, state, control, **kw):
