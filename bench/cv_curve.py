@@ -23,10 +23,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", required=True, help="comma-separated run folders, one per fold (all K)")
     ap.add_argument("--out", required=True, help="JSON with the pooled rows")
+    ap.add_argument("--allow-partial", action="store_true", help="pool even if some folds have no run")
     ap.add_argument("--png", default=None, help="also draw the pooled SS per type against steps")
     a = ap.parse_args(argv)
     runs = comma_list(a.runs)
-    curve = pooled_dev_curve(runs)
+    curve = pooled_dev_curve(runs, allow_partial=a.allow_partial)
     curve["runs"] = runs
     types = sorted(curve["rows"][0]["ss"])
     print("step  " + "  ".join(f"{b:>15}" for b in types) + "   overall      LMS  paused (folds)")
@@ -35,6 +36,8 @@ def main(argv=None) -> int:
         paused = ",".join(f"{b[:4]}{r['paused'][b]}" for b in types if r["paused"][b])
         print(f"{r['step']:4d}  " + " ".join(cells) + f" {r['ss_overall']:6.1f} ± "
               f"{r.get('ss_se', {}).get('overall', float('nan')):3.1f}  {r['lms']:5.1f}  {paused}")
+    if curve["missing_folds"]:
+        print(f"partial: folds {curve['missing_folds']} of {curve['folds']} have no run")
     if curve["dropped_steps"]:
         print(f"steps not reached by every run, left out: {curve['dropped_steps']}")
     write_json(Path(a.out), curve)
@@ -43,7 +46,7 @@ def main(argv=None) -> int:
             log = Path(tmp) / "pooled.jsonl"
             log.write_text("".join(json.dumps(r) + "\n" for r in curve["rows"]))
             n = curve["rows"][0]["n_terms"]
-            plot_dev_ss(log, a.png, title=f"Held-out SS pooled over {len(runs)} term folds "
+            plot_dev_ss(log, a.png, title=f"Held-out SS pooled over {len(runs)} of {curve['folds']} term folds "
                                           f"({sum(n.values())} terms)")
     return 0
 

@@ -550,6 +550,9 @@ def test_pooled_dev_curve_weights_folds_by_terms_and_examples_by_hand(tmp_path):
 
     with pytest.raises(ConfigError, match=r"folds \[1\] of 2 have no run"):
         pooled_dev_curve([f0])
+    part = pooled_dev_curve([f0], allow_partial=True)  # one fold alone: its own numbers
+    assert part["missing_folds"] == [1] and part["rows"][0]["ss"] == {"gender": 100.0, "race": 40.0}
+    assert part["rows"][0]["ss_se"]["race"] == 6.0
     (f1 / "dev_log.jsonl").write_text('{"step": 0}\nnot json\n')
     with pytest.raises(ConfigError, match=r"dev_log.jsonl, line 2: not a dev check row"):
         pooled_dev_curve([f0, f1])

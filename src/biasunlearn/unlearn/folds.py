@@ -58,7 +58,7 @@ def pooled_summary(records: list[dict], resamples: int = 2000) -> dict:
             for b, v in m.items()}
 
 
-def pooled_dev_curve(run_dirs) -> dict:
+def pooled_dev_curve(run_dirs, allow_partial: bool = False) -> dict:
     """The held-out curve of a cross-validated recipe, from the runs' dev logs alone (no model is loaded): at every
     dev check that all K runs reached, each bias type's SS pooled over the K folds, i.e. over every term of the pool.
 
@@ -69,11 +69,12 @@ def pooled_dev_curve(run_dirs) -> dict:
     stratified one, sqrt(sum((w_k * se_k)^2)) over the folds' logged bootstrap errors.
 
     Each run's pauses and swaps were decided on its own fold, so the curve is that of the recipe as a whole
-    (controller included), held out at every step. Returns {"steps": [...], "rows": [dev_log-like rows],
+    (controller included), held out at every step. With allow_partial, fewer than K folds are pooled (over their
+    terms only). Returns {"steps": [...], "rows": [dev_log-like rows],
     "dropped_steps": {run: [steps not reached by every run]}}."""
     runs = [Path(r) for r in run_dirs]
     docs = read_fold_splits(runs)
-    if missing_folds(docs):
+    if missing_folds(docs) and not allow_partial:
         raise ConfigError(f"folds {missing_folds(docs)} of {docs[0]['dev_folds']} have no run: a pooled curve "
                           "needs every fold")
     logs = []
@@ -126,4 +127,5 @@ def pooled_dev_curve(run_dirs) -> dict:
             row["margin"] = margin
         row["paused"] = {b: sum(1 for r in rows if r.get("directions", {}).get(b, 1) == 0) for b in types}
         out_rows.append(row)
-    return {"steps": common, "rows": out_rows, "dropped_steps": dropped}
+    return {"steps": common, "rows": out_rows, "dropped_steps": dropped, "folds": docs[0]["dev_folds"],
+            "missing_folds": missing_folds(docs)}
