@@ -130,7 +130,8 @@ def main(a) -> int:
         if (run / f).exists():
             shutil.copy2(run / f, res / f)
     write_json(res / "eval_after.json", after)
-    doc = {"model": a.model, "run": str(run), "adapter": str(adapter), "base": str(base_path), "argv": sys.argv, "threads": a.threads,
+    doc = {"model": a.model, "run": str(run), "adapter": str(adapter), "base": str(base_path), "argv": sys.argv,
+           "threads": a.threads,
            "config": config, **({"command_config_differs": differs} if differs else {}),
            "targets": targets(before, after),
            "train": {"steps": summary.get("steps"), "wall_time_s": summary.get("train_wall_time_s"),

@@ -9,9 +9,7 @@ so the curve shows, within a few points, where the recipe stands on terms it did
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 from biasunlearn.io import comma_list, write_json
@@ -42,12 +40,9 @@ def main(argv=None) -> int:
         print(f"steps not reached by every run, left out: {curve['dropped_steps']}")
     write_json(Path(a.out), curve)
     if a.png:
-        with tempfile.TemporaryDirectory() as tmp:
-            log = Path(tmp) / "pooled.jsonl"
-            log.write_text("".join(json.dumps(r) + "\n" for r in curve["rows"]))
-            n = curve["rows"][0]["n_terms"]
-            plot_dev_ss(log, a.png, title=f"Held-out SS pooled over {len(runs)} of {curve['folds']} term folds "
-                                          f"({sum(n.values())} terms)")
+        n = curve["rows"][0]["n_terms"]
+        plot_dev_ss(curve["rows"], a.png, title=f"Held-out SS pooled over {len(runs)} of {curve['folds']} term "
+                                                f"folds ({sum(n.values())} terms)")
     return 0
 
 

@@ -52,13 +52,14 @@ def plot_losses(log_path, out_png, title="BiasUnlearn losses") -> Path | None:
     return Path(out_png)
 
 
-def plot_dev_ss(dev_log_path, out_png, swaps=None, title="Dev SS per bias type") -> Path | None:
+def plot_dev_ss(dev_log, out_png, swaps=None, title="Dev SS per bias type") -> Path | None:
+    """dev_log: a dev_log.jsonl path, or its rows already read (e.g. the pooled rows of a cross-validation)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _read_jsonl(dev_log_path)
+    rows = dev_log if isinstance(dev_log, list) else _read_jsonl(dev_log)
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))

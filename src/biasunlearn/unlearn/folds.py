@@ -58,6 +58,17 @@ def pooled_summary(records: list[dict], resamples: int = 2000) -> dict:
             for b, v in m.items()}
 
 
+def _weighted_mean(pairs) -> float:
+    """Mean of the values of (weight, value) pairs, weighted."""
+    return sum(w * x for w, x in pairs) / sum(w for w, _ in pairs)
+
+
+def _stratified_se(pairs) -> float:
+    """Standard error of a weighted mean of independent strata from their (weight, standard error) pairs."""
+    total = sum(w for w, _ in pairs)
+    return sum((w / total * se) ** 2 for w, se in pairs) ** 0.5
+
+
 def pooled_dev_curve(run_dirs, allow_partial: bool = False) -> dict:
     """The held-out curve of a cross-validated recipe, from the runs' dev logs alone (no model is loaded): at every
     dev check that all K runs reached, each bias type's SS pooled over the K folds, i.e. over every term of the pool.
@@ -96,35 +107,30 @@ def pooled_dev_curve(run_dirs, allow_partial: bool = False) -> dict:
         raise ConfigError("the runs share no dev-check step: " +
                           "; ".join(f"{r}: {sorted(rows)[:3]}..." for r, rows in zip(runs, logs)))
     dropped = {str(r): sorted(set(rows) - set(common)) for r, rows in zip(runs, logs) if set(rows) - set(common)}
-    term_n = [d["dev_term_counts"] for d in docs]
-    ex_n = [d["counts"]["dev"] for d in docs]
-    types = sorted(set().union(*term_n))
+    # per fold, the weights each pooled number takes: terms for SS and LMS, examples for the margin
+    term_w = [{**d["dev_term_counts"], "overall": sum(d["dev_term_counts"].values())} for d in docs]
+    ex_w = [{**d["counts"]["dev"], "overall": sum(d["counts"]["dev"].values())} for d in docs]
+    types = sorted(set().union(*(d["dev_term_counts"] for d in docs)))
     out_rows = []
     for step in common:
         rows = [rows[step] for rows in logs]
-        ss, se, margin = {}, {}, {}
-        for b in types:
-            w = [(n.get(b, 0), r) for n, r in zip(term_n, rows) if n.get(b, 0)]
-            total = sum(k for k, _ in w)
-            ss[b] = sum(k * r["ss"][b] for k, r in w) / total
-            if all("ss_se" in r for _, r in w):
-                se[b] = round(sum((k / total * r["ss_se"][b]) ** 2 for k, r in w) ** 0.5, 2)
-            we = [(n.get(b, 0), r) for n, r in zip(ex_n, rows) if n.get(b, 0) and b in r.get("margin", {})]
-            if we and len(we) == len(w):
-                margin[b] = round(sum(k * r["margin"][b] for k, r in we) / sum(k for k, _ in we), 5)
-        tw = [sum(n.values()) for n in term_n]
-        row = {"step": step, "ss": ss, "ss_overall": sum(k * r["ss_overall"] for k, r in zip(tw, rows)) / sum(tw),
-               "lms": sum(k * r["lms"] for k, r in zip(tw, rows)) / sum(tw),
-               "n_terms": {b: sum(n.get(b, 0) for n in term_n) for b in types}}
-        if all("ss_se" in r and "overall" in r["ss_se"] for r in rows):
-            se["overall"] = round(sum((k / sum(tw) * r["ss_se"]["overall"]) ** 2 for k, r in zip(tw, rows)) ** 0.5, 2)
-        if se:
-            row["ss_se"] = se
-        if margin and all("overall" in r.get("margin", {}) for r in rows):
-            ew = [sum(n.values()) for n in ex_n]
-            margin["overall"] = round(sum(k * r["margin"]["overall"] for k, r in zip(ew, rows)) / sum(ew), 5)
-        if margin:
-            row["margin"] = margin
+        row = {"step": step, "ss": {}, "ss_se": {}, "margin": {}}
+        for b in types + ["overall"]:
+            folds = [(t[b], e[b], r) for t, e, r in zip(term_w, ex_w, rows) if t.get(b, 0)]  # folds holding b
+            ss = _weighted_mean([(t, r["ss_overall"] if b == "overall" else r["ss"][b]) for t, _, r in folds])
+            if b == "overall":
+                row["ss_overall"] = ss
+                row["lms"] = _weighted_mean([(t, r["lms"]) for t, _, r in folds])
+            else:
+                row["ss"][b] = ss
+            if all(b in r.get("ss_se", {}) for *_, r in folds):
+                row["ss_se"][b] = round(_stratified_se([(t, r["ss_se"][b]) for t, _, r in folds]), 2)
+            if all(b in r.get("margin", {}) for *_, r in folds):
+                row["margin"][b] = round(_weighted_mean([(e, r["margin"][b]) for _, e, r in folds]), 5)
+        for key in ("ss_se", "margin"):  # logs from before these were written have none
+            if not row[key]:
+                del row[key]
+        row["n_terms"] = {b: sum(t.get(b, 0) for t in term_w) for b in types}
         row["paused"] = {b: sum(1 for r in rows if r.get("directions", {}).get(b, 1) == 0) for b in types}
         out_rows.append(row)
     return {"steps": common, "rows": out_rows, "dropped_steps": dropped, "folds": docs[0]["dev_folds"],
