@@ -1,5 +1,7 @@
 """The BiasUnlearn parts without a model: losses (hand-computed), the swap controller, the sets and chunks."""
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -519,3 +521,51 @@ def test_twin_offset_moves_the_reference_and_keeps_pushing_a_level_pair():
         make_config(output_dir="/tmp/x", npo_twin_offset=0.1)
     assert make_config(output_dir="/tmp/x", npo_reference="twin", pair_retain=True,
                        npo_twin_offset=0.1).npo_twin_offset == 0.1
+
+
+def _bench_module(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_margin_shift_compares_test_and_pooled_moves(tmp_path, capsys):
+    """Hand-computed: the test margins move by -0.3 (race) and -0.1 (gender); the pooled folds by -0.6 and -0.4."""
+    mod = _bench_module("margin_shift")
+
+    def preds(path, rows):
+        lines = [{"benchmark": "stereoset", "task": "intrasentence", "bias_type": b, "target": "t",
+                  "s_stereo": s, "s_anti": a, "s_unrel": -9.0} for b, s, a in rows]
+        lines.append({"benchmark": "crows_pairs", "bias_type": "race", "s_more": 0.0, "s_less": -5.0})  # not read
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return path
+
+    # base margins: race (0.5 + 0.3) / 2 = 0.4, gender 0.2, overall 1.0 / 3
+    base = preds(tmp_path / "base.jsonl", [("race", -1.0, -1.5), ("race", -2.0, -2.3), ("gender", -1.0, -1.2)])
+    # after: race (0.1 + 0.1) / 2 = 0.1, gender 0.1, overall 0.1
+    after = preds(tmp_path / "after.jsonl", [("race", -1.4, -1.5), ("race", -2.2, -2.3), ("gender", -1.1, -1.2)])
+    curve = {"rows": [{"step": 0, "margin": {"race": 0.5, "gender": 0.3, "overall": 0.45}},
+                      {"step": 40, "margin": {"race": -0.1, "gender": -0.1, "overall": -0.05}}]}
+    (tmp_path / "curve.json").write_text(json.dumps(curve))
+    out = tmp_path / "shift.json"
+    assert mod.main(["--base", str(base), "--after", f"40={after}", "--curve", str(tmp_path / "curve.json"),
+                     "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    race, gender = res["steps"]["40"]["race"], res["steps"]["40"]["gender"]
+    assert race["test_move"] == pytest.approx(-0.3) and race["pool_move"] == pytest.approx(-0.6)
+    assert race["ratio"] == pytest.approx(0.5)
+    assert gender["test_move"] == pytest.approx(-0.1) and gender["ratio"] == pytest.approx(0.25)
+    assert res["steps"]["40"]["overall"]["test_move"] == pytest.approx(0.1 - 1.0 / 3, abs=1e-5)
+    assert "| race | +0.400 | +0.500 | 40 | +0.100 | -0.100 | -0.300 | -0.600 | 0.50 |" in capsys.readouterr().out
+    # a step the curve does not have, a malformed --after, and a file with no StereoSet rows: clear errors
+    assert mod.main(["--base", str(base), "--after", f"60={after}", "--curve", str(tmp_path / "curve.json")]) == 2
+    assert "no step 60" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(["--base", str(base), "--after", str(after), "--curve", str(tmp_path / "curve.json")])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"benchmark": "bbq"}\n')
+    assert mod.main(["--base", str(empty), "--after", f"40={after}", "--curve", str(tmp_path / "curve.json")]) == 2
+    assert "no StereoSet intrasentence predictions" in capsys.readouterr().err
