@@ -569,3 +569,23 @@ def test_margin_shift_compares_test_and_pooled_moves(tmp_path, capsys):
     empty.write_text('{"benchmark": "bbq"}\n')
     assert mod.main(["--base", str(empty), "--after", f"40={after}", "--curve", str(tmp_path / "curve.json")]) == 2
     assert "no StereoSet intrasentence predictions" in capsys.readouterr().err
+
+
+def test_sibling_moves_groups_test_terms_by_a_pool_sibling(tmp_path):
+    """Hand-computed: 'Afghan' has the pool sibling 'Afghanistan' (same five letters), 'Norway' has none."""
+    mod = _bench_module("sibling_moves")
+
+    def preds(path, rows):
+        path.write_text("".join(json.dumps({"benchmark": "stereoset", "task": "intrasentence", "bias_type": "race",
+                                            "target": t, "s_stereo": s, "s_anti": 0.0, "s_unrel": -9.0}) + "\n"
+                                for t, s in rows))
+        return path
+
+    before = mod.term_ss(preds(tmp_path / "b.jsonl", [("Afghan", 1), ("Afghan", 1), ("Norway", 1), ("Norway", -1)]))
+    after = mod.term_ss(preds(tmp_path / "a.jsonl", [("Afghan", 1), ("Afghan", -1), ("Norway", 0), ("Norway", -1)]))
+    assert before == {("race", "Afghan"): 100.0, ("race", "Norway"): 50.0}
+    assert after == {("race", "Afghan"): 50.0, ("race", "Norway"): 0.0}  # a tie (0 vs 0) counts as anti
+    res = mod.sibling_moves(before, after, {"race": {"Afghanistan", "Peru"}})
+    assert res == {"race": {"sibling": {"terms": 1, "move": -50.0}, "no_sibling": {"terms": 1, "move": -50.0}}}
+    res = mod.sibling_moves(before, after, {"race": {"Peru"}})
+    assert res["race"]["sibling"] == {"terms": 0, "move": None} and res["race"]["no_sibling"]["terms"] == 2
