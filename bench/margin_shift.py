@@ -18,26 +18,16 @@ import sys
 from pathlib import Path
 
 from biasunlearn.errors import BiasUnlearnError
-from biasunlearn.io import write_json
-from biasunlearn.unlearn.trainer import dev_margins
+from biasunlearn.io import read_jsonl, write_json
+from biasunlearn.metrics import mean_margins
 
 
 def test_margins(path) -> dict:
     """Mean StereoSet intrasentence margin per bias type and overall from a predictions.jsonl."""
-    recs = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BiasUnlearnError(f"{path}: line {i} is not JSON ({e.msg})") from None
-            if r.get("benchmark") == "stereoset" and r.get("task") == "intrasentence":
-                recs.append(r)
+    recs = [r for r in read_jsonl(path) if r.get("benchmark") == "stereoset" and r.get("task") == "intrasentence"]
     if not recs:
         raise BiasUnlearnError(f"{path}: no StereoSet intrasentence predictions")
-    return dev_margins(recs)
+    return mean_margins(recs)
 
 
 def margin_shift(base: dict, after: dict, curve: dict) -> dict:

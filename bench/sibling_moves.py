@@ -10,21 +10,18 @@ their spelled-alike siblings, the first group would move further. No model is lo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from biasunlearn.data.splits import load_train_pool, related_terms
+from biasunlearn.io import read_jsonl
+from biasunlearn.metrics import term_scores
 
 
 def term_ss(path) -> dict:
-    """{(bias type, term): SS} from the StereoSet intrasentence rows of a predictions.jsonl (a tie counts as anti)."""
-    won: dict[tuple, list[bool]] = {}
-    with open(path) as f:
-        for line in f:
-            r = json.loads(line) if line.strip() else {}
-            if r.get("benchmark") == "stereoset" and r.get("task") == "intrasentence":
-                won.setdefault((r["bias_type"], r["target"]), []).append(r["s_stereo"] > r["s_anti"])
-    return {k: 100.0 * sum(v) / len(v) for k, v in won.items()}
+    """{(bias type, term): SS} from the StereoSet intrasentence rows of a predictions.jsonl (as the metric: a tie
+    counts as anti)."""
+    recs = [r for r in read_jsonl(path) if r.get("benchmark") == "stereoset" and r.get("task") == "intrasentence"]
+    return {k: ss for k, (ss, _, _) in term_scores(recs).items()}
 
 
 def sibling_moves(before: dict, after: dict, pool_terms: dict) -> dict:

@@ -1,5 +1,6 @@
 """Tiny random causal LMs, a word-level tokenizer, LoRA adapters and a miniature benchmark data folder, all built
-locally (no network). Used by tests/test_deploy.py; seconds on one CPU thread."""
+locally (no network). Used by tests/test_deploy.py; seconds on one CPU thread. Also `load_bench`, which imports a
+script of bench/ as a module so that tests can call its main()."""
 from __future__ import annotations
 
 import csv
@@ -162,3 +163,14 @@ def results_doc(spec: str, adapter: str | None, ss: float, ppl: float) -> dict:
                                                 "bias_disambig": ss - 50, "bias_ambig": 5.0, "n": 4}}},
                 "perplexity": {"metrics": {"perplexity": ppl, "tokens_scored": 100}},
             }}
+
+
+def load_bench(name: str):
+    """bench/<name>.py imported as a module (bench/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

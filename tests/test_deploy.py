@@ -308,14 +308,7 @@ def test_before_after_markdown_deltas_and_gaps():
 
 # --- bench scripts (smoke, on the tiny models) -------------------------------------------------------------------
 
-def _bench(name):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_bench = _tiny.load_bench
 
 
 def test_bench_make_variant_and_transfer_scripts(tiny, tmp_path):

@@ -1,11 +1,11 @@
 """The BiasUnlearn parts without a model: losses (hand-computed), the swap controller, the sets and chunks."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from _tiny import load_bench
 from biasunlearn.data.stereoset import StereoSetExample
 from biasunlearn.unlearn.controller import SwapController
 from biasunlearn.unlearn.losses import forward_kl, npo_loss, npo_loss_token_mean, retention_loss
@@ -523,18 +523,9 @@ def test_twin_offset_moves_the_reference_and_keeps_pushing_a_level_pair():
                        npo_twin_offset=0.1).npo_twin_offset == 0.1
 
 
-def _bench_module(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_margin_shift_compares_test_and_pooled_moves(tmp_path, capsys):
     """Hand-computed: the test margins move by -0.3 (race) and -0.1 (gender); the pooled folds by -0.6 and -0.4."""
-    mod = _bench_module("margin_shift")
+    mod = load_bench("margin_shift")
 
     def preds(path, rows):
         lines = [{"benchmark": "stereoset", "task": "intrasentence", "bias_type": b, "target": "t",
@@ -569,11 +560,14 @@ def test_margin_shift_compares_test_and_pooled_moves(tmp_path, capsys):
     empty.write_text('{"benchmark": "bbq"}\n')
     assert mod.main(["--base", str(empty), "--after", f"40={after}", "--curve", str(tmp_path / "curve.json")]) == 2
     assert "no StereoSet intrasentence predictions" in capsys.readouterr().err
+    empty.write_text('{"benchmark": "bbq"}\nnot json\n')
+    assert mod.main(["--base", str(empty), "--after", f"40={after}", "--curve", str(tmp_path / "curve.json")]) == 2
+    assert "empty.jsonl, row 2: not JSON" in capsys.readouterr().err
 
 
 def test_sibling_moves_groups_test_terms_by_a_pool_sibling(tmp_path):
     """Hand-computed: 'Afghan' has the pool sibling 'Afghanistan' (same five letters), 'Norway' has none."""
-    mod = _bench_module("sibling_moves")
+    mod = load_bench("sibling_moves")
 
     def preds(path, rows):
         path.write_text("".join(json.dumps({"benchmark": "stereoset", "task": "intrasentence", "bias_type": "race",

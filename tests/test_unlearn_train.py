@@ -8,6 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _tiny import load_bench
+
 POOL_TERMS = {"gender": ["father", "brother", "uncle"], "race": ["Kenyan", "Korean", "Peruvian"]}
 WORDS = [("lazy", "busy", "cloud"), ("strong", "gentle", "window"), ("rich", "poor", "bridge")]
 
@@ -483,8 +485,6 @@ def test_fold_runs_are_checked_before_pooling_and_pooled_by_hand(tmp_path, train
 
 
 def test_cv_pool_script_pools_two_fold_runs(tmp_path, tiny_llama_path, train_data):
-    import importlib.util
-
     from biasunlearn.unlearn.pipeline import train_adapter
 
     runs = []
@@ -492,9 +492,7 @@ def test_cv_pool_script_pools_two_fold_runs(tmp_path, tiny_llama_path, train_dat
         cfg = _cfg(tmp_path / f"k{k}", tiny_llama_path, train_data, dev_folds=2, dev_fold=k, max_steps=2)
         train_adapter(cfg, log=lambda s: None)
         runs.append(tmp_path / f"k{k}" / "run")
-    spec = importlib.util.spec_from_file_location("cv_pool", Path(__file__).parent.parent / "bench" / "cv_pool.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("cv_pool")
     out = tmp_path / "cv.json"
     assert mod.main(["--runs", ",".join(map(str, runs)), "--adapter", "best_adapter", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -559,8 +557,6 @@ def test_pooled_dev_curve_weights_folds_by_terms_and_examples_by_hand(tmp_path):
 
 
 def test_cv_curve_script_writes_json_and_plot(tmp_path, tiny_llama_path, train_data):
-    import importlib.util
-
     from biasunlearn.unlearn.pipeline import train_adapter
 
     runs = []
@@ -568,9 +564,7 @@ def test_cv_curve_script_writes_json_and_plot(tmp_path, tiny_llama_path, train_d
         cfg = _cfg(tmp_path / f"k{k}", tiny_llama_path, train_data, dev_folds=2, dev_fold=k, max_steps=2, eval_every=1)
         train_adapter(cfg, log=lambda s: None)
         runs.append(tmp_path / f"k{k}" / "run")
-    spec = importlib.util.spec_from_file_location("cv_curve", Path(__file__).parent.parent / "bench" / "cv_curve.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench("cv_curve")
     out, png = tmp_path / "curve.json", tmp_path / "curve.png"
     assert mod.main(["--runs", ",".join(map(str, runs)), "--out", str(out), "--png", str(png)]) == 0
     res = json.loads(out.read_text())

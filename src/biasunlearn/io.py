@@ -75,3 +75,18 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON Lines file (blank lines skipped); a line that is not JSON is a DataError naming it."""
+    from .errors import DataError
+
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(path, f"not JSON ({e.msg})", row=i) from None
+    return rows

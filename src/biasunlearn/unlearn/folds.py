@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..metrics import ss_standard_error, stereoset_scores
-from .trainer import dev_margins
+from ..metrics import mean_margins, ss_standard_error, stereoset_scores
 
 
 def read_fold_splits(run_dirs) -> list[dict]:
@@ -52,7 +51,7 @@ def pooled_summary(records: list[dict], resamples: int = 2000) -> dict:
     pooled held-out records."""
     m = stereoset_scores(records)
     se = ss_standard_error(records, resamples=resamples)
-    margins = dev_margins(records)
+    margins = mean_margins(records)
     return {b: {"SS": round(v["SS"], 2), "SS_se": round(se[b], 2), "LMS": round(v["LMS"], 2),
                 "margin": round(margins[b], 4), "n_examples": v["n_examples"], "n_terms": v["n_terms"]}
             for b, v in m.items()}

@@ -18,6 +18,7 @@ from transformers import Trainer, TrainerCallback
 from ..errors import BiasUnlearnError
 from ..evaluate import stereoset_records
 from ..io import write_json
+from ..metrics import mean_margins as dev_margins  # one name here, so a test can stand in for it
 from ..metrics import ss_standard_error, stereoset_scores
 from ..models import start_token_id
 from ..scoring import pack_batch, pad_batch, score_mask
@@ -270,19 +271,6 @@ class BiasUnlearnTrainer(Trainer):
         if self.controller is not None:
             logs["directions"] = ",".join(f"{b[:4]}{d:+d}" for b, d in self.controller.directions.items())
         super().log(logs, start_time)
-
-
-def dev_margins(recs) -> dict:
-    """Mean s(stereotype) - s(anti-stereotype) in nats per token, per bias type and overall. Unlike dev SS, which
-    counts each example as won or lost and moves in steps of several points on a small dev slice, it shows how far
-    the stereotype sentences really moved against their twins (0 = level on average; positive = stereotypes
-    preferred)."""
-    out: dict[str, list[float]] = {}
-    for r in recs:
-        d = r["s_stereo"] - r["s_anti"]
-        out.setdefault(r["bias_type"], []).append(d)
-        out.setdefault("overall", []).append(d)
-    return {b: round(sum(v) / len(v), 5) for b, v in sorted(out.items())}
 
 
 class DevCheckCallback(TrainerCallback):
