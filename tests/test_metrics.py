@@ -206,3 +206,32 @@ def test_ss_standard_error_hand_computed_cases():
     assert ss_standard_error(recs, resamples=300, seed=3) == ss_standard_error(recs, resamples=300, seed=3)
     with pytest.raises(ValueError, match="no StereoSet records"):
         ss_standard_error([])
+
+
+def test_paired_ss_difference_hand_computed_cases():
+    from biasunlearn.metrics import paired_ss_difference
+
+    def rec(i, bias, target, pro):
+        return {"id": f"ex-{i}", "bias_type": bias, "target": target, "s_stereo": -1.0 if pro else -2.0,
+                "s_anti": -1.5, "s_unrel": -3.0}
+
+    before = [rec(i, "gender", "girl", p) for i, p in enumerate((True, True, False, False))]
+    # the same read twice: no change and no error, whatever is drawn
+    same = paired_ss_difference(before, before, resamples=200)
+    assert same["gender"] == {"diff": 0.0, "se": 0.0} and same["overall"] == {"diff": 0.0, "se": 0.0}
+    # example 2 flips to pro: SS 50 -> 75. On a resample the difference is 100 * (times example 2 is drawn) / 4,
+    # Binomial(4, 1/4): SD = 100 * sqrt(4 * 1/4 * 3/4) / 4 = 21.65. The two reads' own errors (25 and 21.65)
+    # would give sqrt(25^2 + 21.65^2) = 33.1 if the draws were not shared.
+    after = [rec(i, "gender", "girl", p) for i, p in enumerate((True, True, True, False))]
+    got = paired_ss_difference(before, after, resamples=4000, seed=1)
+    assert got["gender"]["diff"] == pytest.approx(25.0)
+    assert got["gender"]["se"] == pytest.approx(21.65, abs=1.2)
+    # records are paired by id, not by their order in the file
+    got_shuffled = paired_ss_difference(before, list(reversed(after)), resamples=4000, seed=1)
+    assert got_shuffled == got
+    # reads of different examples cannot be paired
+    other = [rec(i + 10, "gender", "girl", p) for i, p in enumerate((True, True, True, False))]
+    with pytest.raises(ValueError, match="read 1 does not hold the same examples"):
+        paired_ss_difference(before, other)
+    with pytest.raises(ValueError, match="no StereoSet records"):
+        paired_ss_difference([], [])

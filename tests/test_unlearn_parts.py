@@ -583,3 +583,35 @@ def test_sibling_moves_groups_test_terms_by_a_pool_sibling(tmp_path):
     assert res == {"race": {"sibling": {"terms": 1, "move": -50.0}, "no_sibling": {"terms": 1, "move": -50.0}}}
     res = mod.sibling_moves(before, after, {"race": {"Peru"}})
     assert res["race"]["sibling"] == {"terms": 0, "move": None} and res["race"]["no_sibling"]["terms"] == 2
+
+
+def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
+    """Hand-computed: a one-term type whose examples never change has no error; the band chances follow the normal
+    law (P(|Z| > 1) = 0.3173 for an error equal to the band)."""
+    mod = load_bench("ss_precision")
+    assert mod.outside_band(4.0, 4.0) == pytest.approx(0.31731, abs=1e-5)
+    assert mod.outside_band(2.0, 4.0) == pytest.approx(0.04550, abs=1e-5)
+    assert mod.outside_band(0.0, 4.0) == 0.0
+
+    def preds(path, pros):
+        rows = [{"benchmark": "stereoset", "task": "intrasentence", "id": f"{b}-{i}", "bias_type": b, "target": t,
+                 "s_stereo": 1.0 if p else -1.0, "s_anti": 0.0, "s_unrel": -9.0}
+                for b, t, p_list in pros for i, p in enumerate(p_list)]
+        rows.append({"benchmark": "crows_pairs", "id": "c-0"})  # other benchmarks' rows are skipped
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    base = preds(tmp_path / "b.jsonl", [("race", "x", [True, True, True, True]), ("gender", "girl", [True, False])])
+    after = preds(tmp_path / "a.jsonl", [("race", "x", [True, True, False, False]), ("gender", "girl", [True, False])])
+    assert mod.main(["--read", f"base={base}", "--read", f"run={after}", "--resamples", "400",
+                     "--out", str(tmp_path / "p.json")]) == 0
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert res["reads"]["base"]["race"] == {"SS": 100.0, "se": 0.0}
+    assert res["reads"]["run"]["race"]["SS"] == 50.0 and res["reads"]["run"]["gender"]["SS"] == 50.0
+    assert res["paired"]["run"]["race"]["diff"] == -50.0 and res["paired"]["run"]["gender"] == {"diff": 0.0, "se": 0.0}
+    assert res["level_model_outside_band"]["race"] == 0.0 and "overall" not in res["level_model_outside_band"]
+    p_gender = res["level_model_outside_band"]["gender"]
+    assert res["level_model_any_domain_outside"] == pytest.approx(p_gender, abs=1e-3)  # race adds nothing
+    assert "| run − base |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="expected NAME=PATH"):
+        mod.main(["--read", base])

@@ -61,34 +61,81 @@ def ss_standard_error(records: Iterable[Mapping], resamples: int = 1000, seed: i
     a handful of terms (a small dev split) has a large error however many examples each term has.
 
     Deterministic for a given seed. A type with a single term gets only the examples' part of the error."""
-    per_term: dict = defaultdict(list)  # (bias_type, target) -> [pro, ...]
+    draws = _bootstrap_ss([records], resamples, seed)
+    return {k: _sd([d[0] for d in v]) for k, v in sorted(draws.items())}
+
+
+def paired_ss_difference(before: Iterable[Mapping], after: Iterable[Mapping], resamples: int = 1000,
+                         seed: int = 0) -> dict:
+    """SS(after) - SS(before) per bias type and overall, with its bootstrap standard error, for two reads of the
+    *same* examples (two models, or one model before and after training). Each resample draws the same terms and
+    examples for both reads (as `ss_standard_error` draws them), so what the two reads share cancels: the error
+    says whether a change is larger than another draw of the test split would make it, which the two reads'
+    separate errors overstate. Records are paired by their "id" when every record has one, else by their order
+    within each target term. Returns {domain: {"diff": ..., "se": ...}}; raises ValueError when the two reads
+    do not hold the same examples."""
+    before, after = list(before), list(after)
+    draws = _bootstrap_ss([before, after], resamples, seed)
+    ss0, ss1 = stereoset_scores(before), stereoset_scores(after)
+    return {k: {"diff": ss1[k]["SS"] - ss0[k]["SS"], "se": _sd([d[1] - d[0] for d in v])}
+            for k, v in sorted(draws.items())}
+
+
+def _pros_by_term(records: Iterable[Mapping], by_id: bool) -> tuple[dict, dict]:
+    """({(bias_type, target): [pro, ...]}, {(bias_type, target): [example key, ...]}); in id order when by_id and
+    every record has an id (the keys are then the ids), else in the records' order (the keys are positions)."""
+    records = list(records)
+    use_id = by_id and bool(records) and all("id" in r for r in records)
+    if use_id:
+        records = sorted(records, key=lambda r: str(r["id"]))
+    pros: dict = defaultdict(list)
+    keys: dict = defaultdict(list)
     for r in records:
-        per_term[(r["bias_type"], r["target"])].append(r["s_stereo"] > r["s_anti"])
-    if not per_term:
+        term = (r["bias_type"], r["target"])
+        keys[term].append(str(r["id"]) if use_id else len(pros[term]))
+        pros[term].append(r["s_stereo"] > r["s_anti"])
+    return pros, keys
+
+
+def _bootstrap_ss(record_sets: list, resamples: int, seed: int) -> dict:
+    """{domain: [[SS of each record set] per resample]}, every set scored on the same drawn terms and examples
+    (paired by id when there is more than one set)."""
+    read = [_pros_by_term(recs, by_id=len(record_sets) > 1) for recs in record_sets]
+    tables = [pros for pros, _ in read]
+    if not tables[0]:
         raise ValueError("no StereoSet records to score")
+    for i, (_, keys) in enumerate(read[1:], 1):
+        if keys != read[0][1]:
+            raise ValueError(f"read {i} does not hold the same examples (bias type, target term, id) as read 0; "
+                             "a paired comparison needs two reads of the same test split")
     if resamples < 2:
         raise ValueError(f"resamples={resamples}: need at least 2")
-    by_domain: dict = defaultdict(list)
-    for (domain, _), pros in sorted(per_term.items()):
-        by_domain[domain].append(pros)
+    keys = sorted(tables[0])
+    by_domain: dict = defaultdict(list)  # domain -> [term key, ...]
+    for key in keys:
+        by_domain[key[0]].append(key)
     rng = random.Random(seed)
     draws: dict = defaultdict(list)
     for _ in range(resamples):
-        all_terms = []
+        all_terms: list = [[] for _ in tables]
         for domain, terms in by_domain.items():
-            got = []
+            got: list = [[] for _ in tables]
             for _ in terms:
-                pros = terms[rng.randrange(len(terms))]
-                got.append(sum(pros[rng.randrange(len(pros))] for _ in pros) / len(pros))
-            draws[domain].append(100.0 * sum(got) / len(got))
-            all_terms += got
-        draws["overall"].append(100.0 * sum(all_terms) / len(all_terms))
+                key = terms[rng.randrange(len(terms))]
+                n = len(tables[0][key])
+                idx = [rng.randrange(n) for _ in range(n)]
+                for s, t in enumerate(tables):
+                    got[s].append(sum(t[key][i] for i in idx) / n)
+            draws[domain].append([100.0 * sum(g) / len(g) for g in got])
+            for s in range(len(tables)):
+                all_terms[s] += got[s]
+        draws["overall"].append([100.0 * sum(a) / len(a) for a in all_terms])
+    return draws
 
-    def sd(xs):
-        m = sum(xs) / len(xs)
-        return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
-    return {k: sd(v) for k, v in sorted(draws.items())}
+def _sd(xs: list) -> float:
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def mean_margins(records: Iterable[Mapping]) -> dict:
