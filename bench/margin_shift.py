@@ -18,16 +18,14 @@ import sys
 from pathlib import Path
 
 from biasunlearn.errors import BiasUnlearnError
-from biasunlearn.io import read_jsonl, write_json
+from biasunlearn.evaluate import read_stereoset_predictions
+from biasunlearn.io import write_json
 from biasunlearn.metrics import mean_margins
 
 
 def test_margins(path) -> dict:
     """Mean StereoSet intrasentence margin per bias type and overall from a predictions.jsonl."""
-    recs = [r for r in read_jsonl(path) if r.get("benchmark") == "stereoset" and r.get("task") == "intrasentence"]
-    if not recs:
-        raise BiasUnlearnError(f"{path}: no StereoSet intrasentence predictions")
-    return mean_margins(recs)
+    return mean_margins(read_stereoset_predictions(path))
 
 
 def margin_shift(base: dict, after: dict, curve: dict) -> dict:

@@ -13,15 +13,14 @@ import argparse
 import sys
 
 from biasunlearn.data.splits import load_train_pool, related_terms
-from biasunlearn.io import read_jsonl
+from biasunlearn.evaluate import read_stereoset_predictions
 from biasunlearn.metrics import term_scores
 
 
 def term_ss(path) -> dict:
     """{(bias type, term): SS} from the StereoSet intrasentence rows of a predictions.jsonl (as the metric: a tie
     counts as anti)."""
-    recs = [r for r in read_jsonl(path) if r.get("benchmark") == "stereoset" and r.get("task") == "intrasentence"]
-    return {k: ss for k, (ss, _, _) in term_scores(recs).items()}
+    return {k: ss for k, (ss, _, _) in term_scores(read_stereoset_predictions(path)).items()}
 
 
 def sibling_moves(before: dict, after: dict, pool_terms: dict) -> dict:

@@ -15,16 +15,10 @@ import argparse
 import math
 import sys
 
-from biasunlearn.io import read_jsonl, write_json
+from biasunlearn.errors import BiasUnlearnError
+from biasunlearn.evaluate import read_stereoset_predictions
+from biasunlearn.io import write_json
 from biasunlearn.metrics import paired_ss_difference, ss_standard_error, stereoset_scores
-
-
-def stereoset_records(path) -> list:
-    """The StereoSet intrasentence rows of a predictions.jsonl."""
-    recs = [r for r in read_jsonl(path) if r.get("benchmark") == "stereoset" and r.get("task") == "intrasentence"]
-    if not recs:
-        raise SystemExit(f"{path}: no StereoSet intrasentence rows")
-    return recs
 
 
 def outside_band(se: float, band: float) -> float:
@@ -90,7 +84,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"--read {item!r}: expected NAME=PATH")
         if name in reads:
             raise SystemExit(f"--read {item!r}: the name {name!r} is given twice")
-        reads[name] = stereoset_records(path)
+        try:
+            reads[name] = read_stereoset_predictions(path)
+        except (BiasUnlearnError, OSError) as e:
+            raise SystemExit(f"--read {item!r}: {e}") from e
     res = precision(reads, a.resamples, a.seed, a.band)
     print(markdown(res), end="")
     if a.out:

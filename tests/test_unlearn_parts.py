@@ -615,3 +615,7 @@ def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
     assert "| run − base |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="expected NAME=PATH"):
         mod.main(["--read", base])
+    crows_only = tmp_path / "c.jsonl"
+    crows_only.write_text(json.dumps({"benchmark": "crows_pairs", "id": "c-0"}) + "\n")
+    with pytest.raises(SystemExit, match=r"c\.jsonl: no StereoSet intrasentence predictions"):
+        mod.main(["--read", f"base={base}", "--read", f"run={crows_only}"])

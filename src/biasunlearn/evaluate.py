@@ -15,8 +15,8 @@ from pathlib import Path
 
 from . import __version__
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
-from .errors import ConfigError
-from .io import sha256_file, write_json, write_jsonl
+from .errors import ConfigError, DataError
+from .io import read_jsonl, sha256_file, write_json, write_jsonl
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, stereoset_scores
 from .scoring import score_sequences, score_texts, score_texts_shared
 
@@ -270,3 +270,13 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
     check_config(cfg)
     m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device)
     return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
+
+
+def read_stereoset_predictions(path, task: str = "intrasentence") -> list[dict]:
+    """The StereoSet rows of one task from a predictions.jsonl that `evaluate` wrote (each with bias_type, target,
+    s_stereo, s_anti, s_unrel), for the metrics of `biasunlearn.metrics`. Raises DataError naming the file when it
+    holds none."""
+    recs = [r for r in read_jsonl(path) if r.get("benchmark") == "stereoset" and r.get("task") == task]
+    if not recs:
+        raise DataError(path, f"no StereoSet {task} predictions")
+    return recs
