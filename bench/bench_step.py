@@ -36,6 +36,9 @@ def main():
     ap.add_argument("--layout", choices=["packed", "padded", "both"], default="both",
                     help="batch layout: sentences packed end to end (pack_sequences, the default) or padded to the "
                          "longest; 'both' times the two side by side")
+    ap.add_argument("--texts-dir", default="/tmp/bench_step",
+                    help="with unrelated_source: generated, the folder whose generated_unrelated.jsonl (made with the "
+                         "same settings, e.g. a run folder) gives the KL texts; sampled and written there if absent")
     ap.add_argument("--out", default="bench/results/step.json")
     a = ap.parse_args()
     if a.threads:
@@ -57,7 +60,17 @@ def main():
     model.train()
     model = prepare_lora(model, cfg)
     splits = make_splits(cfg.data_dir, seed=cfg.seed)
-    sets = UnlearnSets(splits.train, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
+    unrelated = None  # the pool's unrelated sentences, as `train` uses by default
+    if cfg.unrelated_source == "generated":  # the KL texts the recipe trains on
+        from pathlib import Path
+
+        from biasunlearn.unlearn.generated import load_or_sample
+        with model.disable_adapter():
+            unrelated = load_or_sample(Path(a.texts_dir), model, tok, cfg.generated_count, cfg.generated_tokens,
+                                       cfg.seed, info.resolved)
+    elif cfg.unrelated_source != "stereoset":
+        raise SystemExit(f"unrelated_source={cfg.unrelated_source!r}: bench_step times 'stereoset' or 'generated'")
+    sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed)
     ctl = SwapController(sets.bias_types)
     tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=ctl, tokenizer=tok)
@@ -102,7 +115,9 @@ def main():
            "config": a.config, "layouts": layouts,
            "chunk": {"forget": cfg.forget_batch_size, "retain": cfg.retain_batch_size,
                      "unrelated": cfg.unrelated_batch_size, "pair_retain": cfg.pair_retain,
-                     "retain_reduction": cfg.retain_reduction, "score_span": cfg.score_span},
+                     "retain_reduction": cfg.retain_reduction, "score_span": cfg.score_span,
+                     "unrelated_source": cfg.unrelated_source, "kl_reduction": cfg.kl_reduction,
+                     **({"generated_tokens": cfg.generated_tokens} if cfg.unrelated_source == "generated" else {})},
            "median_s": med, "all_s": times, "ratio": ratios,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "model_params": info.n_params,
