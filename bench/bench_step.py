@@ -62,8 +62,6 @@ def main():
     splits = make_splits(cfg.data_dir, seed=cfg.seed)
     unrelated = None  # the pool's unrelated sentences, as `train` uses by default
     if cfg.unrelated_source == "generated":  # the KL texts the recipe trains on
-        from pathlib import Path
-
         from biasunlearn.unlearn.generated import load_or_sample
         with model.disable_adapter():
             unrelated = load_or_sample(Path(a.texts_dir), model, tok, cfg.generated_count, cfg.generated_tokens,
