@@ -80,7 +80,8 @@ def main():
 
     def bare(step, packed):
         ch = sets.chunk(step, ctl.directions, cfg.forget_batch_size, cfg.retain_batch_size, cfg.unrelated_batch_size,
-                        balance_types=cfg.balance_types, pair_retain=cfg.pair_retain)
+                        balance_types=cfg.balance_types, pair_retain=cfg.pair_retain,
+                        type_weights=cfg.type_weight_map())
         items = ch["forget"] + ch["retain"] + ch["unrelated"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             sb = tr._forward(model, items, dev, packed)

@@ -209,6 +209,38 @@ def test_balanced_chunks_deal_types_evenly_and_cycle_within_each_type():
     assert {i.bias_type for i in s.chunk(0, {"gender": 0, "race": 1}, 4, 4, 1, balance_types=True)["forget"]} == {"race"}
 
 
+def test_type_weights_deal_more_slots_to_a_weighted_type_and_default_to_the_even_deal():
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+
+    train = [_ex(i, "gender", "father") for i in range(12)] + [_ex(20 + i, "race", "Kenyan") for i in range(12)]
+    s = UnlearnSets(train, seed=3)
+    dirs = {"gender": 1, "race": 1}
+    # no weights and all-ones weights give exactly the even deal
+    for step in range(3):
+        even = s.chunk(step, dirs, 4, 4, 1, balance_types=True)
+        assert s.chunk(step, dirs, 4, 4, 1, balance_types=True, type_weights={"gender": 1, "race": 1}) == even
+    # gender 2, race 1: the cycle is gender, race, gender, so 6 draws (two steps of 3) give 4 gender and 2 race,
+    # in the order g r g g r g, and each type's draws are consecutive draws of its own pool (no repeat, none skipped)
+    w = {"gender": 2}
+    drawn = [i for step in range(2) for i in s.chunk(step, dirs, 3, 3, 1, balance_types=True, type_weights=w)["forget"]]
+    assert [i.bias_type for i in drawn] == ["gender", "race", "gender", "gender", "race", "gender"]
+    gender_keys = [i.key for i in drawn if i.bias_type == "gender"]
+    assert len(set(gender_keys)) == 4
+    # the same 4 gender items as the even deal's first 4 gender draws (the pool is read in the same cyclic order)
+    even_gender = [i.key for step in range(4) for i in s.chunk(step, dirs, 2, 2, 1, balance_types=True)["forget"]
+                   if i.bias_type == "gender"]
+    assert gender_keys == even_gender
+    # the setting: parsed, checked, and only with balance_types
+    assert make_config(balance_types=True, type_weights="gender=2, race=1").type_weight_map() == {"gender": 2,
+                                                                                                   "race": 1}
+    for bad in ("gender=0", "gender", "gender=x", "gender=1,gender=2"):
+        with pytest.raises(ConfigError, match="type_weights"):
+            make_config(balance_types=True, type_weights=bad)
+    with pytest.raises(ConfigError, match="needs balance_types=true"):
+        make_config(type_weights="gender=2")
+
+
 def test_sentence_span_scores_whole_sentence():
     s = UnlearnSets([_ex(0, "gender", "father")], score_span="sentence")
     assert (s.stereo["gender"][0].x, s.stereo["gender"][0].y) == ("", "The father was lazy today.")

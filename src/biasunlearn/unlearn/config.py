@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
+from ..errors import ConfigError
 from ..models import cpu_has_native_bf16
 from .controller import SWAP_MODES, SWAP_SIGNALS
 from .losses import NPO_REFERENCES, REDUCTIONS
@@ -52,6 +53,8 @@ class UnlearnConfig(TrainingArguments):
     unrelated_batch_size: int = _f(28, "Unrelated examples per step and device for the KL term.")
     balance_types: bool = _f(False, "Deal each forget and retain batch evenly over the bias types (round-robin) "
                                     "instead of drawing from the pooled sets, where the largest type dominates.")
+    type_weights: str = _f("", "With balance_types: round-robin slots per bias type, e.g. 'gender=2,race=2,"
+                               "profession=2' (a type not named gets 1; whole numbers of 1 or more). '' = one each.")
     pair_retain: bool = _f(False, "Put the twin of each forget sentence (its anti-stereotype, or its stereotype when "
                                   "the type is swapped) into the same step's retain batch, so the pair is pushed "
                                   "apart in one update; the rest of the retain batch is drawn as usual.")
@@ -140,11 +143,11 @@ class UnlearnConfig(TrainingArguments):
                   "swap_mode": SWAP_MODES, "npo_reference": NPO_REFERENCES, "unrelated_source": UNRELATED_SOURCES,
                   "eval_dtype": ("float32", "bfloat16"), "checkpoint_metric": ("ss", "margin"),
                   "swap_signal": SWAP_SIGNALS, "retain_reduction": REDUCTIONS, "kl_reduction": REDUCTIONS}
-        from ..errors import ConfigError
 
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        self.type_weight_map()  # raises on a malformed type_weights
         for name in ("swap_margin", "swap_margin_nats"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
@@ -164,6 +167,21 @@ class UnlearnConfig(TrainingArguments):
                               f"({self.max_steps})")
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
+
+    def type_weight_map(self) -> dict[str, int]:
+        """type_weights parsed: {bias type: slots}. Raises ConfigError naming the setting when it is malformed."""
+        out: dict[str, int] = {}
+        for part in [p.strip() for p in self.type_weights.split(",") if p.strip()]:
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or not name or not value.strip().isdigit() or int(value) < 1 or name in out:
+                raise ConfigError(f"type_weights={self.type_weights!r}: expected comma-separated TYPE=N with N a "
+                                  f"whole number of 1 or more, each type once (bad part: {part!r})")
+            out[name] = int(value)
+        if out and not self.balance_types:
+            raise ConfigError(f"type_weights={self.type_weights!r} needs balance_types=true (it weights the "
+                              "round-robin over the bias types)")
+        return out
 
     def method_dict(self) -> dict:
         """The BiasUnlearn-specific settings plus the optimisation ones that matter (for configs and model cards)."""

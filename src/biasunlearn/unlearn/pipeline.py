@@ -87,6 +87,10 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         unrelated = None
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed)
+    unknown = sorted(set(cfg.type_weight_map()) - set(sets.bias_types))
+    if unknown:
+        raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "
+                          f"({', '.join(sets.bias_types)})")
     if cfg.process_index == 0:
         write_json(out / "splits.json", {**splits.to_dict(), "test": {"path": cfg.test_set, "n": len(test)},
                                          "overlap_with_test": overlap})

@@ -97,16 +97,24 @@ class UnlearnSets:
         order = self._perm(len(pool), tag)
         return [pool[order[(start + j) % len(pool)]] for j in range(k)]
 
-    def _balanced(self, pools: dict[str, list[Item]], tag: str, start: int, k: int) -> list[Item]:
-        """k items dealt round-robin over the types (in sorted order), each type's pool read cyclically: draw
-        number g overall goes to type g mod T and is that type's (g div T)-th draw."""
+    def _balanced(self, pools: dict[str, list[Item]], tag: str, start: int, k: int,
+                  weights: dict | None = None) -> list[Item]:
+        """k items dealt round-robin over the types, each type's pool read cyclically. One cycle holds w_b slots
+        of type b (weights, default 1 each), interleaved round by round in sorted type order: with weights
+        {a: 2, b: 1} the cycle is a, b, a. Draw number g overall takes slot g mod L of the cycle (L its length);
+        if that is type b's j-th slot in the cycle, it is b's (g div L) * w_b + j-th draw. With every weight 1
+        this is draw g going to type g mod T as its (g div T)-th draw."""
         types = [b for b in sorted(pools) if pools[b]]
         if not types:
             return []
+        w = {b: (weights or {}).get(b, 1) for b in types}
+        cycle = [b for r in range(max(w.values())) for b in types if w[b] > r]
+        nth = [cycle[:c].count(b) for c, b in enumerate(cycle)]  # slot c is type cycle[c]'s nth[c]-th in the cycle
         out = []
         for g in range(start, start + k):
-            b = types[g % len(types)]
-            out += self._cyclic(pools[b], f"{tag}|{b}", g // len(types), 1)
+            q, c = divmod(g, len(cycle))
+            b = cycle[c]
+            out += self._cyclic(pools[b], f"{tag}|{b}", q * w[b] + nth[c], 1)
         return out
 
     def twin(self, item: Item) -> Item | None:
@@ -133,13 +141,15 @@ class UnlearnSets:
 
     def chunk(self, step: int, directions: dict[str, int], forget_bs: int, retain_bs: int, unrelated_bs: int,
               rank: int = 0, world: int = 1, balance_types: bool = False,
-              pair_retain: bool = False) -> dict[str, list[Item]]:
+              pair_retain: bool = False, type_weights: dict | None = None) -> dict[str, list[Item]]:
         tag = ",".join(f"{b}{directions.get(b, 1)}" for b in self.bias_types)
         slot = step * world + rank
         if balance_types:
             tp = self.type_pools(directions)
-            forget = self._balanced({b: v[0] for b, v in tp.items()}, "forget" + tag, slot * forget_bs, forget_bs)
-            retain = self._balanced({b: v[1] for b, v in tp.items()}, "retain" + tag, slot * retain_bs, retain_bs)
+            forget = self._balanced({b: v[0] for b, v in tp.items()}, "forget" + tag, slot * forget_bs, forget_bs,
+                                    type_weights)
+            retain = self._balanced({b: v[1] for b, v in tp.items()}, "retain" + tag, slot * retain_bs, retain_bs,
+                                    type_weights)
         else:
             fg, rt = self.pools(directions)
             forget = self._cyclic(fg, "forget" + tag, slot * forget_bs, forget_bs)
