@@ -38,7 +38,8 @@ def main():
                          "longest; 'both' times the two side by side")
     ap.add_argument("--texts-dir", default="/tmp/bench_step",
                     help="with unrelated_source: generated, the folder whose generated_unrelated.jsonl (made with the "
-                         "same settings, e.g. a run folder) gives the KL texts; sampled and written there if absent")
+                         "same settings, e.g. a run folder) gives the KL texts; sampled and written there if absent. "
+                         "The KL text is chosen as `train` chooses it (stereoset, wikitext or generated)")
     ap.add_argument("--out", default="bench/results/step.json")
     a = ap.parse_args()
     if a.threads:
@@ -48,7 +49,7 @@ def main():
     from biasunlearn.train_cli import parse_train_config
     from biasunlearn.unlearn.controller import SwapController
     from biasunlearn.unlearn.losses import retention_loss
-    from biasunlearn.unlearn.pipeline import prepare_lora
+    from biasunlearn.unlearn.pipeline import prepare_lora, unrelated_texts
     from biasunlearn.unlearn.sets import UnlearnSets
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
 
@@ -60,14 +61,7 @@ def main():
     model.train()
     model = prepare_lora(model, cfg)
     splits = make_splits(cfg.data_dir, seed=cfg.seed)
-    unrelated = None  # the pool's unrelated sentences, as `train` uses by default
-    if cfg.unrelated_source == "generated":  # the KL texts the recipe trains on
-        from biasunlearn.unlearn.generated import load_or_sample
-        with model.disable_adapter():
-            unrelated = load_or_sample(Path(a.texts_dir), model, tok, cfg.generated_count, cfg.generated_tokens,
-                                       cfg.seed, info.resolved)
-    elif cfg.unrelated_source != "stereoset":
-        raise SystemExit(f"unrelated_source={cfg.unrelated_source!r}: bench_step times 'stereoset' or 'generated'")
+    unrelated = unrelated_texts(cfg, model, tok, Path(a.texts_dir), info.resolved)  # the KL text `train` uses
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed)
     ctl = SwapController(sets.bias_types)

@@ -29,8 +29,9 @@ def outside_band(se: float, band: float) -> float:
 
 
 def precision(reads: dict, resamples: int, seed: int, band: float) -> dict:
-    """reads: {name: records}, the first the reference. Returns {"reads": {name: {domain: {SS, se}}},
-    "vs_<first>": {name: {domain: {diff, se}}}, "level_model_outside_band": {domain: p}}."""
+    """reads: {name: records}, the first the reference ("vs"). Returns {"reads": {name: {domain: {SS, se}}},
+    "paired": {name after the first: {domain: {diff, se}}}, "level_model_outside_band": {bias type: p},
+    "level_model_any_domain_outside": p, "vs", "band", "resamples", "seed"}."""
     names = list(reads)
     out: dict = {"reads": {}, "band": band, "resamples": resamples, "seed": seed}
     for name, recs in reads.items():

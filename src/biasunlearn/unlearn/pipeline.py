@@ -47,6 +47,21 @@ def prepare_lora(model, cfg: UnlearnConfig):
     return model
 
 
+def unrelated_texts(cfg: UnlearnConfig, model, tok, out_dir, model_id: str, write: bool = True,
+                    log=_log) -> list[str] | None:
+    """The KL term's text, by cfg.unrelated_source: None for 'stereoset' (UnlearnSets then takes the pool's unrelated
+    sentences), WikiText-2 lines for 'wikitext', or for 'generated' texts sampled once from the original model (the
+    adapter disabled), read back from out_dir/generated_unrelated.jsonl when made with the same settings."""
+    if cfg.unrelated_source == "wikitext":
+        lines = load_text_lines(data_dir(cfg.data_dir) / "text/wikitext-2-raw/wiki.test.raw")
+        return [u for u in lines if not u.strip().startswith("=")][:2000]
+    if cfg.unrelated_source == "generated":
+        with model.disable_adapter():  # the original model's own text
+            return load_or_sample(Path(out_dir), model, tok, cfg.generated_count, cfg.generated_tokens, cfg.seed,
+                                  model_id, write=write, log=log)
+    return None
+
+
 def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     """Train the BiasUnlearn adapter; returns a summary. Writes adapter/, splits.json, config.json, logs, plots."""
     out = Path(cfg.output_dir)
@@ -76,15 +91,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     overlap = overlap_report(splits.train + splits.dev, test)
     if overlap["shared_sentences"] or overlap["shared_target_terms"]:
         raise ConfigError(f"train pool overlaps the test set: {overlap}; refusing to report numbers on trained data")
-    if cfg.unrelated_source == "wikitext":
-        unrelated = load_text_lines(data_dir(cfg.data_dir) / "text/wikitext-2-raw/wiki.test.raw")
-        unrelated = [u for u in unrelated if not u.strip().startswith("=")][:2000]
-    elif cfg.unrelated_source == "generated":
-        with model.disable_adapter():  # the original model's own text
-            unrelated = load_or_sample(out, model, tok, cfg.generated_count, cfg.generated_tokens, cfg.seed,
-                                       info.resolved, write=cfg.process_index == 0, log=log)
-    else:
-        unrelated = None
+    unrelated = unrelated_texts(cfg, model, tok, out, info.resolved, write=cfg.process_index == 0, log=log)
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed)
     unknown = sorted(set(cfg.type_weight_map()) - set(sets.bias_types))

@@ -86,6 +86,7 @@ class BiasUnlearnTrainer(Trainer):
         kw.setdefault("data_collator", _collate)
         super().__init__(processing_class=tokenizer, **kw)
         self.sets, self.controller, self.tok = sets, controller, tokenizer
+        self._type_weights = self.args.type_weight_map()  # parsed once, not at every step
         self._start = start_token_id(tokenizer)
         self._ids: dict[str, tuple[list[int], int]] = {}
         self._ref_cache: dict[str, tuple[float, list[float]]] = {}
@@ -172,7 +173,7 @@ class BiasUnlearnTrainer(Trainer):
         chunk = self.sets.chunk(step, self.controller.directions, a.forget_batch_size, a.retain_batch_size,
                                 a.unrelated_batch_size, rank=a.process_index, world=a.world_size,
                                 balance_types=a.balance_types, pair_retain=a.pair_retain,
-                                type_weights=a.type_weight_map())
+                                type_weights=self._type_weights)
         device = inputs["step_index"].device
         # A switched-off term (alpha 0, an ablation) is still computed and logged, so its curve can be compared,
         # but it adds nothing to the loss.
