@@ -387,6 +387,28 @@ def test_load_model_warns_when_the_cpu_would_emulate_bf16(tiny_llama_path, monke
         models.load_model(str(tiny_llama_path), dtype="bfloat16", device="cpu")  # native bf16: no warning
 
 
+def test_auto_dtype_is_bf16_only_where_the_device_computes_it_natively(tiny_llama_path, monkeypatch):
+    import warnings
+
+    import biasunlearn.models as models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert models.auto_dtype("cpu") == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # auto never picks the emulated (slow) bf16
+        model, _, info = models.load_model(str(tiny_llama_path), dtype="auto", device="cpu")
+    assert info.dtype == "float32" and next(model.parameters()).dtype == torch.float32
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.auto_dtype("cpu") == torch.bfloat16
+    model, _, info = models.load_model(str(tiny_llama_path), dtype="auto", device="cpu")
+    assert info.dtype == "bfloat16" and next(model.parameters()).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert models.auto_dtype("cuda") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert models.auto_dtype("cuda") == torch.bfloat16
+
+
 SKYLAKE_X_CPUINFO = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6148\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
 SAPPHIRE_CPUINFO = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
 

@@ -18,6 +18,7 @@ def test_yaml_then_flags(tmp_path):
     assert cfg.learning_rate == 2.5e-4 and cfg.npo_beta == 1.0 and cfg.max_steps == 7 and not resume
     assert cfg.output_dir == str(tmp_path / "r") and cfg.save_steps == cfg.eval_every == 20
     assert cfg.alpha_forget == 0.4 and cfg.retain_batch_size == 28 and cfg.adversarial_share == 0.25
+    assert cfg.eval_dtype == "auto"  # the report is read in bf16 only where the machine computes it natively
 
 
 def test_config_errors(tmp_path):
@@ -29,6 +30,8 @@ def test_config_errors(tmp_path):
         parse_train_config([])
     with pytest.raises(ConfigError, match="swap_mode"):
         parse_train_config(["--out", str(tmp_path), "--swap_mode", "sometimes"])
+    with pytest.raises(ConfigError, match="eval_dtype='fp8': expected one of auto, float32, bfloat16"):
+        parse_train_config(["--out", str(tmp_path), "--eval_dtype", "fp8"])
 
 
 @pytest.mark.parametrize("name", ["smollm2-cpu.yaml", "gemma3-270m-cpu.yaml"])

@@ -97,6 +97,17 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def auto_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype 'auto' stands for on `device`: bfloat16 where it computes bf16 natively (a CUDA GPU that supports
+    it; a CPU with AVX-512 BF16 or AMX), else float32, since emulated bf16 is many times slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.float32
+
+
 @dataclass
 class ModelInfo:
     spec: str
@@ -212,8 +223,8 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
     from transformers import AutoModelForCausalLM
 
     path, desc = resolve_model_path(spec)
-    torch_dtype = resolve_dtype(dtype)
     device = torch.device(device) if device else default_device()
+    torch_dtype = auto_dtype(device) if dtype == "auto" else resolve_dtype(dtype)
     if device.type == "cpu" and torch_dtype in (torch.bfloat16, torch.float16) and not cpu_has_native_bf16():
         warnings.warn(f"--dtype {dtype}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native "
                       "bfloat16/float16, so torch emulates it and scoring runs many times slower than in float32; "

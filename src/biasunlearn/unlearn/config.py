@@ -134,14 +134,15 @@ class UnlearnConfig(TrainingArguments):
     eval_benchmarks: str = _f("stereoset,crows_pairs,bbq,perplexity", "Benchmarks for the before/after report.")
     eval_bbq_per_category: int = _f(200, "BBQ examples per category in the report (0 = all).")
     eval_intersentence: bool = _f(False, "Also score StereoSet intersentence in the report (doubles its cost).")
-    eval_dtype: str = _f("bfloat16", "dtype for the before/after evaluation (float32 or bfloat16).")
+    eval_dtype: str = _f("auto", "dtype for the before/after evaluation: float32, bfloat16, or auto (bfloat16 where the "
+                         "GPU or CPU computes it natively, else float32: emulated bf16 is many times slower).")
     skip_final_eval: bool = _f(False, "Only train; no before/after evaluation and report.")
 
     def __post_init__(self):
         super().__post_init__()
         checks = {"score_span": SCORE_SPANS, "npo_variant": ("sum", "token_mean"),
                   "swap_mode": SWAP_MODES, "npo_reference": NPO_REFERENCES, "unrelated_source": UNRELATED_SOURCES,
-                  "eval_dtype": ("float32", "bfloat16"), "checkpoint_metric": ("ss", "margin"),
+                  "eval_dtype": ("auto", "float32", "bfloat16"), "checkpoint_metric": ("ss", "margin"),
                   "swap_signal": SWAP_SIGNALS, "retain_reduction": REDUCTIONS, "kl_reduction": REDUCTIONS}
 
         for name, allowed in checks.items():
