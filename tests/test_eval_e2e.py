@@ -228,3 +228,16 @@ def test_missing_benchmark_file_is_a_clear_error(gpt2, tmp_path):
 
     with pytest.raises(ConfigError, match="benchmark crows_pairs: data not found at .*crows_pairs_anonymized.csv"):
         evaluate_model(model, tok, cfg, log=None)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_dtype_auto_records_the_dtype_it_chose(tiny_gpt2_path, fake_data, tmp_path, monkeypatch, native):
+    import biasunlearn.models as models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    out = tmp_path / "auto"
+    rc, _, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--out", str(out),
+                          "--device", "cpu", "--dtype", "auto", "--benchmarks", "crows_pairs", "--limit", "4"])
+    assert rc == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["model"]["dtype"] == ("bfloat16" if native else "float32")

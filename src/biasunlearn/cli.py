@@ -12,7 +12,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="hub id, save_pretrained folder, .gguf file, or built-in name (smollm2-135m, gemma3-270m)")
     p.add_argument("--adapter", default=None, help="PEFT adapter folder to apply")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                   help="float32 (default), bfloat16, or auto: bfloat16 where the device computes it natively "
+                        "(a bf16 GPU; a CPU with AVX-512 BF16 or AMX), else float32")
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $BIASUNLEARN_DATA or ../shared/data)")
 
@@ -86,6 +88,10 @@ def main(argv=None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if getattr(args, "dtype", None) == "auto":  # one concrete dtype for everything the command loads
+            from .models import auto_dtype, default_device
+
+            args.dtype = str(auto_dtype(args.device or default_device())).removeprefix("torch.")
         return args.func(args, extra) if getattr(args, "accepts_extra", False) else args.func(args)
     except BiasUnlearnError as e:
         print(f"biasunlearn: error: {e}", file=sys.stderr)
