@@ -544,3 +544,20 @@ def test_term_folds_partition_every_term_once_with_balanced_sizes():
     g = sorted(sum(sizes["gender"][int(t[1:])] for bb, t in f if bb == "gender") for f in folds)
     assert g == [5, 5, 6]
     assert term_folds(pool, 3, seed=1) == folds
+
+
+def test_jsonl_round_trip_plain_and_gzip_and_bad_rows_named(tmp_path):
+    import gzip
+
+    from biasunlearn.errors import DataError
+    from biasunlearn.io import read_jsonl, write_jsonl
+
+    rows = [{"id": "a", "s": -1.25}, {"id": "é", "s": 0.5}]
+    for name in ("rows.jsonl", "rows.jsonl.gz"):
+        assert read_jsonl(write_jsonl(tmp_path / name, rows)) == rows
+    raw = (tmp_path / "rows.jsonl.gz").read_bytes()
+    assert raw[:2] == b"\x1f\x8b" and gzip.decompress(raw) == (tmp_path / "rows.jsonl").read_bytes()
+    assert write_jsonl(tmp_path / "again.jsonl.gz", rows).read_bytes() == raw  # same rows, same bytes
+    (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress(b'{"id": 1}\n\n{oops\n'))
+    with pytest.raises(DataError, match=r"bad.jsonl.gz, row 3: not JSON"):
+        read_jsonl(tmp_path / "bad.jsonl.gz")

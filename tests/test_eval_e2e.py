@@ -134,6 +134,23 @@ def test_predictions_jsonl_rows(cli_run, fake_data, gpt2):
     assert bbq["Gender_identity-2"]["biased_index"] == 2 and bbq["Nationality-0"]["biased_index"] == 1
 
 
+def test_stereoset_scores_file_is_the_stereoset_rows_compressed(cli_run):
+    import gzip
+
+    from biasunlearn.evaluate import read_stereoset_predictions
+    from biasunlearn.metrics import stereoset_scores
+
+    full = [json.loads(line) for line in (cli_run["out"] / "predictions.jsonl").read_text().splitlines()]
+    want = [{k: v for k, v in r.items() if k != "sentence_ids"} for r in full if r["benchmark"] == "stereoset"]
+    path = cli_run["out"] / "stereoset_scores.jsonl.gz"
+    assert [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode().splitlines()] == want
+    assert gzip.decompress(path.read_bytes())[:1] == b"{" and path.read_bytes()[4:8] == b"\0\0\0\0"  # no mtime
+    for task in ("intrasentence", "intersentence"):  # either file gives the reported metrics
+        metrics = cli_run["doc"]["benchmarks"]["stereoset"]["metrics"][task]
+        assert stereoset_scores(read_stereoset_predictions(path, task)) == metrics
+        assert stereoset_scores(read_stereoset_predictions(cli_run["out"] / "predictions.jsonl", task)) == metrics
+
+
 def test_stereoset_predictions_official_format(cli_run, fake_data):
     official = json.loads((cli_run["out"] / "stereoset_predictions.json").read_text())
     assert set(official) == {"intrasentence", "intersentence"}

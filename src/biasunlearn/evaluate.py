@@ -20,6 +20,7 @@ from .io import read_jsonl, sha256_file, write_json, write_jsonl
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, stereoset_scores
 from .scoring import score_sequences, score_texts, score_texts_shared
 
+STEREOSET_SCORES = "stereoset_scores.jsonl.gz"  # the StereoSet rows of predictions.jsonl, compressed, kept with results
 BENCHMARKS = ("stereoset", "crows_pairs", "bbq", "perplexity")
 DEFAULT_PATHS = {
     "stereoset": "stereoset/ano1-yu__stereoset_adaptation",
@@ -258,6 +259,10 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
         write_jsonl(out / "predictions.jsonl", all_preds)
         if "stereoset" in cfg.benchmarks:
             write_json(out / "stereoset_predictions.json", official)
+            # the StereoSet scores alone, compressed and small enough to keep beside results.json (a few hundred
+            # kB): what a later paired comparison of two reads needs (bench/ss_precision.py)
+            write_jsonl(out / STEREOSET_SCORES, [{k: v for k, v in p.items() if k != "sentence_ids"}
+                                                 for p in all_preds if p["benchmark"] == "stereoset"])
         write_json(out / "results.json", doc)
     return doc
 
@@ -273,8 +278,8 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
 
 
 def read_stereoset_predictions(path, task: str = "intrasentence") -> list[dict]:
-    """The StereoSet rows of one task from a predictions.jsonl that `evaluate` wrote (each with bias_type, target,
-    s_stereo, s_anti, s_unrel), for the metrics of `biasunlearn.metrics`. Raises DataError naming the file when it
+    """The StereoSet rows of one task from a predictions.jsonl (or its stereoset_scores.jsonl.gz) that `evaluate`
+    wrote (each with bias_type, target, s_stereo, s_anti, s_unrel), for the metrics of `biasunlearn.metrics`. Raises DataError naming the file when it
     holds none."""
     recs = [r for r in read_jsonl(path) if r.get("benchmark") == "stereoset" and r.get("task") == task]
     if not recs:

@@ -1,6 +1,7 @@
 """Atomic file writes and checksums: a crash never leaves a half-written results file behind."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -67,9 +68,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    return atomic_write_text(
-        path, "".join(json.dumps(r, ensure_ascii=False, default=_default) + "\n" for r in rows)
-    )
+    """JSON Lines, atomically; a path ending in .gz is gzip-compressed (byte-for-byte reproducible: no timestamp)."""
+    text = "".join(json.dumps(r, ensure_ascii=False, default=_default) + "\n" for r in rows)
+    if str(path).endswith(".gz"):
+        return atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
+    return atomic_write_text(path, text)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -78,11 +81,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The rows of a JSON Lines file (blank lines skipped); a line that is not JSON is a DataError naming it."""
+    """The rows of a JSON Lines file, gzip-compressed when its name ends in .gz (blank lines skipped); a line that is
+    not JSON is a DataError naming it."""
     from .errors import DataError
 
     rows = []
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:
