@@ -75,7 +75,7 @@ def targets(before: dict, after: dict) -> dict:
 def main(a) -> int:
     import torch
 
-    from biasunlearn.evaluate import EvalConfig, run_eval
+    from biasunlearn.evaluate import STEREOSET_SCORES, EvalConfig, run_eval
     from biasunlearn.io import atomic_write_text, comma_list, read_json, write_json
     from biasunlearn.report import before_after_markdown
     from biasunlearn.train_cli import parse_train_config
@@ -130,6 +130,8 @@ def main(a) -> int:
         if (run / f).exists():
             shutil.copy2(run / f, res / f)
     write_json(res / "eval_after.json", after)
+    if (eval_dir / STEREOSET_SCORES).exists():  # kept (committed) so that a later read can be paired with this one
+        shutil.copy2(eval_dir / STEREOSET_SCORES, res / STEREOSET_SCORES)
     doc = {"model": a.model, "run": str(run), "adapter": str(adapter), "base": str(base_path), "argv": sys.argv,
            "threads": a.threads,
            "config": config, **({"command_config_differs": differs} if differs else {}),
