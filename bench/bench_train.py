@@ -75,9 +75,9 @@ def targets(before: dict, after: dict) -> dict:
 def main(a) -> int:
     import torch
 
-    from biasunlearn.evaluate import STEREOSET_SCORES, EvalConfig, run_eval
+    from biasunlearn.evaluate import STEREOSET_SCORES, EvalConfig, read_stereoset_predictions, run_eval
     from biasunlearn.io import atomic_write_text, comma_list, read_json, write_json
-    from biasunlearn.report import before_after_markdown
+    from biasunlearn.report import before_after_markdown, stereoset_precision_markdown
     from biasunlearn.train_cli import parse_train_config
     from biasunlearn.unlearn.pipeline import train_adapter
 
@@ -147,6 +147,9 @@ def main(a) -> int:
           f"Run `{run}`; before = `{base_path}`; after = " + ("the run's adapter (its own dev-chosen checkpoint)."
                                                               if a.adapter == "adapter" else f"`{adapter}`."), "",
           before_after_markdown(before, after)]
+    if (base_path.parent / STEREOSET_SCORES).exists() and (res / STEREOSET_SCORES).exists():
+        md += ["", stereoset_precision_markdown(read_stereoset_predictions(base_path.parent / STEREOSET_SCORES),
+                                                read_stereoset_predictions(res / STEREOSET_SCORES))]
     atomic_write_text(res / "report.md", "\n".join(md))
     t = doc["targets"]
     print(f"SS {t['ss_before']:.2f} -> {t['ss_after']:.2f}, LMS {t['dlms']:+.2f}, ICAT {t['icat_before']:.2f} -> "

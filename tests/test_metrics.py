@@ -235,3 +235,37 @@ def test_paired_ss_difference_hand_computed_cases():
         paired_ss_difference(before, other)
     with pytest.raises(ValueError, match="no StereoSet records"):
         paired_ss_difference([], [])
+
+
+def test_stereoset_precision_markdown_rows():
+    from biasunlearn.metrics import paired_ss_difference, ss_standard_error
+    from biasunlearn.report import stereoset_precision_markdown
+
+    def rec(i, bias, target, pro):
+        return {"id": f"ex-{i}", "bias_type": bias, "target": target, "s_stereo": -1.0 if pro else -2.0,
+                "s_anti": -1.5, "s_unrel": -3.0}
+
+    # gender: one term, 4 examples, 2 -> 4 pro (SS 50 -> 100); race: two terms, unchanged (SS 50)
+    pros0 = {"girl": (True, True, False, False), "Ethiopian": (True, False), "Dutch": (False, True)}
+    pros1 = {"girl": (True, True, True, True), "Ethiopian": (True, False), "Dutch": (False, True)}
+    bias = {"girl": "gender", "Ethiopian": "race", "Dutch": "race"}
+
+    def read(pros):
+        return [rec(f"{t}{i}", bias[t], t, p) for t, ps in pros.items() for i, p in enumerate(ps)]
+
+    before, after = read(pros0), read(pros1)
+    md = stereoset_precision_markdown(before, after, resamples=500, seed=2)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    paired = paired_ss_difference(before, after, resamples=500, seed=2)
+    se1 = ss_standard_error(after, resamples=500, seed=2)
+    # gender: SS 50 -> 100 (+50), the paired error from the same draws; the after read has no spread (all pro)
+    se0 = ss_standard_error(before, resamples=500, seed=2)
+    assert rows["gender"][1:5] == ["1", f"50.00 ± {se0['gender']:.2f}", f"100.00 ± {se1['gender']:.2f}",
+                                   f"+50.00 ± {paired['gender']['se']:.2f}"]
+    assert se1["gender"] == 0.0 and paired["gender"]["se"] > 0
+    assert rows["gender"][5].strip(" |") == ("yes" if 50 > 2 * paired["gender"]["se"] else "no")
+    # race did not change at all: change 0 ± 0, not beyond its errors
+    assert rows["race"][4] == "+0.00 ± 0.00" and rows["race"][5].strip(" |") == "no"
+    # overall: 3 terms, SS (50 + 50 + 50)/3 -> (100 + 50 + 50)/3
+    assert rows["overall"][1] == "3" and rows["overall"][4].startswith(f"+{50 / 3:.2f} ± ")
+    assert list(rows)[1:] == ["gender", "race", "overall"]

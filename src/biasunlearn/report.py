@@ -457,3 +457,31 @@ def markdown_to_html(md: str, base_dir=None, title: str = "report") -> str:
              "figure{margin:1em 0}figcaption{font-size:.85em;color:#555}")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+# --- how precise a StereoSet read is ---------------------------------------------------------------------------
+
+def stereoset_precision_markdown(before: list, after: list, before_label: str = "before", after_label: str = "after",
+                                 resamples: int = 1000, seed: int = 0, heading_level: int = 3) -> str:
+    """SS before and after, each ± its bootstrap standard error, and the paired change ± its standard error, per bias
+    type and overall, from the StereoSet rows of two reads of the same examples (one task). A change within two
+    paired errors is one that another draw of target terms like these could make or undo: with 10 to 40 terms a
+    type, a domain's SS is uncertain by several points (see `biasunlearn.metrics.ss_standard_error`)."""
+    from .metrics import paired_ss_difference, ss_standard_error, stereoset_scores
+
+    ss0, ss1 = stereoset_scores(before), stereoset_scores(after)
+    se0, se1 = ss_standard_error(before, resamples, seed), ss_standard_error(after, resamples, seed)
+    paired = paired_ss_difference(before, after, resamples, seed)
+    h = "#" * heading_level
+    lines = [f"{h} How precise the StereoSet SS is", "",
+             f"Bootstrap standard errors ({resamples} resamples, seed {seed}; target terms and their examples redrawn "
+             "within each bias type). The change is paired: both reads are scored on the same draws. "
+             "A change smaller than two of its errors is within the test split's own noise.", "",
+             f"| domain | terms | SS {before_label} | SS {after_label} | change | beyond 2 errors? |",
+             "|---|---|---|---|---|---|"]
+    for d in [d for d in DOMAINS if d in paired]:
+        p = paired[d]
+        resolved = "yes" if abs(p["diff"]) > 2 * p["se"] else "no"
+        lines.append(f"| {d} | {ss1[d]['n_terms']} | {ss0[d]['SS']:.2f} ± {se0[d]:.2f} | {ss1[d]['SS']:.2f} ± {se1[d]:.2f} "
+                     f"| {p['diff']:+.2f} ± {p['se']:.2f} | {resolved} |")
+    return "\n".join(lines) + "\n"

@@ -13,8 +13,8 @@ import torch
 from ..adapters import resolve_lora_targets
 from ..data import data_dir, load_stereoset, load_text_lines
 from ..data.splits import coarse_dev_types, overlap_report, splits_for
-from ..errors import BiasUnlearnError, ConfigError
-from ..evaluate import EvalConfig, evaluate_model, package_versions
+from ..errors import BiasUnlearnError, ConfigError, DataError
+from ..evaluate import STEREOSET_SCORES, EvalConfig, evaluate_model, package_versions, read_stereoset_predictions
 from ..io import atomic_write_text, comma_list, read_json, write_json
 from ..models import load_model
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
@@ -185,6 +185,17 @@ def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> 
     return docs[0], docs[1]
 
 
+def _stereoset_rows(eval_dir: Path, task: str = "intrasentence") -> list | None:
+    """The StereoSet rows an evaluation kept (stereoset_scores.jsonl.gz, else predictions.jsonl), or None."""
+    for name in (STEREOSET_SCORES, "predictions.jsonl"):
+        if (eval_dir / name).exists():
+            try:
+                return read_stereoset_predictions(eval_dir / name, task)
+            except DataError:
+                return None
+    return None
+
+
 def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: UnlearnConfig) -> Path:
     from .. import report
 
@@ -192,10 +203,13 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
              "All figures below are on held-out data: StereoSet test = StereoSet dev intrasentence (target terms "
              "disjoint from the train pool), CrowS-Pairs, BBQ and WikiText-2 were never trained on. Checkpoint choice "
              "and swapping used only the dev slice of the train pool.", ""]
-    if hasattr(report, "before_after_markdown"):
-        parts.append(report.before_after_markdown(before, after))
-    else:
-        parts += ["## Before", report.eval_markdown(before), "## After", report.eval_markdown(after)]
+    parts.append(report.before_after_markdown(before, after))
+    rows = [_stereoset_rows(out / name) for name in ("eval_before", "eval_after")]
+    if all(rows):
+        try:
+            parts += ["", report.stereoset_precision_markdown(*rows)]
+        except ValueError as e:  # e.g. the two reads hold different examples: the tables above still stand
+            parts += ["", f"(no precision table: {e})"]
     parts += ["", "## Training", "", f"- steps: {summary.get('steps')}, wall time {summary.get('train_wall_time_s')} s, "
               f"peak memory {summary.get('peak_memory_mb', 0):.0f} MB",
               f"- best dev check (kept adapter): {summary.get('best')}",
