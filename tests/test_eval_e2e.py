@@ -138,7 +138,7 @@ def test_stereoset_scores_file_is_the_stereoset_rows_compressed(cli_run):
     import gzip
 
     from biasunlearn.evaluate import read_stereoset_predictions
-    from biasunlearn.metrics import stereoset_scores
+    from biasunlearn.metrics import ss_standard_error, stereoset_scores
 
     full = [json.loads(line) for line in (cli_run["out"] / "predictions.jsonl").read_text().splitlines()]
     want = [{k: v for k, v in r.items() if k != "sentence_ids"} for r in full if r["benchmark"] == "stereoset"]
@@ -149,6 +149,9 @@ def test_stereoset_scores_file_is_the_stereoset_rows_compressed(cli_run):
         metrics = cli_run["doc"]["benchmarks"]["stereoset"]["metrics"][task]
         assert stereoset_scores(read_stereoset_predictions(path, task)) == metrics
         assert stereoset_scores(read_stereoset_predictions(cli_run["out"] / "predictions.jsonl", task)) == metrics
+        # and the standard error the results state is the bootstrap of these rows (1000 resamples, seed 0)
+        assert cli_run["doc"]["benchmarks"]["stereoset"]["ss_standard_error"][task] == ss_standard_error(
+            read_stereoset_predictions(path, task), resamples=1000, seed=0)
 
 
 def test_stereoset_predictions_official_format(cli_run, fake_data):
@@ -173,7 +176,9 @@ def test_markdown_table_on_stdout(cli_run):
     out, doc = cli_run["stdout"], cli_run["doc"]
     assert "### StereoSet intrasentence" in out and "### StereoSet intersentence" in out
     m = doc["benchmarks"]["stereoset"]["metrics"]["intrasentence"]["overall"]
-    assert f"| overall | {m['SS']:.2f} | {m['LMS']:.2f} | {m['ICAT']:.2f} | 7 | 4 |" in out
+    se = doc["benchmarks"]["stereoset"]["ss_standard_error"]
+    assert se["resamples"] == 1000 and se["seed"] == 0
+    assert f"| overall | {m['SS']:.2f} | {se['intrasentence']['overall']:.2f} | {m['LMS']:.2f} | {m['ICAT']:.2f} | 7 | 4 |" in out
     cp = doc["benchmarks"]["crows_pairs"]["metrics"]
     assert (f"| overall | {cp['length_normalised']['overall']['score']:.2f} | "
             f"{cp['summed_logprob']['overall']['score']:.2f} | 3 |") in out

@@ -17,9 +17,10 @@ from . import __version__
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .errors import ConfigError, DataError
 from .io import read_jsonl, sha256_file, write_json, write_jsonl
-from .metrics import bbq_scores, crows_pairs_scores, perplexity, stereoset_scores
+from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores
 from .scoring import score_sequences, score_texts, score_texts_shared
 
+SE_RESAMPLES = 1000  # bootstrap resamples of the SS standard error in every StereoSet result
 STEREOSET_SCORES = "stereoset_scores.jsonl.gz"  # the StereoSet rows of predictions.jsonl, compressed, kept with results
 BENCHMARKS = ("stereoset", "crows_pairs", "bbq", "perplexity")
 DEFAULT_PATHS = {
@@ -119,6 +120,8 @@ def eval_stereoset(model, tok, cfg: EvalConfig, path: Path) -> dict:
             continue
         recs = stereoset_records(model, tok, exs, **_skw(cfg, f"stereoset {task}"))
         out["metrics"][task] = stereoset_scores(recs)
+        out.setdefault("ss_standard_error", {"resamples": SE_RESAMPLES, "seed": 0})[task] = ss_standard_error(
+            recs, SE_RESAMPLES, 0)  # how far another draw of terms like these could move SS (see the metric)
         out["predictions"].extend(recs)
     return out
 

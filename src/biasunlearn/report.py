@@ -16,12 +16,15 @@ def eval_markdown(doc: dict) -> str:
     b = doc.get("benchmarks", {})
     if "stereoset" in b:
         for task, mets in b["stereoset"]["metrics"].items():
+            se = (b["stereoset"].get("ss_standard_error") or {}).get(task, {})  # absent in older results
             lines += ["", f"### StereoSet {task} (SS → 50, LMS ↑, ICAT ↑)", "",
-                      "| domain | SS | LMS | ICAT | examples | terms |", "|---|---|---|---|---|---|"]
+                      "| domain | SS | SS ± (bootstrap SE) | LMS | ICAT | examples | terms |",
+                      "|---|---|---|---|---|---|---|"]
             for d in DOMAINS:
                 if d in mets:
                     r = mets[d]
-                    lines.append(f"| {d} | {_f(r['SS'])} | {_f(r['LMS'])} | {_f(r['ICAT'])} | {r['n_examples']} | {r['n_terms']} |")
+                    lines.append(f"| {d} | {_f(r['SS'])} | {_f(se.get(d))} | {_f(r['LMS'])} | {_f(r['ICAT'])} | "
+                                 f"{r['n_examples']} | {r['n_terms']} |")
     if "crows_pairs" in b:
         mets = b["crows_pairs"]["metrics"]
         lines += ["", "### CrowS-Pairs (% preferring sent_more, → 50)", "",
