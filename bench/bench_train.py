@@ -36,6 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--run", required=True, help="training output folder (reused when finished)")
     p.add_argument("--results", required=True, help="where summary.json, report.md and the logs go (committed)")
     p.add_argument("--base", default=None, help="base results.json (default bench/results/base_<model>/results.json)")
+    p.add_argument("--base-scores", default=None,
+                   help="the base read's stereoset_scores.jsonl.gz, for the report's paired precision table (default: "
+                        "beside --base; the table is left out when there is none)")
     p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--adapter", default="adapter", help="adapter folder inside --run: 'adapter' (the run's own "
@@ -147,9 +150,11 @@ def main(a) -> int:
           f"Run `{run}`; before = `{base_path}`; after = " + ("the run's adapter (its own dev-chosen checkpoint)."
                                                               if a.adapter == "adapter" else f"`{adapter}`."), "",
           before_after_markdown(before, after)]
-    if (base_path.parent / STEREOSET_SCORES).exists() and (res / STEREOSET_SCORES).exists():
-        md += ["", stereoset_precision_markdown(read_stereoset_predictions(base_path.parent / STEREOSET_SCORES),
-                                                read_stereoset_predictions(res / STEREOSET_SCORES))]
+    base_scores = Path(a.base_scores) if a.base_scores else base_path.parent / STEREOSET_SCORES
+    if base_scores.exists() and (res / STEREOSET_SCORES).exists():
+        md += ["", f"Base StereoSet scores: `{base_scores}`.", "",
+               stereoset_precision_markdown(read_stereoset_predictions(base_scores),
+                                            read_stereoset_predictions(res / STEREOSET_SCORES))]
     atomic_write_text(res / "report.md", "\n".join(md))
     t = doc["targets"]
     print(f"SS {t['ss_before']:.2f} -> {t['ss_after']:.2f}, LMS {t['dlms']:+.2f}, ICAT {t['icat_before']:.2f} -> "
