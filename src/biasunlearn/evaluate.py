@@ -262,8 +262,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
         write_jsonl(out / "predictions.jsonl", all_preds)
         if "stereoset" in cfg.benchmarks:
             write_json(out / "stereoset_predictions.json", official)
-            # the StereoSet scores alone, compressed and small enough to keep beside results.json (a few hundred
-            # kB): what a later paired comparison of two reads needs (bench/ss_precision.py)
+            # the StereoSet scores alone, compressed and small enough to keep beside results.json (about 75 kB for
+            # the 2106 test examples): what a later paired comparison of two reads needs (bench/ss_precision.py)
             write_jsonl(out / STEREOSET_SCORES, [{k: v for k, v in p.items() if k != "sentence_ids"}
                                                  for p in all_preds if p["benchmark"] == "stereoset"])
         write_json(out / "results.json", doc)
@@ -282,8 +282,8 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
 
 def read_stereoset_predictions(path, task: str = "intrasentence") -> list[dict]:
     """The StereoSet rows of one task from a predictions.jsonl (or its stereoset_scores.jsonl.gz) that `evaluate`
-    wrote (each with bias_type, target, s_stereo, s_anti, s_unrel), for the metrics of `biasunlearn.metrics`. Raises DataError naming the file when it
-    holds none."""
+    wrote (each with bias_type, target, s_stereo, s_anti, s_unrel), for the metrics of `biasunlearn.metrics`.
+    Raises DataError naming the file when it holds none."""
     recs = [r for r in read_jsonl(path) if r.get("benchmark") == "stereoset" and r.get("task") == task]
     if not recs:
         raise DataError(path, f"no StereoSet {task} predictions")
