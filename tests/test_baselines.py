@@ -38,6 +38,7 @@ def check_run_folder(run, cfg, steps):
     # the same split as BiasUnlearn's pipeline makes from the same config
     splits, _, _ = load_splits(cfg)
     assert json.loads((run / "splits.json").read_text())["checksum"] == splits.to_dict()["checksum"]
+    assert json.loads((run / "config.json").read_text())["machine"]["cuda"] == []  # the hardware is recorded
     dev = read_jsonl(run / "dev_log.jsonl")
     assert [d["step"] for d in dev] == [0, 2, steps]  # every eval_every steps, plus the start and the last step
     for d in dev:

@@ -76,6 +76,10 @@ def test_results_document_has_every_benchmark(cli_run, tiny_gpt2_path, fake_data
     assert cfg["data_dir"] == str(fake_data) and cfg["ppl_window"] == 512 and cfg["bbq_per_category"] == 200
     for k in ("python", "biasunlearn", "torch", "transformers", "numpy"):
         assert doc["versions"][k]
+    from biasunlearn.models import cpu_has_native_bf16
+
+    assert doc["machine"]["cpu"] and doc["machine"]["cuda"] == [] and doc["machine"]["cpu_capability"]
+    assert doc["machine"]["cpu_native_bf16"] is cpu_has_native_bf16()  # what decides `auto` dtypes on this machine
     assert doc["data_dir"] == str(fake_data)
     for name, b in doc["benchmarks"].items():
         assert isinstance(b["wall_time_s"], float) and b["wall_time_s"] >= 0, name

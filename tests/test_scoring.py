@@ -427,6 +427,22 @@ def test_cpu_has_native_bf16_needs_the_bf16_instructions(capability, cpuinfo, na
     assert cpu_has_native_bf16(cpuinfo=cpuinfo, capability=capability) is native
 
 
+def test_machine_info_names_the_cpu_and_its_bf16(monkeypatch):
+    from biasunlearn.models import machine_info
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    info = machine_info(cpuinfo=SKYLAKE_X_CPUINFO)
+    assert info == {"cpu": "Intel(R) Xeon(R) Gold 6148", "cpu_capability": "AVX512", "cpu_native_bf16": False,
+                    "cuda": []}
+    info = machine_info(cpuinfo=SAPPHIRE_CPUINFO)  # no model name line: the platform's name stands in
+    assert info["cpu_native_bf16"] is True and info["cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU{i}")
+    assert machine_info(cpuinfo=SKYLAKE_X_CPUINFO)["cuda"] == ["GPU0", "GPU1"]
+
+
 # --- packing (training batches) ------------------------------------------------------------------------------------
 
 def test_pack_batch_by_hand():

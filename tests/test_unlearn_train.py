@@ -84,6 +84,10 @@ def test_train_writes_run_folder_and_changes_lora(tmp_path, tiny_llama_path, tra
     assert logs[0]["loss_kl"] == pytest.approx(0.0, abs=1e-6)
     cfgdoc = json.loads((run / "config.json").read_text())
     assert cfgdoc["config"]["alpha_forget"] == 0.4 and cfgdoc["config"]["npo_beta"] == 0.1
+    # the machine is recorded with the run: train's bf16 default follows it, so one config can differ by machine
+    from biasunlearn.models import machine_info
+
+    assert cfgdoc["machine"] == machine_info() and cfgdoc["machine"]["cpu"]
 
 
 def test_retain_floor_starts_at_zero_and_never_goes_negative(tmp_path, tiny_llama_path, train_data):

@@ -33,6 +33,7 @@ import torch
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
 from .io import atomic_write_text, comma_list, read_json, write_json
+from .models import machine_info
 
 DEFAULT_METHODS = ("base", "cda", "sft", "dpo", "self_debias", "biasunlearn")
 LABELS = {"base": "Base model", "cda": "CDA", "sft": "SFT", "dpo": "DPO", "self_debias": "Self-Debias",
@@ -408,7 +409,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                    "splits": {k: split_doc[k] for k in ("checksum", "seed", "dev_fraction", "sources", "counts", "test")}
                    if split_doc else None,
                    "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
-                   "versions": package_versions(), "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+                   "versions": package_versions(), "machine": machine_info(), "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
     write_json(out / "compare.json", plan)
     if split_doc:
         write_json(out / "splits.json", split_doc)

@@ -1,8 +1,8 @@
 """Runs benchmarks through the one scoring path and the metric functions, and writes one results document.
 
 A results document (``results.json``) is the only interface between running and reporting: a report can be rebuilt
-from it alone. It holds the metrics, the model and adapter, package versions, the sha256 of each data file, and the
-config and wall time of each benchmark.
+from it alone. It holds the metrics, the model and adapter, package versions, the machine it ran on, the sha256 of each
+data file, and the config and wall time of each benchmark.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from . import __version__
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .errors import ConfigError, DataError
 from .io import read_jsonl, sha256_file, write_json, write_jsonl
+from .models import machine_info
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores
 from .scoring import score_sequences, score_texts, score_texts_shared
 
@@ -237,7 +238,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
     """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir."""
     root = check_config(cfg)
     doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-           "model": model_info or {}, "versions": package_versions(), "eval_config": cfg.to_dict(),
+           "model": model_info or {}, "versions": package_versions(), "machine": machine_info(),
+           "eval_config": cfg.to_dict(),
            "data_dir": str(root), "benchmarks": {}}
     all_preds = []
     official = {"intrasentence": [], "intersentence": []}

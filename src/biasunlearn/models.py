@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import platform
 import shutil
 import tempfile
 import warnings
@@ -91,6 +92,28 @@ def cpu_has_native_bf16(cpuinfo: str | None = None, capability: str | None = Non
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def machine_info(cpuinfo: str | None = None) -> dict:
+    """The hardware a result was computed on, for results and run configs: the CPU's model name, torch's CPU
+    capability, whether the CPU computes bf16 natively (which decides `auto` dtypes and train's bf16 default, so two
+    runs of one config on different machines can differ in precision), and the CUDA devices. ``cpuinfo`` is for
+    tests; by default /proc/cpuinfo is read (elsewhere the model name falls back to platform.processor())."""
+    native = cpu_has_native_bf16() if cpuinfo is None else cpu_has_native_bf16(cpuinfo=cpuinfo)
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    name = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines()
+                 if line.partition(":")[0].strip() in ("model name", "Model", "Hardware")), "")
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except Exception:
+        capability = None
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpu": name or platform.processor() or platform.machine(), "cpu_capability": capability,
+            "cpu_native_bf16": native, "cuda": cuda}
 
 
 def default_device() -> torch.device:

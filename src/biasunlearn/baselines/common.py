@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..evaluate import package_versions, stereoset_records
 from ..io import write_json
 from ..metrics import stereoset_scores
-from ..models import load_model, start_token_id
+from ..models import load_model, machine_info, start_token_id
 
 
 def _log(msg):
@@ -199,7 +199,8 @@ class LoraFineTune:
         splits, test, overlap = load_splits(self.cfg)
         write_json(self.out / "splits.json", {**splits.to_dict(), "test": {"path": self.cfg.test_set, "n": len(test)},
                                               "overlap_with_test": overlap})
-        write_json(self.out / "config.json", {**self.settings(), "model": info.to_dict(), "versions": package_versions()})
+        write_json(self.out / "config.json", {**self.settings(), "model": info.to_dict(), "versions": package_versions(),
+                                              "machine": machine_info()})
         return model, tok, info, splits
 
     def _finish(self, trainer, model, info, splits, dev_cb, wall: float) -> dict:

@@ -16,7 +16,7 @@ from ..data.splits import coarse_dev_types, overlap_report, splits_for
 from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import STEREOSET_SCORES, EvalConfig, evaluate_model, package_versions, read_stereoset_predictions
 from ..io import atomic_write_text, comma_list, read_json, write_json
-from ..models import load_model
+from ..models import load_model, machine_info
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig
 from .controller import SwapController
@@ -102,7 +102,8 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         write_json(out / "splits.json", {**splits.to_dict(), "test": {"path": cfg.test_set, "n": len(test)},
                                          "overlap_with_test": overlap})
         write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(), "model": info.to_dict(),
-                                         "versions": package_versions()})
+                                         "versions": package_versions(),
+                                         "machine": machine_info()})
     controller = SwapController(sets.bias_types, mode=cfg.swap_mode, tolerance=cfg.early_stop_tolerance,
                                 signal=cfg.swap_signal,
                                 margin=cfg.swap_margin_nats if cfg.swap_signal == "margin" else cfg.swap_margin)
