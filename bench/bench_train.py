@@ -75,6 +75,13 @@ def targets(before: dict, after: dict) -> dict:
     return out
 
 
+def _which_adapter(train_summary: dict) -> str:
+    """What the run kept as `adapter/`, as its train_summary.json says: a fixed step (stop_at_step) or the best dev
+    check (runs from before that field was recorded: the best dev check, then the only choice)."""
+    kept = train_summary.get("adapter", "best dev check")
+    return "its own dev-chosen checkpoint" if kept == "best dev check" else f"{kept}, fixed before the run"
+
+
 def main(a) -> int:
     import torch
 
@@ -147,7 +154,7 @@ def main(a) -> int:
            "eval_this_call_s": round(eval_s, 1)}
     write_json(res / "summary.json", doc)
     md = [f"# BiasUnlearn on {a.model}: held-out before/after", "",
-          f"Run `{run}`; before = `{base_path}`; after = " + ("the run's adapter (its own dev-chosen checkpoint)."
+          f"Run `{run}`; before = `{base_path}`; after = " + (f"the run's adapter ({_which_adapter(summary)})."
                                                               if a.adapter == "adapter" else f"`{adapter}`."), "",
           before_after_markdown(before, after)]
     base_scores = Path(a.base_scores) if a.base_scores else base_path.parent / STEREOSET_SCORES

@@ -353,3 +353,10 @@ def test_bench_train_targets_from_two_results_documents():
     assert t["met"] == {"ss_overall_within_2": False, "every_domain_within_4": False, "abs_dlms_le_1.5": False,
                         "icat_ge_85": False, "ppl_increase_le_3pct": False}
     assert t["ss_domains_before"] == {"gender": 62.0, "race": 64.0}
+
+
+def test_bench_train_report_says_which_adapter_was_read():
+    bt = _bench("bench_train")
+    assert bt._which_adapter({"adapter": "step 250 (stop_at_step)"}) == "step 250 (stop_at_step), fixed before the run"
+    assert bt._which_adapter({"adapter": "best dev check"}) == "its own dev-chosen checkpoint"
+    assert bt._which_adapter({}) == "its own dev-chosen checkpoint"  # runs from before the field was recorded
