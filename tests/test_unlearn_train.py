@@ -431,6 +431,32 @@ def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, extr
     assert losses[True]["loss_kl"] > 1e-4  # the adapter moved the policy: the KL is really compared
 
 
+def test_packing_check_is_not_fooled_by_bf16_autocast(tmp_path, tiny_model_paths, train_data):
+    """Under bf16 mixed precision (train's default where the CPU or GPU has bf16) packed and padded scoring differ by
+    rounding alone; the packing check runs with autocast off, so it still passes on a model that packs correctly
+    (it once turned packing off for every bf16 run: 0.26 nats against a 0.01 tolerance)."""
+    from biasunlearn.models import load_model
+    from biasunlearn.data.splits import make_splits
+    from biasunlearn.unlearn.controller import SwapController
+    from biasunlearn.unlearn.pipeline import prepare_lora
+    from biasunlearn.unlearn.sets import UnlearnSets
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    cfg = _cfg(tmp_path, tiny_model_paths["llama"], train_data, lora_dropout=0.0, forget_batch_size=3,
+               retain_batch_size=5, unrelated_batch_size=4)
+    model, tok, _ = load_model(cfg.model, device="cpu")
+    model = prepare_lora(model, cfg)
+    splits = make_splits(cfg.data_dir, files=(cfg.train_pool,), seed=cfg.seed, dev_fraction=cfg.dev_fraction,
+                         min_dev_per_type=cfg.min_dev_per_type)
+    sets = UnlearnSets(splits.train, adversarial_share=cfg.adversarial_share, seed=cfg.seed)
+    tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=SwapController(sets.bias_types),
+                            tokenizer=tok)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        items = [it for its in sets.chunk(0, {}, 3, 5, 4).values() for it in its]
+        assert tr._use_packing(model, items, torch.device("cpu")) is True
+    assert tr.packing_check["tolerance"] == 0.01 and tr.packing_check["max_abs_diff_nats"] < 1e-4
+
+
 def test_dev_folds_hold_out_every_pool_term_once_and_are_recorded(tmp_path, train_data):
     from biasunlearn.data.splits import make_splits
     from biasunlearn.errors import ConfigError

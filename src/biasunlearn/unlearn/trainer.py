@@ -140,7 +140,10 @@ class BiasUnlearnTrainer(Trainer):
     def _use_packing(self, model, items: list[Item], device) -> bool:
         """Whether this model packs correctly: decided once, on the first step's batch, by scoring it both ways
         without dropout. A model whose attention ignores position-restarts (so packed sequences would see each
-        other) differs by whole nats and trains padded; the decision is logged."""
+        other) differs by whole nats and trains padded; the decision is logged. The check runs outside mixed
+        precision (autocast off): it tests what the attention sees, and bf16 autocast alone moves a summed
+        log-probability by tenths of a nat whichever way the batch is laid out, which once turned packing off for
+        every bf16 run."""
         if self._packed is None:
             if not self.args.pack_sequences:
                 self._packed = False
@@ -148,7 +151,7 @@ class BiasUnlearnTrainer(Trainer):
                 was = model.training
                 model.eval()
                 try:
-                    with torch.no_grad():
+                    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
                         a = self._forward(model, items, device, packed=True)
                         b = self._forward(model, items, device, packed=False)
                 finally:
