@@ -409,7 +409,8 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                    "splits": {k: split_doc[k] for k in ("checksum", "seed", "dev_fraction", "sources", "counts", "test")}
                    if split_doc else None,
                    "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
-                   "versions": package_versions(), "machine": machine_info(), "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+                   "versions": package_versions(), "machine": machine_info(),
+                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
     write_json(out / "compare.json", plan)
     if split_doc:
         write_json(out / "splits.json", split_doc)

@@ -17,8 +17,8 @@ from . import __version__
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .errors import ConfigError, DataError
 from .io import read_jsonl, sha256_file, write_json, write_jsonl
-from .models import machine_info
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores
+from .models import machine_info
 from .scoring import score_sequences, score_texts, score_texts_shared
 
 SE_RESAMPLES = 1000  # bootstrap resamples of the SS standard error in every StereoSet result
