@@ -97,18 +97,30 @@ def test_retain_floor_starts_at_zero_and_never_goes_negative(tmp_path, tiny_llam
     from biasunlearn.unlearn.pipeline import train_adapter
 
     losses = {}
-    for floor in (True, False):
-        out = tmp_path / f"floor_{floor}"
+    for floor, margin in ((True, 0.0), (False, 0.0), (True, 1.5)):
+        out = tmp_path / f"floor_{floor}_{margin}"
         cfg = _cfg(tmp_path, tiny_llama_path, train_data, output_dir=str(out), retain_floor=floor,
-                   retain_reduction="sequence", adversarial_share=0.0, swap_mode="none", lms_guard=100.0)
+                   retain_floor_margin=margin, retain_reduction="sequence", adversarial_share=0.0,
+                   swap_mode="none", lms_guard=100.0)
         train_adapter(cfg, log=lambda s: None)
         logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if "loss_retain" in x]
-        losses[floor] = [r["loss_retain"] for r in logs]
+        losses[floor if not margin else margin] = [r["loss_retain"] for r in logs]
         assert json.loads((out / "config.json").read_text())["config"]["retain_floor"] is floor
     assert losses[True][0] == pytest.approx(0.0, abs=1e-5)
+    # with a margin every sentence starts that many nats below its target (policy = original at step 1)
+    assert losses[1.5][0] == pytest.approx(1.5, abs=1e-4)
     assert losses[False][0] > 1.0
     assert all(v >= 0.0 for v in losses[True])
     assert len(losses[True]) == 4
+
+
+def test_retain_floor_margin_needs_the_floor_and_is_not_negative(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="retain_floor_margin=1.0 needs retain_floor=true"):
+        _cfg(tmp_path, tiny_llama_path, train_data, retain_floor_margin=1.0)
+    with pytest.raises(ConfigError, match="retain_floor_margin=-0.5: must be 0 or more"):
+        _cfg(tmp_path, tiny_llama_path, train_data, retain_floor=True, retain_floor_margin=-0.5)
 
 
 def test_gradient_checkpointing_still_trains_lora(tmp_path, tiny_gpt2_path, train_data):

@@ -65,6 +65,10 @@ class UnlearnConfig(TrainingArguments):
                                    "without bound: a retain sentence adds its NLL only while its summed "
                                    "log-probability is below the original model's (adapter off, cached per "
                                    "sentence), as relu(log p_ref - log p). The paper's CE has no such floor.")
+    retain_floor_margin: float = _f(0.0, "With retain_floor: how far, in nats of a retain sentence's summed "
+                                         "log-probability, it may rise above the original model's level before it "
+                                         "stops counting: relu(log p_ref + margin - log p). 0 = held at the "
+                                         "original level; a large margin is the plain CE.")
     kl_reduction: str = _f("token", "KL term: 'token' = mean over all real tokens of the unrelated batch (the paper); "
                                     "'sequence' = per-sentence summed KL averaged over sentences, so with "
                                     "retain_reduction 'sequence' all three terms are on NPO's per-sentence scale.")
@@ -149,9 +153,12 @@ class UnlearnConfig(TrainingArguments):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         self.type_weight_map()  # raises on a malformed type_weights
-        for name in ("swap_margin", "swap_margin_nats"):
+        for name in ("swap_margin", "swap_margin_nats", "retain_floor_margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
+        if self.retain_floor_margin > 0 and not self.retain_floor:
+            raise ConfigError(f"retain_floor_margin={self.retain_floor_margin} needs retain_floor=true (it is a "
+                              "margin above that floor)")
         if self.npo_reference == "twin" and not (self.pair_retain and self.npo_variant == "sum"):
             raise ConfigError("npo_reference='twin' needs pair_retain=true and npo_variant='sum' (the twin of each "
                               "forget sentence must be scored in the same step)")

@@ -216,7 +216,7 @@ class BiasUnlearnTrainer(Trainer):
             ref_tok = self._ref_logp(unwrapped, forget, device, per_token=tok_lp.shape[1])
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
         r, u = sl["retain"], sl["unrelated"]
-        floor = self._ref_logp(unwrapped, chunk["retain"], device) if a.retain_floor else None
+        floor = self._ref_logp(unwrapped, chunk["retain"], device) + a.retain_floor_margin if a.retain_floor else None
         l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction, floor)
         # KL over every real prediction of the unrelated sentences (token 1.. of each), in the same rows and order
         # for the reference (adapter off, no gradient) as for the policy
