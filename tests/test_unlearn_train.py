@@ -104,14 +104,14 @@ def test_retain_floor_starts_at_zero_and_never_goes_negative(tmp_path, tiny_llam
                    swap_mode="none", lms_guard=100.0)
         train_adapter(cfg, log=lambda s: None)
         logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if "loss_retain" in x]
-        losses[floor if not margin else margin] = [r["loss_retain"] for r in logs]
+        losses[floor, margin] = [r["loss_retain"] for r in logs]
         assert json.loads((out / "config.json").read_text())["config"]["retain_floor"] is floor
-    assert losses[True][0] == pytest.approx(0.0, abs=1e-5)
+    assert losses[True, 0.0][0] == pytest.approx(0.0, abs=1e-5)
     # with a margin every sentence starts that many nats below its target (policy = original at step 1)
-    assert losses[1.5][0] == pytest.approx(1.5, abs=1e-4)
-    assert losses[False][0] > 1.0
-    assert all(v >= 0.0 for v in losses[True])
-    assert len(losses[True]) == 4
+    assert losses[True, 1.5][0] == pytest.approx(1.5, abs=1e-4)
+    assert losses[False, 0.0][0] > 1.0
+    assert all(v >= 0.0 for v in losses[True, 0.0])
+    assert len(losses[True, 0.0]) == 4
 
 
 def test_retain_floor_margin_needs_the_floor_and_is_not_negative(tmp_path, tiny_llama_path, train_data):
@@ -401,6 +401,26 @@ def test_pause_mode_with_every_type_past_level_before_training_is_a_clear_error(
         train_adapter(cfg, log=lambda s: None)
 
 
+def _step_trainer(cfg):
+    """The LoRA model, the unlearning sets and a BiasUnlearnTrainer built from cfg the way train_adapter builds them,
+    for tests that drive single steps or checks by hand."""
+    from biasunlearn.data.splits import make_splits
+    from biasunlearn.models import load_model
+    from biasunlearn.unlearn.controller import SwapController
+    from biasunlearn.unlearn.pipeline import prepare_lora
+    from biasunlearn.unlearn.sets import UnlearnSets
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    model, tok, _ = load_model(cfg.model, device="cpu")
+    model = prepare_lora(model, cfg)
+    splits = make_splits(cfg.data_dir, files=(cfg.train_pool,), seed=cfg.seed, dev_fraction=cfg.dev_fraction,
+                         min_dev_per_type=cfg.min_dev_per_type)
+    sets = UnlearnSets(splits.train, adversarial_share=cfg.adversarial_share, seed=cfg.seed)
+    tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=SwapController(sets.bias_types),
+                            tokenizer=tok)
+    return model, sets, tr
+
+
 @pytest.mark.parametrize("arch,extra", [("gpt2", {}), ("llama", {}),
                                         ("llama", {"retain_floor": True, "npo_variant": "token_mean"})])
 def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, extra, tmp_path, tiny_model_paths,
@@ -408,25 +428,12 @@ def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, extr
     """pack_sequences: the first step checks packing against padding and records it; with dropout off, a packed
     step's three losses equal the padded step's (the KL's reference pass is packed too, and so are the cached
     reference log-probs of forget and, with retain_floor, retain sentences), and a run with packing off never packs."""
-    from biasunlearn.models import load_model
-    from biasunlearn.data.splits import make_splits
-    from biasunlearn.unlearn.controller import SwapController
-    from biasunlearn.unlearn.pipeline import prepare_lora
-    from biasunlearn.unlearn.sets import UnlearnSets
-    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
-
     losses = {}
     for pack in (True, False):
         cfg = _cfg(tmp_path / str(pack), tiny_model_paths[arch], train_data, pack_sequences=pack, lora_dropout=0.0,
                    forget_batch_size=3, retain_batch_size=5, unrelated_batch_size=4, adversarial_share=0.5, **extra)
-        model, tok, _ = load_model(cfg.model, device="cpu")
-        model = prepare_lora(model, cfg)
+        model, sets, tr = _step_trainer(cfg)
         model.eval()  # no dropout anywhere (GPT-2 has its own), so the two layouts must agree
-        splits = make_splits(cfg.data_dir, files=(cfg.train_pool,), seed=cfg.seed, dev_fraction=cfg.dev_fraction,
-                             min_dev_per_type=cfg.min_dev_per_type)
-        sets = UnlearnSets(splits.train, adversarial_share=cfg.adversarial_share, seed=cfg.seed)
-        ctl = SwapController(sets.bias_types)
-        tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=ctl, tokenizer=tok)
         torch.manual_seed(0)
         for p in model.parameters():  # a non-zero adapter, so the policy differs from the reference
             if p.requires_grad:
@@ -447,22 +454,9 @@ def test_packing_check_is_not_fooled_by_bf16_autocast(tmp_path, tiny_model_paths
     """Under bf16 mixed precision (train's default where the CPU or GPU has bf16) packed and padded scoring differ by
     rounding alone; the packing check runs with autocast off, so it still passes on a model that packs correctly
     (it once turned packing off for every bf16 run: 0.26 nats against a 0.01 tolerance)."""
-    from biasunlearn.models import load_model
-    from biasunlearn.data.splits import make_splits
-    from biasunlearn.unlearn.controller import SwapController
-    from biasunlearn.unlearn.pipeline import prepare_lora
-    from biasunlearn.unlearn.sets import UnlearnSets
-    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
-
     cfg = _cfg(tmp_path, tiny_model_paths["llama"], train_data, lora_dropout=0.0, forget_batch_size=3,
                retain_batch_size=5, unrelated_batch_size=4)
-    model, tok, _ = load_model(cfg.model, device="cpu")
-    model = prepare_lora(model, cfg)
-    splits = make_splits(cfg.data_dir, files=(cfg.train_pool,), seed=cfg.seed, dev_fraction=cfg.dev_fraction,
-                         min_dev_per_type=cfg.min_dev_per_type)
-    sets = UnlearnSets(splits.train, adversarial_share=cfg.adversarial_share, seed=cfg.seed)
-    tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=SwapController(sets.bias_types),
-                            tokenizer=tok)
+    model, sets, tr = _step_trainer(cfg)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         items = [it for its in sets.chunk(0, {}, 3, 5, 4).values() for it in its]
         assert tr._use_packing(model, items, torch.device("cpu")) is True

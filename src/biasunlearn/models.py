@@ -70,6 +70,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return table[dtype]
 
 
+def _cpuinfo_text() -> str:
+    """/proc/cpuinfo, or '' where there is none (another OS)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_has_native_bf16(cpuinfo: str | None = None, capability: str | None = None) -> bool:
     """Whether this CPU computes bfloat16 natively: the avx512_bf16 or amx_bf16 instructions (the ``flags`` of
     /proc/cpuinfo), or a torch capability that implies them. Plain AVX-512 (e.g. Skylake-X) does not count: there, as
@@ -82,10 +90,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None, capability: str | None = Non
     if cap.upper() in ("AVX512_BF16", "AMX"):
         return True
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
+        cpuinfo = _cpuinfo_text()
     flags = set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
@@ -101,10 +106,7 @@ def machine_info(cpuinfo: str | None = None) -> dict:
     tests; by default /proc/cpuinfo is read (elsewhere the model name falls back to platform.processor())."""
     native = cpu_has_native_bf16() if cpuinfo is None else cpu_has_native_bf16(cpuinfo=cpuinfo)
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = _cpuinfo_text()
     name = next((line.partition(":")[2].strip() for line in cpuinfo.splitlines()
                  if line.partition(":")[0].strip() in ("model name", "Model", "Hardware")), "")
     try:
