@@ -450,17 +450,33 @@ def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, extr
     assert losses[True]["loss_kl"] > 1e-4  # the adapter moved the policy: the KL is really compared
 
 
-def test_packing_check_is_not_fooled_by_bf16_autocast(tmp_path, tiny_model_paths, train_data):
+def test_packing_check_is_not_fooled_by_bf16_mixed_precision(tmp_path, tiny_model_paths, train_data):
     """Under bf16 mixed precision (train's default where the CPU or GPU has bf16) packed and padded scoring differ by
-    rounding alone; the packing check runs with autocast off, so it still passes on a model that packs correctly
-    (it once turned packing off for every bf16 run: 0.26 nats against a 0.01 tolerance)."""
+    rounding alone, so the packing check must run in full precision to pass on a model that packs correctly. It
+    turned packing off for every bf16 SmolLM2 run (0.26 nats against a 0.01 tolerance): first because the check ran
+    under autocast, then because accelerate wraps the prepared model's forward in an autocast of its own, entered
+    inside the call, which an outer autocast(enabled=False) cannot switch off. The model here is prepared by the
+    trainer's own accelerator, as Trainer.train prepares it."""
     cfg = _cfg(tmp_path, tiny_model_paths["llama"], train_data, lora_dropout=0.0, forget_batch_size=3,
-               retain_batch_size=5, unrelated_batch_size=4)
+               retain_batch_size=5, unrelated_batch_size=4, bf16=True)
     model, sets, tr = _step_trainer(cfg)
-    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        items = [it for its in sets.chunk(0, {}, 3, 5, 4).values() for it in its]
-        assert tr._use_packing(model, items, torch.device("cpu")) is True
+    assert tr.accelerator.mixed_precision == "bf16"
+    wrapped = tr.accelerator.prepare_model(model)
+    items = [it for its in sets.chunk(0, {}, 3, 5, 4).values() for it in its]
+    cpu = torch.device("cpu")
+    autocast_on = []  # whether autocast is on where the model computes (the lm_head's input)
+    model.get_base_model().get_output_embeddings().register_forward_pre_hook(
+        lambda mod, args: autocast_on.append(torch.is_autocast_enabled("cpu")))
+    with torch.no_grad(), torch.autocast(device_type="cpu", enabled=False):  # what the check once relied on
+        wrapped(input_ids=torch.tensor([[1, 2, 3]]), use_cache=False)
+    assert autocast_on == [True]  # accelerate's wrapper switched it back on inside the call
+    autocast_on.clear()
+    wrapped.train()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):  # the step itself runs under autocast
+        assert tr._use_packing(wrapped, items, cpu) is True
+    assert autocast_on == [False, False]  # the check's packed and padded passes, both in full precision
     assert tr.packing_check["tolerance"] == 0.01 and tr.packing_check["max_abs_diff_nats"] < 1e-4
+    assert wrapped.training  # the check restores train mode
 
 
 def test_dev_folds_hold_out_every_pool_term_once_and_are_recorded(tmp_path, train_data):

@@ -113,20 +113,23 @@ class BiasUnlearnTrainer(Trainer):
                           torch.ones(len(enc), dtype=torch.long, device=device), width).float()
         return scored, real
 
-    def _forward(self, model, items: list[Item], device, packed: bool, score: slice = slice(None)) -> StepBatch:
+    def _forward(self, model, items: list[Item], device, packed: bool, score: slice = slice(None),
+                 forward=None) -> StepBatch:
         """One forward pass over `items`, packed end to end (no padding) or padded to the longest. Token
         log-probabilities are computed for the sentences in `score` only (the unrelated sentences of a step need
-        their full distribution for the KL, not a log-softmax of their own)."""
+        their full distribution for the KL, not a log-softmax of their own). `forward` replaces `model` as the
+        callable (the packing check passes the forward from before accelerate's mixed-precision wrapper)."""
+        forward = forward or model
         enc = [self._encode(it) for it in items]
         seqs = [e[0] for e in enc]
         pad = self.tok.pad_token_id or 0
         if packed:
             pk = pack_batch(seqs, pad, device)
             ids, index = pk.ids, pk.index
-            out = model(input_ids=ids, position_ids=pk.positions, use_cache=False)
+            out = forward(input_ids=ids, position_ids=pk.positions, use_cache=False)
         else:
             ids, attn = pad_batch(seqs, pad, device)
-            out = model(input_ids=ids, attention_mask=attn, use_cache=False)
+            out = forward(input_ids=ids, attention_mask=attn, use_cache=False)
             index = torch.arange(ids.numel(), device=device).view_as(ids)[:, :-1]
         scored, real = self._masks(enc, index.shape[1] + 1, device)
         sb = StepBatch(out, ids, scored, real, index)
@@ -141,19 +144,24 @@ class BiasUnlearnTrainer(Trainer):
         """Whether this model packs correctly: decided once, on the first step's batch, by scoring it both ways
         without dropout. A model whose attention ignores position-restarts (so packed sequences would see each
         other) differs by whole nats and trains padded; the decision is logged. The check runs outside mixed
-        precision (autocast off): it tests what the attention sees, and bf16 autocast alone moves a summed
-        log-probability by tenths of a nat whichever way the batch is laid out, which once turned packing off for
-        every bf16 run."""
+        precision: it tests what the attention sees, and bf16 autocast alone moves a summed log-probability by
+        tenths of a nat whichever way the batch is laid out, which turned packing off for bf16 runs. An outer
+        autocast(enabled=False) is not enough: accelerate's mixed precision wraps the model's forward in its own
+        autocast, entered inside the call, so the check calls the forward from before that wrapper
+        (`_original_forward`, which accelerate keeps on the model) with autocast off as well."""
         if self._packed is None:
             if not self.args.pack_sequences:
                 self._packed = False
             else:
                 was = model.training
                 model.eval()
+                inner = self.accelerator.unwrap_model(model)
+                # the model's own attribute only: getattr would also find one on a wrapped inner model
+                plain = inner.__dict__.get("_original_forward", inner)
                 try:
                     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-                        a = self._forward(model, items, device, packed=True)
-                        b = self._forward(model, items, device, packed=False)
+                        a = self._forward(model, items, device, packed=True, forward=plain)
+                        b = self._forward(model, items, device, packed=False, forward=plain)
                 finally:
                     model.train(was)
                 diff = float(((a.tok_lp - b.tok_lp) * b.real).abs().max())
