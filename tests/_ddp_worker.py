@@ -1,4 +1,5 @@
-"""Run by torchrun in test_unlearn_ddp.py: trains a few steps on a tiny model and writes this rank's swap decisions."""
+"""Run by torchrun in test_unlearn_ddp.py: trains a few steps on a tiny model and writes this rank's swap decisions
+and its first-step packing check."""
 import json
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import torch
 torch.set_num_threads(1)
 
 
-def main(model_path, data_dir, out_dir):
+def main(model_path, data_dir, out_dir, bf16="0"):
     from biasunlearn.unlearn.config import make_config
     from biasunlearn.unlearn.pipeline import train_adapter
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
@@ -24,14 +25,15 @@ def main(model_path, data_dir, out_dir):
     cfg = make_config(output_dir=out_dir, model=model_path, data_dir=data_dir, train_pool="pool.json", max_steps=4,
                       eval_every=2, save_steps=2, forget_batch_size=2, retain_batch_size=2, unrelated_batch_size=2,
                       learning_rate=5e-2, warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1,
-                      skip_final_eval=True, use_cpu=True, bf16=False, disable_tqdm=True, seed=0,
+                      skip_final_eval=True, use_cpu=True, bf16=bf16 == "1", disable_tqdm=True, seed=0,
                       collapse_lms_drop=101.0, ddp_backend="gloo")
     train_adapter(cfg, log=lambda s: None)
     t = captured["trainer"]
     rank = t.args.process_index
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
-        "world": t.args.world_size, "controller": t.controller.state_dict()}))
+        "world": t.args.world_size, "controller": t.controller.state_dict(), "packing": t.packing_check,
+        "mixed_precision": t.accelerator.mixed_precision}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -11,14 +11,17 @@ import pytest
 from test_unlearn_train import _pool
 
 
-def test_two_processes_agree_on_swaps(tmp_path, tiny_llama_path, fake_data):
+@pytest.mark.parametrize("bf16,port", [(False, 29531), (True, 29532)])
+def test_two_processes_agree_on_swaps(bf16, port, tmp_path, tiny_llama_path, fake_data):
+    """Both ranks take the same swap decisions; with bf16 mixed precision too, where the first-step packing check
+    reaches the model inside DDP and accelerate's autocast wrapper."""
     data = tmp_path / "data"
     shutil.copytree(fake_data, data)
     (data / "pool.json").write_text(json.dumps(_pool()))
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(Path(__file__).parent / "_ddp_worker.py"), str(tiny_llama_path), str(data), str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(Path(__file__).parent / "_ddp_worker.py"), str(tiny_llama_path), str(data), str(out), "1" if bf16 else "0"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = json.loads((out / "rank0.json").read_text())
@@ -27,3 +30,6 @@ def test_two_processes_agree_on_swaps(tmp_path, tiny_llama_path, fake_data):
     assert len(r0["controller"]["history"]) == 3  # steps 0, 2, 4
     assert r0["controller"] == r1["controller"]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+    for r in (r0, r1):
+        assert r["mixed_precision"] == ("bf16" if bf16 else "no")
+        assert r["packing"]["packed"] is True and r["packing"]["max_abs_diff_nats"] < 1e-4

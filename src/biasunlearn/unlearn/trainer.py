@@ -155,9 +155,11 @@ class BiasUnlearnTrainer(Trainer):
             else:
                 was = model.training
                 model.eval()
-                inner = self.accelerator.unwrap_model(model)
-                # the model's own attribute only: getattr would also find one on a wrapped inner model
-                plain = inner.__dict__.get("_original_forward", inner)
+                # The model's own attribute only (getattr would also find one on a wrapped inner model). Under DDP
+                # the module inside may be called directly (no gradient is synced here); under FSDP or DeepSpeed the
+                # wrapper must run (it gathers the weights), so the check goes through it as before.
+                inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+                plain = inner.__dict__.get("_original_forward", model)
                 try:
                     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
                         a = self._forward(model, items, device, packed=True, forward=plain)
