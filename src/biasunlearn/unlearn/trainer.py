@@ -119,7 +119,7 @@ class BiasUnlearnTrainer(Trainer):
         log-probabilities are computed for the sentences in `score` only (the unrelated sentences of a step need
         their full distribution for the KL, not a log-softmax of their own). `forward` replaces `model` as the
         callable (the packing check passes the forward from before accelerate's mixed-precision wrapper)."""
-        forward = forward or model
+        forward = model if forward is None else forward
         enc = [self._encode(it) for it in items]
         seqs = [e[0] for e in enc]
         pad = self.tok.pad_token_id or 0
