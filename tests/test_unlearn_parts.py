@@ -617,6 +617,26 @@ def test_sibling_moves_groups_test_terms_by_a_pool_sibling(tmp_path):
     assert res["race"]["sibling"] == {"terms": 0, "move": None} and res["race"]["no_sibling"]["terms"] == 2
 
 
+def test_retain_rise_quantiles_per_type_and_label():
+    """Hand-computed: per bias type, the change of each sentence's summed log-probability (after - base), with
+    lower-nearest-rank quantiles (index int(p * (n - 1)) of the sorted changes)."""
+    from types import SimpleNamespace
+
+    from biasunlearn.scoring import Score
+
+    mod = load_bench("retain_rise")
+    exs = [SimpleNamespace(bias_type=b) for b in ("race", "race", "race", "race", "race", "religion")]
+    base = {lab: [Score(-10.0, 4)] * 5 + [Score(-20.0, 6)] for lab in mod.LABELS}
+    after = {"anti-stereotype": [Score(s, 4) for s in (-9.0, -4.0, -10.0, -12.0, -7.0)] + [Score(-5.0, 6)],
+             "stereotype": [Score(-10.0, 4)] * 5 + [Score(-21.0, 6)]}
+    t = mod.rise_table(exs, base, after)
+    # race anti changes: +1, +6, 0, -2, +3 -> sorted -2, 0, 1, 3, 6; mean 1.6
+    assert t["anti-stereotype"]["race"] == {"n": 5, "tokens": 4, "mean": 1.6, "quantiles": {
+        "0.1": -2.0, "0.25": 0.0, "0.5": 1.0, "0.75": 3.0, "0.9": 3.0}}
+    assert t["anti-stereotype"]["religion"]["quantiles"]["0.5"] == 15.0
+    assert t["stereotype"]["religion"]["mean"] == -1.0 and t["stereotype"]["race"]["mean"] == 0.0
+
+
 def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
     """Hand-computed: a one-term type whose examples never change has no error; the band chances follow the normal
     law (P(|Z| > 1) = 0.3173 for an error equal to the band)."""
