@@ -353,6 +353,46 @@ def test_generated_source_settings_are_checked(tmp_path, tiny_llama_path, train_
         _cfg(tmp_path, tiny_llama_path, train_data, unrelated_source="nope")
 
 
+def test_drop_term_texts_matches_whole_words_in_any_case():
+    """Hand-made: 'he' drops "He left." and "he's" but not "the", "here" or "shelf"; a two-word term matches across
+    a line break; an empty term list drops nothing."""
+    from biasunlearn.unlearn.pipeline import drop_term_texts
+
+    texts = ["He left.", "the shelf is here", "and he's gone", "South\nAfrica today", "South Africans", "a poet."]
+    kept, dropped = drop_term_texts(texts, {"he", "South Africa", "Poet", " "})
+    assert kept == ["the shelf is here", "South Africans"] and dropped == 4
+    assert drop_term_texts(texts, set()) == (texts, 0)
+
+
+def test_unrelated_drop_terms_filters_the_kl_text_or_stops_when_none_is_left(tmp_path, tiny_llama_path,
+                                                                             train_data, monkeypatch):
+    """The pool's unrelated sentences all name their target term, so with the stereoset source nothing is left: a
+    clear error before any step. With sampled text, the trainer gets exactly the texts that name no train term."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn import pipeline
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, unrelated_drop_terms=True, max_steps=2)
+    with pytest.raises(ConfigError, match="unrelated_drop_terms=true left no text for the KL term"):
+        pipeline.train_adapter(cfg, log=lambda s: None)
+    assert not (tmp_path / "run" / "log.jsonl").exists()  # stopped before training
+
+    texts = ["My father was here.", "A cloud over the sea.", "KOREAN food is good.", "Fathers and sons.", "Hello."]
+    monkeypatch.setattr(pipeline, "load_or_sample", lambda *a, **k: list(texts))
+    seen, logs = [], []
+    real_sets = pipeline.UnlearnSets
+    monkeypatch.setattr(pipeline, "UnlearnSets", lambda train, unrelated, **k: seen.append(unrelated) or
+                        real_sets(train, unrelated, **k))
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, unrelated_source="generated", unrelated_drop_terms=True,
+               max_steps=2, output_dir=str(tmp_path / "run2"))
+    pipeline.train_adapter(cfg, log=logs.append)
+    train_terms = {e["target"] for e in json.loads((train_data / "pool.json").read_text())
+                   if e["id"] in set(json.loads((tmp_path / "run2" / "splits.json").read_text())["train_ids"])}
+    want = [t for t in texts if not any(w.lower() in t.lower().replace(".", " ").split() for w in train_terms)]
+    assert len(want) < len(texts) and seen == [want]
+    assert "Fathers and sons." in want and "A cloud over the sea." in want  # whole words only
+    assert any(f"{len(texts) - len(want)} of 5 KL texts name a target term" in m for m in logs)
+
+
 def _forced_margins(monkeypatch, schedule):
     """Make the trainer's dev checks read the given per-type margins, one dict per check, in order."""
     import biasunlearn.unlearn.trainer as tr

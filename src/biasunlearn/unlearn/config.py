@@ -44,6 +44,10 @@ class UnlearnConfig(TrainingArguments):
                                             "kept in the run folder as generated_unrelated.jsonl).")
     generated_count: int = _f(512, "With unrelated_source 'generated': how many texts to sample.")
     generated_tokens: int = _f(48, "With unrelated_source 'generated': new tokens per sampled text (at most).")
+    unrelated_drop_terms: bool = _f(False, "Leave out of the KL term every text that names a target term of the "
+                                           "train split (whole word, any case), so that the anchor to the original "
+                                           "model does not hold its behaviour around the groups being unlearned. "
+                                           "How many are left out is logged; none left is an error.")
     score_span: str = _f("y", "Tokens that carry the forget/retain losses: 'y' (after the blank, as the released code), "
                               "'sentence' (the whole sentence) or 'word' (only the filled-in word(s), where the "
                               "stereotype and anti-stereotype sentences differ; the rest is fed, not scored).")

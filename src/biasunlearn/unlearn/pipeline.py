@@ -3,6 +3,7 @@ evaluation before and after on held-out data -> report.md and plots."""
 from __future__ import annotations
 
 import gc
+import re
 import shutil
 import sys
 import time
@@ -62,6 +63,18 @@ def unrelated_texts(cfg: UnlearnConfig, model, tok, out_dir, model_id: str, writ
     return None
 
 
+def drop_term_texts(texts: list[str], terms) -> tuple[list[str], int]:
+    """`texts` without those that name any of `terms` as a whole word (any case; a multi-word term matches with any
+    run of spaces between its words). Returns (kept, how many were dropped)."""
+    words = sorted({" ".join(t.split()).lower() for t in terms if t.strip()}, key=len, reverse=True)
+    if not words:
+        return list(texts), 0
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, w.split())) for w in words)
+                         + r")(?!\w)", re.IGNORECASE)
+    kept = [t for t in texts if not pattern.search(t)]
+    return kept, len(texts) - len(kept)
+
+
 def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     """Train the BiasUnlearn adapter; returns a summary. Writes adapter/, splits.json, config.json, logs, plots."""
     out = Path(cfg.output_dir)
@@ -92,6 +105,14 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     if overlap["shared_sentences"] or overlap["shared_target_terms"]:
         raise ConfigError(f"train pool overlaps the test set: {overlap}; refusing to report numbers on trained data")
     unrelated = unrelated_texts(cfg, model, tok, out, info.resolved, write=cfg.process_index == 0, log=log)
+    if cfg.unrelated_drop_terms:
+        pool = unrelated if unrelated is not None else [e.unrelated for e in splits.train]
+        unrelated, dropped = drop_term_texts(pool, {e.target for e in splits.train})
+        log(f"[train] unrelated_drop_terms: {dropped} of {len(pool)} KL texts name a target term of the train "
+            f"split and are left out; {len(unrelated)} remain")
+        if not unrelated:
+            raise ConfigError(f"unrelated_drop_terms=true left no text for the KL term (all {len(pool)} "
+                              f"{cfg.unrelated_source} texts name a target term of the train split)")
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed)
     unknown = sorted(set(cfg.type_weight_map()) - set(sets.bias_types))
