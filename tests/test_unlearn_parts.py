@@ -637,6 +637,31 @@ def test_retain_rise_quantiles_per_type_and_label():
     assert t["stereotype"]["religion"]["mean"] == -1.0 and t["stereotype"]["race"]["mean"] == 0.0
 
 
+def test_sentence_moves_by_hand_and_refuses_unmatched_reads(tmp_path, capsys):
+    """Hand-computed: per type and overall, the mean change of s(stereo) - s(unrel), s(anti) - s(unrel), s(unrel)."""
+    mod = load_bench("sentence_moves")
+
+    def write(path, rows):
+        path.write_text("".join(json.dumps({"benchmark": "stereoset", "task": "intrasentence", "id": i, "bias_type": b,
+                                            "target": "t", "s_stereo": s, "s_anti": a, "s_unrel": u}) + "\n"
+                                for i, b, s, a, u in rows))
+        return str(path)
+
+    base = write(tmp_path / "b.jsonl", [("1", "race", -2.0, -3.0, -4.0), ("2", "race", -2.0, -2.0, -2.0),
+                                        ("3", "gender", -1.0, -1.0, -5.0)])
+    after = write(tmp_path / "a.jsonl", [("1", "race", -2.0, -1.0, -3.0), ("2", "race", -1.0, -2.0, -2.0),
+                                         ("3", "gender", 0.0, 0.0, -5.0)])
+    assert mod.main(["--base", base, "--after", after, "--out", str(tmp_path / "m.json")]) == 0
+    moves = json.loads((tmp_path / "m.json").read_text())["moves"]
+    # race: example 1 stereo-unrel 2 -> 1 (-1), anti-unrel 1 -> 2 (+1), unrel +1; example 2: +1, 0, 0
+    assert moves["race"] == {"n": 2, "d_stereo_vs_unrel": 0.0, "d_anti_vs_unrel": 0.5, "d_unrel": 0.5}
+    assert moves["gender"] == {"n": 1, "d_stereo_vs_unrel": 1.0, "d_anti_vs_unrel": 1.0, "d_unrel": 0.0}
+    assert moves["overall"]["n"] == 3 and moves["overall"]["d_stereo_vs_unrel"] == pytest.approx(0.3333, abs=1e-4)
+    other = write(tmp_path / "o.jsonl", [("9", "race", 0.0, 0.0, 0.0)])
+    assert mod.main(["--base", base, "--after", other]) == 2
+    assert "1 examples of the after read are not in the base read (first: 9)" in capsys.readouterr().err
+
+
 def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
     """Hand-computed: a one-term type whose examples never change has no error; the band chances follow the normal
     law (P(|Z| > 1) = 0.3173 for an error equal to the band)."""
