@@ -158,6 +158,34 @@ def _ex(i, bias, target):
                             anti_stereotype=f"The {target} was busy today.", unrelated=f"The {target} was cloud today.")
 
 
+def test_balance_terms_deals_each_type_evenly_over_its_target_terms():
+    """gender has 'father' x6 and 'uncle' x2, race one term: with balance_terms each gender draw alternates between
+    the two terms (sorted: father, uncle), each term read cyclically, so over 8 gender draws each term is drawn 4
+    times and each of uncle's 2 stereotypes twice; without it, father's examples take 6 of 8."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+
+    train = ([_ex(i, "gender", "father") for i in range(6)] + [_ex(10 + i, "gender", "uncle") for i in range(2)]
+             + [_ex(20 + i, "race", "Kenyan") for i in range(4)])
+    s = UnlearnSets(train, adversarial_share=0.0, seed=3)
+    dirs = {"gender": 1, "race": 1}
+    gender = [i for step in range(4)
+              for i in s.chunk(step, dirs, 4, 4, 1, balance_types=True, balance_terms=True)["forget"]
+              if i.bias_type == "gender"]
+    assert [i.term for i in gender] == ["father", "uncle"] * 4
+    uncle = [i.key for i in gender if i.term == "uncle"]
+    assert sorted(uncle) == ["e10:stereotype", "e10:stereotype", "e11:stereotype", "e11:stereotype"]
+    assert uncle[0] != uncle[1] and uncle[:2] == uncle[2:]  # a cycle through the term's examples, then again
+    fathers = [i.key for i in gender if i.term == "father"]
+    assert len(set(fathers)) == 4  # father's 6 examples are read cyclically, none twice within 4 draws
+    plain = [i for step in range(4) for i in s.chunk(step, dirs, 4, 4, 1, balance_types=True)["forget"]
+             if i.bias_type == "gender"]
+    assert sum(i.term == "father" for i in plain) == 6  # one pass over the type's 8 examples
+    with pytest.raises(ConfigError, match="balance_terms=true needs balance_types=true"):
+        make_config(balance_terms=True)
+    assert make_config(balance_types=True, balance_terms=True).balance_terms
+
+
 def test_sets_adversarial_share_swap_and_deterministic_chunks():
     train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(10 + i, "race", "Kenyan") for i in range(4)]
     s = UnlearnSets(train, adversarial_share=0.25, seed=3)

@@ -57,6 +57,9 @@ class UnlearnConfig(TrainingArguments):
     unrelated_batch_size: int = _f(28, "Unrelated examples per step and device for the KL term.")
     balance_types: bool = _f(False, "Deal each forget and retain batch evenly over the bias types (round-robin) "
                                     "instead of drawing from the pooled sets, where the largest type dominates.")
+    balance_terms: bool = _f(False, "With balance_types: deal each type's share of a batch evenly over its target "
+                                    "terms (round-robin, each term's examples read cyclically) instead of over its "
+                                    "examples, so that the few terms with many examples do not dominate.")
     type_weights: str = _f("", "With balance_types: round-robin slots per bias type, e.g. 'gender=2,race=2,"
                                "profession=2' (a type not named gets 1; whole numbers of 1 or more). '' = one each.")
     pair_retain: bool = _f(False, "Put the twin of each forget sentence (its anti-stereotype, or its stereotype when "
@@ -157,6 +160,9 @@ class UnlearnConfig(TrainingArguments):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         self.type_weight_map()  # raises on a malformed type_weights
+        if self.balance_terms and not self.balance_types:
+            raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
+                              "batch over that type's target terms)")
         for name in ("swap_margin", "swap_margin_nats", "retain_floor_margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")

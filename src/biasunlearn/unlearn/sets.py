@@ -27,6 +27,7 @@ class Item:
     x: str
     y: str
     z: str = ""
+    term: str = ""  # the example's target term ("" for unrelated text)
 
 
 def make_item(e: StereoSetExample, label: str, score_span: str) -> Item:
@@ -40,7 +41,7 @@ def make_item(e: StereoSetExample, label: str, score_span: str) -> Item:
         x, y = "", sent
     if not y.strip():
         x, y, z = "", sent, ""
-    return Item(key=f"{e.id}:{label}", bias_type=e.bias_type, x=x, y=y, z=z)
+    return Item(key=f"{e.id}:{label}", bias_type=e.bias_type, x=x, y=y, z=z, term=e.target)
 
 
 class UnlearnSets:
@@ -97,13 +98,28 @@ class UnlearnSets:
         order = self._perm(len(pool), tag)
         return [pool[order[(start + j) % len(pool)]] for j in range(k)]
 
+    def _by_term(self, pool: list[Item], tag: str, start: int, k: int) -> list[Item]:
+        """k items of one type's pool dealt round-robin over its target terms (sorted), each term's items read
+        cyclically: draw number g takes term g mod T as that term's (g div T)-th draw, so every term is drawn
+        equally often however many examples it has."""
+        by_term: dict[str, list[Item]] = {}
+        for it in pool:
+            by_term.setdefault(it.term, []).append(it)
+        terms = sorted(by_term)
+        out = []
+        for g in range(start, start + k):
+            q, c = divmod(g, len(terms))
+            out += self._cyclic(by_term[terms[c]], f"{tag}|{terms[c]}", q, 1)
+        return out
+
     def _balanced(self, pools: dict[str, list[Item]], tag: str, start: int, k: int,
-                  weights: dict | None = None) -> list[Item]:
+                  weights: dict | None = None, terms: bool = False) -> list[Item]:
         """k items dealt round-robin over the types, each type's pool read cyclically. One cycle holds w_b slots
         of type b (weights, default 1 each), interleaved round by round in sorted type order: with weights
         {a: 2, b: 1} the cycle is a, b, a. Draw number g overall takes slot g mod L of the cycle (L its length);
         if that is type b's j-th slot in the cycle, it is b's (g div L) * w_b + j-th draw. With every weight 1
-        this is draw g going to type g mod T as its (g div T)-th draw."""
+        this is draw g going to type g mod T as its (g div T)-th draw. With terms, each type's draws are dealt
+        over its target terms (`_by_term`) instead of read from its whole pool."""
         types = [b for b in sorted(pools) if pools[b]]
         if not types:
             return []
@@ -114,7 +130,8 @@ class UnlearnSets:
         for g in range(start, start + k):
             q, c = divmod(g, len(cycle))
             b = cycle[c]
-            out += self._cyclic(pools[b], f"{tag}|{b}", q * w[b] + nth[c], 1)
+            draw = self._by_term if terms else self._cyclic
+            out += draw(pools[b], f"{tag}|{b}", q * w[b] + nth[c], 1)
         return out
 
     def twin(self, item: Item) -> Item | None:
@@ -141,15 +158,16 @@ class UnlearnSets:
 
     def chunk(self, step: int, directions: dict[str, int], forget_bs: int, retain_bs: int, unrelated_bs: int,
               rank: int = 0, world: int = 1, balance_types: bool = False,
-              pair_retain: bool = False, type_weights: dict | None = None) -> dict[str, list[Item]]:
+              pair_retain: bool = False, type_weights: dict | None = None,
+              balance_terms: bool = False) -> dict[str, list[Item]]:
         tag = ",".join(f"{b}{directions.get(b, 1)}" for b in self.bias_types)
         slot = step * world + rank
         if balance_types:
             tp = self.type_pools(directions)
             forget = self._balanced({b: v[0] for b, v in tp.items()}, "forget" + tag, slot * forget_bs, forget_bs,
-                                    type_weights)
+                                    type_weights, balance_terms)
             retain = self._balanced({b: v[1] for b, v in tp.items()}, "retain" + tag, slot * retain_bs, retain_bs,
-                                    type_weights)
+                                    type_weights, balance_terms)
         else:
             fg, rt = self.pools(directions)
             forget = self._cyclic(fg, "forget" + tag, slot * forget_bs, forget_bs)
