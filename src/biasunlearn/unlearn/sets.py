@@ -98,18 +98,23 @@ class UnlearnSets:
         order = self._perm(len(pool), tag)
         return [pool[order[(start + j) % len(pool)]] for j in range(k)]
 
-    def _by_term(self, pool: list[Item], tag: str, start: int, k: int) -> list[Item]:
-        """k items of one type's pool dealt round-robin over its target terms (sorted), each term's items read
-        cyclically: draw number g takes term g mod T as that term's (g div T)-th draw, so every term is drawn
-        equally often however many examples it has."""
+    @staticmethod
+    def _term_groups(pool: list[Item]) -> dict[str, list[Item]]:
+        """One type's pool split by target term, terms in sorted order."""
         by_term: dict[str, list[Item]] = {}
         for it in pool:
             by_term.setdefault(it.term, []).append(it)
-        terms = sorted(by_term)
+        return {t: by_term[t] for t in sorted(by_term)}
+
+    def _by_term(self, groups: dict[str, list[Item]], tag: str, start: int, k: int) -> list[Item]:
+        """k items of one type dealt round-robin over its target terms (`groups`, from `_term_groups`), each term's
+        items read cyclically: draw number g takes term g mod T as that term's (g div T)-th draw, so every term is
+        drawn equally often however many examples it has."""
+        terms = list(groups)
         out = []
         for g in range(start, start + k):
             q, c = divmod(g, len(terms))
-            out += self._cyclic(by_term[terms[c]], f"{tag}|{terms[c]}", q, 1)
+            out += self._cyclic(groups[terms[c]], f"{tag}|{terms[c]}", q, 1)
         return out
 
     def _balanced(self, pools: dict[str, list[Item]], tag: str, start: int, k: int,
@@ -126,12 +131,14 @@ class UnlearnSets:
         w = {b: (weights or {}).get(b, 1) for b in types}
         cycle = [b for r in range(max(w.values())) for b in types if w[b] > r]
         nth = [cycle[:c].count(b) for c, b in enumerate(cycle)]  # slot c is type cycle[c]'s nth[c]-th in the cycle
+        # with terms, each type's pool is split by term once per call, not once per draw
+        sources = {b: self._term_groups(pools[b]) for b in types} if terms else pools
+        draw = self._by_term if terms else self._cyclic
         out = []
         for g in range(start, start + k):
             q, c = divmod(g, len(cycle))
             b = cycle[c]
-            draw = self._by_term if terms else self._cyclic
-            out += draw(pools[b], f"{tag}|{b}", q * w[b] + nth[c], 1)
+            out += draw(sources[b], f"{tag}|{b}", q * w[b] + nth[c], 1)
         return out
 
     def twin(self, item: Item) -> Item | None:
