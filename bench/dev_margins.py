@@ -34,6 +34,9 @@ from biasunlearn.io import comma_list, write_json
 from biasunlearn.models import load_model
 from biasunlearn.unlearn.folds import pooled_summary
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sentence_moves import mean_moves  # noqa: E402
+
 
 SPLITS = ("train", "dev")
 
@@ -57,10 +60,6 @@ def dev_examples(run: Path):
     return split_examples(run, "dev")
 
 
-def _mean(xs) -> float:
-    return sum(xs) / len(xs)
-
-
 def summarise(recs, base=None) -> dict:
     """Per bias type and overall: SS, LMS, and the mean margins in nats per token (changes against `base`)."""
     summary = pooled_summary(recs)
@@ -72,12 +71,8 @@ def summarise(recs, base=None) -> dict:
         row = {"SS": v["SS"], "SS_se": v["SS_se"], "LMS": v["LMS"], "n": v["n_examples"], "terms": v["n_terms"],
                "margin": v["margin"]}
         if base is not None:
-            row["d_margin"] = round(_mean([(r["s_stereo"] - r["s_anti"]) - (q["s_stereo"] - q["s_anti"])
-                                           for r, q in rows]), 4)
-            row["d_stereo_vs_unrel"] = round(_mean([(r["s_stereo"] - r["s_unrel"]) - (q["s_stereo"] - q["s_unrel"])
-                                                    for r, q in rows]), 4)
-            row["d_anti_vs_unrel"] = round(_mean([(r["s_anti"] - r["s_unrel"]) - (q["s_anti"] - q["s_unrel"])
-                                                  for r, q in rows]), 4)
+            moves = mean_moves(rows)
+            row.update({k: moves[k] for k in ("d_margin", "d_stereo_vs_unrel", "d_anti_vs_unrel")})
         out[b] = row
     return out
 

@@ -19,6 +19,20 @@ from biasunlearn.evaluate import read_stereoset_predictions
 from biasunlearn.io import write_json
 
 
+def mean_moves(pairs) -> dict:
+    """Mean change, over (after, base) record pairs of the same examples, of the margin s(stereo) - s(anti), of
+    s(stereo) - s(unrel), of s(anti) - s(unrel) and of s(unrel) itself (nats per token, rounded to 4 places)."""
+    n, sums = 0, [0.0, 0.0, 0.0, 0.0]
+    for r, q in pairs:
+        n += 1
+        sums[0] += (r["s_stereo"] - r["s_anti"]) - (q["s_stereo"] - q["s_anti"])
+        sums[1] += (r["s_stereo"] - r["s_unrel"]) - (q["s_stereo"] - q["s_unrel"])
+        sums[2] += (r["s_anti"] - r["s_unrel"]) - (q["s_anti"] - q["s_unrel"])
+        sums[3] += r["s_unrel"] - q["s_unrel"]
+    keys = ("d_margin", "d_stereo_vs_unrel", "d_anti_vs_unrel", "d_unrel")
+    return {"n": n, **{k: round(v / n, 4) for k, v in zip(keys, sums)}}
+
+
 def sentence_moves(base: list[dict], after: list[dict]) -> dict:
     """{bias type and 'overall': {n, d_stereo_vs_unrel, d_anti_vs_unrel, d_unrel}}, over the examples (by id) of
     `after`; every one of them must be in `base`."""
@@ -26,19 +40,15 @@ def sentence_moves(base: list[dict], after: list[dict]) -> dict:
     missing = [r["id"] for r in after if r["id"] not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} examples of the after read are not in the base read (first: {missing[0]})")
-    sums: dict = {}
+    groups: dict = {}
     for r in after:
-        q = by_id[r["id"]]
-        moves = ((r["s_stereo"] - r["s_unrel"]) - (q["s_stereo"] - q["s_unrel"]),
-                 (r["s_anti"] - r["s_unrel"]) - (q["s_anti"] - q["s_unrel"]),
-                 r["s_unrel"] - q["s_unrel"])
         for key in (r["bias_type"], "overall"):
-            acc = sums.setdefault(key, [0, 0.0, 0.0, 0.0])
-            acc[0] += 1
-            for k, m in enumerate(moves):
-                acc[k + 1] += m
-    return {b: {"n": n, "d_stereo_vs_unrel": round(s / n, 4), "d_anti_vs_unrel": round(a / n, 4),
-                "d_unrel": round(u / n, 4)} for b, (n, s, a, u) in sorted(sums.items())}
+            groups.setdefault(key, []).append((r, by_id[r["id"]]))
+    out = {}
+    for b in sorted(groups):
+        m = mean_moves(groups[b])
+        out[b] = {k: m[k] for k in ("n", "d_stereo_vs_unrel", "d_anti_vs_unrel", "d_unrel")}
+    return out
 
 
 def main(argv=None) -> int:
