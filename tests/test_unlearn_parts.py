@@ -724,3 +724,45 @@ def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
     crows_only.write_text(json.dumps({"benchmark": "crows_pairs", "id": "c-0"}) + "\n")
     with pytest.raises(SystemExit, match=r"c\.jsonl: no StereoSet intrasentence predictions"):
         mod.main(["--read", f"base={base}", "--read", f"run={crows_only}"])
+
+
+def test_pool_pairs_by_hand_and_refuses_ambiguous_files(tmp_path, capsys):
+    """Hand-computed: differences 2 and 4, each ± 1, pool to 3 ± 0.707 (fixed); Q = 1 + 1 = 2 on 1 df, whose
+    chance is P(|Z| > sqrt 2) = erfc(1) = 0.1573; tau^2 = (Q - 1) / (2 - 2/2) = 1, so the random pool is 3 ± 1."""
+    mod = load_bench("pool_pairs")
+    assert mod.chi2_sf(3.0, 2) == pytest.approx(math.exp(-1.5), rel=1e-9)  # df 2: exp(-q/2)
+    assert mod.chi2_sf(2.0, 1) == pytest.approx(math.erfc(1.0), rel=1e-9)
+    assert mod.chi2_sf(0.0, 3) == 1.0
+    same = mod.pool([1.5, 1.5], [1.0, 2.0])
+    assert same["Q"] == 0.0 and same["tau"] == 0.0 and same["random"] == same["fixed"]
+
+    def precision_file(name, paired):
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps({"vs": "control", "paired": paired}))
+        return str(p)
+
+    a = precision_file("a", {"cand": {"gender": {"diff": 2.0, "se": 1.0}, "race": {"diff": 0.0, "se": 0.5}}})
+    b = precision_file("b", {"cand": {"gender": {"diff": 4.0, "se": 1.0}, "race": {"diff": 0.0, "se": 0.5},
+                                      "religion": {"diff": 9.0, "se": 3.0}}})
+    assert mod.main(["--pair", f"s1={a}", "--pair", f"s2={b}", "--out", str(tmp_path / "pool.json")]) == 0
+    res = json.loads((tmp_path / "pool.json").read_text())
+    assert res["pairs"] == ["s1", "s2"] and sorted(res["domains"]) == ["gender", "race"]  # religion: only in b
+    g = res["domains"]["gender"]
+    assert g["fixed"]["diff"] == pytest.approx(3.0) and g["fixed"]["se"] == pytest.approx(1 / math.sqrt(2))
+    assert g["Q"] == pytest.approx(2.0) and g["df"] == 1 and g["p_same_change"] == pytest.approx(0.15730, abs=1e-5)
+    assert g["tau"] == pytest.approx(1.0) and g["random"] == {"diff": pytest.approx(3.0), "se": pytest.approx(1.0)}
+    assert "| gender | +2.00 ± 1.00 | +4.00 ± 1.00 | +3.00 ± 0.71 | 2.00 (1), 0.16 | 1.00 | +3.00 ± 1.00 |" \
+        in capsys.readouterr().out
+    two = precision_file("two", {"x": {"gender": {"diff": 1.0, "se": 1.0}}, "y": {"gender": {"diff": 2.0, "se": 1.0}}})
+    with pytest.raises(SystemExit, match=r"holds 2 paired reads \(x, y\); name one as PATH#READ"):
+        mod.main(["--pair", f"s1={two}"])
+    assert mod.main(["--pair", f"s1={two}#y", "--pair", f"s2={a}"]) == 0
+    with pytest.raises(SystemExit, match="no paired read 'z'"):
+        mod.main(["--pair", f"s1={two}#z"])
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"reads": {}}))
+    with pytest.raises(SystemExit, match="bare.json holds no paired difference"):
+        mod.main(["--pair", f"s1={bare}"])
+    zero = precision_file("zero", {"cand": {"gender": {"diff": 0.0, "se": 0.0}}})
+    with pytest.raises(SystemExit, match="gender: errors .* must be positive"):
+        mod.main(["--pair", f"s1={zero}"])
