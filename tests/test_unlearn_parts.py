@@ -726,43 +726,58 @@ def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
         mod.main(["--read", f"base={base}", "--read", f"run={crows_only}"])
 
 
-def test_pool_pairs_by_hand_and_refuses_ambiguous_files(tmp_path, capsys):
-    """Hand-computed: differences 2 and 4, each ± 1, pool to 3 ± 0.707 (fixed); Q = 1 + 1 = 2 on 1 df, whose
-    chance is P(|Z| > sqrt 2) = erfc(1) = 0.1573; tau^2 = (Q - 1) / (2 - 2/2) = 1, so the random pool is 3 ± 1."""
+def test_pool_pairs_by_hand_and_on_joint_redraws(tmp_path, capsys):
+    """Hand-computed: differences 2 and 4, each with error 1, pool to 3 ± 0.707 when independent; Q = 1 + 1 = 2 on
+    1 df, whose chance is P(|Z| > sqrt 2) = erfc(1); Q(tau^2) = 2 / (1 + tau^2) = 1 gives tau 1 and a random pool of
+    3 ± 1. With correlation 0.5 the same differences pool to 3 ± sqrt(0.75) and Q = 3 / 0.75 = 4: errors shared
+    through one test split make the seeds less consistent and the pool less precise than independence says."""
+    from biasunlearn.metrics import paired_ss_difference
+
     mod = load_bench("pool_pairs")
     assert mod.chi2_sf(3.0, 2) == pytest.approx(math.exp(-1.5), rel=1e-9)  # df 2: exp(-q/2)
     assert mod.chi2_sf(2.0, 1) == pytest.approx(math.erfc(1.0), rel=1e-9)
     assert mod.chi2_sf(0.0, 3) == 1.0
-    same = mod.pool([1.5, 1.5], [1.0, 2.0])
-    assert same["Q"] == 0.0 and same["tau"] == 0.0 and same["random"] == same["fixed"]
+    ind = mod.pool([2.0, 4.0], [[1.0, 0.0], [0.0, 1.0]])
+    assert ind["fixed"]["diff"] == pytest.approx(3.0) and ind["fixed"]["se"] == pytest.approx(1 / math.sqrt(2))
+    assert ind["Q"] == pytest.approx(2.0) and ind["df"] == 1 and ind["p_same_change"] == pytest.approx(math.erfc(1.0))
+    assert ind["tau"] == pytest.approx(1.0, abs=1e-6)
+    assert ind["random"]["diff"] == pytest.approx(3.0) and ind["random"]["se"] == pytest.approx(1.0, abs=1e-6)
+    cor = mod.pool([2.0, 4.0], [[1.0, 0.5], [0.5, 1.0]])
+    assert cor["fixed"]["se"] == pytest.approx(math.sqrt(0.75)) and cor["Q"] == pytest.approx(4.0)
+    same = mod.pool([1.5, 1.5], [[1.0, 0.0], [0.0, 4.0]])
+    assert same["Q"] == pytest.approx(0.0) and same["tau"] == 0.0 and same["random"] == same["fixed"]
+    with pytest.raises(ValueError, match="covariance is singular"):
+        mod.pool([1.0, 2.0], [[0.0, 0.0], [0.0, 1.0]])
 
-    def precision_file(name, paired):
-        p = tmp_path / f"{name}.json"
-        p.write_text(json.dumps({"vs": "control", "paired": paired}))
-        return str(p)
+    def preds(name, pros):  # pros: {(bias_type, term): [pro, ...]}
+        rows = [{"benchmark": "stereoset", "task": "intrasentence", "id": f"{t}-{i}", "bias_type": b, "target": t,
+                 "s_stereo": 1.0 if p else -1.0, "s_anti": 0.0, "s_unrel": -9.0}
+                for (b, t), ps in pros.items() for i, p in enumerate(ps)]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
 
-    a = precision_file("a", {"cand": {"gender": {"diff": 2.0, "se": 1.0}, "race": {"diff": 0.0, "se": 0.5}}})
-    b = precision_file("b", {"cand": {"gender": {"diff": 4.0, "se": 1.0}, "race": {"diff": 0.0, "se": 0.5},
-                                      "religion": {"diff": 9.0, "se": 3.0}}})
-    assert mod.main(["--pair", f"s1={a}", "--pair", f"s2={b}", "--out", str(tmp_path / "pool.json")]) == 0
+    ctrl = {("race", "x"): [True] * 4, ("race", "y"): [True] * 4, ("gender", "g"): [True, False]}
+    c1 = preds("c1", ctrl)
+    t1 = preds("t1", {**ctrl, ("race", "x"): [True, True, False, False]})  # race (50 + 100) / 2 = 75: -25
+    c2 = preds("c2", ctrl)
+    t2 = preds("t2", {**ctrl, ("race", "y"): [True, False, False, False]})  # race (100 + 25) / 2 = 62.5: -37.5
+    assert mod.main(["--pair", f"a={c1},{t1}", "--pair", f"b={c2},{t2}", "--resamples", "300",
+                     "--out", str(tmp_path / "pool.json")]) == 0
     res = json.loads((tmp_path / "pool.json").read_text())
-    assert res["pairs"] == ["s1", "s2"] and sorted(res["domains"]) == ["gender", "race"]  # religion: only in b
-    g = res["domains"]["gender"]
-    assert g["fixed"]["diff"] == pytest.approx(3.0) and g["fixed"]["se"] == pytest.approx(1 / math.sqrt(2))
-    assert g["Q"] == pytest.approx(2.0) and g["df"] == 1 and g["p_same_change"] == pytest.approx(0.15730, abs=1e-5)
-    assert g["tau"] == pytest.approx(1.0) and g["random"] == {"diff": pytest.approx(3.0), "se": pytest.approx(1.0)}
-    assert "| gender | +2.00 ± 1.00 | +4.00 ± 1.00 | +3.00 ± 0.71 | 2.00 (1), 0.16 | 1.00 | +3.00 ± 1.00 |" \
-        in capsys.readouterr().out
-    two = precision_file("two", {"x": {"gender": {"diff": 1.0, "se": 1.0}}, "y": {"gender": {"diff": 2.0, "se": 1.0}}})
-    with pytest.raises(SystemExit, match=r"holds 2 paired reads \(x, y\); name one as PATH#READ"):
-        mod.main(["--pair", f"s1={two}"])
-    assert mod.main(["--pair", f"s1={two}#y", "--pair", f"s2={a}"]) == 0
-    with pytest.raises(SystemExit, match="no paired read 'z'"):
-        mod.main(["--pair", f"s1={two}#z"])
-    bare = tmp_path / "bare.json"
-    bare.write_text(json.dumps({"reads": {}}))
-    with pytest.raises(SystemExit, match="bare.json holds no paired difference"):
-        mod.main(["--pair", f"s1={bare}"])
-    zero = precision_file("zero", {"cand": {"gender": {"diff": 0.0, "se": 0.0}}})
-    with pytest.raises(SystemExit, match="gender: errors .* must be positive"):
-        mod.main(["--pair", f"s1={zero}"])
+    race = res["domains"]["race"]
+    assert race["pairs"]["a"]["diff"] == pytest.approx(-25.0) and race["pairs"]["b"]["diff"] == pytest.approx(-37.5)
+    # each pair's error is exactly bench/ss_precision.py's paired error: the redraws do not depend on how many reads
+    with open(c1) as f1, open(t1) as f2:
+        alone = paired_ss_difference([json.loads(x) for x in f1], [json.loads(x) for x in f2], 300, 0)
+    assert race["pairs"]["a"]["se"] == pytest.approx(alone["race"]["se"], rel=1e-9)
+    out = capsys.readouterr().out
+    assert res["pairs"] == {"a": [c1, t1], "b": [c2, t2]} and "| race | -25.00 ±" in out
+    assert "| gender | +0.00 ± 0.00 | +0.00 ± 0.00 | – | not pooled: errors [0.0, 0.0]" in out
+    assert "covariance is singular" in res["domains"]["gender"]["not_pooled"]  # gender never changes: no error
+    assert res["domains"]["gender"]["pairs"]["a"] == {"diff": 0.0, "se": 0.0} and "fixed" in race
+    with pytest.raises(SystemExit, match="expected NAME=CONTROL,CANDIDATE"):
+        mod.main(["--pair", f"a={c1}"])
+    other = preds("other", {("race", "z"): [True]})
+    with pytest.raises(SystemExit, match="does not hold the same examples"):
+        mod.main(["--pair", f"a={c1},{other}"])

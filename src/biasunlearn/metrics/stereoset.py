@@ -81,6 +81,13 @@ def paired_ss_difference(before: Iterable[Mapping], after: Iterable[Mapping], re
             for k, v in sorted(draws.items())}
 
 
+def ss_bootstrap_draws(record_sets: list, resamples: int = 1000, seed: int = 0) -> dict:
+    """{domain: [[SS of each record set] per resample]}: every read of the same test split scored on the same
+    redrawn terms and examples (paired by id), as `paired_ss_difference` draws them for two. For statistics of
+    several reads at once, e.g. the covariance of differences that share one test split."""
+    return dict(_bootstrap_ss([list(r) for r in record_sets], resamples, seed))
+
+
 def _pros_by_term(records: Iterable[Mapping], by_id: bool) -> tuple[dict, dict]:
     """({(bias_type, target): [pro, ...]}, {(bias_type, target): [example key, ...]}); in id order when by_id and
     every record has an id (the keys are then the ids), else in the records' order (the keys are positions)."""
