@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     a = ap.parse_args(argv)
     pairs: dict = {}
+    paths_of: dict = {}
     for spec in a.pair:
         name, sep, rest = spec.partition("=")
         paths = rest.split(",")
@@ -157,6 +158,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--pair {spec!r}: the name {name!r} is given twice")
         try:
             pairs[name] = tuple(read_stereoset_predictions(p) for p in paths)
+            paths_of[name] = paths
         except (BiasUnlearnError, OSError) as e:
             raise SystemExit(f"--pair {spec!r}: {e}") from e
     try:
@@ -165,9 +167,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--pair: {e}") from e
     print(markdown(res), end="")
     if a.out:
-        write_json(a.out, {"pairs": {n: list(p) for n, p in zip(pairs, (s.partition("=")[2].split(",")
-                                                                            for s in a.pair))},
-                           "resamples": a.resamples, "seed": a.seed, "domains": res})
+        write_json(a.out, {"pairs": paths_of, "resamples": a.resamples, "seed": a.seed, "domains": res})
     return 0
 
 
