@@ -100,22 +100,11 @@ class UnlearnSets:
 
     @staticmethod
     def _term_groups(pool: list[Item]) -> dict[str, list[Item]]:
-        """One type's pool split by target term, terms in sorted order."""
+        """One type's pool split by target term."""
         by_term: dict[str, list[Item]] = {}
         for it in pool:
             by_term.setdefault(it.term, []).append(it)
-        return {t: by_term[t] for t in sorted(by_term)}
-
-    def _by_term(self, groups: dict[str, list[Item]], tag: str, start: int, k: int) -> list[Item]:
-        """k items of one type dealt round-robin over its target terms (`groups`, from `_term_groups`), each term's
-        items read cyclically: draw number g takes term g mod T as that term's (g div T)-th draw, so every term is
-        drawn equally often however many examples it has."""
-        terms = list(groups)
-        out = []
-        for g in range(start, start + k):
-            q, c = divmod(g, len(terms))
-            out += self._cyclic(groups[terms[c]], f"{tag}|{terms[c]}", q, 1)
-        return out
+        return by_term
 
     def _balanced(self, pools: dict[str, list[Item]], tag: str, start: int, k: int,
                   weights: dict | None = None, terms: bool = False) -> list[Item]:
@@ -124,7 +113,8 @@ class UnlearnSets:
         {a: 2, b: 1} the cycle is a, b, a. Draw number g overall takes slot g mod L of the cycle (L its length);
         if that is type b's j-th slot in the cycle, it is b's (g div L) * w_b + j-th draw. With every weight 1
         this is draw g going to type g mod T as its (g div T)-th draw. With terms, each type's draws are dealt
-        over its target terms (`_by_term`) instead of read from its whole pool."""
+        the same way, one slot per target term (this method again, over the type's pool split by term), so every
+        term is drawn equally often however many examples it has, each term's items read cyclically."""
         types = [b for b in sorted(pools) if pools[b]]
         if not types:
             return []
@@ -133,7 +123,7 @@ class UnlearnSets:
         nth = [cycle[:c].count(b) for c, b in enumerate(cycle)]  # slot c is type cycle[c]'s nth[c]-th in the cycle
         # with terms, each type's pool is split by term once per call, not once per draw
         sources = {b: self._term_groups(pools[b]) for b in types} if terms else pools
-        draw = self._by_term if terms else self._cyclic
+        draw = self._balanced if terms else self._cyclic
         out = []
         for g in range(start, start + k):
             q, c = divmod(g, len(cycle))
