@@ -186,6 +186,52 @@ def test_balance_terms_deals_each_type_evenly_over_its_target_terms():
     assert make_config(balance_types=True, balance_terms=True).balance_terms
 
 
+def test_swap_gender_exchanges_gendered_words_not_attributes():
+    from biasunlearn.unlearn.counterfactual import counterfactual_parts, swap_gender
+
+    assert swap_gender("She told her brother.") == ("He told his sister.", 3)
+    # "her" as an object (followed by punctuation, a preposition or nothing) becomes "him", else "his"
+    assert swap_gender("Would you talk to her again?") == ("Would you talk to him again?", 1)
+    assert swap_gender("Give it to her") == ("Give it to him", 1)
+    assert swap_gender("Ask her, then") == ("Ask him, then", 1)
+    assert swap_gender("about her", " earrings.") == ("about his", 1)  # read on into the rest of the sentence
+    assert swap_gender("The Gentleman was masculine, ma'am.") == ("The Lady was masculine, sir.", 2)
+    assert swap_gender("The hero was brave.") == ("The hero was brave.", 0)
+    # across the parts of one sentence; none when nothing is gendered or when the result names a blocked term
+    assert counterfactual_parts(("The father was", " polite to her", " date."), set()) == \
+        ("The mother was", " polite to his", " date.")
+    assert counterfactual_parts(("The hero was", " brave.", ""), set()) is None
+    assert counterfactual_parts(("Every brother is", " mean.", ""), {"sister"}) is None
+
+
+def test_gender_counterfactual_pairs_each_stereotype_with_its_swapped_sentence():
+    """father examples get a counterfactual (mother); a 'brother' example does not, because 'sister' is blocked
+    (a held-out term); race is untouched. The counterfactual keeps the filled-in word: the stereotype is forgotten
+    against the same attribute said of the other gender, its twin in the same step's retain batch."""
+    from biasunlearn.unlearn.config import make_config
+
+    train = [_ex(i, "gender", "father") for i in range(3)] + [_ex(5, "gender", "brother")] + \
+        [_ex(10 + i, "race", "Kenyan") for i in range(2)]
+    plain = UnlearnSets(train, adversarial_share=0.0, seed=3)
+    s = UnlearnSets(train, adversarial_share=0.0, seed=3, gender_counterfactual=True, blocked_terms={"Sister"})
+    assert s.counterfactuals == 3 and plain.counterfactuals == 0
+    assert len(s.stereo["gender"]) == 7 and len(s.anti["gender"]) == 7 and len(s.stereo["race"]) == 2
+    cf = s._by_key["e1~cf:anti-stereotype"]
+    assert (cf.x, cf.y, cf.term) == ("The mother was", " lazy today.", "father")
+    fg = s._by_key["e1~cf:stereotype"]
+    assert (fg.x, fg.y) == ("The father was", " lazy today.") and s.twin(fg) is cf
+    assert "e5~cf:stereotype" not in s._by_key
+    # in a paired chunk every forget item's twin is retained in the same step
+    for step in range(4):
+        ch = s.chunk(step, {"gender": 1, "race": 1}, 4, 4, 1, balance_types=True, pair_retain=True)
+        keys = {it.key for it in ch["retain"]}
+        assert all(s.twin(it).key in keys for it in ch["forget"])
+    # swapped (direction -1): the counterfactual is forgotten and the stereotype retained
+    fgs, rts = s.pools({"gender": -1, "race": 1})
+    assert cf in fgs and fg in rts
+    assert make_config(gender_counterfactual=True).gender_counterfactual and not make_config().gender_counterfactual
+
+
 def test_sets_adversarial_share_swap_and_deterministic_chunks():
     train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(10 + i, "race", "Kenyan") for i in range(4)]
     s = UnlearnSets(train, adversarial_share=0.25, seed=3)

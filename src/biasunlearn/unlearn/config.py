@@ -60,6 +60,13 @@ class UnlearnConfig(TrainingArguments):
     balance_terms: bool = _f(False, "With balance_types: deal each type's share of a batch evenly over its target "
                                     "terms (round-robin, each term's examples read cyclically) instead of over its "
                                     "examples, so that the few terms with many examples do not dominate.")
+    gender_counterfactual: bool = _f(False, "Add a pair for each gender stereotype that names a gendered word: the "
+                                            "stereotype is forgotten against its counterfactual (the same sentence "
+                                            "with he/she, father/mother, ... exchanged, the filled-in word kept), "
+                                            "which is retained. It teaches that the attribute should not follow the "
+                                            "gender named, not only that one attribute should beat another. No "
+                                            "counterfactual names a dev or test target term; how many were made "
+                                            "is logged.")
     type_weights: str = _f("", "With balance_types: round-robin slots per bias type, e.g. 'gender=2,race=2,"
                                "profession=2' (a type not named gets 1; whole numbers of 1 or more). '' = one each.")
     pair_retain: bool = _f(False, "Put the twin of each forget sentence (its anti-stereotype, or its stereotype when "

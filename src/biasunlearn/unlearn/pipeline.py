@@ -113,8 +113,13 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         if not unrelated:
             raise ConfigError(f"unrelated_drop_terms=true left no text for the KL term (all {len(pool)} "
                               f"{cfg.unrelated_source} texts name a target term of the train split)")
+    held_out = {e.target for e in splits.dev + test}
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
-                       seed=cfg.seed)
+                       seed=cfg.seed, gender_counterfactual=cfg.gender_counterfactual, blocked_terms=held_out)
+    if cfg.gender_counterfactual:
+        log(f"[train] gender_counterfactual: {sets.counterfactuals} of {len(sets.stereo.get('gender', []))} gender "
+            f"stereotypes get a counterfactual pair (the others name no gendered word, or their counterfactual would "
+            f"name one of the {len(held_out)} dev and test target terms)")
     unknown = sorted(set(cfg.type_weight_map()) - set(sets.bias_types))
     if unknown:
         raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..data.stereoset import StereoSetExample, split_x_word_rest, split_x_y
+from .counterfactual import counterfactual_parts
 
 
 SCORE_SPANS = ("y", "sentence", "word")
@@ -46,7 +47,8 @@ def make_item(e: StereoSetExample, label: str, score_span: str) -> Item:
 
 class UnlearnSets:
     def __init__(self, train: list[StereoSetExample], unrelated: list[str] | None = None, *,
-                 adversarial_share: float = 0.25, score_span: str = "y", seed: int = 0):
+                 adversarial_share: float = 0.25, score_span: str = "y", seed: int = 0,
+                 gender_counterfactual: bool = False, blocked_terms: set[str] | frozenset = frozenset()):
         if score_span not in SCORE_SPANS:
             raise ValueError(f"score_span {score_span!r}: expected one of {', '.join(SCORE_SPANS)}")
         self.seed = seed
@@ -54,6 +56,9 @@ class UnlearnSets:
         self.bias_types = sorted({e.bias_type for e in train})
         self.stereo = {b: [make_item(e, "stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
         self.anti = {b: [make_item(e, "anti-stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
+        self.counterfactuals = 0
+        if gender_counterfactual and "gender" in self.stereo:
+            self._add_counterfactuals({t.lower() for t in blocked_terms})
         self._by_key = {it.key: it for b in self.bias_types for it in self.stereo[b] + self.anti[b]}
         rng = random.Random(seed)
         self.adv_idx = {}
@@ -63,6 +68,20 @@ class UnlearnSets:
             self.adv_idx[b] = sorted(rng.sample(range(n), k)) if k else []
         texts = unrelated if unrelated is not None else [e.unrelated for e in train]
         self.unrelated = [Item(key=f"unrel:{i}", bias_type="", x="", y=t) for i, t in enumerate(texts)]
+
+    def _add_counterfactuals(self, blocked: set[str]) -> None:
+        """One more pair for each gender stereotype that names a gendered word: forget the stereotype (key
+        "<id>~cf:stereotype", the same text) against its counterfactual ("<id>~cf:anti-stereotype", the gendered
+        words exchanged, the filled-in word kept), so what is pushed apart is which gender the attribute goes with.
+        No counterfactual names a blocked (held-out) term."""
+        for it in list(self.stereo["gender"]):
+            parts = counterfactual_parts((it.x, it.y, it.z), blocked)
+            if parts is None:
+                continue
+            ex = it.key.rpartition(":")[0] + "~cf"
+            self.stereo["gender"].append(replace(it, key=f"{ex}:stereotype"))
+            self.anti["gender"].append(replace(it, key=f"{ex}:anti-stereotype", x=parts[0], y=parts[1], z=parts[2]))
+            self.counterfactuals += 1
 
     def type_pools(self, directions: dict[str, int]) -> dict[str, tuple[list[Item], list[Item]]]:
         """(forget, retain) of every bias type that takes part (direction != 0)."""

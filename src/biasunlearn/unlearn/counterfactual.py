@@ -1,0 +1,82 @@
+"""Gender counterfactuals of training sentences (`gender_counterfactual`): the same sentence with its gendered
+words exchanged ("She is BLANK" -> "He is BLANK"), for the pairs that teach that an attribute should not depend on
+the gender named.
+
+The list holds words that name a gender (pronouns, kinship and address terms), not attributes: "masculine" stays
+"masculine", or the counterfactual of a stereotype would be a stereotype again. A sentence is given no
+counterfactual when it names no gendered word, or when its counterfactual would name a word of `blocked` (the
+held-out target terms: the dev and test splits' terms are never put into training text).
+"""
+from __future__ import annotations
+
+import re
+
+# (masculine, feminine); both directions are used. "her" is handled apart: it is "him" or "his" by what follows.
+_PAIRS = [
+    ("he", "she"), ("himself", "herself"), ("man", "woman"), ("men", "women"), ("boy", "girl"), ("boys", "girls"),
+    ("father", "mother"), ("fathers", "mothers"), ("son", "daughter"), ("sons", "daughters"),
+    ("brother", "sister"), ("brothers", "sisters"), ("husband", "wife"), ("husbands", "wives"),
+    ("boyfriend", "girlfriend"), ("boyfriends", "girlfriends"), ("gentleman", "lady"), ("gentlemen", "ladies"),
+    ("sir", "ma'am"), ("mr", "mrs"), ("king", "queen"), ("prince", "princess"), ("uncle", "aunt"),
+    ("uncles", "aunts"), ("nephew", "niece"), ("grandfather", "grandmother"), ("grandson", "granddaughter"),
+    ("stepfather", "stepmother"), ("stepson", "stepdaughter"), ("male", "female"), ("males", "females"),
+    ("dad", "mom"), ("daddy", "mommy"), ("groom", "bride"), ("schoolboy", "schoolgirl"), ("actor", "actress"),
+    ("fiance", "fiancee"), ("monk", "nun"), ("lad", "lass"), ("guy", "gal"),
+]
+_SWAP = {**{m: f for m, f in _PAIRS}, **{f: m for m, f in _PAIRS}, "his": "her", "him": "her"}
+# after "her", these words mean "her" was the object ("talk to her again"), so it becomes "him", not "his"
+_OBJECT_FOLLOWERS = {
+    "a", "about", "after", "again", "all", "an", "and", "around", "as", "at", "away", "back", "because", "before",
+    "but", "by", "down", "for", "from", "if", "in", "into", "is", "like", "more", "much", "not", "of", "off", "on",
+    "once", "or", "out", "over", "so", "than", "that", "the", "then", "there", "this", "through", "to", "too",
+    "up", "very", "was", "well", "were", "what", "when", "where", "which", "while", "who", "with", "would", "",
+}
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_NEXT_WORD = re.compile(r"\s*([A-Za-z]+)")
+
+
+def _cased(word: str, like: str) -> str:
+    if like.isupper() and len(like) > 1:
+        return word.upper()
+    if like[:1].isupper():
+        return word[:1].upper() + word[1:]
+    return word
+
+
+def swap_gender(text: str, after: str = "") -> tuple[str, int]:
+    """`text` with every gendered word exchanged, and how many were. `after` is the text that follows `text` in its
+    sentence (used to read a final "her")."""
+    out, last, n = [], 0, 0
+    for m in _WORD.finditer(text):
+        w = m.group(0)
+        low = w.lower()
+        if low == "her":
+            nxt = _NEXT_WORD.match(text[m.end():] + after)  # the next word, unless punctuation comes first
+            new = "him" if (nxt.group(1).lower() if nxt else "") in _OBJECT_FOLLOWERS else "his"
+        elif low in _SWAP:
+            new = _SWAP[low]
+        else:
+            continue
+        out.append(text[last: m.start()] + _cased(new, w))
+        last = m.end()
+        n += 1
+    out.append(text[last:])
+    return "".join(out), n
+
+
+def names_blocked(text: str, blocked: set[str]) -> bool:
+    """Whether text names a word of `blocked` (lower case; whole words, any case)."""
+    return any(m.group(0).lower() in blocked for m in _WORD.finditer(text))
+
+
+def counterfactual_parts(parts: tuple[str, ...], blocked: set[str]) -> tuple[str, ...] | None:
+    """The parts (x, y, z) of one sentence with its gendered words exchanged across all of them, or None when it
+    names none or the result names a blocked word."""
+    new, total = [], 0
+    for i, p in enumerate(parts):
+        s, n = swap_gender(p, "".join(parts[i + 1:]))
+        new.append(s)
+        total += n
+    if not total or names_blocked("".join(new), blocked):
+        return None
+    return tuple(new)
