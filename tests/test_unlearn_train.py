@@ -393,6 +393,31 @@ def test_unrelated_drop_terms_filters_the_kl_text_or_stops_when_none_is_left(tmp
     assert any(f"{len(texts) - len(want)} of 5 KL texts name a target term" in m for m in logs)
 
 
+def test_gender_counterfactual_never_names_a_held_out_term(tmp_path, tiny_llama_path, train_data, monkeypatch):
+    """The trainer gets the dev and test target terms as blocked words; with 'brother' on dev (min_dev_per_type
+    puts one gender term there) or not, a train example gets a counterfactual exactly when its counterpart (father
+    -> mother, brother -> sister, uncle -> aunt) is not a held-out term, and the log says how many."""
+    from biasunlearn.data import load_stereoset
+    from biasunlearn.unlearn import pipeline
+
+    seen, logs = [], []
+    real_sets = pipeline.UnlearnSets
+    monkeypatch.setattr(pipeline, "UnlearnSets", lambda train, unrelated, **k: seen.append((train, k)) or
+                        real_sets(train, unrelated, **k))
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, gender_counterfactual=True, max_steps=1)
+    pipeline.train_adapter(cfg, log=logs.append)
+    (train, kw), = seen
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    test = load_stereoset(train_data / cfg.test_set, task="intrasentence")
+    held = {e["target"] for e in _pool() if e["id"] in set(splits["dev_ids"])} | {e.target for e in test}
+    assert kw["gender_counterfactual"] and set(kw["blocked_terms"]) == held
+    counterpart = {"father": "mother", "brother": "sister", "uncle": "aunt"}
+    gender = [e for e in train if e.bias_type == "gender"]
+    want = sum(counterpart[e.target] not in {t.lower() for t in held} for e in gender)
+    assert 0 < len(gender) and any(f"gender_counterfactual: {want} of {len(gender)} gender stereotypes" in m
+                                   for m in logs)
+
+
 def _forced_margins(monkeypatch, schedule):
     """Make the trainer's dev checks read the given per-type margins, one dict per check, in order."""
     import biasunlearn.unlearn.trainer as tr

@@ -117,7 +117,8 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed, gender_counterfactual=cfg.gender_counterfactual, blocked_terms=held_out)
     if cfg.gender_counterfactual:
-        log(f"[train] gender_counterfactual: {sets.counterfactuals} of {len(sets.stereo.get('gender', []))} gender "
+        n_gender = sum(e.bias_type == "gender" for e in splits.train)
+        log(f"[train] gender_counterfactual: {sets.counterfactuals} of {n_gender} gender "
             f"stereotypes get a counterfactual pair (the others name no gendered word, or their counterfactual would "
             f"name one of the {len(held_out)} dev and test target terms)")
     unknown = sorted(set(cfg.type_weight_map()) - set(sets.bias_types))
