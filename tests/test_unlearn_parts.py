@@ -736,6 +736,37 @@ def test_sentence_moves_by_hand_and_refuses_unmatched_reads(tmp_path, capsys):
     assert "1 examples of the after read are not in the base read (first: 9)" in capsys.readouterr().err
 
 
+def test_word_crossover_groups_by_the_words_trained_the_other_way():
+    """Hand-made: train gender pair father lazy/busy; test 'mother busy/lazy' has both words trained the other way,
+    'uncle busy/rich' only its stereotype word, 'aunt kind/lazy' only its anti word, 'son kind/rich' neither; a race
+    pair does not count for gender. SS per group and read is the share whose stereotype scores above its anti."""
+    mod = load_bench("word_crossover")
+
+    def ex(i, b, t, s, a):
+        return StereoSetExample(id=i, task="intrasentence", bias_type=b, target=t, context=f"The {t} was BLANK.",
+                                stereotype=f"The {t} was {s}.", anti_stereotype=f"The {t} was {a}.",
+                                unrelated=f"The {t} was cloud.")
+
+    train = [ex("t1", "gender", "father", "lazy", "busy"), ex("t2", "race", "Kenyan", "kind", "rich")]
+    test = [ex("m", "gender", "mother", "busy", "lazy"), ex("u", "gender", "uncle", "busy", "rich"),
+            ex("a", "gender", "aunt", "kind", "Lazy"), ex("s", "gender", "son", "kind", "rich"),
+            ex("s2", "gender", "son", "calm", "loud")]
+    groups = mod.crossover_groups(train, test)
+    assert groups == {"gender": {"neither": ["s", "s2"], "anti word trained as stereotype": ["a"],
+                                 "stereotype word trained as anti": ["u"], "both": ["m"]}}
+
+    def rec(i, pro):
+        return {"id": i, "s_stereo": -1.0 if pro else -2.0, "s_anti": -1.5, "s_unrel": -3.0}
+
+    reads = {"base": [rec("m", True), rec("u", True), rec("a", False), rec("s", True), rec("s2", False)],
+             "run": [rec("m", False), rec("u", True), rec("a", True), rec("s", False), rec("s2", False)]}
+    t = mod.group_ss(groups, reads)["gender"]
+    assert t["neither"] == {"n": 2, "base": 50.0, "run": 0.0}
+    assert t["both"] == {"n": 1, "base": 100.0, "run": 0.0} and t["anti word trained as stereotype"]["run"] == 100.0
+    with pytest.raises(ValueError, match="read 'run' lacks 1 test examples"):
+        mod.group_ss(groups, {"run": reads["run"][:4]})
+
+
 def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
     """Hand-computed: a one-term type whose examples never change has no error; the band chances follow the normal
     law (P(|Z| > 1) = 0.3173 for an error equal to the band)."""
