@@ -1,0 +1,122 @@
+"""Did an adapter learn which words follow a group, or just the words? Its train pairs scored with the group taken out.
+
+For each example of a run's train split whose target term comes before the blank, the filled-in word of its
+stereotype and of its anti-stereotype is scored (summed log-probability of the word alone, given what precedes
+it) twice: in its own context ("The father was | polite") and in a neutral one, the target term (with "the", "a" or
+"an" in front, and a plural or possessive ending) replaced by "someone" ("Someone was | polite"; the grammar is not mended). Per bias type it
+prints the mean change (adapter - base) of the margin word(stereotype) - word(anti-stereotype) in both contexts,
+and of each word in the neutral context. A neutral margin that falls nearly as far as the in-context one means the
+adapter moved the words' own probabilities, whatever group is named; one that stays near 0 means it learned them
+after the group.
+
+    python bench/neutral_words.py --run runs/NPG3P --adapter runs/NPG3P/final_adapter --out neutral.json
+
+Only the run's own train split is read; nothing here touches the held-out test set.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from biasunlearn.data.stereoset import split_x_word_rest
+from biasunlearn.io import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+LABELS = ("stereotype", "anti-stereotype")
+
+
+def neutral_prefix(x: str, term: str) -> str | None:
+    """x with the target term (and an article before it, a plural or possessive ending after it) replaced by
+    "someone", capitalised at the start; None when the term is not in x."""
+    pat = re.compile(rf"\b(?:(?:the|a|an)\s+)?{re.escape(term)}(?:'s|s|es)?\b", re.IGNORECASE)
+    if not pat.search(x):
+        return None
+    out = pat.sub("someone", x)
+    return out[:1].upper() + out[1:] if out.startswith("someone") else out
+
+
+def word_items(exs) -> list[dict]:
+    """One row per usable example: its type, and per label the filled word with its own and its neutral prefix."""
+    rows = []
+    for e in exs:
+        row = {"bias_type": e.bias_type, "id": e.id}
+        for lab in LABELS:
+            x, word, _ = split_x_word_rest(e.context, e.sentence(lab))
+            n = neutral_prefix(x, e.target) if x and word.strip() else None
+            if n is None:
+                break
+            row[lab] = (x, word, n)
+        else:
+            rows.append(row)
+    return rows
+
+
+def change_table(rows, base: dict, after: dict) -> dict:
+    """{bias type: {n, d_margin_context, d_margin_neutral, d_stereo_neutral, d_anti_neutral}} (nats, mean over
+    examples); base/after[(label, 'context' | 'neutral')] are lists of summed word log-probs aligned with rows."""
+    out = {}
+    for b in sorted({r["bias_type"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["bias_type"] == b]
+
+        def d(lab, where):
+            return [after[(lab, where)][i] - base[(lab, where)][i] for i in idx]
+
+        mc = [s - a for s, a in zip(d("stereotype", "context"), d("anti-stereotype", "context"))]
+        mn = [s - a for s, a in zip(d("stereotype", "neutral"), d("anti-stereotype", "neutral"))]
+        out[b] = {"n": len(idx), "d_margin_context": round(statistics.mean(mc), 3),
+                  "d_margin_neutral": round(statistics.mean(mn), 3),
+                  "d_stereo_neutral": round(statistics.mean(d("stereotype", "neutral")), 3),
+                  "d_anti_neutral": round(statistics.mean(d("anti-stereotype", "neutral")), 3)}
+    return out
+
+
+def main(argv=None) -> int:
+    from dev_margins import split_examples
+
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import score_texts
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="run folder (splits.json, config.json)")
+    ap.add_argument("--adapter", required=True, help="adapter folder trained on that run's base model")
+    ap.add_argument("--out", required=True, help="JSON file for the table")
+    ap.add_argument("--model", default=None, help="base model (default: the run's)")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    exs, model_name = split_examples(Path(a.run), "train")
+    rows = word_items(exs)
+    scores: dict = {}
+    for name, adapter in (("base", None), ("after", a.adapter)):
+        model, tok, _ = load_model(a.model or model_name, adapter=adapter, dtype="float32")
+        s = scores[name] = {}
+        with torch.no_grad():
+            for lab in LABELS:
+                words = [r[lab][1] for r in rows]
+                s[(lab, "context")] = [v.sum for v in score_texts(model, tok, words, [r[lab][0] for r in rows])]
+                s[(lab, "neutral")] = [v.sum for v in score_texts(model, tok, words, [r[lab][2] for r in rows])]
+        del model
+        gc.collect()
+    table = change_table(rows, scores["base"], scores["after"])
+    print(f"{len(rows)} of {len(exs)} train examples name their target term before the blank")
+    print("| bias type | n | d margin, own context | d margin, neutral | d stereotype word, neutral | "
+          "d anti-stereotype word, neutral |\n|---|---|---|---|---|---|")
+    for b, v in table.items():
+        print(f"| {b} | {v['n']} | {v['d_margin_context']:+.3f} | {v['d_margin_neutral']:+.3f} | "
+              f"{v['d_stereo_neutral']:+.3f} | {v['d_anti_neutral']:+.3f} |")
+    write_json(a.out, {"run": a.run, "adapter": a.adapter, "examples": len(rows), "of": len(exs),
+                       "example": {lab: list(rows[0][lab]) for lab in LABELS} if rows else None,
+                       "changes_nats": table})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
