@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -26,20 +25,11 @@ import torch
 
 from biasunlearn.data.stereoset import split_x_word_rest
 from biasunlearn.io import write_json
+from biasunlearn.unlearn.counterfactual import neutral_prefix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LABELS = ("stereotype", "anti-stereotype")
-
-
-def neutral_prefix(x: str, term: str) -> str | None:
-    """x with the target term (and an article before it, a plural or possessive ending after it) replaced by
-    "someone", capitalised at the start; None when the term is not in x."""
-    pat = re.compile(rf"\b(?:(?:the|a|an)\s+)?{re.escape(term)}(?:'s|s|es)?\b", re.IGNORECASE)
-    if not pat.search(x):
-        return None
-    out = pat.sub("someone", x)
-    return out[:1].upper() + out[1:] if out.startswith("someone") else out
 
 
 def word_items(exs) -> list[dict]:

@@ -232,6 +232,34 @@ def test_gender_counterfactual_pairs_each_stereotype_with_its_swapped_sentence()
     assert make_config(gender_counterfactual=True).gender_counterfactual and not make_config().gender_counterfactual
 
 
+def test_neutral_anchor_adds_group_free_pair_sentences_to_the_kl_batch():
+    """Each pair whose term comes before the blank gives its two sentences with the term replaced by "someone"; a
+    step's unrelated batch is the usual draw plus neutral_bs of them, read cyclically; off, nothing is added."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+
+    odd = StereoSetExample(id="z", task="intrasentence", bias_type="race", target="Kenyan",
+                           context="BLANK people live in Kenya.", stereotype="Poor people live in Kenya.",
+                           anti_stereotype="Rich people live in Kenya.", unrelated="Cloud people live in Kenya.")
+    train = [_ex(0, "gender", "father"), _ex(1, "race", "Kenyan"), odd]
+    s = UnlearnSets(train, ["u0", "u1", "u2"], adversarial_share=0.0, seed=3, neutral_anchor=True)
+    assert sorted(it.y for it in s.neutral) == ["Someone was busy today.", "Someone was busy today.",
+                                                 "Someone was lazy today.", "Someone was lazy today."]
+    assert {it.key for it in s.neutral} == {"e0:stereotype:neutral", "e0:anti-stereotype:neutral",
+                                            "e1:stereotype:neutral", "e1:anti-stereotype:neutral"}
+    seen = []
+    for step in range(2):
+        un = s.chunk(step, {}, 2, 2, 2, neutral_bs=2)["unrelated"]
+        assert all(it.key.startswith("unrel:") for it in un[:2])
+        assert len(un) == 4 and all(it.key.endswith(":neutral") for it in un[2:])
+        seen += [it.key for it in un[2:]]
+    assert sorted(seen) == sorted(it.key for it in s.neutral)  # one pass over the four in two steps
+    plain = UnlearnSets(train, ["u0", "u1", "u2"], adversarial_share=0.0, seed=3)
+    assert plain.neutral == [] and len(plain.chunk(0, {}, 2, 2, 2, neutral_bs=2)["unrelated"]) == 2
+    with pytest.raises(ConfigError, match="neutral_anchor_batch_size=-1: must be 0 or more"):
+        make_config(neutral_anchor_batch_size=-1)
+
+
 def test_sets_adversarial_share_swap_and_deterministic_chunks():
     train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(10 + i, "race", "Kenyan") for i in range(4)]
     s = UnlearnSets(train, adversarial_share=0.25, seed=3)

@@ -418,6 +418,34 @@ def test_gender_counterfactual_never_names_a_held_out_term(tmp_path, tiny_llama_
                                    for m in logs)
 
 
+def test_neutral_anchor_puts_group_free_sentences_into_the_kl_batch(tmp_path, tiny_llama_path, train_data,
+                                                                     monkeypatch):
+    """With neutral_anchor_batch_size 2, every step's KL batch is the unrelated draw plus two pool sentences with
+    the term taken out ("The father was lazy today." -> "Someone was lazy today."), and the log says how many."""
+    from biasunlearn.unlearn import pipeline
+    from biasunlearn.unlearn.sets import UnlearnSets
+
+    drawn, logs = [], []
+    chunk = UnlearnSets.chunk
+
+    def spy(self, step, directions, *a, **kw):
+        out = chunk(self, step, directions, *a, **kw)
+        drawn.append([it.y for it in out["unrelated"]])
+        return out
+
+    monkeypatch.setattr(UnlearnSets, "chunk", spy)
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, neutral_anchor_batch_size=2, max_steps=2)
+    pipeline.train_adapter(cfg, log=logs.append)
+    train_ids = set(json.loads((tmp_path / "run" / "splits.json").read_text())["train_ids"])
+    want = {f"Someone was {w} today." for e in _pool() if e["id"] in train_ids for w in WORDS[0][:2] + WORDS[1][:2]
+            + WORDS[2][:2]}
+    assert drawn and all(len(u) == cfg.unrelated_batch_size + 2 for u in drawn)
+    assert all(y in want for u in drawn for y in u[-2:])
+    assert not any(y.startswith("Someone") for u in drawn for y in u[:-2])
+    assert any(f"neutral_anchor: {2 * len(train_ids)} sentences with the group taken out, 2 added" in m
+               for m in logs)
+
+
 def _forced_margins(monkeypatch, schedule):
     """Make the trainer's dev checks read the given per-type margins, one dict per check, in order."""
     import biasunlearn.unlearn.trainer as tr

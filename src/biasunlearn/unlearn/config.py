@@ -67,6 +67,12 @@ class UnlearnConfig(TrainingArguments):
                                             "gender named, not only that one attribute should beat another. No "
                                             "counterfactual names a dev or test target term; how many were made "
                                             "is logged.")
+    neutral_anchor_batch_size: int = _f(0, "Sentences added to each step's KL batch from the train pairs with their "
+                                           "group taken out ('The father was polite.' -> 'Someone was polite.', "
+                                           "both sentences of each pair whose target term comes before the blank), "
+                                           "so the KL term holds the filled-in words' own probabilities at the "
+                                           "original model's and what is unlearned has to depend on the group "
+                                           "named. 0 = off.")
     type_weights: str = _f("", "With balance_types: round-robin slots per bias type, e.g. 'gender=2,race=2,"
                                "profession=2' (a type not named gets 1; whole numbers of 1 or more). '' = one each.")
     pair_retain: bool = _f(False, "Put the twin of each forget sentence (its anti-stereotype, or its stereotype when "
@@ -170,7 +176,7 @@ class UnlearnConfig(TrainingArguments):
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")
-        for name in ("swap_margin", "swap_margin_nats", "retain_floor_margin"):
+        for name in ("swap_margin", "swap_margin_nats", "retain_floor_margin", "neutral_anchor_batch_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
         if self.retain_floor_margin > 0 and not self.retain_floor:

@@ -1,6 +1,7 @@
-"""Gender counterfactuals of training sentences (`gender_counterfactual`): the same sentence with its gendered
-words exchanged ("She is BLANK" -> "He is BLANK"), for the pairs that teach that an attribute should not depend on
-the gender named.
+"""Variants of training sentences: gender counterfactuals (`gender_counterfactual`), the same sentence with its
+gendered words exchanged ("She is BLANK" -> "He is BLANK"), for the pairs that teach that an attribute should not
+depend on the gender named; and the group taken out (`neutral_prefix`, for `neutral_anchor_batch_size`): "The
+father was" -> "Someone was".
 
 The list holds words that name a gender (pronouns, kinship and address terms), not attributes: "masculine" stays
 "masculine", or the counterfactual of a stereotype would be a stereotype again. A sentence is given no
@@ -80,3 +81,14 @@ def counterfactual_parts(parts: tuple[str, ...], blocked: set[str]) -> tuple[str
     if not total or names_blocked("".join(new), blocked):
         return None
     return tuple(new)
+
+
+def neutral_prefix(x: str, term: str) -> str | None:
+    """x with the target term (and an article before it, a plural or possessive ending after it) replaced by
+    "someone", capitalised at the start (the grammar is not mended: "Teachers are" -> "Someone are"); None when
+    the term is not in x."""
+    pat = re.compile(rf"\b(?:(?:the|a|an)\s+)?{re.escape(term)}(?:'s|s|es)?\b", re.IGNORECASE)
+    if not term.strip() or not pat.search(x):
+        return None
+    out = pat.sub("someone", x)
+    return out[:1].upper() + out[1:] if out.startswith("someone") else out

@@ -115,7 +115,14 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
                               f"{cfg.unrelated_source} texts name a target term of the train split)")
     held_out = {e.target for e in splits.dev + test}
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
-                       seed=cfg.seed, gender_counterfactual=cfg.gender_counterfactual, blocked_terms=held_out)
+                       seed=cfg.seed, gender_counterfactual=cfg.gender_counterfactual, blocked_terms=held_out,
+                       neutral_anchor=cfg.neutral_anchor_batch_size > 0)
+    if cfg.neutral_anchor_batch_size > 0:
+        if not sets.neutral:
+            raise ConfigError("neutral_anchor_batch_size > 0, but no train pair names its target term before the "
+                              "blank: there is no sentence to take the group out of")
+        log(f"[train] neutral_anchor: {len(sets.neutral)} sentences with the group taken out, "
+            f"{cfg.neutral_anchor_batch_size} added to each step's KL batch")
     if cfg.gender_counterfactual:
         n_gender = sum(e.bias_type == "gender" for e in splits.train)
         log(f"[train] gender_counterfactual: {sets.counterfactuals} of {n_gender} gender "

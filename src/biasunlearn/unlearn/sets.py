@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, replace
 
 from ..data.stereoset import StereoSetExample, split_x_word_rest, split_x_y
-from .counterfactual import counterfactual_parts
+from .counterfactual import counterfactual_parts, neutral_prefix
 
 
 SCORE_SPANS = ("y", "sentence", "word")
@@ -48,7 +48,8 @@ def make_item(e: StereoSetExample, label: str, score_span: str) -> Item:
 class UnlearnSets:
     def __init__(self, train: list[StereoSetExample], unrelated: list[str] | None = None, *,
                  adversarial_share: float = 0.25, score_span: str = "y", seed: int = 0,
-                 gender_counterfactual: bool = False, blocked_terms: set[str] | frozenset = frozenset()):
+                 gender_counterfactual: bool = False, blocked_terms: set[str] | frozenset = frozenset(),
+                 neutral_anchor: bool = False):
         if score_span not in SCORE_SPANS:
             raise ValueError(f"score_span {score_span!r}: expected one of {', '.join(SCORE_SPANS)}")
         self.seed = seed
@@ -68,6 +69,13 @@ class UnlearnSets:
             self.adv_idx[b] = sorted(rng.sample(range(n), k)) if k else []
         texts = unrelated if unrelated is not None else [e.unrelated for e in train]
         self.unrelated = [Item(key=f"unrel:{i}", bias_type="", x="", y=t) for i, t in enumerate(texts)]
+        # neutral_anchor: both sentences of each pair with its group taken out ("Someone was polite."), for the KL
+        # term, so the filled-in words' own probabilities stay the original model's
+        self.neutral = [Item(key=f"{e.id}:{lab}:neutral", bias_type="", x="", y=n + y)
+                        for e in train for lab in ("stereotype", "anti-stereotype")
+                        for x, y in [split_x_y(e.context, e.sentence(lab))]
+                        for n in [neutral_prefix(x, e.target) if x else None] if n is not None] \
+            if neutral_anchor else []
 
     def _add_counterfactuals(self, blocked: set[str]) -> None:
         """One more pair for each gender stereotype that names a gendered word: forget the stereotype (key
@@ -175,7 +183,7 @@ class UnlearnSets:
     def chunk(self, step: int, directions: dict[str, int], forget_bs: int, retain_bs: int, unrelated_bs: int,
               rank: int = 0, world: int = 1, balance_types: bool = False,
               pair_retain: bool = False, type_weights: dict | None = None,
-              balance_terms: bool = False) -> dict[str, list[Item]]:
+              balance_terms: bool = False, neutral_bs: int = 0) -> dict[str, list[Item]]:
         tag = ",".join(f"{b}{directions.get(b, 1)}" for b in self.bias_types)
         slot = step * world + rank
         if balance_types:
@@ -193,5 +201,6 @@ class UnlearnSets:
         return {
             "forget": forget,
             "retain": retain,
-            "unrelated": self._cyclic(self.unrelated, "unrelated", slot * unrelated_bs, unrelated_bs),
+            "unrelated": self._cyclic(self.unrelated, "unrelated", slot * unrelated_bs, unrelated_bs)
+            + self._cyclic(self.neutral, "neutral", slot * neutral_bs, neutral_bs),
         }

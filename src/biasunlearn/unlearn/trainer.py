@@ -186,7 +186,8 @@ class BiasUnlearnTrainer(Trainer):
         chunk = self.sets.chunk(step, self.controller.directions, a.forget_batch_size, a.retain_batch_size,
                                 a.unrelated_batch_size, rank=a.process_index, world=a.world_size,
                                 balance_types=a.balance_types, pair_retain=a.pair_retain,
-                                type_weights=self._type_weights, balance_terms=a.balance_terms)
+                                type_weights=self._type_weights, balance_terms=a.balance_terms,
+                                neutral_bs=a.neutral_anchor_batch_size)
         device = inputs["step_index"].device
         # A switched-off term (alpha 0, an ablation) is still computed and logged, so its curve can be compared,
         # but it adds nothing to the loss.
