@@ -3,7 +3,8 @@
 For each bias type with direction +1 (normal): forget = its stereotype sentences plus the adversarial share of its
 anti-stereotype sentences; retain = its anti-stereotype sentences. Direction -1 (swapped) exchanges the roles;
 direction 0 leaves the type out. A step's chunk is a pure function of (seed, step, rank, directions): one forget
-batch and one n-times larger retain batch, drawn cyclically from seeded permutations, plus an unrelated batch.
+batch and one n-times larger retain batch, drawn cyclically from seeded permutations, plus an unrelated batch (with
+neutral_anchor, followed by train sentences with their group taken out).
 That makes --resume exact and keeps every process of a distributed run on its own share.
 """
 from __future__ import annotations
@@ -69,13 +70,21 @@ class UnlearnSets:
             self.adv_idx[b] = sorted(rng.sample(range(n), k)) if k else []
         texts = unrelated if unrelated is not None else [e.unrelated for e in train]
         self.unrelated = [Item(key=f"unrel:{i}", bias_type="", x="", y=t) for i, t in enumerate(texts)]
-        # neutral_anchor: both sentences of each pair with its group taken out ("Someone was polite."), for the KL
-        # term, so the filled-in words' own probabilities stay the original model's
-        self.neutral = [Item(key=f"{e.id}:{lab}:neutral", bias_type="", x="", y=n + y)
-                        for e in train for lab in ("stereotype", "anti-stereotype")
-                        for x, y in [split_x_y(e.context, e.sentence(lab))]
-                        for n in [neutral_prefix(x, e.target) if x else None] if n is not None] \
-            if neutral_anchor else []
+        self.neutral = self._neutral_items(train) if neutral_anchor else []
+
+    @staticmethod
+    def _neutral_items(train: list[StereoSetExample]) -> list[Item]:
+        """For neutral_anchor: both sentences of each pair whose target term comes before the blank, with the term
+        replaced by "someone" ("Someone was polite."), as KL text, so the filled-in words' own probabilities stay
+        the original model's."""
+        out = []
+        for e in train:
+            for lab in ("stereotype", "anti-stereotype"):
+                x, y = split_x_y(e.context, e.sentence(lab))
+                n = neutral_prefix(x, e.target) if x else None
+                if n is not None:
+                    out.append(Item(key=f"{e.id}:{lab}:neutral", bias_type="", x="", y=n + y))
+        return out
 
     def _add_counterfactuals(self, blocked: set[str]) -> None:
         """One more pair for each gender stereotype that names a gendered word: forget the stereotype (key
