@@ -15,13 +15,9 @@ Only the run's own train split is read; nothing here touches the held-out test s
 """
 from __future__ import annotations
 
-import argparse
-import gc
 import statistics
 import sys
 from pathlib import Path
-
-import torch
 
 from biasunlearn.data.stereoset import split_x_word_rest
 from biasunlearn.io import write_json
@@ -69,32 +65,20 @@ def change_table(rows, base: dict, after: dict) -> dict:
 
 def main(argv=None) -> int:
     from dev_margins import split_examples
+    from retain_rise import base_and_after, run_and_adapter_args
 
-    from biasunlearn.models import load_model
     from biasunlearn.scoring import score_texts
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", required=True, help="run folder (splits.json, config.json)")
-    ap.add_argument("--adapter", required=True, help="adapter folder trained on that run's base model")
-    ap.add_argument("--out", required=True, help="JSON file for the table")
-    ap.add_argument("--model", default=None, help="base model (default: the run's)")
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    a = run_and_adapter_args(__doc__.split("\n")[0], argv)
     exs, model_name = split_examples(Path(a.run), "train")
     rows = word_items(exs)
-    scores: dict = {}
-    for name, adapter in (("base", None), ("after", a.adapter)):
-        model, tok, _ = load_model(a.model or model_name, adapter=adapter, dtype="float32")
-        s = scores[name] = {}
-        with torch.no_grad():
-            for lab in LABELS:
-                words = [r[lab][1] for r in rows]
-                s[(lab, "context")] = [v.sum for v in score_texts(model, tok, words, [r[lab][0] for r in rows])]
-                s[(lab, "neutral")] = [v.sum for v in score_texts(model, tok, words, [r[lab][2] for r in rows])]
-        del model
-        gc.collect()
+
+    def score(model, tok) -> dict:
+        words = {lab: [r[lab][1] for r in rows] for lab in LABELS}
+        return {(lab, where): [v.sum for v in score_texts(model, tok, words[lab], [r[lab][k] for r in rows])]
+                for lab in LABELS for where, k in (("context", 0), ("neutral", 2))}
+
+    scores = base_and_after(a.model or model_name, a.adapter, score)
     table = change_table(rows, scores["base"], scores["after"])
     print(f"{len(rows)} of {len(exs)} train examples name their target term before the blank")
     print("| bias type | n | d margin, own context | d margin, neutral | d stereotype word, neutral | "

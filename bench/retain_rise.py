@@ -52,8 +52,9 @@ def rise_table(exs, base: dict, after: dict) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_and_adapter_args(description: str, argv=None):
+    """The arguments of a script that reads a run's train split under the base model and under an adapter."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--run", required=True, help="run folder (splits.json, config.json)")
     ap.add_argument("--adapter", required=True, help="adapter folder trained on that run's base model")
     ap.add_argument("--out", required=True, help="JSON file for the table")
@@ -62,18 +63,29 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    return a
+
+
+def base_and_after(model_name: str, adapter: str, score) -> dict:
+    """{"base": score(model, tokenizer), "after": the same with the adapter}, float32, one model loaded at a time."""
+    out = {}
+    for name, path in (("base", None), ("after", adapter)):
+        model, tok, _ = load_model(model_name, adapter=path, dtype="float32")
+        with torch.no_grad():
+            out[name] = score(model, tok)
+        del model
+        gc.collect()
+    return out
+
+
+def main(argv=None) -> int:
+    a = run_and_adapter_args(__doc__.split("\n")[0], argv)
     run = Path(a.run)
     exs, model_name = split_examples(run, "train")
     span = json.loads((run / "config.json").read_text())["config"].get("score_span", "y")
     items = {lab: [make_item(e, lab, span) for e in exs] for lab in LABELS}
-    scores: dict = {}
-    for name, adapter in (("base", None), ("after", a.adapter)):
-        model, tok, _ = load_model(a.model or model_name, adapter=adapter, dtype="float32")
-        with torch.no_grad():
-            scores[name] = {lab: score_texts(model, tok, [i.y for i in it], [i.x for i in it])
-                            for lab, it in items.items()}
-        del model
-        gc.collect()
+    scores = base_and_after(a.model or model_name, a.adapter, lambda model, tok: {
+        lab: score_texts(model, tok, [i.y for i in it], [i.x for i in it]) for lab, it in items.items()})
     table = rise_table(exs, scores["base"], scores["after"])
     for lab, rows in table.items():
         for b, v in rows.items():
