@@ -5,9 +5,9 @@ stereotype and of its anti-stereotype is scored (summed log-probability of the w
 it) twice: in its own context ("The father was | polite") and in a neutral one, the target term (with "the", "a"
 or "an" in front, and a plural or possessive ending) replaced by "someone" ("Someone was | polite"; the grammar is
 not mended). Per bias type it prints the mean change (adapter - base) of the margin word(stereotype) -
-word(anti-stereotype) in both contexts, and of each word in the neutral context. A neutral margin that falls nearly as far as the in-context one means the
-adapter moved the words' own probabilities, whatever group is named; one that stays near 0 means it learned them
-after the group.
+word(anti-stereotype) in both contexts, and of each word in the neutral context. A neutral margin that falls
+nearly as far as the in-context one means the adapter moved the words' own probabilities, whatever group is named;
+one that stays near 0 means it learned them after the group.
 
     python bench/neutral_words.py --run runs/NPG3P --adapter runs/NPG3P/final_adapter --out neutral.json
 
