@@ -69,17 +69,11 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--read", action="append", required=True, metavar="NAME=PATH",
-                    help="a predictions.jsonl of the test split, named; the first is the reference (repeatable)")
-    ap.add_argument("--resamples", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--band", type=float, default=4.0, help="the per-domain target band around 50 (default 4)")
-    ap.add_argument("--out", default=None, help="also write the figures as JSON here")
-    a = ap.parse_args(argv)
-    reads = {}
-    for item in a.read:
+def read_named(specs: list[str]) -> tuple[dict, dict]:
+    """--read NAME=PATH values -> ({name: score records}, {name: path}), in the order given; a malformed value, a
+    name given twice or an unreadable file stops with a message naming the value."""
+    reads, paths = {}, {}
+    for item in specs:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise SystemExit(f"--read {item!r}: expected NAME=PATH")
@@ -89,6 +83,20 @@ def main(argv=None) -> int:
             reads[name] = read_stereoset_predictions(path)
         except (BiasUnlearnError, OSError) as e:
             raise SystemExit(f"--read {item!r}: {e}") from e
+        paths[name] = path
+    return reads, paths
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--read", action="append", required=True, metavar="NAME=PATH",
+                    help="a predictions.jsonl of the test split, named; the first is the reference (repeatable)")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--band", type=float, default=4.0, help="the per-domain target band around 50 (default 4)")
+    ap.add_argument("--out", default=None, help="also write the figures as JSON here")
+    a = ap.parse_args(argv)
+    reads, _ = read_named(a.read)
     res = precision(reads, a.resamples, a.seed, a.band)
     print(markdown(res), end="")
     if a.out:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from biasunlearn.data import data_dir, load_stereoset
 from biasunlearn.data.splits import splits_for
 from biasunlearn.data.stereoset import split_x_word_rest
 from biasunlearn.errors import BiasUnlearnError
-from biasunlearn.evaluate import read_stereoset_predictions
 from biasunlearn.io import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 GROUPS = ("neither", "anti word trained as stereotype", "stereotype word trained as anti", "both")
 
@@ -66,22 +68,19 @@ def group_ss(groups: dict, reads: dict[str, list[dict]]) -> dict:
 
 
 def main(argv=None) -> int:
+    from ss_precision import read_named
+
     from biasunlearn.unlearn import make_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=42, help="the run's seed (it draws the train/dev split)")
-    ap.add_argument("--read", action="append", required=True, metavar="NAME=FILE",
+    ap.add_argument("--read", action="append", required=True, metavar="NAME=PATH",
                     help="a score file of the evaluation suite (stereoset_scores.jsonl.gz or predictions.jsonl)")
     ap.add_argument("--data-dir", default=None, help="data folder (default: BIASUNLEARN_DATA or ../shared/data)")
     ap.add_argument("--out", default=None, help="JSON file for the table")
     a = ap.parse_args(argv)
+    reads, paths = read_named(a.read)
     try:
-        reads = {}
-        for spec in a.read:
-            name, sep, path = spec.partition("=")
-            if not sep or not name or not path:
-                raise ValueError(f"--read {spec!r}: expected NAME=FILE")
-            reads[name] = read_stereoset_predictions(path)
         cfg = make_config(output_dir="unused", seed=a.seed, data_dir=a.data_dir)
         train = splits_for(cfg).train
         test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
@@ -96,8 +95,7 @@ def main(argv=None) -> int:
             cells = " | ".join("–" if row[n] is None else f"{row[n]:.2f}" for n in names)
             print(f"| {b} | {g} | {row['n']} | {cells} |")
     if a.out:
-        write_json(a.out, {"seed": a.seed, "reads": {s.partition("=")[0]: s.partition("=")[2] for s in a.read},
-                           "groups": table})
+        write_json(a.out, {"seed": a.seed, "reads": paths, "groups": table})
     return 0
 
 
