@@ -11,10 +11,13 @@ one that stays near 0 means it learned them after the group.
 
     python bench/neutral_words.py --run runs/NPG3P --adapter runs/NPG3P/final_adapter --out neutral.json
 
-Only the run's own train split is read; nothing here touches the held-out test set.
+By default only the run's own train split is read. `--split test` reads the held-out test split instead (a
+diagnosis of a finished run, as any test read; never a basis for choosing a run), and `--by term` gives one row
+per target term instead of per bias type: whether a term's test read moved with the words' own probabilities.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,7 +35,7 @@ def word_items(exs) -> list[dict]:
     """One row per usable example: its type, and per label the filled word with its own and its neutral prefix."""
     rows = []
     for e in exs:
-        row = {"bias_type": e.bias_type, "id": e.id}
+        row = {"bias_type": e.bias_type, "id": e.id, "target": e.target}
         for lab in LABELS:
             x, word, _ = split_x_word_rest(e.context, e.sentence(lab))
             n = neutral_prefix(x, e.target) if x and word.strip() else None
@@ -44,12 +47,21 @@ def word_items(exs) -> list[dict]:
     return rows
 
 
-def change_table(rows, base: dict, after: dict) -> dict:
-    """{bias type: {n, d_margin_context, d_margin_neutral, d_stereo_neutral, d_anti_neutral}} (nats, mean over
-    examples); base/after[(label, 'context' | 'neutral')] are lists of summed word log-probs aligned with rows."""
+def row_key(row: dict, by: str = "type") -> str:
+    """The group of a row: its bias type, or with by="term" "bias type/target term"."""
+    if by not in ("type", "term"):
+        raise ValueError(f"by={by!r}: must be 'type' or 'term'")
+    return row["bias_type"] if by == "type" else f"{row['bias_type']}/{row['target']}"
+
+
+def change_table(rows, base: dict, after: dict, by: str = "type") -> dict:
+    """{group: {n, d_margin_context, d_margin_neutral, d_stereo_neutral, d_anti_neutral}} (nats, mean over
+    examples), a group being a bias type or (by="term") a target term; base/after[(label, 'context' |
+    'neutral')] are lists of summed word log-probs aligned with rows."""
     out = {}
-    for b in sorted({r["bias_type"] for r in rows}):
-        idx = [i for i, r in enumerate(rows) if r["bias_type"] == b]
+    keys = [row_key(r, by) for r in rows]
+    for b in sorted(set(keys)):
+        idx = [i for i, k in enumerate(keys) if k == b]
 
         def d(lab, where):
             return [after[(lab, where)][i] - base[(lab, where)][i] for i in idx]
@@ -63,14 +75,29 @@ def change_table(rows, base: dict, after: dict) -> dict:
     return out
 
 
+def test_examples(run: Path):
+    """The held-out test split named by the run's config (intrasentence StereoSet)."""
+    from biasunlearn.data import data_dir, load_stereoset
+
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    return load_stereoset(data_dir(cfg.get("data_dir")) / cfg["test_set"], task="intrasentence")
+
+
 def main(argv=None) -> int:
     from dev_margins import split_examples
     from retain_rise import base_and_after, run_and_adapter_args
 
     from biasunlearn.scoring import score_texts
 
-    a = run_and_adapter_args(__doc__.split("\n")[0], argv)
+    def extra(ap):
+        ap.add_argument("--split", choices=("train", "test"), default="train",
+                        help="the run's train split, or the held-out test split (a diagnosis only)")
+        ap.add_argument("--by", choices=("type", "term"), default="type", help="one row per bias type or per term")
+
+    a = run_and_adapter_args(__doc__.split("\n")[0], argv, extra)
     exs, model_name = split_examples(Path(a.run), "train")
+    if a.split == "test":
+        exs = test_examples(Path(a.run))
     rows = word_items(exs)
 
     def score(model, tok) -> dict:
@@ -79,14 +106,15 @@ def main(argv=None) -> int:
                 for lab in LABELS for where, k in (("context", 0), ("neutral", 2))}
 
     scores = base_and_after(a.model or model_name, a.adapter, score)
-    table = change_table(rows, scores["base"], scores["after"])
-    print(f"{len(rows)} of {len(exs)} train examples name their target term before the blank")
-    print("| bias type | n | d margin, own context | d margin, neutral | d stereotype word, neutral | "
-          "d anti-stereotype word, neutral |\n|---|---|---|---|---|---|")
+    table = change_table(rows, scores["base"], scores["after"], a.by)
+    print(f"{len(rows)} of {len(exs)} {a.split} examples name their target term before the blank")
+    print(f"| {'bias type' if a.by == 'type' else 'term'} | n | d margin, own context | d margin, neutral | "
+          "d stereotype word, neutral | d anti-stereotype word, neutral |\n|---|---|---|---|---|---|")
     for b, v in table.items():
         print(f"| {b} | {v['n']} | {v['d_margin_context']:+.3f} | {v['d_margin_neutral']:+.3f} | "
               f"{v['d_stereo_neutral']:+.3f} | {v['d_anti_neutral']:+.3f} |")
-    write_json(a.out, {"run": a.run, "adapter": a.adapter, "examples": len(rows), "of": len(exs),
+    write_json(a.out, {"run": a.run, "adapter": a.adapter, "split": a.split, "by": a.by,
+                       "examples": len(rows), "of": len(exs),
                        "example": {lab: list(rows[0][lab]) for lab in LABELS} if rows else None,
                        "changes_nats": table})
     return 0

@@ -52,14 +52,17 @@ def rise_table(exs, base: dict, after: dict) -> dict:
     return out
 
 
-def run_and_adapter_args(description: str, argv=None):
-    """The arguments of a script that reads a run's train split under the base model and under an adapter."""
+def run_and_adapter_args(description: str, argv=None, extra=None):
+    """The arguments of a script that reads a run's train split under the base model and under an adapter; `extra`,
+    if given, adds the script's own arguments to the parser."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--run", required=True, help="run folder (splits.json, config.json)")
     ap.add_argument("--adapter", required=True, help="adapter folder trained on that run's base model")
     ap.add_argument("--out", required=True, help="JSON file for the table")
     ap.add_argument("--model", default=None, help="base model (default: the run's)")
     ap.add_argument("--threads", type=int, default=None)
+    if extra is not None:
+        extra(ap)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -232,6 +232,51 @@ def test_gender_counterfactual_pairs_each_stereotype_with_its_swapped_sentence()
     assert make_config(gender_counterfactual=True).gender_counterfactual and not make_config().gender_counterfactual
 
 
+def test_term_variants_replace_the_term_by_nouns_of_its_gender():
+    from biasunlearn.unlearn.counterfactual import replace_term, same_gender_nouns, term_variant_parts
+
+    assert replace_term("A father is a BLANK. My Father's car", "father", "uncle") == \
+        ("An uncle is a BLANK. My Uncle's car", 2)
+    assert replace_term("An uncle met fathers", "uncle", "king") == ("A king met fathers", 1)  # no plural match
+    assert replace_term("He said he was tall", "he", "the king") == ("The king said the king was tall", 2)
+    assert replace_term("The hero was brave", "he", "the king") == ("The hero was brave", 0)  # whole words only
+    # the other nouns of the term's gender, never a blocked one; step-relations, sir, female: none at all
+    nouns = same_gender_nouns("Father", {"man", "uncle"})
+    assert "brother" in nouns and not {"father", "man", "uncle", "mother"} & set(nouns)
+    assert same_gender_nouns("she", {"sister"})[:2] == ["the mother", "the daughter"]
+    assert same_gender_nouns("stepfather", set()) == [] and same_gender_nouns("female", set()) == []
+    assert term_variant_parts(("The father was", " polite", "."), "father", "son", set()) == \
+        ("The son was", " polite", ".")
+    assert term_variant_parts(("My father was", " polite", "."), "father", "son", {"son"}) is None
+    assert term_variant_parts(("He was", " polite", "."), "father", "son", set()) is None  # term not named
+
+
+def test_gender_term_variants_add_whole_pairs_with_other_nouns():
+    """Each 'father' pair gets k pairs naming another male noun (both sentences, twins of each other, the new noun
+    as term); a stepfather pair and the race pairs get none; no variant names a blocked term; the same seed gives
+    the same nouns."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.counterfactual import MALE_NOUNS
+
+    train = [_ex(i, "gender", "father") for i in range(3)] + [_ex(5, "gender", "stepfather")] + \
+        [_ex(10 + i, "race", "Kenyan") for i in range(2)]
+    blocked = set(MALE_NOUNS) - {"father", "uncle", "son", "king"}  # leaves uncle, son and king to draw from
+    s = UnlearnSets(train, adversarial_share=0.0, seed=3, gender_term_variants=2, blocked_terms=blocked)
+    assert s.term_variants == 6 and len(s.stereo["gender"]) == 10 and len(s.anti["gender"]) == 10
+    assert len(s.stereo["race"]) == 2 and not any("e5~tv" in it.key for it in s.stereo["gender"])
+    v = [it for it in s.stereo["gender"] if "~tv" in it.key]
+    assert {it.term for it in v} <= {"uncle", "son", "king"} and len({(it.key.split("~")[0], it.term) for it in v}) == 6
+    for it in v:
+        tw = s.twin(it)
+        assert it.x == f"The {it.term} was" and it.y == " lazy today." and (tw.x, tw.y) == (it.x, " busy today.")
+    again = UnlearnSets(train, adversarial_share=0.0, seed=3, gender_term_variants=2, blocked_terms=blocked)
+    assert [it.key + it.term for it in again.stereo["gender"]] == [it.key + it.term for it in s.stereo["gender"]]
+    assert UnlearnSets(train, adversarial_share=0.0, seed=3).term_variants == 0
+    with pytest.raises(ConfigError, match="gender_term_variants=-1: must be 0 or more"):
+        make_config(gender_term_variants=-1)
+
+
 def test_neutral_anchor_adds_group_free_pair_sentences_to_the_kl_batch():
     """Each pair whose term comes before the blank gives its two sentences with the term replaced by "someone"; a
     step's unrelated batch is the usual draw plus neutral_bs of them, read cyclically; off, nothing is added."""
@@ -819,6 +864,14 @@ def test_neutral_words_takes_the_group_out_and_averages_changes_by_hand():
     assert t["gender"] == {"n": 2, "d_margin_context": -4.0, "d_margin_neutral": -1.5, "d_stereo_neutral": -0.5,
                            "d_anti_neutral": 1.0}
     assert t["race"]["d_margin_context"] == 1.0 and t["race"]["n"] == 1
+    # by term: the two gender rows name father and uncle, each its own group
+    rows[1]["target"], rows[2]["target"] = "uncle", "Kenyan"
+    t = mod.change_table(rows, base, after, by="term")
+    assert sorted(t) == ["gender/father", "gender/uncle", "race/Kenyan"]
+    assert t["gender/father"]["d_margin_context"] == -3.0 and t["gender/uncle"]["d_margin_context"] == -5.0
+    assert t["gender/uncle"]["d_margin_neutral"] == -1.5 and t["gender/father"]["n"] == 1
+    with pytest.raises(ValueError, match="by='word'"):
+        mod.change_table(rows, base, after, by="word")
 
 
 def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
@@ -912,3 +965,51 @@ def test_pool_pairs_by_hand_and_on_joint_redraws(tmp_path, capsys):
     other = preds("other", {("race", "z"): [True]})
     with pytest.raises(SystemExit, match="does not hold the same examples"):
         mod.main(["--pair", f"a={c1},{other}"])
+
+
+def test_term_moves_by_hand(tmp_path, capsys):
+    """Per term SS in each read and its mean change over the later reads; a group's SS is the mean of its terms'
+    SS; with every example moving the same way the paired error is 0; a group naming an unknown term, or a read
+    lacking an example, stops with a message."""
+    mod = load_bench("term_moves")
+
+    def rec(i, b, t, pro):
+        return {"id": f"{t}-{i}", "bias_type": b, "target": t, "s_stereo": -1.0 if pro else -2.0, "s_anti": -1.5,
+                "s_unrel": -3.0}
+
+    base = [rec(i, "gender", "mother", i < 3) for i in range(4)] + [rec(i, "gender", "male", True) for i in range(2)] \
+        + [rec(0, "race", "Kenyan", True)]
+    r1 = [rec(i, "gender", "mother", i < 1) for i in range(4)] + [rec(i, "gender", "male", False) for i in range(2)] \
+        + [rec(0, "race", "Kenyan", True)]
+    r2 = [rec(i, "gender", "mother", True) for i in range(4)] + [rec(i, "gender", "male", i == 0) for i in range(2)] \
+        + [rec(0, "race", "Kenyan", False)]
+    terms = mod.term_ids(base, {"gender"})
+    assert terms == {"gender": {"male": ["male-0", "male-1"], "mother": [f"mother-{i}" for i in range(4)]}}
+    t = mod.term_table(terms, {"base": base, "r1": r1, "r2": r2})["gender"]
+    # mother 75 -> 25 and 100: mean change (-50 + 25) / 2; male 100 -> 0 and 50: -75, down in both
+    assert t["mother"] == {"n": 4, "base": 75.0, "r1": 25.0, "r2": 100.0, "mean_change": -12.5, "down": 1}
+    assert t["male"]["mean_change"] == -75.0 and t["male"]["down"] == 2
+    groups = mod.parse_groups(["both=Mother,male"], terms)
+    by = {n: {r["id"]: r for r in recs} for n, recs in (("base", base), ("r1", r1))}
+    g = mod.group_change(groups["both"], by["base"], by["r1"], ("base", "r1"), 200, 0)
+    assert (g["SS_first"], g["SS"], g["diff"]) == (87.5, 12.5, -75.0) and g["se"] > 0
+    # male alone: both examples go from pro to anti in every redraw, so the change is certain
+    g = mod.group_change({"male": terms["gender"]["male"]}, by["base"], by["r1"], ("base", "r1"), 50, 0)
+    assert g["diff"] == -100.0 and g["se"] == 0.0
+    with pytest.raises(SystemExit, match="not a test target term of the types kept: Kenyan"):
+        mod.parse_groups(["g=Kenyan"], terms)
+    with pytest.raises(SystemExit, match="expected NAME=TERM"):
+        mod.parse_groups(["g="], terms)
+    with pytest.raises(ValueError, match="read 'r1' lacks 1 test examples"):
+        mod.term_table(terms, {"base": base, "r1": r1[1:]})
+    paths = []
+    for name, recs in (("base", base), ("r1", r1)):
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("".join(json.dumps({"benchmark": "stereoset", "task": "intrasentence", **r}) + "\n" for r in recs))
+        paths.append(f"{name}={p}")
+    out = tmp_path / "t.json"
+    assert mod.main(["--read", paths[0], "--read", paths[1], "--group", "m=male", "--resamples", "20",
+                     "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["terms"]["race"]["Kenyan"]["mean_change"] == 0.0 and saved["groups"]["m"]["r1"]["diff"] == -100.0
+    assert "| gender | mother | 4 | 75.0 | 25.0 | -50.0 | 1 of 1 |" in capsys.readouterr().out

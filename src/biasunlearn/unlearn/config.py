@@ -67,6 +67,12 @@ class UnlearnConfig(TrainingArguments):
                                             "gender named, not only that one attribute should beat another. No "
                                             "counterfactual names a dev or test target term; how many were made "
                                             "is logged.")
+    gender_term_variants: int = _f(0, "More pairs for each gender pair whose target term is a singular person noun "
+                                      "(father, stepfather, wife, ...): up to this many copies with the term "
+                                      "replaced by another noun of the same gender ('My stepfather is mean' -> "
+                                      "'My uncle is mean'), drawn by the seed, so that what is unlearned follows "
+                                      "the gender rather than one word. No copy names a dev or test target term; "
+                                      "how many were made is logged. 0 = off.")
     neutral_anchor_batch_size: int = _f(0, "Sentences added to each step's KL batch from the train pairs with their "
                                            "group taken out ('The father was polite.' -> 'Someone was polite.', "
                                            "both sentences of each pair whose target term comes before the blank), "
@@ -176,7 +182,8 @@ class UnlearnConfig(TrainingArguments):
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")
-        for name in ("swap_margin", "swap_margin_nats", "retain_floor_margin", "neutral_anchor_batch_size"):
+        for name in ("swap_margin", "swap_margin_nats", "retain_floor_margin", "neutral_anchor_batch_size",
+                     "gender_term_variants"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
         if self.retain_floor_margin > 0 and not self.retain_floor:

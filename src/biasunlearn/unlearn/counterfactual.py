@@ -1,6 +1,8 @@
 """Variants of training sentences: gender counterfactuals (`gender_counterfactual`), the same sentence with its
 gendered words exchanged ("She is BLANK" -> "He is BLANK"), for the pairs that teach that an attribute should not
-depend on the gender named; and the group taken out (`neutral_prefix`, for `neutral_anchor_batch_size`): "The
+depend on the gender named; the same pair with its target term replaced by another person noun of the same gender
+(`gender_term_variants`: "My father is BLANK" -> "My uncle is BLANK", "He is BLANK" -> "The uncle is BLANK"), so that what is unlearned follows the
+gender rather than one word; and the group taken out (`neutral_prefix`, for `neutral_anchor_batch_size`): "The
 father was" -> "Someone was".
 
 The list holds words that name a gender (pronouns, kinship and address terms), not attributes: "masculine" stays
@@ -81,6 +83,56 @@ def counterfactual_parts(parts: tuple[str, ...], blocked: set[str]) -> tuple[str
     if not total or names_blocked("".join(new), blocked):
         return None
     return tuple(new)
+
+
+# singular person nouns by gender, for gender_term_variants. Left out: step-parents and step-children (their
+# stereotypes are about the step relation: "The stepfather was cruel"), address terms (sir, ma'am) and adjectives
+# (male, female). A pair whose target term is one of these nouns, or the subject pronoun he or she, gets variants.
+MALE_NOUNS = ("father", "brother", "son", "husband", "boyfriend", "uncle", "nephew", "grandfather", "grandson", "dad",
+              "daddy", "gentleman", "boy", "man", "groom", "king", "prince", "schoolboy", "fiance", "lad", "guy")
+FEMALE_NOUNS = ("mother", "sister", "daughter", "wife", "girlfriend", "aunt", "niece", "grandmother",
+                "granddaughter", "mom", "mommy", "lady", "girl", "woman", "bride", "queen", "princess", "schoolgirl",
+                "fiancee", "lass", "gal")
+_PRONOUN_NOUNS = {"he": MALE_NOUNS, "she": FEMALE_NOUNS}
+
+
+def same_gender_nouns(term: str, blocked: set[str]) -> list[str]:
+    """What a pair naming `term` may name instead: the other singular person nouns of its gender ("the" and the
+    noun for the pronouns he and she), none of `blocked` (lower case); [] if term is neither a noun listed nor he
+    or she."""
+    low = term.lower()
+    if low in _PRONOUN_NOUNS:
+        return [f"the {w}" for w in _PRONOUN_NOUNS[low] if w not in blocked]
+    pool = MALE_NOUNS if low in MALE_NOUNS else FEMALE_NOUNS if low in FEMALE_NOUNS else ()
+    return [w for w in pool if w != low and w not in blocked]
+
+
+def replace_term(text: str, term: str, new: str) -> tuple[str, int]:
+    """text with each whole-word `term` (any case; a possessive ending is kept, a plural is not matched) replaced
+    by `new` in its case, and an "a"/"an" just before it mended to suit `new`; and how many were replaced."""
+    pat = re.compile(rf"\b(?:(a|an|A|An)(\s+))?({re.escape(term)})\b", re.IGNORECASE)
+
+    def sub(m: re.Match) -> str:
+        word = _cased(new, m.group(3))
+        if not m.group(1):
+            return word
+        art = "an" if new[:1].lower() in "aeiou" else "a"
+        return _cased(art, m.group(1)) + m.group(2) + word
+
+    return pat.subn(sub, text)
+
+
+def term_variant_parts(parts: tuple[str, ...], term: str, new: str, blocked: set[str]) -> tuple[str, ...] | None:
+    """The parts (x, y, z) of one sentence with its target term replaced by `new` across all of them, or None when
+    the term is not named or the result names a blocked word."""
+    out, total = [], 0
+    for p in parts:
+        s, n = replace_term(p, term, new)
+        out.append(s)
+        total += n
+    if not total or names_blocked("".join(out), blocked):
+        return None
+    return tuple(out)
 
 
 def neutral_prefix(x: str, term: str) -> str | None:

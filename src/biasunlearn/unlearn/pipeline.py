@@ -116,13 +116,19 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     held_out = {e.target for e in splits.dev + test}
     sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed, gender_counterfactual=cfg.gender_counterfactual, blocked_terms=held_out,
-                       neutral_anchor=cfg.neutral_anchor_batch_size > 0)
+                       neutral_anchor=cfg.neutral_anchor_batch_size > 0,
+                       gender_term_variants=cfg.gender_term_variants)
     if cfg.neutral_anchor_batch_size > 0:
         if not sets.neutral:
             raise ConfigError("neutral_anchor_batch_size > 0, but no train pair names its target term before the "
                               "blank: there is no sentence to take the group out of")
         log(f"[train] neutral_anchor: {len(sets.neutral)} sentences with the group taken out, "
             f"{cfg.neutral_anchor_batch_size} added to each step's KL batch")
+    if cfg.gender_term_variants:
+        n_gender = sum(e.bias_type == "gender" for e in splits.train)
+        log(f"[train] gender_term_variants: {sets.term_variants} more gender pairs, the target term of some of the "
+            f"{n_gender} gender pairs replaced by another person noun of its gender (never one of the "
+            f"{len(held_out)} dev and test target terms)")
     if cfg.gender_counterfactual:
         n_gender = sum(e.bias_type == "gender" for e in splits.train)
         log(f"[train] gender_counterfactual: {sets.counterfactuals} of {n_gender} gender "

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, replace
 
 from ..data.stereoset import StereoSetExample, split_x_word_rest, split_x_y
-from .counterfactual import counterfactual_parts, neutral_prefix
+from .counterfactual import counterfactual_parts, neutral_prefix, same_gender_nouns, term_variant_parts
 
 
 SCORE_SPANS = ("y", "sentence", "word")
@@ -50,7 +50,7 @@ class UnlearnSets:
     def __init__(self, train: list[StereoSetExample], unrelated: list[str] | None = None, *,
                  adversarial_share: float = 0.25, score_span: str = "y", seed: int = 0,
                  gender_counterfactual: bool = False, blocked_terms: set[str] | frozenset = frozenset(),
-                 neutral_anchor: bool = False):
+                 neutral_anchor: bool = False, gender_term_variants: int = 0):
         if score_span not in SCORE_SPANS:
             raise ValueError(f"score_span {score_span!r}: expected one of {', '.join(SCORE_SPANS)}")
         self.seed = seed
@@ -59,6 +59,11 @@ class UnlearnSets:
         self.stereo = {b: [make_item(e, "stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
         self.anti = {b: [make_item(e, "anti-stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
         self.counterfactuals = 0
+        self.term_variants = 0
+        if gender_term_variants < 0:
+            raise ValueError(f"gender_term_variants {gender_term_variants}: must be 0 or more")
+        if gender_term_variants and "gender" in self.stereo:
+            self._add_term_variants(gender_term_variants, {t.lower() for t in blocked_terms})
         if gender_counterfactual and "gender" in self.stereo:
             self._add_counterfactuals({t.lower() for t in blocked_terms})
         self._by_key = {it.key: it for b in self.bias_types for it in self.stereo[b] + self.anti[b]}
@@ -85,6 +90,28 @@ class UnlearnSets:
                 if n is not None:
                     out.append(Item(key=f"{e.id}:{lab}:neutral", bias_type="", x="", y=n + y))
         return out
+
+    def _add_term_variants(self, k: int, blocked: set[str]) -> None:
+        """Up to k more pairs for each gender pair whose target term is a singular person noun (father, wife, ...):
+        both sentences with the term replaced by another noun of its gender (key "<id>~tv<j>:<label>", term the new
+        noun), the nouns drawn by the seed; none names a blocked (held-out) term, and a pair whose sentences do not
+        both name the term gets none."""
+        rng = random.Random(f"{self.seed}|term_variants")
+        for st, an in list(zip(self.stereo["gender"], self.anti["gender"])):
+            ex = st.key.rpartition(":")[0]
+            if an.key.rpartition(":")[0] != ex:
+                raise AssertionError(f"gender pairs out of order: {st.key} against {an.key}")
+            choices = same_gender_nouns(st.term, blocked)
+            for j, new in enumerate(rng.sample(choices, min(k, len(choices)))):
+                ps = term_variant_parts((st.x, st.y, st.z), st.term, new, blocked)
+                pa = term_variant_parts((an.x, an.y, an.z), an.term, new, blocked)
+                if ps is None or pa is None:
+                    continue
+                self.stereo["gender"].append(replace(st, key=f"{ex}~tv{j}:stereotype", x=ps[0], y=ps[1], z=ps[2],
+                                                     term=new))
+                self.anti["gender"].append(replace(an, key=f"{ex}~tv{j}:anti-stereotype", x=pa[0], y=pa[1],
+                                                   z=pa[2], term=new))
+                self.term_variants += 1
 
     def _add_counterfactuals(self, blocked: set[str]) -> None:
         """One more pair for each gender stereotype that names a gendered word: forget the stereotype (key
