@@ -14,6 +14,11 @@ one that stays near 0 means it learned them after the group.
 By default only the run's own train split is read. `--split test` reads the held-out test split instead (a
 diagnosis of a finished run, as any test read; never a basis for choosing a run), and `--by term` gives one row
 per target term instead of per bias type: whether a term's test read moved with the words' own probabilities.
+`summarise` reads such per-term tables back (no model) and gives, per bias type and overall, the example-weighted
+mean changes, the part that depends on the group named (in context minus neutral) and the correlation over terms
+of the in-context with the neutral change:
+
+    python bench/neutral_words.py summarise runs_a_terms.json runs_b_terms.json
 """
 from __future__ import annotations
 
@@ -75,6 +80,49 @@ def change_table(rows, base: dict, after: dict, by: str = "type") -> dict:
     return out
 
 
+def term_summary(table: dict) -> dict:
+    """From a by-term change table ({"type/term": {n, d_margin_context, d_margin_neutral, ...}}): per bias type and
+    "overall", the number of terms and examples, the example-weighted mean of the in-context and the neutral margin
+    change, their difference (what depends on the group named) and the Pearson correlation over terms of the two
+    changes (None with fewer than 3 terms or no spread); nats, rounded to 3 places."""
+    groups: dict = {}
+    for key, v in table.items():
+        b, sep, _ = key.partition("/")
+        if not sep:
+            raise ValueError(f"{key!r}: not a by-term row (expected 'bias type/term')")
+        for g in (b, "overall"):
+            groups.setdefault(g, []).append(v)
+    out = {}
+    for g in sorted(groups, key=lambda k: (k == "overall", k)):
+        rows = groups[g]
+        n = sum(r["n"] for r in rows)
+        c = sum(r["n"] * r["d_margin_context"] for r in rows) / n
+        m = sum(r["n"] * r["d_margin_neutral"] for r in rows) / n
+        xs, ys = [r["d_margin_context"] for r in rows], [r["d_margin_neutral"] for r in rows]
+        try:
+            r_terms = round(statistics.correlation(xs, ys), 3) if len(rows) >= 3 else None
+        except statistics.StatisticsError:
+            r_terms = None
+        out[g] = {"terms": len(rows), "n": n, "d_margin_context": round(c, 3), "d_margin_neutral": round(m, 3),
+                  "d_group_dependent": round(c - m, 3), "r_terms": r_terms}
+    return out
+
+
+def summarise(paths: list[str]) -> int:
+    """Print term_summary of each saved by-term table."""
+    print("| table | bias type | terms | n | d margin, own context | d margin, neutral | group-dependent | r over "
+          "terms |\n|---|---|---|---|---|---|---|---|")
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        if d.get("by") != "term":
+            raise SystemExit(f"{p}: not a by-term table (run with --by term)")
+        for g, v in term_summary(d["changes_nats"]).items():
+            r = "–" if v["r_terms"] is None else f"{v['r_terms']:.2f}"
+            print(f"| {Path(p).stem} | {g} | {v['terms']} | {v['n']} | {v['d_margin_context']:+.3f} | "
+                  f"{v['d_margin_neutral']:+.3f} | {v['d_group_dependent']:+.3f} | {r} |")
+    return 0
+
+
 def test_examples(run: Path):
     """The held-out test split named by the run's config (intrasentence StereoSet)."""
     from biasunlearn.data import data_dir, load_stereoset
@@ -84,6 +132,9 @@ def test_examples(run: Path):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["summarise"]:
+        return summarise(argv[1:])
     from dev_margins import split_examples
     from retain_rise import base_and_after, run_and_adapter_args
 

@@ -872,6 +872,19 @@ def test_neutral_words_takes_the_group_out_and_averages_changes_by_hand():
     assert t["gender/uncle"]["d_margin_neutral"] == -1.5 and t["gender/father"]["n"] == 1
     with pytest.raises(ValueError, match="by='word'"):
         mod.change_table(rows, base, after, by="word")
+    # the summary over terms: example-weighted means, their difference, and the correlation over terms
+    tab = {"gender/a": {"n": 1, "d_margin_context": -1.0, "d_margin_neutral": 0.0},
+           "gender/b": {"n": 3, "d_margin_context": -2.0, "d_margin_neutral": -1.0},
+           "gender/c": {"n": 1, "d_margin_context": -3.0, "d_margin_neutral": -2.0},
+           "race/k": {"n": 5, "d_margin_context": 1.0, "d_margin_neutral": 1.0}}
+    sm = mod.term_summary(tab)
+    assert list(sm) == ["gender", "race", "overall"]
+    # gender: (-1 - 6 - 3) / 5 = -2 in context, (0 - 3 - 2) / 5 = -1 neutral; the three terms lie on a line: r = 1
+    assert sm["gender"] == {"terms": 3, "n": 5, "d_margin_context": -2.0, "d_margin_neutral": -1.0,
+                            "d_group_dependent": -1.0, "r_terms": 1.0}
+    assert sm["race"]["r_terms"] is None and sm["overall"]["d_margin_context"] == -0.5  # (-10 + 5) / 10
+    with pytest.raises(ValueError, match="not a by-term row"):
+        mod.term_summary({"gender": tab["gender/a"]})
 
 
 def test_ss_precision_reads_errors_and_the_level_model_band(tmp_path, capsys):
