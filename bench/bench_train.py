@@ -87,7 +87,7 @@ def main(a) -> int:
 
     from biasunlearn.evaluate import STEREOSET_SCORES, EvalConfig, read_stereoset_predictions, run_eval
     from biasunlearn.io import atomic_write_text, comma_list, read_json, write_json
-    from biasunlearn.report import before_after_markdown, stereoset_precision_markdown
+    from biasunlearn.report import before_after_markdown, stereoset_precision_markdown, stereoset_terms_markdown
     from biasunlearn.train_cli import parse_train_config
     from biasunlearn.unlearn.pipeline import train_adapter
 
@@ -159,9 +159,9 @@ def main(a) -> int:
           before_after_markdown(before, after)]
     base_scores = Path(a.base_scores) if a.base_scores else base_path.parent / STEREOSET_SCORES
     if base_scores.exists() and (res / STEREOSET_SCORES).exists():
+        base_rows, after_rows = read_stereoset_predictions(base_scores), read_stereoset_predictions(res / STEREOSET_SCORES)
         md += ["", f"Base StereoSet scores: `{base_scores}`.", "",
-               stereoset_precision_markdown(read_stereoset_predictions(base_scores),
-                                            read_stereoset_predictions(res / STEREOSET_SCORES))]
+               stereoset_precision_markdown(base_rows, after_rows), "", stereoset_terms_markdown(base_rows, after_rows)]
     atomic_write_text(res / "report.md", "\n".join(md))
     t = doc["targets"]
     print(f"SS {t['ss_before']:.2f} -> {t['ss_after']:.2f}, LMS {t['dlms']:+.2f}, ICAT {t['icat_before']:.2f} -> "

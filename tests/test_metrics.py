@@ -269,3 +269,24 @@ def test_stereoset_precision_markdown_rows():
     # overall: 3 terms, SS (50 + 50 + 50)/3 -> (100 + 50 + 50)/3
     assert rows["overall"][1] == "3" and rows["overall"][4].startswith(f"+{50 / 3:.2f} ± ")
     assert list(rows)[1:] == ["gender", "race", "overall"]
+
+
+def test_stereoset_terms_markdown_lists_the_terms_farthest_from_level():
+    from biasunlearn.report import stereoset_terms_markdown
+
+    def read(pros):
+        return [{"id": f"{t}{i}", "bias_type": b, "target": t, "s_stereo": -1.0 if p else -2.0, "s_anti": -1.5,
+                 "s_unrel": -3.0} for (b, t), ps in pros.items() for i, p in enumerate(ps)]
+
+    # religion: Muslim 50 -> 0 (4 examples), Bible 75 -> 75, Hindu 50 -> 50; gender: one term 25 -> 50
+    before = read({("religion", "Muslim"): (1, 1, 0, 0), ("religion", "Bible"): (1, 1, 1, 0),
+                   ("religion", "Hindu"): (1, 0), ("gender", "mother"): (1, 0, 0, 0)})
+    after = read({("religion", "Muslim"): (0, 0, 0, 0), ("religion", "Bible"): (1, 1, 1, 0),
+                  ("religion", "Hindu"): (0, 1), ("gender", "mother"): (1, 1, 0, 0)})
+    md = stereoset_terms_markdown(before, after, top=2)
+    rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in md.splitlines()
+            if line.startswith("| ") and not line.startswith("| domain")}
+    assert rows["religion"] == ["religion", "3", "2", "Muslim 50.0 → 0.0 (4); Bible 75.0 → 75.0 (4)"]
+    assert rows["gender"] == ["gender", "1", "0", "mother 25.0 → 50.0 (4)"]
+    with pytest.raises(ValueError, match="lacks: gender/sister"):
+        stereoset_terms_markdown(before, after + read({("gender", "sister"): (1,)}))

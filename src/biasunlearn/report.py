@@ -488,3 +488,30 @@ def stereoset_precision_markdown(before: list, after: list, before_label: str = 
         lines.append(f"| {d} | {ss1[d]['n_terms']} | {ss0[d]['SS']:.2f} ± {se0[d]:.2f} | {ss1[d]['SS']:.2f} ± {se1[d]:.2f} "
                      f"| {p['diff']:+.2f} ± {p['se']:.2f} | {resolved} |")
     return "\n".join(lines) + "\n"
+
+
+def stereoset_terms_markdown(before: list, after: list, before_label: str = "before", after_label: str = "after",
+                             top: int = 3, heading_level: int = 3) -> str:
+    """Per bias type, the `top` target terms farthest from 50 in the after read, each with its SS before and after
+    and its number of examples, and how many of the type's terms read outside 50 +- 10. A domain's SS is the mean
+    of its terms' SS, so a domain off level may owe it to one term; a term of 25 examples carries an error near 10
+    points by itself."""
+    from .metrics import term_scores
+
+    t0, t1 = term_scores(before), term_scores(after)
+    missing = sorted(set(t1) - set(t0))
+    if missing:
+        raise ValueError(f"the {after_label} read has target terms the {before_label} read lacks: "
+                         f"{', '.join(f'{b}/{t}' for b, t in missing[:3])}")
+    h = "#" * heading_level
+    lines = [f"{h} Which target terms each domain's SS comes from", "",
+             f"A domain's SS is the unweighted mean of its target terms' SS. The {top} terms of each domain farthest "
+             f"from 50 in the {after_label} read, as SS {before_label} → {after_label} (examples); one term's SS "
+             "moves by 100/n per example.", "",
+             "| domain | terms | outside 50 ± 10 | farthest from level |", "|---|---|---|---|"]
+    for d in sorted({b for b, _ in t1}):
+        keys = sorted((k for k in t1 if k[0] == d), key=lambda k: (-abs(t1[k][0] - 50.0), k[1].lower()))
+        far = "; ".join(f"{k[1]} {t0[k][0]:.1f} → {t1[k][0]:.1f} ({t1[k][2]})" for k in keys[:top])
+        outside = sum(abs(t1[k][0] - 50.0) > 10.0 for k in keys)
+        lines.append(f"| {d} | {len(keys)} | {outside} | {far} |")
+    return "\n".join(lines) + "\n"

@@ -248,7 +248,7 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
     rows = [_stereoset_rows(out / name) for name in ("eval_before", "eval_after")]
     if all(rows):
         try:
-            parts += ["", report.stereoset_precision_markdown(*rows)]
+            parts += ["", report.stereoset_precision_markdown(*rows), "", report.stereoset_terms_markdown(*rows)]
         except ValueError as e:  # e.g. the two reads hold different examples: the tables above still stand
             parts += ["", f"(no precision table: {e})"]
     parts += ["", "## Training", "", f"- steps: {summary.get('steps')}, wall time {summary.get('train_wall_time_s')} s, "
