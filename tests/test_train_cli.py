@@ -61,6 +61,7 @@ def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
     report = (out / "report.md").read_text()
     assert "held-out" in report and "StereoSet" in report
     assert "How precise the StereoSet SS is" in report  # from the two reads' stereoset_scores.jsonl.gz
+    assert "Which target terms each domain's SS comes from" in report
     assert (out / "eval_before" / "stereoset_scores.jsonl.gz").exists()
     before = json.loads((out / "eval_before" / "results.json").read_text())
     after = json.loads((out / "eval_after" / "results.json").read_text())
