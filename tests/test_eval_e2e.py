@@ -156,6 +156,12 @@ def test_stereoset_scores_file_is_the_stereoset_rows_compressed(cli_run):
         # and the standard error the results state is the bootstrap of these rows (1000 resamples, seed 0)
         assert cli_run["doc"]["benchmarks"]["stereoset"]["ss_standard_error"][task] == ss_standard_error(
             read_stereoset_predictions(path, task), resamples=1000, seed=0)
+        # each term's SS, LMS and examples, whose unweighted mean over a type's terms is the type's SS
+        terms = cli_run["doc"]["benchmarks"]["stereoset"]["terms"][task]
+        for b, m in metrics.items():
+            rows = [v for k, v in terms.items() if b == "overall" or k.split("/")[0] == b]
+            assert len(rows) == m["n_terms"] and sum(v["n"] for v in rows) == m["n_examples"]
+            assert sum(v["SS"] for v in rows) / len(rows) == pytest.approx(m["SS"])
 
 
 def test_stereoset_predictions_official_format(cli_run, fake_data):
@@ -188,6 +194,11 @@ def test_markdown_table_on_stdout(cli_run):
             f"{cp['summed_logprob']['overall']['score']:.2f} | 3 |") in out
     assert "### BBQ" in out and "| Nationality |" in out
     assert f"{doc['benchmarks']['perplexity']['metrics']['perplexity']:.3f} over" in out
+    # the terms farthest from level, per type, from the document's per-term scores
+    terms = doc["benchmarks"]["stereoset"]["terms"]["intrasentence"]
+    far = min((k for k in terms if k.startswith("race/")), key=lambda k: (-abs(terms[k]["SS"] - 50), k.lower()))
+    assert "#### Which target terms each domain's SS comes from" in out
+    assert f"| race | {sum(k.startswith('race/') for k in terms)} |" in out and f"{far.split('/')[1]} {terms[far]['SS']:.1f} (" in out
     assert "Wall time:" in out
     assert "results written to" in cli_run["stderr"]
 

@@ -17,7 +17,7 @@ from . import __version__
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .errors import ConfigError, DataError
 from .io import read_jsonl, sha256_file, write_json, write_jsonl
-from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores
+from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores, term_scores
 from .models import machine_info
 from .scoring import score_sequences, score_texts, score_texts_shared
 
@@ -123,6 +123,9 @@ def eval_stereoset(model, tok, cfg: EvalConfig, path: Path) -> dict:
         out["metrics"][task] = stereoset_scores(recs)
         out.setdefault("ss_standard_error", {"resamples": SE_RESAMPLES, "seed": 0})[task] = ss_standard_error(
             recs, SE_RESAMPLES, 0)  # how far another draw of terms like these could move SS (see the metric)
+        # each target term's SS, LMS and examples: a domain's SS is their mean, and one term can carry it
+        out.setdefault("terms", {})[task] = {f"{b}/{t}": {"SS": ss, "LMS": lms, "n": n}
+                                             for (b, t), (ss, lms, n) in sorted(term_scores(recs).items())}
         out["predictions"].extend(recs)
     return out
 

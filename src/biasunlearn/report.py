@@ -25,6 +25,9 @@ def eval_markdown(doc: dict) -> str:
                     r = mets[d]
                     lines.append(f"| {d} | {_f(r['SS'])} | {_f(se.get(d))} | {_f(r['LMS'])} | {_f(r['ICAT'])} | "
                                  f"{r['n_examples']} | {r['n_terms']} |")
+            terms = terms_from_doc(doc, task)
+            if terms:
+                lines += ["", terms_farthest_markdown(terms, heading_level=4).rstrip("\n")]
     if "crows_pairs" in b:
         mets = b["crows_pairs"]["metrics"]
         lines += ["", "### CrowS-Pairs (% preferring sent_more, → 50)", "",
@@ -490,28 +493,46 @@ def stereoset_precision_markdown(before: list, after: list, before_label: str = 
     return "\n".join(lines) + "\n"
 
 
-def stereoset_terms_markdown(before: list, after: list, before_label: str = "before", after_label: str = "after",
-                             top: int = 3, heading_level: int = 3) -> str:
-    """Per bias type, the `top` target terms farthest from 50 in the after read, each with its SS before and after
-    and its number of examples, and how many of the type's terms read outside 50 +- 10. A domain's SS is the mean
-    of its terms' SS, so a domain off level may owe it to one term; a term of 25 examples carries an error near 10
-    points by itself."""
-    from .metrics import term_scores
+def terms_from_doc(doc: dict, task: str = "intrasentence") -> dict | None:
+    """{(bias_type, target): (SS_t, LMS_t, n_t)} from a results document's per-term StereoSet scores, or None when
+    the document has none (results written before they were kept)."""
+    terms = ((doc.get("benchmarks", {}).get("stereoset") or {}).get("terms") or {}).get(task)
+    if not terms:
+        return None
+    return {tuple(k.split("/", 1)): (v["SS"], v["LMS"], v["n"]) for k, v in terms.items()}
 
-    t0, t1 = term_scores(before), term_scores(after)
-    missing = sorted(set(t1) - set(t0))
-    if missing:
-        raise ValueError(f"the {after_label} read has target terms the {before_label} read lacks: "
-                         f"{', '.join(f'{b}/{t}' for b, t in missing[:3])}")
+
+def terms_farthest_markdown(after: dict, before: dict | None = None, before_label: str = "before",
+                            after_label: str = "after", top: int = 3, heading_level: int = 3) -> str:
+    """Per bias type, the `top` target terms farthest from 50 in `after` ({(bias_type, target): (SS, LMS, n)}),
+    each with its SS (before → after when `before` is given) and its number of examples, and how many of the
+    type's terms read outside 50 +- 10. A domain's SS is the mean of its terms' SS, so a domain off level may owe
+    it to one term; a term of 25 examples carries an error near 10 points by itself."""
+    if before is not None:
+        missing = sorted(set(after) - set(before))
+        if missing:
+            raise ValueError(f"the {after_label} read has target terms the {before_label} read lacks: "
+                             f"{', '.join(f'{b}/{t}' for b, t in missing[:3])}")
     h = "#" * heading_level
+    shown = f"SS {before_label} → {after_label}" if before is not None else "SS"
     lines = [f"{h} Which target terms each domain's SS comes from", "",
              f"A domain's SS is the unweighted mean of its target terms' SS. The {top} terms of each domain farthest "
-             f"from 50 in the {after_label} read, as SS {before_label} → {after_label} (examples); one term's SS "
-             "moves by 100/n per example.", "",
+             f"from 50{f' in the {after_label} read' if before is not None else ''}, as {shown} (examples); one "
+             "term's SS moves by 100/n per example.", "",
              "| domain | terms | outside 50 ± 10 | farthest from level |", "|---|---|---|---|"]
-    for d in sorted({b for b, _ in t1}):
-        keys = sorted((k for k in t1 if k[0] == d), key=lambda k: (-abs(t1[k][0] - 50.0), k[1].lower()))
-        far = "; ".join(f"{k[1]} {t0[k][0]:.1f} → {t1[k][0]:.1f} ({t1[k][2]})" for k in keys[:top])
-        outside = sum(abs(t1[k][0] - 50.0) > 10.0 for k in keys)
+    for d in sorted({b for b, _ in after}):
+        keys = sorted((k for k in after if k[0] == d), key=lambda k: (-abs(after[k][0] - 50.0), k[1].lower()))
+        far = "; ".join(f"{k[1]} " + (f"{before[k][0]:.1f} → " if before is not None else "")
+                        + f"{after[k][0]:.1f} ({after[k][2]})" for k in keys[:top])
+        outside = sum(abs(after[k][0] - 50.0) > 10.0 for k in keys)
         lines.append(f"| {d} | {len(keys)} | {outside} | {far} |")
     return "\n".join(lines) + "\n"
+
+
+def stereoset_terms_markdown(before: list, after: list, before_label: str = "before", after_label: str = "after",
+                             top: int = 3, heading_level: int = 3) -> str:
+    """`terms_farthest_markdown` from the StereoSet rows of two reads of the same examples (one task)."""
+    from .metrics import term_scores
+
+    return terms_farthest_markdown(term_scores(after), term_scores(before), before_label, after_label, top,
+                                   heading_level)
