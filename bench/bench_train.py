@@ -159,7 +159,8 @@ def main(a) -> int:
           before_after_markdown(before, after)]
     base_scores = Path(a.base_scores) if a.base_scores else base_path.parent / STEREOSET_SCORES
     if base_scores.exists() and (res / STEREOSET_SCORES).exists():
-        base_rows, after_rows = read_stereoset_predictions(base_scores), read_stereoset_predictions(res / STEREOSET_SCORES)
+        base_rows = read_stereoset_predictions(base_scores)
+        after_rows = read_stereoset_predictions(res / STEREOSET_SCORES)
         md += ["", f"Base StereoSet scores: `{base_scores}`.", "",
                stereoset_precision_markdown(base_rows, after_rows), "", stereoset_terms_markdown(base_rows, after_rows)]
     atomic_write_text(res / "report.md", "\n".join(md))

@@ -58,7 +58,7 @@ def term_table(terms: dict, reads: dict[str, list[dict]]) -> dict:
 def group_change(ids_by_term: dict, ref: dict, run: dict, names: tuple[str, str], resamples: int,
                  seed: int) -> dict:
     """The group's SS (unweighted mean over its terms) in both reads, the change and its paired bootstrap error:
-    each resample redraws every term's examples with replacement, the same draw for both reads."""
+    each resample redraws every term's examples with replacement, the same draw for both reads (resamples >= 2)."""
     rng = np.random.default_rng(seed)
     a = {t: _pro(ref, ids, names[0]) for t, ids in ids_by_term.items()}
     b = {t: _pro(run, ids, names[1]) for t, ids in ids_by_term.items()}
@@ -71,7 +71,7 @@ def group_change(ids_by_term: dict, ref: dict, run: dict, names: tuple[str, str]
         draws += 100.0 * (b[t][idx].mean(axis=1) - a[t][idx].mean(axis=1))
     draws /= len(ids_by_term)
     return {"SS_first": round(ss_a, 2), "SS": round(ss_b, 2), "diff": round(ss_b - ss_a, 2),
-            "se": round(float(draws.std(ddof=1)), 2) if resamples > 1 else None}
+            "se": round(float(draws.std(ddof=1)), 2)}
 
 
 def parse_groups(specs: list[str], terms: dict) -> dict:
@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     ap.add_argument("--out", default=None, help="JSON file for the tables")
     a = ap.parse_args(argv)
+    if a.resamples < 2:
+        raise SystemExit(f"--resamples {a.resamples}: must be 2 or more (the error is their spread)")
     reads, paths = read_named(a.read)
     if len(reads) < 2:
         raise SystemExit("give at least two --read values: the reference first, then the reads compared with it")

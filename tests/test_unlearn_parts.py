@@ -1013,6 +1013,8 @@ def test_term_moves_by_hand(tmp_path, capsys):
         mod.parse_groups(["g=Kenyan"], terms)
     with pytest.raises(SystemExit, match="expected NAME=TERM"):
         mod.parse_groups(["g="], terms)
+    with pytest.raises(SystemExit, match="--resamples 1: must be 2 or more"):
+        mod.main(["--read", "a=x", "--read", "b=y", "--resamples", "1"])
     with pytest.raises(ValueError, match="read 'r1' lacks 1 test examples"):
         mod.term_table(terms, {"base": base, "r1": r1[1:]})
     paths = []
