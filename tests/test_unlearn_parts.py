@@ -1028,3 +1028,14 @@ def test_term_moves_by_hand(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["terms"]["race"]["Kenyan"]["mean_change"] == 0.0 and saved["groups"]["m"]["r1"]["diff"] == -100.0
     assert "| gender | mother | 4 | 75.0 | 25.0 | -50.0 | 1 of 1 |" in capsys.readouterr().out
+
+
+def test_describe_best_puts_the_kept_dev_check_in_words():
+    from biasunlearn.unlearn.pipeline import describe_best
+
+    assert describe_best([[0, [5.980392157, 2.403404344, 2.3]], 150]) == \
+        "step 150, largest |dev SS - 50| over the bias types 5.98 (then 2.40, 2.30), within the LMS guard"
+    assert describe_best(((0, (0.01234,)), 10), "margin") == \
+        "step 10, largest |dev margin| over the bias types 0.0123, within the LMS guard"
+    assert describe_best([[1, [3.2]], 50]).startswith("step 50; no check stayed within the LMS guard")
+    assert describe_best(None) == "none (no dev check after step 0)"

@@ -237,6 +237,18 @@ def _stereoset_rows(eval_dir: Path, task: str = "intrasentence") -> list | None:
     return None
 
 
+def describe_best(best, metric: str = "ss") -> str:
+    """The best dev check of a run's summary ((score, step), as the trainer keeps it) in words."""
+    if not best:
+        return "none (no dev check after step 0)"
+    (guard, crit), step = best
+    if guard:
+        return f"step {step}; no check stayed within the LMS guard, this one dropped least ({crit[0]:.2f} points)"
+    what, nd = ("|dev margin|", 4) if metric == "margin" else ("|dev SS - 50|", 2)
+    rest = f" (then {', '.join(f'{c:.{nd}f}' for c in crit[1:])})" if len(crit) > 1 else ""
+    return f"step {step}, largest {what} over the bias types {crit[0]:.{nd}f}{rest}, within the LMS guard"
+
+
 def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: UnlearnConfig) -> Path:
     from .. import report
 
@@ -253,7 +265,8 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
             parts += ["", f"(no precision table: {e})"]
     parts += ["", "## Training", "", f"- steps: {summary.get('steps')}, wall time {summary.get('train_wall_time_s')} s, "
               f"peak memory {summary.get('peak_memory_mb', 0):.0f} MB",
-              f"- best dev check (kept adapter): {summary.get('best')}",
+              f"- adapter/ (the one evaluated above): {summary.get('adapter', 'best dev check')}",
+              f"- best dev check (best_adapter/): {describe_best(summary.get('best'), cfg.checkpoint_metric)}",
               f"- swaps: {len(summary.get('swaps', []))}" + "".join(
                   f"\n  - step {e['step']}: {e['bias_type']} dev SS {e['ss']:.1f} -> direction {e['direction']:+d}"
                   for e in summary.get("swaps", [])),
