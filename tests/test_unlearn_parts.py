@@ -1039,3 +1039,25 @@ def test_describe_best_puts_the_kept_dev_check_in_words():
         "step 10, largest |dev margin| over the bias types 0.0123, within the LMS guard"
     assert describe_best([[1, [3.2]], 50]).startswith("step 50; no check stayed within the LMS guard")
     assert describe_best(None) == "none (no dev check after step 0)"
+
+
+def test_train_exclude_pattern_leaves_out_matching_pairs():
+    """Pairs whose stereotype or anti-stereotype matches (any case) are left out, the rest kept in order; a pattern
+    that leaves none, or one that is not a regular expression, is refused naming the setting."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.pipeline import exclude_train_pairs
+
+    train = [_ex(0, "race", "Omani"), _ex(1, "race", "Kenyan"), _ex(2, "gender", "father")]
+    train[0] = StereoSetExample(id="e0", task="intrasentence", bias_type="race", target="Omani",
+                                context="Oman is full of BLANK.", stereotype="Oman is full of Terrorists.",
+                                anti_stereotype="Oman is full of families.", unrelated="Oman is full of clouds.")
+    kept, out = exclude_train_pairs(train, "BUSY TODAY")  # any case: e1 and e2's anti-stereotype "... busy today."
+    assert [e.id for e in kept] == ["e0"] and [e.id for e in out] == ["e1", "e2"]
+    kept, out = exclude_train_pairs(train, "terror")
+    assert [e.id for e in kept] == ["e1", "e2"] and [e.id for e in out] == ["e0"]
+    assert exclude_train_pairs(train, "") == (train, [])
+    with pytest.raises(ConfigError, match="leaves out all 3 train pairs"):
+        exclude_train_pairs(train, "today|families")
+    with pytest.raises(ConfigError, match=r"train_exclude_pattern='\(': not a regular expression"):
+        make_config(train_exclude_pattern="(")

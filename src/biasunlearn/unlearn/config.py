@@ -5,6 +5,8 @@ multi-node runs (`accelerate launch`: DDP, FSDP, DeepSpeed) come from the librar
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
@@ -67,6 +69,10 @@ class UnlearnConfig(TrainingArguments):
                                             "gender named, not only that one attribute should beat another. No "
                                             "counterfactual names a dev or test target term; how many were made "
                                             "is logged.")
+    train_exclude_pattern: str = _f("", "A regular expression (case-insensitive): train pairs whose stereotype or "
+                                        "anti-stereotype sentence matches it are left out of training (the dev "
+                                        "slice and the test set are untouched). How many per bias type is logged "
+                                        "and their ids are written to splits.json. '' = none.")
     gender_term_variants: int = _f(0, "More pairs for each gender pair whose target term is a singular person noun "
                                       "(father, stepfather, wife, ...): up to this many copies with the term "
                                       "replaced by another noun of the same gender ('My stepfather is mean' -> "
@@ -179,6 +185,12 @@ class UnlearnConfig(TrainingArguments):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         self.type_weight_map()  # raises on a malformed type_weights
+        if self.train_exclude_pattern:
+            try:
+                re.compile(self.train_exclude_pattern)
+            except re.error as e:
+                raise ConfigError(f"train_exclude_pattern={self.train_exclude_pattern!r}: not a regular expression "
+                                  f"({e})") from e
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")

@@ -104,17 +104,25 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     overlap = overlap_report(splits.train + splits.dev, test)
     if overlap["shared_sentences"] or overlap["shared_target_terms"]:
         raise ConfigError(f"train pool overlaps the test set: {overlap}; refusing to report numbers on trained data")
+    train, excluded = exclude_train_pairs(splits.train, cfg.train_exclude_pattern)
+    if cfg.train_exclude_pattern:
+        by_type = {}
+        for e in excluded:
+            by_type[e.bias_type] = by_type.get(e.bias_type, 0) + 1
+        log(f"[train] train_exclude_pattern: {len(excluded)} of {len(splits.train)} train pairs left out ("
+            + (", ".join(f"{b} {n}" for b, n in sorted(by_type.items())) or "none matched")
+            + "); the dev slice and the test set are as before")
     unrelated = unrelated_texts(cfg, model, tok, out, info.resolved, write=cfg.process_index == 0, log=log)
     if cfg.unrelated_drop_terms:
-        pool = unrelated if unrelated is not None else [e.unrelated for e in splits.train]
-        unrelated, dropped = drop_term_texts(pool, {e.target for e in splits.train})
+        pool = unrelated if unrelated is not None else [e.unrelated for e in train]
+        unrelated, dropped = drop_term_texts(pool, {e.target for e in train})
         log(f"[train] unrelated_drop_terms: {dropped} of {len(pool)} KL texts name a target term of the train "
             f"split and are left out; {len(unrelated)} remain")
         if not unrelated:
             raise ConfigError(f"unrelated_drop_terms=true left no text for the KL term (all {len(pool)} "
                               f"{cfg.unrelated_source} texts name a target term of the train split)")
     held_out = {e.target for e in splits.dev + test}
-    sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
+    sets = UnlearnSets(train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed, gender_counterfactual=cfg.gender_counterfactual, blocked_terms=held_out,
                        neutral_anchor=cfg.neutral_anchor_batch_size > 0,
                        gender_term_variants=cfg.gender_term_variants)
@@ -125,12 +133,12 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         log(f"[train] neutral_anchor: {len(sets.neutral)} sentences with the group taken out, "
             f"{cfg.neutral_anchor_batch_size} added to each step's KL batch")
     if cfg.gender_term_variants:
-        n_gender = sum(e.bias_type == "gender" for e in splits.train)
+        n_gender = sum(e.bias_type == "gender" for e in train)
         log(f"[train] gender_term_variants: {sets.term_variants} more gender pairs, the target term of some of the "
             f"{n_gender} gender pairs replaced by another person noun of its gender (never one of the "
             f"{len(held_out)} dev and test target terms)")
     if cfg.gender_counterfactual:
-        n_gender = sum(e.bias_type == "gender" for e in splits.train)
+        n_gender = sum(e.bias_type == "gender" for e in train)
         log(f"[train] gender_counterfactual: {sets.counterfactuals} of {n_gender} gender "
             f"stereotypes get a counterfactual pair (the others name no gendered word, or their counterfactual would "
             f"name one of the {len(held_out)} dev and test target terms)")
@@ -140,7 +148,8 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
                           f"({', '.join(sets.bias_types)})")
     if cfg.process_index == 0:
         write_json(out / "splits.json", {**splits.to_dict(), "test": {"path": cfg.test_set, "n": len(test)},
-                                         "overlap_with_test": overlap})
+                                         "overlap_with_test": overlap,
+                                         "excluded_train_ids": [e.id for e in excluded]})
         write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(), "model": info.to_dict(),
                                          "versions": package_versions(),
                                          "machine": machine_info()})
@@ -235,6 +244,20 @@ def _stereoset_rows(eval_dir: Path, task: str = "intrasentence") -> list | None:
             except DataError:
                 return None
     return None
+
+
+def exclude_train_pairs(train: list, pattern: str) -> tuple[list, list]:
+    """(kept, left out): the train pairs whose stereotype or anti-stereotype sentence matches `pattern` (a regular
+    expression, case-insensitive) are left out; '' leaves out none."""
+    if not pattern:
+        return list(train), []
+    pat = re.compile(pattern, re.IGNORECASE)
+    out = [e for e in train if pat.search(e.stereotype) or pat.search(e.anti_stereotype)]
+    gone = {id(e) for e in out}
+    kept = [e for e in train if id(e) not in gone]
+    if not kept:
+        raise ConfigError(f"train_exclude_pattern={pattern!r} leaves out all {len(train)} train pairs")
+    return kept, out
 
 
 def describe_best(best, metric: str = "ss") -> str:
