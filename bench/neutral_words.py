@@ -124,11 +124,11 @@ def summarise(paths: list[str]) -> int:
 
 
 def test_examples(run: Path):
-    """The held-out test split named by the run's config (intrasentence StereoSet)."""
+    """The held-out test split named by the run's config (intrasentence StereoSet), and the run's model."""
     from biasunlearn.data import data_dir, load_stereoset
 
     cfg = json.loads((run / "config.json").read_text())["config"]
-    return load_stereoset(data_dir(cfg.get("data_dir")) / cfg["test_set"], task="intrasentence")
+    return load_stereoset(data_dir(cfg.get("data_dir")) / cfg["test_set"], task="intrasentence"), cfg.get("model")
 
 
 def main(argv=None) -> int:
@@ -146,9 +146,7 @@ def main(argv=None) -> int:
         ap.add_argument("--by", choices=("type", "term"), default="type", help="one row per bias type or per term")
 
     a = run_and_adapter_args(__doc__.split("\n")[0], argv, extra)
-    exs, model_name = split_examples(Path(a.run), "train")
-    if a.split == "test":
-        exs = test_examples(Path(a.run))
+    exs, model_name = test_examples(Path(a.run)) if a.split == "test" else split_examples(Path(a.run), "train")
     rows = word_items(exs)
 
     def score(model, tok) -> dict:

@@ -33,13 +33,6 @@ def term_ids(records: list[dict], types: set[str] | None = None) -> dict:
     return {b: dict(sorted(ts.items(), key=lambda kv: kv[0].lower())) for b, ts in sorted(out.items())}
 
 
-def _pro(by_id: dict, ids: list[str], name: str) -> np.ndarray:
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise ValueError(f"read {name!r} lacks {len(missing)} test examples (first: {missing[0]})")
-    return np.array([by_id[i]["s_stereo"] > by_id[i]["s_anti"] for i in ids], dtype=float)
-
-
 def term_table(terms: dict, reads: dict[str, list[dict]]) -> dict:
     """{bias type: {term: {"n", read name: SS, ..., "mean_change": mean over the later reads of SS - first SS,
     "down": in how many later reads SS is below the first}}}; SS rounded to 2 places."""
@@ -59,9 +52,11 @@ def group_change(ids_by_term: dict, ref: dict, run: dict, names: tuple[str, str]
                  seed: int) -> dict:
     """The group's SS (unweighted mean over its terms) in both reads, the change and its paired bootstrap error:
     each resample redraws every term's examples with replacement, the same draw for both reads (resamples >= 2)."""
+    from word_crossover import stereo_wins
+
     rng = np.random.default_rng(seed)
-    a = {t: _pro(ref, ids, names[0]) for t, ids in ids_by_term.items()}
-    b = {t: _pro(run, ids, names[1]) for t, ids in ids_by_term.items()}
+    a = {t: np.array(stereo_wins(ref, ids, names[0]), dtype=float) for t, ids in ids_by_term.items()}
+    b = {t: np.array(stereo_wins(run, ids, names[1]), dtype=float) for t, ids in ids_by_term.items()}
     ss_a = float(np.mean([100.0 * v.mean() for v in a.values()]))
     ss_b = float(np.mean([100.0 * v.mean() for v in b.values()]))
     draws = np.zeros(resamples)

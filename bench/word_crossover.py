@@ -48,6 +48,15 @@ def crossover_groups(train, test) -> dict:
     return dict(sorted(out.items()))
 
 
+def stereo_wins(by_id: dict, ids: list[str], name: str) -> list[bool]:
+    """For each id, whether its stereotype scores above its anti-stereotype in read `name` ({id: record}); a read
+    that lacks any of the ids is refused, naming it."""
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"read {name!r} lacks {len(missing)} test examples (first: {missing[0]})")
+    return [by_id[i]["s_stereo"] > by_id[i]["s_anti"] for i in ids]
+
+
 def group_ss(groups: dict, reads: dict[str, list[dict]]) -> dict:
     """{bias type: {group: {"n": n, read name: SS}}}: SS = 100 * share of the group's examples whose stereotype
     scores above its anti-stereotype in that read (None for an empty group). Every id must be in every read."""
@@ -58,11 +67,8 @@ def group_ss(groups: dict, reads: dict[str, list[dict]]) -> dict:
         for g, ids in gs.items():
             row = {"n": len(ids)}
             for name, recs in by_id.items():
-                missing = [i for i in ids if i not in recs]
-                if missing:
-                    raise ValueError(f"read {name!r} lacks {len(missing)} test examples (first: {missing[0]})")
-                row[name] = round(100 * sum(recs[i]["s_stereo"] > recs[i]["s_anti"] for i in ids) / len(ids), 2) \
-                    if ids else None
+                wins = stereo_wins(recs, ids, name)
+                row[name] = round(100 * sum(wins) / len(ids), 2) if ids else None
             out[b][g] = row
     return out
 

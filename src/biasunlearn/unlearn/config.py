@@ -6,7 +6,6 @@ multi-node runs (`accelerate launch`: DDP, FSDP, DeepSpeed) come from the librar
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
@@ -74,11 +73,11 @@ class UnlearnConfig(TrainingArguments):
                                         "slice and the test set are untouched). How many per bias type is logged "
                                         "and their ids are written to splits.json. '' = none.")
     gender_term_variants: int = _f(0, "More pairs for each gender pair whose target term is a singular person noun "
-                                      "(father, stepfather, wife, ...): up to this many copies with the term "
-                                      "replaced by another noun of the same gender ('My stepfather is mean' -> "
-                                      "'My uncle is mean'), drawn by the seed, so that what is unlearned follows "
-                                      "the gender rather than one word. No copy names a dev or test target term; "
-                                      "how many were made is logged. 0 = off.")
+                                      "(father, wife, ...; step-relations left out) or the pronoun he or she: up "
+                                      "to this many copies with the term replaced by another noun of the same "
+                                      "gender ('My father is strong' -> 'My uncle is strong'), drawn by the seed, "
+                                      "so that what is unlearned follows the gender rather than one word. No copy "
+                                      "names a dev or test target term; how many were made is logged. 0 = off.")
     neutral_anchor_batch_size: int = _f(0, "Sentences added to each step's KL batch from the train pairs with their "
                                            "group taken out ('The father was polite.' -> 'Someone was polite.', "
                                            "both sentences of each pair whose target term comes before the blank), "

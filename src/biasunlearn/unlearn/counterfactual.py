@@ -1,8 +1,8 @@
 """Variants of training sentences: gender counterfactuals (`gender_counterfactual`), the same sentence with its
 gendered words exchanged ("She is BLANK" -> "He is BLANK"), for the pairs that teach that an attribute should not
 depend on the gender named; the same pair with its target term replaced by another person noun of the same gender
-(`gender_term_variants`: "My father is BLANK" -> "My uncle is BLANK", "He is BLANK" -> "The uncle is BLANK"), so that what is unlearned follows the
-gender rather than one word; and the group taken out (`neutral_prefix`, for `neutral_anchor_batch_size`): "The
+(`gender_term_variants`: "My father is BLANK" -> "My uncle is BLANK", "He is BLANK" -> "The uncle is BLANK"), so
+that what is unlearned follows the gender rather than one word; and the group taken out (`neutral_prefix`, for `neutral_anchor_batch_size`): "The
 father was" -> "Someone was".
 
 The list holds words that name a gender (pronouns, kinship and address terms), not attributes: "masculine" stays

@@ -7,6 +7,7 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -106,9 +107,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         raise ConfigError(f"train pool overlaps the test set: {overlap}; refusing to report numbers on trained data")
     train, excluded = exclude_train_pairs(splits.train, cfg.train_exclude_pattern)
     if cfg.train_exclude_pattern:
-        by_type = {}
-        for e in excluded:
-            by_type[e.bias_type] = by_type.get(e.bias_type, 0) + 1
+        by_type = Counter(e.bias_type for e in excluded)
         log(f"[train] train_exclude_pattern: {len(excluded)} of {len(splits.train)} train pairs left out ("
             + (", ".join(f"{b} {n}" for b, n in sorted(by_type.items())) or "none matched")
             + "); the dev slice and the test set are as before")
@@ -252,9 +251,9 @@ def exclude_train_pairs(train: list, pattern: str) -> tuple[list, list]:
     if not pattern:
         return list(train), []
     pat = re.compile(pattern, re.IGNORECASE)
-    out = [e for e in train if pat.search(e.stereotype) or pat.search(e.anti_stereotype)]
-    gone = {id(e) for e in out}
-    kept = [e for e in train if id(e) not in gone]
+    kept, out = [], []
+    for e in train:
+        (out if pat.search(e.stereotype) or pat.search(e.anti_stereotype) else kept).append(e)
     if not kept:
         raise ConfigError(f"train_exclude_pattern={pattern!r} leaves out all {len(train)} train pairs")
     return kept, out
