@@ -9,10 +9,23 @@ import torch
 torch.set_num_threads(1)
 
 
-def main(model_path, data_dir, out_dir, bf16="0"):
+def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank=""):
+    import os
+
+    from biasunlearn.unlearn import trainer as trainer_mod
     from biasunlearn.unlearn.config import make_config
     from biasunlearn.unlearn.pipeline import train_adapter
-    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer, TrainingCollapse
+
+    rank_env = int(os.environ.get("RANK", "0"))
+    if nan_on_rank and int(nan_on_rank) == rank_env:  # this process alone gets a NaN forget loss from step 1 on
+        real, calls = trainer_mod.npo_loss, []
+
+        def nan_later(*a, **k):
+            calls.append(1)
+            return real(*a, **k) * (float("nan") if len(calls) > 1 else 1.0)
+
+        trainer_mod.npo_loss = nan_later
 
     captured = {}
     orig = BiasUnlearnTrainer.__init__
@@ -27,7 +40,11 @@ def main(model_path, data_dir, out_dir, bf16="0"):
                       learning_rate=5e-2, warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1,
                       skip_final_eval=True, use_cpu=True, bf16=bf16 == "1", disable_tqdm=True, seed=0,
                       collapse_lms_drop=101.0, ddp_backend="gloo")
-    train_adapter(cfg, log=lambda s: None)
+    try:
+        train_adapter(cfg, log=lambda s: None)
+    except TrainingCollapse as e:
+        Path(out_dir, f"rank{rank_env}_collapse.txt").write_text(str(e))
+        raise
     t = captured["trainer"]
     rank = t.args.process_index
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
@@ -36,4 +53,4 @@ def main(model_path, data_dir, out_dir, bf16="0"):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

@@ -158,6 +158,28 @@ def test_score_sequences_restores_training_mode_and_handles_empty(tiny_model):
     assert s_train == pytest.approx(s_eval, abs=1e-5)  # scored in eval mode either way (no dropout)
 
 
+def test_a_model_in_training_is_scored_without_inference_tensors(tiny_model):
+    """A model in training mode (a dev check during training) is scored under no_grad, not inference mode: tensors
+    made in inference mode from its weights could not be saved for the next backward. A model in eval mode is
+    scored in inference mode, the faster one."""
+    model, tok = tiny_model
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a: seen.append(
+        (torch.is_inference_mode_enabled(), torch.is_grad_enabled())))
+    seqs, starts = encode_for_scoring(tok, TEXTS[:2])
+    try:
+        score_sequences(model, seqs, starts, direct=False)
+        assert seen and set(seen) == {(True, False)}
+        seen.clear()
+        model.train()
+        score_sequences(model, seqs, starts, direct=False)
+        assert model.training
+        assert seen and set(seen) == {(False, False)}
+    finally:
+        hook.remove()
+        model.eval()
+
+
 def test_token_logprobs_and_score_mask_by_hand():
     logits = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]])  # [1, 3, 2]
     ids = torch.tensor([[0, 1, 1]])
@@ -403,9 +425,10 @@ def test_auto_dtype_is_bf16_only_where_the_device_computes_it_natively(tiny_llam
     model, _, info = models.load_model(str(tiny_llama_path), dtype="auto", device="cpu")
     assert info.dtype == "bfloat16" and next(model.parameters()).dtype == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100: emulated bf16
     assert models.auto_dtype("cuda") == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
     assert models.auto_dtype("cuda") == torch.bfloat16
 
 

@@ -33,3 +33,21 @@ def test_two_processes_agree_on_swaps(bf16, port, tmp_path, tiny_llama_path, fak
     for r in (r0, r1):
         assert r["mixed_precision"] == ("bf16" if bf16 else "no")
         assert r["packing"]["packed"] is True and r["packing"]["max_abs_diff_nats"] < 1e-4
+
+
+def test_a_nan_loss_on_one_process_stops_both(tmp_path, tiny_llama_path, fake_data):
+    """A non-finite loss on one process alone stops every process at the same step with a clear message, instead
+    of leaving the others waiting in the gradient all-reduce."""
+    data = tmp_path / "data"
+    shutil.copytree(fake_data, data)
+    (data / "pool.json").write_text(json.dumps(_pool()))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(Path(__file__).parent / "_ddp_worker.py"), str(tiny_llama_path), str(data), str(out), "0", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    r0 = (out / "rank0_collapse.txt").read_text()
+    r1 = (out / "rank1_collapse.txt").read_text()
+    assert r1.startswith("loss is nan at step 1 ") and "another process" not in r1
+    assert "at step 1 " in r0 and "not finite on another process" in r0

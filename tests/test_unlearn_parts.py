@@ -7,6 +7,7 @@ import torch
 
 from _tiny import load_bench
 from biasunlearn.data.stereoset import StereoSetExample
+from biasunlearn.errors import ConfigError
 from biasunlearn.unlearn.controller import SwapController
 from biasunlearn.unlearn.losses import forward_kl, npo_loss, npo_loss_token_mean, retention_loss
 from biasunlearn.unlearn.sets import UnlearnSets
@@ -405,7 +406,8 @@ def test_word_span_scores_only_the_filled_word(tiny_model):
     it = s.stereo["gender"][0]
     assert (it.x, it.y, it.z) == ("The father was", " lazy", " today.")
     def batch(items):  # the trainer's own encoding and scored mask, on a stand-in (encodings are cached by key)
-        stub = SimpleNamespace(tok=tok, _start=start_token_id(tok), _ids={})
+        stub = SimpleNamespace(tok=tok, _start=start_token_id(tok), _ids={},
+                               args=SimpleNamespace(unrelated_max_tokens=256))
         enc = [BiasUnlearnTrainer._encode(stub, it) for it in items]
         ids, attn = pad_batch([e[0] for e in enc], tok.pad_token_id or 0, "cpu")
         return ids, attn, BiasUnlearnTrainer._masks(enc, ids.shape[1], "cpu")[0]
@@ -424,6 +426,31 @@ def test_word_span_scores_only_the_filled_word(tiny_model):
     assert ids[0].tolist()[:1 + n_x + n_w + n_z] == y_ids[0].tolist()
     assert y_mask[0].sum().item() == n_w + n_z and y_mask[0][n_x:n_x + n_w + n_z].sum().item() == n_w + n_z
     assert attn[0].sum().item() == 1 + n_x + n_w + n_z
+
+
+def test_kl_texts_are_cut_at_unrelated_max_tokens_and_pair_sentences_never(tiny_model):
+    from types import SimpleNamespace
+
+    from biasunlearn.models import start_token_id
+    from biasunlearn.unlearn.sets import Item
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    _, tok = tiny_model
+    long = "the cat sat on the mat and the dog ran in the park while it rained"
+    full = tok(long, add_special_tokens=False)["input_ids"]
+    assert len(full) > 6
+    start = start_token_id(tok)
+    for cap, want in ((5, full[:5]), (0, full), (len(full), full)):
+        stub = SimpleNamespace(tok=tok, _start=start, _ids={}, args=SimpleNamespace(unrelated_max_tokens=cap))
+        ids, lo, hi = BiasUnlearnTrainer._encode(stub, Item(key="unrel:0", bias_type="", x="", y=long))
+        assert (ids, lo, hi) == ([start] + want, 1, 1 + len(want))
+        # a sentence of a pair (it has a bias type) is never cut
+        ids, lo, hi = BiasUnlearnTrainer._encode(stub, Item(key="p:s", bias_type="gender", x="", y=long))
+        assert ids == [start] + full
+    from biasunlearn.unlearn.config import make_config
+
+    with pytest.raises(ConfigError, match="unrelated_max_tokens=-1"):
+        make_config(unrelated_max_tokens=-1)
 
 
 def test_controller_swap_margin_is_a_dead_band():
@@ -1061,3 +1088,45 @@ def test_train_exclude_pattern_leaves_out_matching_pairs():
         exclude_train_pairs(train, "today|families")
     with pytest.raises(ConfigError, match=r"train_exclude_pattern='\(': not a regular expression"):
         make_config(train_exclude_pattern="(")
+
+
+def test_model_dtype_and_sharding_are_resolved_from_the_settings(tmp_path, monkeypatch):
+    """model_dtype auto keeps float32 weights on a CPU (its recipes train them under bf16 autocast) and on a GPU
+    without bf16 training; an explicit dtype is kept; a wrong one is refused. FSDP or DeepSpeed, from the arguments
+    or accelerate launch's environment, count as sharded. DDP does not search for unused parameters."""
+    from biasunlearn.unlearn.config import make_config
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    cfg = make_config(output_dir=str(tmp_path), use_cpu=True, bf16=True)
+    assert cfg.model_dtype == "auto" and cfg.load_dtype() == "float32"
+    assert make_config(output_dir=str(tmp_path), use_cpu=True, model_dtype="bfloat16").load_dtype() == "bfloat16"
+    with pytest.raises(ConfigError, match="model_dtype='half'"):
+        make_config(output_dir=str(tmp_path), use_cpu=True, model_dtype="half")
+    assert cfg.ddp_find_unused_parameters is False
+    assert cfg.sharded() is False
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert cfg.sharded() is True
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert cfg.sharded() is False
+    # on a (pretend) GPU, bf16 training loads bfloat16 weights
+    gpu = make_config(output_dir=str(tmp_path), use_cpu=True, bf16=True)
+    gpu.use_cpu = False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gpu.load_dtype() == "bfloat16"
+    gpu.bf16 = False
+    assert gpu.load_dtype() == "float32"
+
+
+@pytest.mark.parametrize("capability,native", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_cuda_bf16_counts_only_native_support(monkeypatch, capability, native):
+    """torch.cuda.is_bf16_supported() says yes on a V100 or T4, where bf16 is emulated; bf16 is chosen only from
+    compute capability 8.0 (Ampere) on."""
+    from biasunlearn import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert models.cuda_has_native_bf16() is native
+    assert models.auto_dtype("cuda") == (torch.bfloat16 if native else torch.float32)

@@ -201,6 +201,31 @@ def test_nan_loss_stops_with_clear_message(tmp_path, tiny_llama_path, train_data
         pipeline.train_adapter(cfg, log=lambda s: None)
 
 
+def test_gradient_accumulation_draws_a_new_chunk_for_each_micro_batch(tmp_path, tiny_llama_path, train_data,
+                                                                     monkeypatch):
+    """With gradient_accumulation_steps k, the k micro-batches of an optimizer step are k consecutive chunks (not the
+    same chunk k times), and the adapters written are whole folders with nothing left beside them."""
+    from biasunlearn.unlearn import pipeline
+    from biasunlearn.unlearn.sets import UnlearnSets
+
+    drawn = []
+    real = UnlearnSets.chunk
+
+    def spy(self, step, *a, **k):
+        drawn.append(step)
+        return real(self, step, *a, **k)
+
+    monkeypatch.setattr(UnlearnSets, "chunk", spy)
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=3, eval_every=2, gradient_accumulation_steps=2)
+    summary = pipeline.train_adapter(cfg, log=lambda s: None)
+    assert summary["steps"] == 3
+    assert drawn == [0, 1, 2, 3, 4, 5]
+    run = tmp_path / "run"
+    assert json.loads((run / "best_adapter" / "dev_check.json").read_text())["step"] == 2
+    assert (run / "final_adapter" / "adapter_model.safetensors").exists()
+    assert not [p.name for p in run.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
 def test_dev_lms_collapse_guard(tmp_path, tiny_llama_path, train_data):
     from biasunlearn.unlearn import pipeline, trainer
 

@@ -33,7 +33,7 @@ import torch
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
 from .io import atomic_write_text, comma_list, read_json, write_json
-from .models import machine_info
+from .models import cuda_has_native_bf16, machine_info
 
 DEFAULT_METHODS = ("base", "cda", "sft", "dpo", "self_debias", "biasunlearn")
 LABELS = {"base": "Base model", "cda": "CDA", "sft": "SFT", "dpo": "DPO", "self_debias": "Self-Debias",
@@ -371,7 +371,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
     if isinstance(rerun, str):
         rerun = comma_list(rerun)
     if dtype is None:
-        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+        dtype = "bfloat16" if cuda_has_native_bf16() else "float32"
     ecfg = EvalConfig(benchmarks=tuple(benchmarks), data_dir=str(data_dir) if data_dir is not None else None,
                       limit=limit, bbq_per_category=bbq_per_category or None, ppl_max_tokens=ppl_max_tokens or None,
                       stereoset_intersentence=stereoset_intersentence, progress=progress)

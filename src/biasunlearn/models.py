@@ -118,6 +118,17 @@ def machine_info(cpuinfo: str | None = None) -> dict:
             "cpu_native_bf16": native, "cuda": cuda}
 
 
+def cuda_has_native_bf16(device=None) -> bool:
+    """Whether the CUDA (or ROCm) device computes bfloat16 natively: compute capability 8.0 or more (Ampere on).
+    `torch.cuda.is_bf16_supported()` also answers yes where bf16 is only emulated (V100, T4), which is many times
+    slower than float32, so it is not asked."""
+    if not torch.cuda.is_available():
+        return False
+    if torch.version.hip:
+        return True  # the GPUs ROCm supports today compute bf16
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -127,7 +138,7 @@ def auto_dtype(device: torch.device | str) -> torch.dtype:
     it; a CPU with AVX-512 BF16 or AMX), else float32, since emulated bf16 is many times slower than fp32."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float32
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return torch.float32
@@ -256,7 +267,9 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
                       "use --dtype float32 here", RuntimeWarning, stacklevel=2)
     tok = load_tokenizer(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        # straight onto a GPU (not through host memory first)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, **({"device_map": {"": str(device)}} if device.type == "cuda" else {}))
     except OSError as e:
         raise ModelLoadError(f"--model {spec}: could not load ({e}). Hub ids need network access; "
                              "offline, pass a local folder, a .gguf file or a built-in name "

@@ -225,7 +225,10 @@ def _default_budget(device: torch.device, max_tokens: int | None) -> int:
 
 @contextlib.contextmanager
 def _scoring(model, n: int, progress: str | None):
-    """Eval mode and inference mode for the duration (the training mode is restored after), with a progress bar."""
+    """Eval mode and no autograd for the duration (the training mode is restored after), with a progress bar. A model
+    being trained (in training mode when called: a dev check) is scored under no_grad rather than inference mode:
+    inference tensors made from its weights (DeepSpeed ZeRO-3 gathers them in the forward) could not be saved for
+    the next backward."""
     from tqdm.auto import tqdm
 
     was_training = getattr(model, "training", False)
@@ -233,7 +236,7 @@ def _scoring(model, n: int, progress: str | None):
         model.eval()
     bar = tqdm(total=n, desc=progress, unit="seq", disable=progress is None, leave=False, mininterval=1.0)
     try:
-        with torch.inference_mode():
+        with torch.no_grad() if was_training else torch.inference_mode():
             yield bar
     finally:
         bar.close()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from transformers import TrainingArguments
 
 from ..errors import ConfigError
-from ..models import cpu_has_native_bf16
+from ..models import cpu_has_native_bf16, cuda_has_native_bf16
 from .controller import SWAP_MODES, SWAP_SIGNALS
 from .losses import NPO_REFERENCES, REDUCTIONS
 from .sets import SCORE_SPANS
@@ -27,6 +27,10 @@ def _f(default, help_text):
 class UnlearnConfig(TrainingArguments):
     # --- model and data ---
     model: str = _f("smollm2-135m", "Model to debias: hub id, local folder, .gguf file or built-in name.")
+    model_dtype: str = _f("auto", "dtype the model's weights are loaded in for training: float32, bfloat16, float16, "
+                                  "or auto (bfloat16 when training runs in bf16 on a GPU, where the frozen weights "
+                                  "then take half the memory; float32 elsewhere, as on a CPU, whose recipes train "
+                                  "float32 weights under bf16 autocast). The LoRA weights are float32 either way.")
     data_dir: str | None = _f(None, "Benchmark data folder (default: $BIASUNLEARN_DATA or ../shared/data).")
     train_pool: str = _f("stereoset/zjunlp__BiasEdit/dev.json,stereoset/zjunlp__EditBias/dev.json",
                          "Comma-separated StereoSet files (relative to data_dir) forming the train pool. The defaults "
@@ -49,6 +53,11 @@ class UnlearnConfig(TrainingArguments):
                                            "train split (whole word, any case), so that the anchor to the original "
                                            "model does not hold its behaviour around the groups being unlearned. "
                                            "How many are left out is logged; none left is an error.")
+    unrelated_max_tokens: int = _f(256, "The KL term reads at most this many tokens of each unrelated text (0: all). "
+                                        "StereoSet's unrelated sentences and sampled texts are far shorter; a "
+                                        "WikiText-2 paragraph can run to 500 tokens or more, and the KL holds a "
+                                        "[tokens, vocabulary] float32 tensor per copy (5 GB at 10k tokens and a "
+                                        "128k vocabulary).")
     score_span: str = _f("y", "Tokens that carry the forget/retain losses: 'y' (after the blank, as the released code), "
                               "'sentence' (the whole sentence) or 'word' (only the filled-in word(s), where the "
                               "stereotype and anti-stereotype sentences differ; the rest is fed, not scored).")
@@ -177,7 +186,8 @@ class UnlearnConfig(TrainingArguments):
         super().__post_init__()
         checks = {"score_span": SCORE_SPANS, "npo_variant": ("sum", "token_mean"),
                   "swap_mode": SWAP_MODES, "npo_reference": NPO_REFERENCES, "unrelated_source": UNRELATED_SOURCES,
-                  "eval_dtype": ("auto", "float32", "bfloat16"), "checkpoint_metric": ("ss", "margin"),
+                  "eval_dtype": ("auto", "float32", "bfloat16"),
+                  "model_dtype": ("auto", "float32", "bfloat16", "float16"), "checkpoint_metric": ("ss", "margin"),
                   "swap_signal": SWAP_SIGNALS, "retain_reduction": REDUCTIONS, "kl_reduction": REDUCTIONS}
 
         for name, allowed in checks.items():
@@ -193,7 +203,7 @@ class UnlearnConfig(TrainingArguments):
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")
-        for name in ("swap_margin", "swap_margin_nats", "retain_floor_margin", "neutral_anchor_batch_size",
+        for name in ("unrelated_max_tokens", "swap_margin", "swap_margin_nats", "retain_floor_margin", "neutral_anchor_batch_size",
                      "gender_term_variants"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
@@ -216,6 +226,23 @@ class UnlearnConfig(TrainingArguments):
                               f"({self.max_steps})")
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
+
+    def load_dtype(self) -> str:
+        """The dtype `model_dtype` stands for (see its help)."""
+        if self.model_dtype != "auto":
+            return self.model_dtype
+        import torch
+
+        return "bfloat16" if self.bf16 and not self.use_cpu and torch.cuda.is_available() else "float32"
+
+    def sharded(self) -> bool:
+        """Whether FSDP or DeepSpeed runs the model (from these arguments or `accelerate launch`'s environment):
+        its weights are then gathered by the engine, so every process must run the same forward passes."""
+        import os
+
+        env = any(os.environ.get(k, "").lower() in ("1", "true")
+                  for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+        return bool(self.fsdp or self.deepspeed or env)
 
     def type_weight_map(self) -> dict[str, int]:
         """type_weights parsed: {bias type: slots}. Raises ConfigError naming the setting when it is malformed."""
@@ -246,7 +273,10 @@ class UnlearnConfig(TrainingArguments):
 DEFAULTS = dict(learning_rate=5e-5, max_steps=1000, lr_scheduler_type="linear", warmup_steps=0.05, logging_steps=5,
                 save_strategy="steps", save_total_limit=2, report_to="none", remove_unused_columns=False,
                 per_device_train_batch_size=1, dataloader_num_workers=0, optim="adamw_torch", weight_decay=0.0,
-                disable_tqdm=False, seed=42, max_grad_norm=1.0)
+                disable_tqdm=False, seed=42, max_grad_norm=1.0,
+                # every LoRA weight gets a gradient at every step (the reference passes run without one), so DDP
+                # need not search the graph for unused parameters (transformers would, for a PEFT model)
+                ddp_find_unused_parameters=False)
 
 
 def make_config(**overrides) -> UnlearnConfig:
@@ -258,7 +288,7 @@ def make_config(**overrides) -> UnlearnConfig:
     kw.setdefault("eval_every", UnlearnConfig.__dataclass_fields__["eval_every"].default)
     kw.setdefault("save_steps", kw["eval_every"])
     if "bf16" not in kw:
-        kw["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
+        kw["bf16"] = cuda_has_native_bf16() if torch.cuda.is_available() else cpu_has_native_bf16()
     if not torch.cuda.is_available():
         kw.setdefault("use_cpu", True)
     return UnlearnConfig(**kw)

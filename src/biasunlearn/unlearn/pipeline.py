@@ -87,7 +87,10 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         for stale in ("log.jsonl", "dev_log.jsonl"):
             (out / stale).unlink(missing_ok=True)
         shutil.rmtree(out / "best_adapter", ignore_errors=True)
-    model, tok, info = load_model(cfg.model, dtype="float32", device="cpu" if cfg.use_cpu else None)
+    # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
+    # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
+    device = "cpu" if cfg.use_cpu or cfg.sharded() else cfg.device
+    model, tok, info = load_model(cfg.model, dtype=cfg.load_dtype(), device=device)
     model.train()
     from transformers import set_seed
 
@@ -165,11 +168,10 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(ck) if ck is not None else None)
     wall = time.time() - t0
+    best = out / "best_adapter"
+    last = out / "final_adapter"  # the last step's adapter (ablations are judged at a fixed step, as the paper)
+    trainer.save_adapter(last)  # every process: a sharded adapter is gathered first
     if trainer.is_world_process_zero():
-        best = out / "best_adapter"
-        last = out / "final_adapter"  # the last step's adapter (ablations are judged at a fixed step, as the paper)
-        shutil.rmtree(last, ignore_errors=True)
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(last)
         final = out / "adapter"
         shutil.rmtree(final, ignore_errors=True)
         # stop_at_step: a step fixed beforehand is the adapter, not dev's choice

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..io import write_json
 from ..metrics import mean_margins as dev_margins  # one name here, so a test can stand in for it
 from ..metrics import ss_standard_error, stereoset_scores
 from ..models import start_token_id
-from ..scoring import pack_batch, pad_batch, score_mask
+from ..scoring import model_device, pack_batch, pad_batch, score_mask
 from .controller import SwapController
 from .losses import forward_kl_rows, npo_loss, npo_loss_token_mean, retention_loss, twin_margins
 from .sets import Item, UnlearnSets
@@ -75,6 +76,16 @@ class StepBatch:
         return self.logits_at(self.rows(sl)[0])
 
 
+def _any_process(flag: bool, device) -> bool:
+    """`flag` or'ed over every process of a distributed run (one all-reduce); `flag` itself in a single process."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+    return bool(flag)
+
+
 def _collate(rows):
     return {"step_index": torch.tensor([r["step_index"] for r in rows])}
 
@@ -82,7 +93,8 @@ def _collate(rows):
 class BiasUnlearnTrainer(Trainer):
     def __init__(self, *, sets: UnlearnSets, controller: SwapController, tokenizer, **kw):
         args = kw["args"]
-        kw.setdefault("train_dataset", _StepIndex(max(args.max_steps, 1) * max(args.world_size, 1)))
+        kw.setdefault("train_dataset", _StepIndex(max(args.max_steps, 1) * max(args.world_size, 1)
+                                                  * max(args.gradient_accumulation_steps, 1)))
         kw.setdefault("data_collator", _collate)
         super().__init__(processing_class=tokenizer, **kw)
         self.sets, self.controller, self.tok = sets, controller, tokenizer
@@ -93,6 +105,12 @@ class BiasUnlearnTrainer(Trainer):
         self._parts: dict[str, list[float]] = {}
         self._packed: bool | None = None  # pack_sequences, once checked on the first step (_use_packing)
         self.packing_check: dict | None = None
+        self._micro = (-1, 0)  # (optimizer step, micro-batch within it): with gradient accumulation each differs
+        # FSDP or DeepSpeed gather the weights inside each forward, collectively: every process must run the same
+        # passes, so the reference log-probs are computed afresh at each step (a cache hits on one process and
+        # misses on another), and reference passes go through the engine's wrapper
+        self.sharded = bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
+        self.loss_is_scaled_for_ga = False  # compute_loss returns a mean over one micro-batch: the Trainer divides
 
     # --- batches ---
     def _encode(self, item: Item) -> tuple[list[int], int, int]:
@@ -101,6 +119,9 @@ class BiasUnlearnTrainer(Trainer):
             x = self.tok(item.x, add_special_tokens=False)["input_ids"] if item.x else []
             y = self.tok(item.y, add_special_tokens=False)["input_ids"]
             z = self.tok(item.z, add_special_tokens=False)["input_ids"] if item.z else []
+            cap = self.args.unrelated_max_tokens
+            if not item.bias_type and cap and len(x) + len(y) + len(z) > cap:  # a KL text (no bias type): capped
+                x, y, z = [], (x + y + z)[:cap], []
             self._ids[item.key] = ([self._start] + x + y + z, 1 + len(x), 1 + len(x) + len(y))
         return self._ids[item.key]
 
@@ -168,7 +189,8 @@ class BiasUnlearnTrainer(Trainer):
                     model.train(was)
                 diff = float(((a.tok_lp - b.tok_lp) * b.real).abs().max())
                 tol = 0.01 if a.out.logits.dtype == torch.float32 else 0.3
-                self._packed = diff <= tol
+                # every process trains the same layout: packed only if it checked out on every process's batch
+                self._packed = not _any_process(diff > tol, device)
                 self.packing_check = {"max_abs_diff_nats": round(diff, 6), "tolerance": tol,
                                       "packed": self._packed}
                 if not self._packed:
@@ -183,7 +205,12 @@ class BiasUnlearnTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a = self.args
         step = self.state.global_step
-        chunk = self.sets.chunk(step, self.controller.directions, a.forget_batch_size, a.retain_batch_size,
+        if model.training:
+            # with gradient accumulation, the micro-batches of one optimizer step are consecutive chunks
+            self._micro = (step, self._micro[1] + 1 if self._micro[0] == step else 0)
+        ga = max(a.gradient_accumulation_steps, 1)
+        chunk = self.sets.chunk(step * ga + (self._micro[1] if self._micro[0] == step else 0) % ga,
+                                self.controller.directions, a.forget_batch_size, a.retain_batch_size,
                                 a.unrelated_batch_size, rank=a.process_index, world=a.world_size,
                                 balance_types=a.balance_types, pair_retain=a.pair_retain,
                                 type_weights=self._type_weights, balance_terms=a.balance_terms,
@@ -204,6 +231,10 @@ class BiasUnlearnTrainer(Trainer):
             i += len(its)
 
         unwrapped = self.accelerator.unwrap_model(model)
+        # Reference passes (adapter off, no gradient) run the inner model as they are, except under FSDP or
+        # DeepSpeed, whose wrapper must run to gather the weights. Under DDP the wrapper would sync buffers at each
+        # pass, a collective that processes reach a different number of times (the reference cache).
+        ref_model = model if self.sharded else unwrapped
         f = sl["forget"]
         forget = chunk["forget"]
         if a.npo_variant == "sum":
@@ -213,8 +244,10 @@ class BiasUnlearnTrainer(Trainer):
             twin_row = self._twin_rows(chunk, sl) if a.npo_reference == "twin" else {}
             own = [k for k in range(len(forget)) if k not in twin_row]
             ref = torch.zeros(len(forget), device=device)
-            if own:
-                ref[own] = self._ref_logp(unwrapped, [forget[k] for k in own], device)
+            if self.sharded:  # the same passes on every process: the whole forget batch, whatever has a twin
+                ref[own] = self._ref_logp(ref_model, forget, device)[own]
+            elif own:
+                ref[own] = self._ref_logp(ref_model, [forget[k] for k in own], device)
             if twin_row:
                 ks = list(twin_row)
                 p_tw, r_tw = twin_margins(tok_lp, mask, sb.real, [f.start + k for k in ks],
@@ -224,15 +257,15 @@ class BiasUnlearnTrainer(Trainer):
                 pol, ref = pol.index_copy(0, idx, p_tw), ref.index_copy(0, idx, r_tw)
             l_forget = npo_loss(pol, ref, a.npo_beta)
         else:
-            ref_tok = self._ref_logp(unwrapped, forget, device, per_token=tok_lp.shape[1])
+            ref_tok = self._ref_logp(ref_model, forget, device, per_token=tok_lp.shape[1])
             l_forget = npo_loss_token_mean(tok_lp[f], ref_tok, mask[f], a.npo_beta)
         r, u = sl["retain"], sl["unrelated"]
-        floor = self._ref_logp(unwrapped, chunk["retain"], device) + a.retain_floor_margin if a.retain_floor else None
+        floor = self._ref_logp(ref_model, chunk["retain"], device) + a.retain_floor_margin if a.retain_floor else None
         l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction, floor)
         # KL over every real prediction of the unrelated sentences (token 1.. of each), in the same rows and order
         # for the reference (adapter off, no gradient) as for the policy
         with torch.no_grad(), unwrapped.disable_adapter():
-            ref_rows = self._forward(unwrapped, chunk["unrelated"], device, packed,
+            ref_rows = self._forward(ref_model, chunk["unrelated"], device, packed,
                                      score=slice(0, 0)).logit_rows(slice(None))
         l_kl = forward_kl_rows(ref_rows, sb.logit_rows(u), len(chunk["unrelated"]), a.kl_reduction)
         loss = a.alpha_forget * l_forget
@@ -241,9 +274,12 @@ class BiasUnlearnTrainer(Trainer):
         if a.alpha_kl > 0:
             loss = loss + a.alpha_kl * l_kl
         logs = {"loss_forget": l_forget.detach(), "loss_retain": l_retain.detach(), "loss_kl": l_kl.detach()}
-        if not torch.isfinite(loss):
+        # every process stops together: one that raised alone would leave the others waiting in the gradient
+        # all-reduce
+        if _any_process(not bool(torch.isfinite(loss)), device):
             raise TrainingCollapse(
-                f"loss is {loss.item()} at step {step} (forget {logs['loss_forget'].item():.4g}); training stopped. "
+                f"loss is {loss.item()} at step {step} (forget {logs['loss_forget'].item():.4g}"
+                f"{'' if not torch.isfinite(loss) else '; not finite on another process'}); training stopped. "
                 f"The last good checkpoint is in {a.output_dir}; lower --learning_rate or check the data.")
         for k, v in logs.items():
             self._parts.setdefault(k, []).append(float(v))
@@ -260,14 +296,16 @@ class BiasUnlearnTrainer(Trainer):
                 out[k] = pos[tw.key]
         return out
 
-    def _ref_logp(self, unwrapped, items, device, per_token: int = 0):
+    def _ref_logp(self, model, items, device, per_token: int = 0):
         """Reference log-probs of fixed items (forget, and retain with retain_floor), cached per item: the
         per-sequence sums over scored tokens [N], or with `per_token` = W (token_mean NPO) the per-token values
-        [N, W] (zero-padded)."""
+        [N, W] (zero-padded). Sharded (FSDP, DeepSpeed): computed afresh, never cached (see __init__)."""
+        if self.sharded:
+            self._ref_cache = {}
         missing = [it for it in items if it.key not in self._ref_cache]
         if missing:
-            with torch.no_grad(), unwrapped.disable_adapter():
-                sb = self._forward(unwrapped, missing, device, packed=bool(self._packed))
+            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+                sb = self._forward(model, missing, device, packed=bool(self._packed))
             for k, it in enumerate(missing):
                 n = int(sb.real[k].sum())
                 self._ref_cache[it.key] = (float((sb.tok_lp[k] * sb.scored[k]).sum()), sb.tok_lp[k, :n].tolist())
@@ -278,6 +316,26 @@ class BiasUnlearnTrainer(Trainer):
             v = self._ref_cache[it.key][1][:per_token]
             rows.append(v + [0.0] * (per_token - len(v)))
         return torch.tensor(rows, device=device)
+
+    def save_adapter(self, path, extra: dict | None = None) -> None:
+        """Write the LoRA adapter (and `extra` {file name: JSON object}) to the folder `path`, replacing it whole:
+        written beside it first, then renamed, so a crash leaves the old folder or the new one. Call it on every
+        process: under FSDP or DeepSpeed the adapter's weights are sharded, and gathering them takes every process
+        (the main process writes)."""
+        path = Path(path)
+        state = self.accelerator.get_state_dict(self.model_wrapped) if self.sharded else None
+        if not self.is_world_process_zero():
+            return
+        tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+        for p in (tmp, old):
+            shutil.rmtree(p, ignore_errors=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(tmp, state_dict=state)
+        for name, obj in (extra or {}).items():
+            write_json(tmp / name, obj)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
 
     def log(self, logs, start_time=None):
         if self._parts:
@@ -302,9 +360,12 @@ class DevCheckCallback(TrainerCallback):
 
     def _dev_check(self, model, step):
         args = self.trainer.args
-        use_bf16 = bool(args.bf16) and not torch.cuda.is_available()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            recs = stereoset_records(model, self.trainer.tok, self.dev)
+        # the dev check computes in the precision training does; under FSDP or DeepSpeed it goes through the engine's
+        # wrapper (scoring's shortcut calls the decoder inside it directly, which would skip the weight gathering)
+        half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+        with torch.autocast(model_device(model).type, dtype=half or torch.bfloat16, enabled=half is not None):
+            recs = stereoset_records(model, self.trainer.tok, self.dev,
+                                     **({"direct": False} if self.trainer.sharded else {}))
         m = stereoset_scores(recs)
         ss = {b: v["SS"] for b, v in m.items() if b != "overall"}
         lms = m["overall"]["LMS"]
@@ -339,10 +400,7 @@ class DevCheckCallback(TrainerCallback):
         score = (0, crit) if drop <= args.lms_guard else (1, (drop,))
         if step > 0 and (self.best is None or score < self.best[0]):
             self.best = (score, step)
-            if self.trainer.is_world_process_zero():
-                unwrapped = self.trainer.accelerator.unwrap_model(model)
-                unwrapped.save_pretrained(self.out / "best_adapter")
-                write_json(self.out / "best_adapter" / "dev_check.json", entry)
+            self.trainer.save_adapter(self.out / "best_adapter", {"dev_check.json": entry})
         return stop
 
     def on_train_begin(self, args, state, control, model=None, **kw):
