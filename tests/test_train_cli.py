@@ -45,6 +45,21 @@ def test_shipped_recipes_parse_to_what_the_yaml_says(tmp_path, name):
     for k, v in values.items():  # every setting arrives unchanged (a typo'd key would have raised)
         assert getattr(cfg, k) == v, k
     assert cfg.save_steps == cfg.eval_every == values["eval_every"]
+    # the same recipe by name, from the installed package (no checkout needed), with or without .yaml
+    for ref in (name.removesuffix(".yaml"), name):
+        by_name, _ = parse_train_config(["--config", ref, "--out", str(tmp_path / "r")])
+        assert by_name.to_dict() == cfg.to_dict()
+
+
+def test_config_names_a_file_or_a_shipped_recipe(tmp_path):
+    from biasunlearn.train_cli import builtin_recipes
+
+    assert set(builtin_recipes()) == {"smollm2-cpu", "gemma3-270m-cpu"}
+    with pytest.raises(ConfigError, match=r"--config smollm2-gpu: no such file, and not a shipped recipe "
+                                          r"\(gemma3-270m-cpu, smollm2-cpu\)"):
+        parse_train_config(["--config", "smollm2-gpu", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="no such file"):  # a path is never taken for a recipe name
+        parse_train_config(["--config", "elsewhere/smollm2-cpu.yaml", "--out", str(tmp_path)])
 
 
 def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):

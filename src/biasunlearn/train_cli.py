@@ -11,6 +11,26 @@ from .errors import ConfigError
 _OWN = ("config", "out", "resume")
 
 
+def builtin_recipes() -> dict[str, Path]:
+    """{name: file} of the recipes shipped with the package (`--config smollm2-cpu`)."""
+    from importlib.resources import files
+
+    folder = Path(str(files("biasunlearn") / "recipes"))
+    return {f.stem: f for f in sorted(folder.glob("*.yaml"))}
+
+
+def config_path(value: str) -> Path:
+    """`--config`'s file: a path, else the name of a shipped recipe (with or without .yaml)."""
+    p = Path(value)
+    if p.is_file():
+        return p
+    recipes = builtin_recipes()
+    name = p.name.removesuffix(".yaml")
+    if p.parent == Path(".") and name in recipes:
+        return recipes[name]
+    raise ConfigError(f"--config {value}: no such file, and not a shipped recipe ({', '.join(recipes) or 'none'})")
+
+
 def parse_train_config(argv: list[str]):
     """(UnlearnConfig, resume) from command-line words."""
     import yaml
@@ -25,9 +45,7 @@ def parse_train_config(argv: list[str]):
     own, rest = pre.parse_known_args(argv)
     values: dict = {}
     if own.config:
-        p = Path(own.config)
-        if not p.is_file():
-            raise ConfigError(f"--config {p}: no such file")
+        p = config_path(own.config)
         try:
             values = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
@@ -82,7 +100,8 @@ def register(sub) -> None:
                                    "accepted as --name value (e.g. --learning_rate 5e-5 --max_steps 300). "
                                    "See `python -c 'from biasunlearn.unlearn.config import UnlearnConfig; "
                                    "help(UnlearnConfig)'` or docs in README.")
-    t.add_argument("--config", default=None, help="YAML file of settings")
+    t.add_argument("--config", default=None,
+                   help="YAML file of settings, or a shipped recipe: " + ", ".join(builtin_recipes()))
     t.add_argument("--out", default=None, help="run folder")
     t.add_argument("--resume", nargs="?", const=True, default=None, help="continue the run in --out (or in DIR)")
     t.set_defaults(func=_train_cmd, accepts_extra=True)
