@@ -158,6 +158,22 @@ def test_score_sequences_restores_training_mode_and_handles_empty(tiny_model):
     assert s_train == pytest.approx(s_eval, abs=1e-5)  # scored in eval mode either way (no dropout)
 
 
+def test_full_path_in_pieces_gives_the_scores_of_one_piece(tiny_model, monkeypatch):
+    """The full path's log-softmax runs a few rows at a time (bounded memory): one row a piece scores the same."""
+    import biasunlearn.scoring as sc
+
+    model, tok = tiny_model
+    seqs, starts = encode_for_scoring(tok, TEXTS)
+    whole, n1 = score_sequences(model, seqs, starts, direct=False)
+    monkeypatch.setattr(sc, "FULL_ELEMENTS", 1)  # one row per piece
+    calls = []
+    real = sc.token_logprobs
+    monkeypatch.setattr(sc, "token_logprobs", lambda lg, ids: calls.append(lg.shape[0]) or real(lg, ids))
+    pieces, n2 = score_sequences(model, seqs, starts, direct=False)
+    assert set(calls) == {1} and len(calls) == len(TEXTS)
+    assert (n1 == n2).all() and pieces == pytest.approx(whole, abs=1e-9)
+
+
 def test_a_model_in_training_is_scored_without_inference_tensors(tiny_model):
     """A model in training mode (a dev check during training) is scored under no_grad, not inference mode: tensors
     made in inference mode from its weights could not be saved for the next backward. A model in eval mode is
