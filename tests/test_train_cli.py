@@ -88,3 +88,43 @@ def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
     assert before["model"]["adapter"] is None and after["model"]["adapter"] == str(out / "adapter")
     assert set(after["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
     assert "StereoSet intrasentence" in capsys.readouterr().out
+
+
+def test_settings_lists_every_biasunlearn_setting_with_its_default(capsys):
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    from biasunlearn.unlearn.config import UnlearnConfig
+
+    assert main(["train", "--settings"]) == 0
+    text = capsys.readouterr().out
+    own = [f for f in fields(UnlearnConfig) if f.name not in TrainingArguments.__dataclass_fields__]
+    assert len(own) > 40
+    for f in own:
+        assert f"  {f.name} (default {f.default!r})\n" in text, f.name
+    assert "  npo_beta (default 0.1)\n      NPO's beta:" in text
+
+
+def test_dry_run_prints_what_the_recipe_and_flags_resolve_to_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "smollm2-cpu", "--dry-run", "--max_steps", "300", "--npo_beta", "2.5"]) == 0
+    got = yaml.safe_load(capsys.readouterr().out)
+    recipe = yaml.safe_load(open(builtin_path("smollm2-cpu")))
+    assert got["max_steps"] == 300 and got["npo_beta"] == 2.5  # the flags win
+    for k, v in recipe.items():
+        if k not in ("max_steps", "npo_beta"):
+            assert got[k] == v, k  # the rest is the recipe
+    assert got["alpha_forget"] == 0.4 and got["output_dir"] == "(none)"
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    # a bad setting is refused as it would be by a real run
+    assert main(["train", "--config", "smollm2-cpu", "--dry-run", "--swap_mode", "sometimes"]) != 0
+    assert "swap_mode='sometimes'" in capsys.readouterr().err
+
+
+def builtin_path(name):
+    from biasunlearn.train_cli import builtin_recipes
+
+    return builtin_recipes()[name]

@@ -78,11 +78,42 @@ def parse_train_config(argv: list[str]):
     return make_config(**kw), resume
 
 
+def settings_text(width: int = 100) -> str:
+    """Every BiasUnlearn setting (UnlearnConfig's own fields; the TrainingArguments ones are transformers') with
+    its default and help, for `biasunlearn train --settings`."""
+    import textwrap
+    from dataclasses import MISSING, fields
+
+    from transformers import TrainingArguments
+
+    from .unlearn.config import DEFAULTS, UnlearnConfig
+
+    lines = ["BiasUnlearn settings (--name value on the command line, or name: value in --config YAML):", ""]
+    for f in fields(UnlearnConfig):
+        if f.name in TrainingArguments.__dataclass_fields__:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  {f.name} (default {default!r})")
+        lines += textwrap.wrap(f.metadata.get("help", ""), width, initial_indent="      ", subsequent_indent="      ")
+    lines += ["", "Optimisation (transformers' TrainingArguments; every one of its fields works too), this tool's "
+              "defaults:", "  " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items())]
+    return "\n".join(lines)
+
+
 def _train_cmd(a, extra) -> int:
     from .unlearn import run_training
 
-    cfg, resume = parse_train_config(extra + (["--out", a.out] if a.out else []) +
-                                     (["--config", a.config] if a.config else []) +
+    if a.settings:
+        print(settings_text())
+        return 0
+    words = extra + (["--config", a.config] if a.config else [])
+    if a.dry_run:
+        import yaml
+
+        cfg, _ = parse_train_config(words + ["--out", a.out or "(none)"])
+        print(yaml.safe_dump({"output_dir": cfg.output_dir, **cfg.method_dict()}, sort_keys=False), end="")
+        return 0
+    cfg, resume = parse_train_config(words + (["--out", a.out] if a.out else []) +
                                      ([f"--resume={a.resume}"] if isinstance(a.resume, str) else
                                       (["--resume"] if a.resume else [])))
     res = run_training(cfg, resume=resume)
@@ -98,10 +129,13 @@ def register(sub) -> None:
     t = sub.add_parser("train", help="debias a model with BiasUnlearn (LoRA); every setting is a flag",
                        description="Train a BiasUnlearn adapter. Any UnlearnConfig / TrainingArguments field is "
                                    "accepted as --name value (e.g. --learning_rate 5e-5 --max_steps 300). "
-                                   "See `python -c 'from biasunlearn.unlearn.config import UnlearnConfig; "
-                                   "help(UnlearnConfig)'` or docs in README.")
+                                   "`--settings` lists them with their defaults; `--dry-run` prints what a "
+                                   "--config and flags resolve to.")
     t.add_argument("--config", default=None,
                    help="YAML file of settings, or a shipped recipe: " + ", ".join(builtin_recipes()))
     t.add_argument("--out", default=None, help="run folder")
     t.add_argument("--resume", nargs="?", const=True, default=None, help="continue the run in --out (or in DIR)")
+    t.add_argument("--settings", action="store_true", help="list every BiasUnlearn setting with its default and help")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the settings that --config and the flags resolve to (YAML), and exit without training")
     t.set_defaults(func=_train_cmd, accepts_extra=True)

@@ -121,7 +121,9 @@ class UnlearnConfig(TrainingArguments):
     alpha_forget: float = _f(0.4, "Weight of the NPO forget loss (alpha_1).")
     alpha_retain: float = _f(0.4, "Weight of the retention cross-entropy (alpha_2); 0 = ablation without it.")
     alpha_kl: float = _f(0.2, "Weight of the forward KL to the original model (alpha_3); 0 = ablation without it.")
-    npo_beta: float = _f(0.1, "NPO beta.")
+    npo_beta: float = _f(0.1, "NPO's beta: the push on a forget sentence is 2*sigmoid(beta*d) times a plain "
+                              "gradient ascent's (d = its log-probability minus the reference's), so it fades over "
+                              "about 1/beta nats below the reference (the paper: 0.1).")
     npo_variant: str = _f("sum", "'sum': one NPO term per example on summed log-probs (the paper); "
                                  "'token_mean': the released code's batch-mean of token-mean NLL.")
     npo_reference: str = _f("model", "What NPO's forget push is measured against: 'model' (the original model's "
