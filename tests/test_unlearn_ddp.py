@@ -47,6 +47,7 @@ def test_a_nan_loss_on_one_process_stops_both(tmp_path, tiny_llama_path, fake_da
            str(Path(__file__).parent / "_ddp_worker.py"), str(tiny_llama_path), str(data), str(out), "0", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0
+    assert (out / "rank0_collapse.txt").exists() and (out / "rank1_collapse.txt").exists(), proc.stderr[-3000:]
     r0 = (out / "rank0_collapse.txt").read_text()
     r1 = (out / "rank1_collapse.txt").read_text()
     assert r1.startswith("loss is nan at step 1 ") and "another process" not in r1

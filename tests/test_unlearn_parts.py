@@ -1093,7 +1093,7 @@ def test_train_exclude_pattern_leaves_out_matching_pairs():
 def test_model_dtype_and_sharding_are_resolved_from_the_settings(tmp_path, monkeypatch):
     """model_dtype auto keeps float32 weights on a CPU (its recipes train them under bf16 autocast) and on a GPU
     without bf16 training; an explicit dtype is kept; a wrong one is refused. FSDP or DeepSpeed, from the arguments
-    or accelerate launch's environment, count as sharded. DDP does not search for unused parameters."""
+    or accelerate launch's environment, count as sharded."""
     from biasunlearn.unlearn.config import make_config
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
@@ -1103,7 +1103,6 @@ def test_model_dtype_and_sharding_are_resolved_from_the_settings(tmp_path, monke
     assert make_config(output_dir=str(tmp_path), use_cpu=True, model_dtype="bfloat16").load_dtype() == "bfloat16"
     with pytest.raises(ConfigError, match="model_dtype='half'"):
         make_config(output_dir=str(tmp_path), use_cpu=True, model_dtype="half")
-    assert cfg.ddp_find_unused_parameters is False
     assert cfg.sharded() is False
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert cfg.sharded() is True
@@ -1130,3 +1129,17 @@ def test_cuda_bf16_counts_only_native_support(monkeypatch, capability, native):
     monkeypatch.setattr(torch.version, "hip", None)
     assert models.cuda_has_native_bf16() is native
     assert models.auto_dtype("cuda") == (torch.bfloat16 if native else torch.float32)
+
+
+@pytest.mark.parametrize("fsdp,deepspeed,stage,sharded", [(False, False, None, False), (True, False, None, True),
+                                                          (False, True, 1, False), (False, True, 2, False),
+                                                          (False, True, 3, True), (False, True, None, True)])
+def test_weights_count_as_sharded_under_fsdp_and_zero3_only(fsdp, deepspeed, stage, sharded):
+    from types import SimpleNamespace
+
+    from biasunlearn.unlearn.trainer import _weights_sharded
+
+    plugin = SimpleNamespace(zero_stage=stage) if deepspeed else None
+    stub = SimpleNamespace(is_fsdp_enabled=fsdp, is_deepspeed_enabled=deepspeed,
+                           accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)))
+    assert _weights_sharded(stub) is sharded

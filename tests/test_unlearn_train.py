@@ -226,6 +226,40 @@ def test_gradient_accumulation_draws_a_new_chunk_for_each_micro_batch(tmp_path, 
     assert not [p.name for p in run.iterdir() if p.name.endswith((".tmp", ".old"))]
 
 
+def test_a_half_done_adapter_replacement_is_undone(tmp_path):
+    """save_adapter renames the old folder aside before the new one takes its place: a process killed in between
+    leaves `best_adapter.old` alone, and recover_folder puts it back; with both present nothing moves."""
+    from biasunlearn.unlearn.trainer import recover_folder
+
+    old = tmp_path / "best_adapter.old"
+    old.mkdir()
+    (old / "dev_check.json").write_text('{"step": 40}')
+    recover_folder(tmp_path / "best_adapter")
+    assert (tmp_path / "best_adapter" / "dev_check.json").read_text() == '{"step": 40}' and not old.exists()
+    old.mkdir()
+    recover_folder(tmp_path / "best_adapter")
+    assert old.exists() and (tmp_path / "best_adapter" / "dev_check.json").exists()
+
+
+def test_resume_names_the_settings_that_changed_since_the_start(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.io import write_json
+    from biasunlearn.unlearn.pipeline import _warn_changed_settings
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data)
+    saved = tmp_path / "config.json"
+    start = json.loads(json.dumps(cfg.method_dict(), default=str))
+    write_json(saved, {"config": start})
+    logs = []
+    _warn_changed_settings(saved, cfg, logs.append)
+    assert logs == []  # the same settings: nothing to say
+    del start["unrelated_max_tokens"]  # a run started before this setting existed
+    write_json(saved, {"config": start})
+    cfg.npo_beta = 0.5
+    _warn_changed_settings(saved, cfg, logs.append)
+    assert logs == ["[resume] warning: these settings differ from the run's start, so it will not continue exactly: "
+                    "npo_beta 0.1 -> 0.5; unrelated_max_tokens '(not a setting then)' -> 256"]
+
+
 def test_dev_lms_collapse_guard(tmp_path, tiny_llama_path, train_data):
     from biasunlearn.unlearn import pipeline, trainer
 

@@ -275,10 +275,7 @@ class UnlearnConfig(TrainingArguments):
 DEFAULTS = dict(learning_rate=5e-5, max_steps=1000, lr_scheduler_type="linear", warmup_steps=0.05, logging_steps=5,
                 save_strategy="steps", save_total_limit=2, report_to="none", remove_unused_columns=False,
                 per_device_train_batch_size=1, dataloader_num_workers=0, optim="adamw_torch", weight_decay=0.0,
-                disable_tqdm=False, seed=42, max_grad_norm=1.0,
-                # every LoRA weight gets a gradient at every step (the reference passes run without one), so DDP
-                # need not search the graph for unused parameters (transformers would, for a PEFT model)
-                ddp_find_unused_parameters=False)
+                disable_tqdm=False, seed=42, max_grad_norm=1.0)
 
 
 def make_config(**overrides) -> UnlearnConfig:

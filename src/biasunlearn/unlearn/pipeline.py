@@ -3,6 +3,7 @@ evaluation before and after on held-out data -> report.md and plots."""
 from __future__ import annotations
 
 import gc
+import json
 import re
 import shutil
 import sys
@@ -24,7 +25,7 @@ from .config import UnlearnConfig
 from .controller import SwapController
 from .generated import load_or_sample
 from .sets import UnlearnSets
-from .trainer import BiasUnlearnTrainer, DevCheckCallback, JsonlLogCallback
+from .trainer import BiasUnlearnTrainer, DevCheckCallback, JsonlLogCallback, recover_folder
 
 
 def _log(msg):
@@ -83,10 +84,14 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     ck = last_checkpoint(out) if resume else None
     if resume and ck is None:
         log(f"[train] --resume: no checkpoint in {out}; starting from scratch")
+    if ck is not None:
+        _warn_changed_settings(out / "config.json", cfg, log)
+        recover_folder(out / "best_adapter")  # a save killed half way (see save_adapter)
     if not resume:
         for stale in ("log.jsonl", "dev_log.jsonl"):
             (out / stale).unlink(missing_ok=True)
-        shutil.rmtree(out / "best_adapter", ignore_errors=True)
+        for stale in ("best_adapter", "best_adapter.old", "best_adapter.tmp"):
+            shutil.rmtree(out / stale, ignore_errors=True)
     # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
     # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
     device = "cpu" if cfg.use_cpu or cfg.sharded() else cfg.device
@@ -191,6 +196,21 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     del trainer, model
     gc.collect()
     return summary
+
+
+def _warn_changed_settings(saved: Path, cfg: UnlearnConfig, log) -> None:
+    """On --resume: the settings that differ from those the run started with (its config.json), logged. A run
+    resumed with other settings does not continue exactly; a setting the run's version did not have is listed with
+    the value it now takes."""
+    try:
+        before = read_json(saved).get("config", {})
+    except (OSError, ValueError):
+        return
+    now = json.loads(json.dumps(cfg.method_dict(), default=str))
+    changed = {k: (before.get(k, "(not a setting then)"), v) for k, v in now.items() if before.get(k) != v}
+    if changed:
+        log("[resume] warning: these settings differ from the run's start, so it will not continue exactly: "
+            + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
 
 
 def _peak_mem_mb() -> float:

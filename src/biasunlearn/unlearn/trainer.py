@@ -86,6 +86,27 @@ def _any_process(flag: bool, device) -> bool:
     return bool(flag)
 
 
+def _weights_sharded(trainer) -> bool:
+    """Whether the engine partitions the weights: FSDP, or DeepSpeed ZeRO stage 3 (stages 1 and 2 partition only
+    the optimizer state and gradients; an unknown stage counts as partitioned)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return False
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    stage = getattr(plugin, "zero_stage", None)
+    return stage is None or int(stage) >= 3
+
+
+def recover_folder(path) -> None:
+    """Finish a replacement that `BiasUnlearnTrainer.save_adapter` left half done: `path` renamed to `path`.old and
+    the process killed before the new folder took its place. The old folder comes back."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if old.exists() and not path.exists():
+        old.rename(path)
+
+
 def _collate(rows):
     return {"step_index": torch.tensor([r["step_index"] for r in rows])}
 
@@ -106,10 +127,10 @@ class BiasUnlearnTrainer(Trainer):
         self._packed: bool | None = None  # pack_sequences, once checked on the first step (_use_packing)
         self.packing_check: dict | None = None
         self._micro = (-1, 0)  # (optimizer step, micro-batch within it): with gradient accumulation each differs
-        # FSDP or DeepSpeed gather the weights inside each forward, collectively: every process must run the same
-        # passes, so the reference log-probs are computed afresh at each step (a cache hits on one process and
-        # misses on another), and reference passes go through the engine's wrapper
-        self.sharded = bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
+        # FSDP and DeepSpeed ZeRO-3 gather the weights inside each forward, collectively: every process must run the
+        # same passes, so the reference log-probs are computed afresh at each step (a cache hits on one process and
+        # misses on another), and reference passes and dev checks go through the engine's wrapper
+        self.sharded = _weights_sharded(self)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a mean over one micro-batch: the Trainer divides
 
     # --- batches ---
@@ -323,9 +344,13 @@ class BiasUnlearnTrainer(Trainer):
         process: under FSDP or DeepSpeed the adapter's weights are sharded, and gathering them takes every process
         (the main process writes)."""
         path = Path(path)
+        # gathered from the shards (FSDP, ZeRO-3): all of the model comes to the main process, so each save costs
+        # the full model's size in host memory there (DeepSpeed ZeRO-3 needs
+        # stage3_gather_16bit_weights_on_model_save)
         state = self.accelerator.get_state_dict(self.model_wrapped) if self.sharded else None
         if not self.is_world_process_zero():
             return
+        recover_folder(path)
         tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
         for p in (tmp, old):
             shutil.rmtree(p, ignore_errors=True)
@@ -363,8 +388,10 @@ class DevCheckCallback(TrainerCallback):
         # the dev check computes in the precision training does; under FSDP or DeepSpeed it goes through the engine's
         # wrapper (scoring's shortcut calls the decoder inside it directly, which would skip the weight gathering)
         half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+        # callbacks are handed the model the Trainer was built with, not the engine's wrapper around it
+        scored = self.trainer.model_wrapped if self.trainer.sharded else model
         with torch.autocast(model_device(model).type, dtype=half or torch.bfloat16, enabled=half is not None):
-            recs = stereoset_records(model, self.trainer.tok, self.dev,
+            recs = stereoset_records(scored, self.trainer.tok, self.dev,
                                      **({"direct": False} if self.trainer.sharded else {}))
         m = stereoset_scores(recs)
         ss = {b: v["SS"] for b, v in m.items() if b != "overall"}
