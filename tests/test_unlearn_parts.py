@@ -1143,3 +1143,42 @@ def test_weights_count_as_sharded_under_fsdp_and_zero3_only(fsdp, deepspeed, sta
     stub = SimpleNamespace(is_fsdp_enabled=fsdp, is_deepspeed_enabled=deepspeed,
                            accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)))
     assert _weights_sharded(stub) is sharded
+
+
+def test_lora_stays_out_of_a_vision_encoder():
+    """A multimodal checkpoint loaded as a causal LM holds a vision encoder beside its text decoder: LoRA targets are
+    found in the decoder only, and layers of the same name in the encoder (which text never reaches, so DDP would
+    wait for their gradients) are excluded."""
+    from types import SimpleNamespace
+
+    from peft import inject_adapter_in_model
+
+    from biasunlearn.adapters import find_lora_targets, lora_config, modules_outside_decoder
+
+    def block(*names):
+        return torch.nn.ModuleDict({n: torch.nn.Linear(4, 4) for n in names})
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision = torch.nn.ModuleList([block("q_proj", "fc1")])
+            self.language = torch.nn.Module()
+            self.language.layers = torch.nn.ModuleList([block("q_proj", "up_proj"), block("q_proj", "up_proj")])
+            self.lm_head = torch.nn.Linear(4, 8)
+
+        def get_decoder(self):
+            return self.language
+
+    toy = Toy()
+    assert find_lora_targets(toy) == ["q_proj", "up_proj"]
+    assert modules_outside_decoder(toy, ["q_proj", "up_proj"]) == ["vision.0.q_proj"]
+    lcfg = lora_config(toy, SimpleNamespace(lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_targets="auto"))
+    assert sorted(lcfg.target_modules) == ["q_proj", "up_proj"] and list(lcfg.exclude_modules) == ["vision.0.q_proj"]
+    lcfg.task_type = None
+    inject_adapter_in_model(lcfg, toy)
+    adapted = sorted(n.removesuffix(".lora_A") for n, _ in toy.named_modules() if n.endswith(".lora_A"))
+    assert adapted == [f"language.layers.{i}.{p}" for i in (0, 1) for p in ("q_proj", "up_proj")]
+    # a plain causal LM: nothing is outside its decoder
+    plain = Toy()
+    plain.vision = torch.nn.ModuleList()
+    assert modules_outside_decoder(plain, ["q_proj", "up_proj"]) == []

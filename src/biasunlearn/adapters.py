@@ -10,16 +10,42 @@ from .errors import ConfigError, ModelLoadError
 from .io import comma_list
 
 
+def text_decoder(model):
+    """The part of `model` that reads text: its decoder (`get_decoder()`) where it has one, else the model. A
+    multimodal checkpoint loaded as a causal LM (Gemma 3 from 4B on, Llava, ...) also holds a vision encoder whose
+    layers a text-only forward never uses."""
+    get = getattr(model, "get_decoder", None)
+    if callable(get):
+        try:
+            dec = get()
+        except (AttributeError, NotImplementedError, TypeError):
+            dec = None
+        if isinstance(dec, torch.nn.Module):
+            return dec
+    return model
+
+
+def modules_outside_decoder(model, targets) -> list[str]:
+    """Full names of the linear layers named like one of `targets` that sit outside the text decoder (a vision
+    encoder's q_proj, ...): LoRA leaves them out, as they would get no gradient from text."""
+    from transformers.pytorch_utils import Conv1D
+
+    inside = {id(m) for m in text_decoder(model).modules()}
+    names = set(targets)
+    return sorted(n for n, m in model.named_modules()
+                  if isinstance(m, (torch.nn.Linear, Conv1D)) and n.split(".")[-1] in names and id(m) not in inside)
+
+
 def find_lora_targets(model) -> list[str]:
     """Names (last path component) of every linear layer inside the transformer blocks: attention and MLP.
 
     Found from the model itself, not from a table of model names: any nn.Linear (or GPT-2's Conv1D) that sits
-    inside a repeated block (a ModuleList) and is not the output head.
+    inside a repeated block (a ModuleList) of the text decoder (`text_decoder`) and is not the output head.
     """
     from transformers.pytorch_utils import Conv1D
 
     names = set()
-    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    blocks = [m for m in text_decoder(model).modules() if isinstance(m, torch.nn.ModuleList)]
     for ml in blocks:
         for name, mod in ml.named_modules():
             if isinstance(mod, (torch.nn.Linear, Conv1D)):
@@ -45,6 +71,18 @@ def resolve_lora_targets(model, spec: str) -> list[str]:
         raise ConfigError(f"lora_targets: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a linear "
                           f"layer of this model's blocks; {has}")
     return targets
+
+
+def lora_config(model, cfg):
+    """The LoraConfig of a training config (`lora_r`, `lora_alpha`, `lora_dropout`, `lora_targets`) on `model`: the
+    one BiasUnlearn and the baselines train, so their adapters match. Layers named like a target but outside the
+    text decoder (a multimodal checkpoint's vision encoder) are left out."""
+    from peft import LoraConfig
+
+    targets = resolve_lora_targets(model, cfg.lora_targets)
+    outside = modules_outside_decoder(model, targets)
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+                      task_type="CAUSAL_LM", bias="none", **({"exclude_modules": outside} if outside else {}))
 
 
 def adapter_mismatches(model, adapter_dir) -> list[str]:

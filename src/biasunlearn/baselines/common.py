@@ -43,18 +43,6 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def lora_config(model, cfg):
-    """The LoraConfig `biasunlearn.unlearn.pipeline.prepare_lora` builds (same targets, rank, alpha, dropout), for
-    trainers that wrap the model themselves (TRL's DPOTrainer takes a `peft_config`)."""
-    from peft import LoraConfig
-
-    from ..adapters import resolve_lora_targets
-
-    targets = resolve_lora_targets(model, cfg.lora_targets)
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                      task_type="CAUSAL_LM", bias="none")
-
-
 def load_splits(cfg):
     """The train/dev split of the config (the SAME call BiasUnlearn's pipeline makes) and the held-out test set,
     checked for overlap with the train pool."""

@@ -19,7 +19,8 @@ from ..data.stereoset import split_x_y
 from ..errors import ConfigError
 from ..models import start_token_id
 from ..io import write_json
-from .common import DevSSCallback, LoraFineTune, _log, lora_config, training_arguments
+from ..adapters import lora_config
+from .common import DevSSCallback, LoraFineTune, _log, training_arguments
 
 
 def preference_pairs(train) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import resolve_lora_targets
+from ..adapters import lora_config
 from ..data import data_dir, load_stereoset, load_text_lines
 from ..data.splits import coarse_dev_types, overlap_report, splits_for
 from ..errors import BiasUnlearnError, ConfigError, DataError
@@ -39,12 +39,9 @@ def last_checkpoint(out: Path) -> Path | None:
 
 
 def prepare_lora(model, cfg: UnlearnConfig):
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    targets = resolve_lora_targets(model, cfg.lora_targets)
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                      task_type="CAUSAL_LM", bias="none")
-    model = get_peft_model(model, lcfg)
+    model = get_peft_model(model, lora_config(model, cfg))
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
