@@ -801,3 +801,31 @@ def test_stop_at_step_keeps_that_steps_adapter_and_the_full_schedule(tmp_path, t
     assert [json.loads(x)["step"] for x in (run / "dev_log.jsonl").read_text().splitlines()] == [0, 2, 4]
     with pytest.raises(ConfigError, match=r"stop_at_step=7: must be 0 \(off\) or between 1 and max_steps \(6\)"):
         _cfg(tmp_path / "bad", tiny_llama_path, train_data, max_steps=6, stop_at_step=7)
+
+
+def test_a_multimodal_checkpoint_trains_its_text_decoder_only(tmp_path, tiny_llama_path, train_data):
+    """A Gemma-3-style checkpoint (text decoder + vision encoder, loaded by AutoModelForCausalLM as
+    Gemma3ForConditionalGeneration) trains end to end, and its adapter holds LoRA on the decoder's layers only."""
+    from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
+
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_path)
+    v = len(tok) + 8
+    mcfg = Gemma3Config(
+        text_config=dict(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=64,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, image_token_index=v - 1, boi_token_index=v - 3, eoi_token_index=v - 2)
+    torch.manual_seed(0)
+    path = tmp_path / "mm"
+    Gemma3ForConditionalGeneration(mcfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    cfg = _cfg(tmp_path, path, train_data, max_steps=2, eval_every=1)
+    assert train_adapter(cfg, log=lambda s: None)["steps"] == 2
+    keys = list(_lora(tmp_path / "run" / "final_adapter"))
+    assert keys and not [k for k in keys if "vision" in k]
+    layers = {k.split(".layers.")[1].split(".")[0] for k in keys}
+    assert layers == {"0", "1"} and any(".q_proj." in k for k in keys) and any(".up_proj." in k for k in keys)
