@@ -296,7 +296,7 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
 _SHARED_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> shared-prompt path verified
 
 
-def _forward_params(model) -> set:
+def forward_params(model) -> set:
     """Parameter names of the underlying transformers model's forward (through a PEFT wrapper)."""
     import inspect
 
@@ -310,7 +310,7 @@ def _forward_params(model) -> set:
 def _shared_batch(model, names: set, prompts, conts, k: int, pad_id: int, device):
     """Sums and counts for one batch of prompts with k continuations each: the prompts run once (left-padded, explicit
     positions), their key/value cache is repeated k times, and the continuations run on it. `names`: the model's
-    forward parameters (`_forward_params`)."""
+    forward parameters (`forward_params`)."""
     B = len(prompts)
     P = max(len(p) for p in prompts)
     ids = torch.full((B, P), pad_id, dtype=torch.long)
@@ -373,7 +373,7 @@ def score_shared_prefix(model, prompts: Sequence[Sequence[int]], conts: Sequence
     # a batch's cost: its prompts once plus k continuations each
     cost = [len(prompts[i]) + sum(len(conts[i * k + j]) for j in range(k)) for i in range(len(prompts))]
     batches = length_batches(cost, max_tokens * k, max_batch)
-    names = _forward_params(model)
+    names = forward_params(model)
     with _scoring(model, n, progress) as bar:
         for b, idx in enumerate(batches):
             rows = [i * k + j for i in idx for j in range(k)]

@@ -22,7 +22,7 @@ from ..io import write_json
 from ..metrics import mean_margins as dev_margins  # one name here, so a test can stand in for it
 from ..metrics import ss_standard_error, stereoset_scores
 from ..models import start_token_id
-from ..scoring import model_device, pack_batch, pad_batch, score_mask
+from ..scoring import forward_params, model_device, pack_batch, pad_batch, score_mask
 from .controller import SwapController
 from .losses import forward_kl_rows, npo_loss, npo_loss_token_mean, retention_loss, twin_margins
 from .sets import Item, UnlearnSets
@@ -132,6 +132,10 @@ class BiasUnlearnTrainer(Trainer):
         # misses on another), and reference passes and dev checks go through the engine's wrapper
         self.sharded = _weights_sharded(self)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a mean over one micro-batch: the Trainer divides
+        # a multimodal model (Gemma 3 from 4B on) asks in training for token types that mark image tokens: all text
+        inner = self.accelerator.unwrap_model(self.model)
+        self._token_types = (getattr(getattr(inner, "config", None), "vision_config", None) is not None
+                             and "token_type_ids" in forward_params(inner))
 
     # --- batches ---
     def _encode(self, item: Item) -> tuple[list[int], int, int]:
@@ -168,10 +172,14 @@ class BiasUnlearnTrainer(Trainer):
         if packed:
             pk = pack_batch(seqs, pad, device)
             ids, index = pk.ids, pk.index
-            out = forward(input_ids=ids, position_ids=pk.positions, use_cache=False)
+            kw = {"position_ids": pk.positions}
         else:
             ids, attn = pad_batch(seqs, pad, device)
-            out = forward(input_ids=ids, attention_mask=attn, use_cache=False)
+            kw = {"attention_mask": attn}
+        if getattr(self, "_token_types", False):
+            kw["token_type_ids"] = torch.zeros_like(ids)
+        out = forward(input_ids=ids, use_cache=False, **kw)
+        if not packed:
             index = torch.arange(ids.numel(), device=device).view_as(ids)[:, :-1]
         scored, real = self._masks(enc, index.shape[1] + 1, device)
         sb = StepBatch(out, ids, scored, real, index)
