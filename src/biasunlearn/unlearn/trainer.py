@@ -261,7 +261,7 @@ class BiasUnlearnTrainer(Trainer):
 
         unwrapped = self.accelerator.unwrap_model(model)
         # Reference passes (adapter off, no gradient) run the inner model as they are, except under FSDP or
-        # DeepSpeed, whose wrapper must run to gather the weights. Under DDP the wrapper would sync buffers at each
+        # DeepSpeed ZeRO-3, whose wrapper must run to gather the weights. Under DDP the wrapper would sync buffers at each
         # pass, a collective that processes reach a different number of times (the reference cache).
         ref_model = model if self.sharded else unwrapped
         f = sl["forget"]
@@ -328,7 +328,7 @@ class BiasUnlearnTrainer(Trainer):
     def _ref_logp(self, model, items, device, per_token: int = 0):
         """Reference log-probs of fixed items (forget, and retain with retain_floor), cached per item: the
         per-sequence sums over scored tokens [N], or with `per_token` = W (token_mean NPO) the per-token values
-        [N, W] (zero-padded). Sharded (FSDP, DeepSpeed): computed afresh, never cached (see __init__)."""
+        [N, W] (zero-padded). Sharded (FSDP, ZeRO-3): computed afresh, never cached (see __init__)."""
         if self.sharded:
             self._ref_cache = {}
         missing = [it for it in items if it.key not in self._ref_cache]
@@ -348,9 +348,9 @@ class BiasUnlearnTrainer(Trainer):
 
     def save_adapter(self, path, extra: dict | None = None) -> None:
         """Write the LoRA adapter (and `extra` {file name: JSON object}) to the folder `path`, replacing it whole:
-        written beside it first, then renamed, so a crash leaves the old folder or the new one. Call it on every
-        process: under FSDP or DeepSpeed the adapter's weights are sharded, and gathering them takes every process
-        (the main process writes)."""
+        written beside it first, then renamed; a crash between the two renames leaves `path`.old, which
+        `recover_folder` (on --resume) puts back. Call it on every process: under FSDP or ZeRO-3 the adapter's
+        weights are sharded, and gathering them takes every process (the main process writes)."""
         path = Path(path)
         # gathered from the shards (FSDP, ZeRO-3): all of the model comes to the main process, so each save costs
         # the full model's size in host memory there (DeepSpeed ZeRO-3 needs
@@ -393,7 +393,7 @@ class DevCheckCallback(TrainerCallback):
 
     def _dev_check(self, model, step):
         args = self.trainer.args
-        # the dev check computes in the precision training does; under FSDP or DeepSpeed it goes through the engine's
+        # the dev check computes in the precision training does; under FSDP or ZeRO-3 it goes through the engine's
         # wrapper (scoring's shortcut calls the decoder inside it directly, which would skip the weight gathering)
         half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
         # callbacks are handed the model the Trainer was built with, not the engine's wrapper around it
