@@ -1182,3 +1182,31 @@ def test_lora_stays_out_of_a_vision_encoder():
     plain = Toy()
     plain.vision = torch.nn.ModuleList()
     assert modules_outside_decoder(plain, ["q_proj", "up_proj"]) == []
+
+
+def test_glibc_malloc_tuning_sets_what_the_environment_does_not(monkeypatch):
+    import ctypes
+
+    from biasunlearn import models
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(k, raising=False)
+    assert models.tune_glibc_malloc() is True
+    assert calls == [(-4, 0), (-1, 2 ** 31 - 1), (-2, 2 ** 30)]  # M_MMAP_MAX, M_TRIM_THRESHOLD, M_TOP_PAD
+    calls.clear()
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")  # the user's own setting wins
+    assert models.tune_glibc_malloc() is True and calls == [(-1, 2 ** 31 - 1), (-2, 2 ** 30)]
+
+    def no_glibc(name):
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_glibc)  # e.g. macOS or musl
+    assert models.tune_glibc_malloc() is False

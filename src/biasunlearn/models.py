@@ -129,6 +129,31 @@ def cuda_has_native_bf16(device=None) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def tune_glibc_malloc() -> bool:
+    """Make glibc's malloc keep freed memory for reuse: large blocks come from the heap instead of fresh mappings,
+    and the heap is not trimmed back at each free (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD and M_TOP_PAD high). A
+    training step allocates and frees tensors of hundreds of MB; by default each is a new mapping, zeroed page by
+    page by the kernel. The settings an environment variable already gives (MALLOC_MMAP_MAX_,
+    MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_) are left as they are. Returns whether anything was set (False off
+    glibc)."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
+    done = False
+    for env, param, value in (("MALLOC_MMAP_MAX_", m_mmap_max, 0),
+                              ("MALLOC_TRIM_THRESHOLD_", m_trim_threshold, 2 ** 31 - 1),
+                              ("MALLOC_TOP_PAD_", m_top_pad, 2 ** 30)):
+        if env not in os.environ:
+            done = bool(mallopt(param, value)) or done
+    return done
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -31,6 +31,13 @@ class UnlearnConfig(TrainingArguments):
                                   "or auto (bfloat16 when training runs in bf16 on a GPU, where the frozen weights "
                                   "then take half the memory; float32 elsewhere, as on a CPU, whose recipes train "
                                   "float32 weights under bf16 autocast). The LoRA weights are float32 either way.")
+    cpu_malloc_tuning: bool = _f(True, "Training on a CPU with glibc (Linux): keep freed memory for reuse instead of "
+                                       "returning it to the system at every step (mallopt: no mmap for large blocks, "
+                                       "a high trim threshold), so the large tensors of each step are not mapped and "
+                                       "unmapped anew. SmolLM2's first 10 steps ran 1.15 to 1.4 times faster here "
+                                       "for 1.2 times the peak memory (BENCHMARKS.md, session 25). The environment "
+                                       "variables MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_ and MALLOC_TOP_PAD_, if "
+                                       "set, win.")
     data_dir: str | None = _f(None, "Benchmark data folder (default: $BIASUNLEARN_DATA or ../shared/data).")
     train_pool: str = _f("stereoset/zjunlp__BiasEdit/dev.json,stereoset/zjunlp__EditBias/dev.json",
                          "Comma-separated StereoSet files (relative to data_dir) forming the train pool. The defaults "

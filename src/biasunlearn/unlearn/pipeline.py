@@ -19,7 +19,7 @@ from ..data.splits import coarse_dev_types, overlap_report, splits_for
 from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import STEREOSET_SCORES, EvalConfig, evaluate_model, package_versions, read_stereoset_predictions
 from ..io import atomic_write_text, comma_list, read_json, write_json
-from ..models import load_model, machine_info
+from ..models import load_model, machine_info, tune_glibc_malloc
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig
 from .controller import SwapController
@@ -89,6 +89,8 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
             (out / stale).unlink(missing_ok=True)
         for stale in ("best_adapter", "best_adapter.old", "best_adapter.tmp"):
             shutil.rmtree(out / stale, ignore_errors=True)
+    if cfg.cpu_malloc_tuning and (cfg.use_cpu or cfg.device.type == "cpu") and tune_glibc_malloc():
+        log("[train] glibc malloc set to keep freed memory for reuse (cpu_malloc_tuning)")
     # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
     # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
     device = "cpu" if cfg.use_cpu or cfg.sharded() else cfg.device
