@@ -34,7 +34,7 @@ class UnlearnConfig(TrainingArguments):
     cpu_malloc_tuning: bool = _f(True, "Training on a CPU with glibc (Linux): keep freed memory for reuse instead of "
                                        "returning it to the system at every step (mallopt: no mmap for large blocks, "
                                        "a high trim threshold), so the large tensors of each step are not mapped and "
-                                       "unmapped anew. SmolLM2's first 10 steps ran 1.15 to 1.4 times faster here "
+                                       "unmapped anew. SmolLM2's first 10 steps ran 1.06 and 1.21 times faster here "
                                        "for 1.2 times the peak memory (BENCHMARKS.md, session 25). The environment "
                                        "variables MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_ and MALLOC_TOP_PAD_, if "
                                        "set, win.")
