@@ -5,6 +5,7 @@
 # peak resident memory of each. The losses logged at steps 5 and 10 must be the same in every run.
 #   bash bench/bench_malloc.sh [MODEL] [RECIPE] [ROUNDS] [KL_TEXTS]
 # KL_TEXTS: a run's generated_unrelated.jsonl to reuse (the same texts for every run, and no sampling time).
+# Needs GNU time at /usr/bin/time and bash 4.4 or later.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-smollm2-135m}"; RECIPE="${2:-smollm2-cpu}"; ROUNDS="${3:-2}"; KL="${4:-}"

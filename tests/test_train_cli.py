@@ -119,6 +119,14 @@ def test_dry_run_prints_what_the_recipe_and_flags_resolve_to_and_trains_nothing(
             assert got[k] == v, k  # the rest is the recipe
     assert got["alpha_forget"] == 0.4 and got["output_dir"] == "(none)"
     assert list(tmp_path.iterdir()) == []  # nothing written
+    # the run folder a real run would use: from --out, else from the YAML
+    y = tmp_path / "c.yaml"
+    y.write_text("output_dir: runs/from-yaml\nmax_steps: 7\n")
+    assert main(["train", "--config", str(y), "--dry-run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["output_dir"] == "runs/from-yaml"
+    assert main(["train", "--config", str(y), "--out", "runs/x", "--dry-run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["output_dir"] == "runs/x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # still nothing written
     # a bad setting is refused as it would be by a real run
     assert main(["train", "--config", "smollm2-cpu", "--dry-run", "--swap_mode", "sometimes"]) != 0
     assert "swap_mode='sometimes'" in capsys.readouterr().err

@@ -1158,30 +1158,38 @@ def test_lora_stays_out_of_a_vision_encoder():
     def block(*names):
         return torch.nn.ModuleDict({n: torch.nn.Linear(4, 4) for n in names})
 
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
     class Toy(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.vision = torch.nn.ModuleList([block("q_proj", "fc1")])
+            self.vision[0]["k_proj"] = Wrapped()  # a class of the model's own around a linear (as Gemma 4's)
             self.language = torch.nn.Module()
-            self.language.layers = torch.nn.ModuleList([block("q_proj", "up_proj"), block("q_proj", "up_proj")])
+            self.language.layers = torch.nn.ModuleList([block("q_proj", "k_proj", "up_proj"),
+                                                        block("q_proj", "k_proj", "up_proj")])
             self.lm_head = torch.nn.Linear(4, 8)
 
         def get_decoder(self):
             return self.language
 
     toy = Toy()
-    assert find_lora_targets(toy) == ["q_proj", "up_proj"]
-    assert modules_outside_decoder(toy, ["q_proj", "up_proj"]) == ["vision.0.q_proj"]
+    assert find_lora_targets(toy) == ["k_proj", "q_proj", "up_proj"]
+    outside = ["vision.0.k_proj", "vision.0.q_proj"]
+    assert modules_outside_decoder(toy, ["k_proj", "q_proj", "up_proj"]) == outside
     lcfg = lora_config(toy, SimpleNamespace(lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_targets="auto"))
-    assert sorted(lcfg.target_modules) == ["q_proj", "up_proj"] and list(lcfg.exclude_modules) == ["vision.0.q_proj"]
+    assert sorted(lcfg.target_modules) == ["k_proj", "q_proj", "up_proj"] and sorted(lcfg.exclude_modules) == outside
     lcfg.task_type = None
     inject_adapter_in_model(lcfg, toy)
     adapted = sorted(n.removesuffix(".lora_A") for n, _ in toy.named_modules() if n.endswith(".lora_A"))
-    assert adapted == [f"language.layers.{i}.{p}" for i in (0, 1) for p in ("q_proj", "up_proj")]
+    assert adapted == [f"language.layers.{i}.{p}" for i in (0, 1) for p in ("k_proj", "q_proj", "up_proj")]
     # a plain causal LM: nothing is outside its decoder
     plain = Toy()
     plain.vision = torch.nn.ModuleList()
-    assert modules_outside_decoder(plain, ["q_proj", "up_proj"]) == []
+    assert modules_outside_decoder(plain, ["k_proj", "q_proj", "up_proj"]) == []
 
 
 def test_glibc_malloc_tuning_sets_what_the_environment_does_not(monkeypatch):

@@ -255,6 +255,7 @@ def test_resume_names_the_settings_that_changed_since_the_start(tmp_path, tiny_l
     del start["unrelated_max_tokens"]  # a run started before this setting existed
     write_json(saved, {"config": start})
     cfg.npo_beta = 0.5
+    cfg.cpu_malloc_tuning = not cfg.cpu_malloc_tuning  # speed and memory only: not named
     _warn_changed_settings(saved, cfg, logs.append)
     assert logs == ["[resume] warning: these settings differ from the run's start, so it will not continue exactly: "
                     "npo_beta 0.1 -> 0.5; unrelated_max_tokens '(not a setting then)' -> 256"]
@@ -829,3 +830,10 @@ def test_a_multimodal_checkpoint_trains_its_text_decoder_only(tmp_path, tiny_lla
     assert keys and not [k for k in keys if "vision" in k]
     layers = {k.split(".layers.")[1].split(".")[0] for k in keys}
     assert layers == {"0", "1"} and any(".q_proj." in k for k in keys) and any(".up_proj." in k for k in keys)
+    # the adapter fits its model for transfer and export: the excluded vision layers are not "targeted but missing"
+    from transformers import AutoModelForCausalLM
+
+    from biasunlearn.deploy import fit_problems
+
+    fresh = AutoModelForCausalLM.from_pretrained(path)
+    assert fit_problems(fresh, tmp_path / "run" / "final_adapter") == []

@@ -26,14 +26,13 @@ def text_decoder(model):
 
 
 def modules_outside_decoder(model, targets) -> list[str]:
-    """Full names of the linear layers named like one of `targets` that sit outside the text decoder (a vision
-    encoder's q_proj, ...): LoRA leaves them out, as they would get no gradient from text."""
-    from transformers.pytorch_utils import Conv1D
-
+    """Full names of the modules named like one of `targets` that sit outside the text decoder (a vision encoder's
+    q_proj, ...): LoRA leaves them out, as they would get no gradient from text. Any module type counts, as PEFT
+    matches target names on any module (Gemma 4 wraps its vision layers' linears in a class of its own, which LoRA
+    would refuse)."""
     inside = {id(m) for m in text_decoder(model).modules()}
     names = set(targets)
-    return sorted(n for n, m in model.named_modules()
-                  if isinstance(m, (torch.nn.Linear, Conv1D)) and n.split(".")[-1] in names and id(m) not in inside)
+    return sorted(n for n, m in model.named_modules() if n.split(".")[-1] in names and id(m) not in inside)
 
 
 def find_lora_targets(model) -> list[str]:

@@ -103,15 +103,19 @@ def _untargeted(model, adapter_dir) -> list[str]:
     have = {k.removeprefix("base_model.model.").split(".lora_")[0] for k in _adapter_keys(adapter_dir)}
     if not have:
         return []
+    def matches(spec, name) -> bool:  # PEFT's rule: a string is a regular expression on the whole name
+        if not spec:
+            return False
+        if isinstance(spec, str):
+            return re.fullmatch(spec, name) is not None
+        return any(name == t or name.endswith("." + t) for t in spec)
+
+    excluded = cfg.get("exclude_modules")  # e.g. a multimodal checkpoint's vision layers (adapters.lora_config)
     out = []
     for name, mod in model.named_modules():
         if not name or not hasattr(mod, "weight") or list(mod.children()):
             continue
-        if isinstance(targets, str):
-            hit = re.fullmatch(targets, name) is not None
-        else:
-            hit = any(name == t or name.endswith("." + t) for t in targets)
-        if hit and name not in have:
+        if matches(targets, name) and not matches(excluded, name) and name not in have:
             out.append(f"module {name}: targeted by the adapter config (target_modules) but the adapter has no "
                        "weights for it")
     return out
@@ -493,7 +497,7 @@ def _kv_table(obj, max_rows: int = 80) -> list[str]:
     return lines
 
 
-LORA_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_dora", "use_rslora",
+LORA_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "bias", "use_dora", "use_rslora",
              "modules_to_save", "base_model_name_or_path")
 
 

@@ -106,16 +106,20 @@ def _train_cmd(a, extra) -> int:
     if a.settings:
         print(settings_text())
         return 0
-    words = extra + (["--config", a.config] if a.config else [])
+    words = extra + (["--config", a.config] if a.config else []) + (["--out", a.out] if a.out else []) + \
+        ([f"--resume={a.resume}"] if isinstance(a.resume, str) else (["--resume"] if a.resume else []))
     if a.dry_run:
         import yaml
 
-        cfg, _ = parse_train_config(words + ["--out", a.out or "(none)"])
+        try:
+            cfg, _ = parse_train_config(words)
+        except ConfigError as e:  # no run folder named anywhere: fine for a look at the settings
+            if not str(e).startswith("train needs --out"):
+                raise
+            cfg, _ = parse_train_config(words + ["--out", "(none)"])
         print(yaml.safe_dump({"output_dir": cfg.output_dir, **cfg.method_dict()}, sort_keys=False), end="")
         return 0
-    cfg, resume = parse_train_config(words + (["--out", a.out] if a.out else []) +
-                                     ([f"--resume={a.resume}"] if isinstance(a.resume, str) else
-                                      (["--resume"] if a.resume else [])))
+    cfg, resume = parse_train_config(words)
     res = run_training(cfg, resume=resume)
     if "after" in res:
         from .report import eval_markdown

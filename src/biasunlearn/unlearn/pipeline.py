@@ -197,6 +197,11 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     return summary
 
 
+# settings that change nothing a resumed run computes (speed, memory, what is read afterwards)
+RESUME_NEUTRAL = {"cpu_malloc_tuning", "skip_final_eval", "eval_benchmarks", "eval_bbq_per_category",
+                  "eval_intersentence", "eval_dtype", "data_dir"}
+
+
 def _warn_changed_settings(saved: Path, cfg: UnlearnConfig, log) -> None:
     """On --resume: the settings that differ from those the run started with (its config.json), logged. A run
     resumed with other settings does not continue exactly; a setting the run's version did not have is listed with
@@ -206,7 +211,8 @@ def _warn_changed_settings(saved: Path, cfg: UnlearnConfig, log) -> None:
     except (OSError, ValueError):
         return
     now = json.loads(json.dumps(cfg.method_dict(), default=str))
-    changed = {k: (before.get(k, "(not a setting then)"), v) for k, v in now.items() if before.get(k) != v}
+    changed = {k: (before.get(k, "(not a setting then)"), v) for k, v in now.items()
+               if before.get(k) != v and k not in RESUME_NEUTRAL}
     if changed:
         log("[resume] warning: these settings differ from the run's start, so it will not continue exactly: "
             + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))

@@ -76,6 +76,10 @@ class StepBatch:
         return self.logits_at(self.rows(sl)[0])
 
 
+# model types whose training forward wants token_type_ids, with 0 meaning a text token
+TEXT_TOKEN_TYPE_ZERO = ("gemma3",)
+
+
 def _any_process(flag: bool, device) -> bool:
     """`flag` or'ed over every process of a distributed run (one all-reduce); `flag` itself in a single process."""
     dist = torch.distributed
@@ -132,9 +136,10 @@ class BiasUnlearnTrainer(Trainer):
         # misses on another), and reference passes and dev checks go through the engine's wrapper
         self.sharded = _weights_sharded(self)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a mean over one micro-batch: the Trainer divides
-        # a multimodal model (Gemma 3 from 4B on) asks in training for token types that mark image tokens: all text
+        # Gemma 3's multimodal model (4B on) asks in training for token types that mark image tokens: 0, all text.
+        # Only there: in other models 0 can mean something else (PaliGemma's bidirectional prefix).
         inner = self.accelerator.unwrap_model(self.model)
-        self._token_types = (getattr(getattr(inner, "config", None), "vision_config", None) is not None
+        self._token_types = (getattr(getattr(inner, "config", None), "model_type", None) in TEXT_TOKEN_TYPE_ZERO
                              and "token_type_ids" in forward_params(inner))
 
     # --- batches ---
