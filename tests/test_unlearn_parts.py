@@ -1093,7 +1093,7 @@ def test_train_exclude_pattern_leaves_out_matching_pairs():
 def test_model_dtype_and_sharding_are_resolved_from_the_settings(tmp_path, monkeypatch):
     """model_dtype auto keeps float32 weights on a CPU (its recipes train them under bf16 autocast) and on a GPU
     without bf16 training; an explicit dtype is kept; a wrong one is refused. FSDP or DeepSpeed, from the arguments
-    or accelerate launch's environment, count as sharded."""
+    or accelerate launch's environment, place the model themselves."""
     from biasunlearn.unlearn.config import make_config
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
@@ -1103,11 +1103,11 @@ def test_model_dtype_and_sharding_are_resolved_from_the_settings(tmp_path, monke
     assert make_config(output_dir=str(tmp_path), use_cpu=True, model_dtype="bfloat16").load_dtype() == "bfloat16"
     with pytest.raises(ConfigError, match="model_dtype='half'"):
         make_config(output_dir=str(tmp_path), use_cpu=True, model_dtype="half")
-    assert cfg.sharded() is False
+    assert cfg.engine_places_model() is False
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert cfg.sharded() is True
+    assert cfg.engine_places_model() is True
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
-    assert cfg.sharded() is False
+    assert cfg.engine_places_model() is False
     # on a (pretend) GPU, bf16 training loads bfloat16 weights
     gpu = make_config(output_dir=str(tmp_path), use_cpu=True, bf16=True)
     gpu.use_cpu = False

@@ -103,6 +103,7 @@ def _untargeted(model, adapter_dir) -> list[str]:
     have = {k.removeprefix("base_model.model.").split(".lora_")[0] for k in _adapter_keys(adapter_dir)}
     if not have:
         return []
+
     def matches(spec, name) -> bool:  # PEFT's rule: a string is a regular expression on the whole name
         if not spec:
             return False
@@ -497,8 +498,8 @@ def _kv_table(obj, max_rows: int = 80) -> list[str]:
     return lines
 
 
-LORA_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "bias", "use_dora", "use_rslora",
-             "modules_to_save", "base_model_name_or_path")
+LORA_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "bias", "use_dora",
+             "use_rslora", "modules_to_save", "base_model_name_or_path")
 
 
 def _eval_data_rows(docs: list[dict]) -> list[str]:

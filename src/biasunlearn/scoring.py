@@ -203,12 +203,11 @@ def split_head(model):
 FULL_ELEMENTS = 2 ** 27  # logits per float32 log-softmax piece on the full path (512 MB)
 
 
-def _batch_full(model, ids, attn, m, max_elements: int | None = None):
-    max_elements = FULL_ELEMENTS if max_elements is None else max_elements
+def _batch_full(model, ids, attn, m):
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
     # a few rows at a time, so the float32 copy and the log-softmax's temporaries stay bounded (a 256k vocabulary
     # at a GPU's 8192-token budget would be 8 GB each)
-    rows = max(1, max_elements // max(1, logits.shape[1] * logits.shape[2]))
+    rows = max(1, FULL_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
     lp = torch.cat([token_logprobs(logits[a:a + rows], ids[a:a + rows]) for a in range(0, ids.shape[0], rows)])
     del logits
     return (lp * m).sum(1).double()

@@ -212,8 +212,8 @@ class UnlearnConfig(TrainingArguments):
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")
-        for name in ("unrelated_max_tokens", "swap_margin", "swap_margin_nats", "retain_floor_margin", "neutral_anchor_batch_size",
-                     "gender_term_variants"):
+        for name in ("unrelated_max_tokens", "swap_margin", "swap_margin_nats", "retain_floor_margin",
+                     "neutral_anchor_batch_size", "gender_term_variants"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
         if self.retain_floor_margin > 0 and not self.retain_floor:
@@ -244,9 +244,10 @@ class UnlearnConfig(TrainingArguments):
 
         return "bfloat16" if self.bf16 and not self.use_cpu and torch.cuda.is_available() else "float32"
 
-    def sharded(self) -> bool:
+    def engine_places_model(self) -> bool:
         """Whether FSDP or DeepSpeed runs the model (from these arguments or `accelerate launch`'s environment):
-        its weights are then gathered by the engine, so every process must run the same forward passes."""
+        the engine then moves (and, for FSDP and ZeRO-3, shards) the weights itself, so the model is loaded into
+        host memory. Which engines shard the weights is the trainer's `sharded`, read from the running engine."""
         import os
 
         env = any(os.environ.get(k, "").lower() in ("1", "true")

@@ -89,11 +89,11 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
             (out / stale).unlink(missing_ok=True)
         for stale in ("best_adapter", "best_adapter.old", "best_adapter.tmp"):
             shutil.rmtree(out / stale, ignore_errors=True)
-    if cfg.cpu_malloc_tuning and (cfg.use_cpu or cfg.device.type == "cpu") and tune_glibc_malloc():
+    if cfg.cpu_malloc_tuning and cfg.device.type == "cpu" and tune_glibc_malloc():
         log("[train] glibc malloc set to keep freed memory for reuse (cpu_malloc_tuning)")
     # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
     # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
-    device = "cpu" if cfg.use_cpu or cfg.sharded() else cfg.device
+    device = "cpu" if cfg.use_cpu or cfg.engine_places_model() else cfg.device
     model, tok, info = load_model(cfg.model, dtype=cfg.load_dtype(), device=device)
     model.train()
     from transformers import set_seed

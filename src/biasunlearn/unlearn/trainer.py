@@ -181,7 +181,7 @@ class BiasUnlearnTrainer(Trainer):
         else:
             ids, attn = pad_batch(seqs, pad, device)
             kw = {"attention_mask": attn}
-        if getattr(self, "_token_types", False):
+        if self._token_types:
             kw["token_type_ids"] = torch.zeros_like(ids)
         out = forward(input_ids=ids, use_cache=False, **kw)
         if not packed:
@@ -242,8 +242,9 @@ class BiasUnlearnTrainer(Trainer):
         if model.training:
             # with gradient accumulation, the micro-batches of one optimizer step are consecutive chunks
             self._micro = (step, self._micro[1] + 1 if self._micro[0] == step else 0)
+        micro = self._micro[1] if self._micro[0] == step else 0
         ga = max(a.gradient_accumulation_steps, 1)
-        chunk = self.sets.chunk(step * ga + (self._micro[1] if self._micro[0] == step else 0) % ga,
+        chunk = self.sets.chunk(step * ga + micro % ga,
                                 self.controller.directions, a.forget_batch_size, a.retain_batch_size,
                                 a.unrelated_batch_size, rank=a.process_index, world=a.world_size,
                                 balance_types=a.balance_types, pair_retain=a.pair_retain,
@@ -354,7 +355,7 @@ class BiasUnlearnTrainer(Trainer):
     def save_adapter(self, path, extra: dict | None = None) -> None:
         """Write the LoRA adapter (and `extra` {file name: JSON object}) to the folder `path`, replacing it whole:
         written beside it first, then renamed; a crash between the two renames leaves `path`.old, which
-        `recover_folder` (on --resume) puts back. Call it on every process: under FSDP or ZeRO-3 the adapter's
+        `recover_folder` puts back when the run is resumed (a fresh run removes it). Call it on every process: under FSDP or ZeRO-3 the adapter's
         weights are sharded, and gathering them takes every process (the main process writes)."""
         path = Path(path)
         # gathered from the shards (FSDP, ZeRO-3): all of the model comes to the main process, so each save costs
@@ -363,7 +364,6 @@ class BiasUnlearnTrainer(Trainer):
         state = self.accelerator.get_state_dict(self.model_wrapped) if self.sharded else None
         if not self.is_world_process_zero():
             return
-        recover_folder(path)
         tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
         for p in (tmp, old):
             shutil.rmtree(p, ignore_errors=True)
