@@ -264,6 +264,29 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     assert seen["benchmarks"] == "stereoset,crows_pairs" and seen["bbq_per_category"] == 0
     assert seen["config_overrides"] == {"lora_r": 4, "train_pool": "a.json"} and seen["rerun"] == ["cda"]
     assert seen["stereoset_intersentence"] is False
+    # --config: the recipe's settings for every trained method; its budget goes to the budget, flags and --set win
+    y = tmp_path / "recipe.yaml"
+    y.write_text("max_steps: 250\nlearning_rate: 5.0e-4\neval_every: 50\nnpo_beta: 5.0\nlora_r: 8\n")
+    seen.clear()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["compare", "--out", str(tmp_path / "o"), "--config", str(y), "--eval_every", "25",
+                         "--set", "lora_r=4", "--set", "learning_rate=1e-4"]) == 0
+    assert (seen["max_steps"], seen["learning_rate"], seen["eval_every"]) == (250, 1e-4, 25)
+    assert seen["config_overrides"] == {"npo_beta": 5.0, "lora_r": 4}
+    seen.clear()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["compare", "--out", str(tmp_path / "o"), "--config", "smollm2-cpu"]) == 0
+    assert (seen["max_steps"], seen["learning_rate"], seen["eval_every"]) == (250, 5e-4, 50)
+    assert seen["config_overrides"]["npo_reference"] == "twin" and "max_steps" not in seen["config_overrides"]
+    y.write_text("max_step: 250\n")
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli.main(["compare", "--out", str(tmp_path / "o"), "--config", str(y)]) == 2
+    assert f"--config {y}: unknown setting(s) max_step" in err.getvalue()
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli.main(["compare", "--out", str(tmp_path / "o"), "--set", "max_steps=ten"]) == 2
+    assert "--set 'max_steps=ten': max_steps must be an integer" in err.getvalue()
     # --report-only rebuilds the report from the folders
     out = tmp_path / "rep"
     write_folder(out, {"base": doc("base", "base", {"overall": 60.0}, 90.0, {"overall": 55.0}, 1.0, 20.0)})

@@ -7,6 +7,10 @@ from .errors import ConfigError
 from .io import comma_list
 
 
+# settings every trained method shares, recorded as the comparison's budget
+BUDGET = {"max_steps": int, "learning_rate": float, "eval_every": int}
+
+
 def _value(text: str):
     import yaml
 
@@ -24,13 +28,28 @@ def _compare_cmd(a) -> int:
         print(f"report: {paths['report']}\nhtml:   {paths['html']}")
         return 0
     overrides = {}
+    if a.config:  # the recipe first; the budget flags and --set win over it
+        from .train_cli import read_recipe
+
+        overrides = read_recipe(a.config)
+    budget = {k: getattr(a, k) for k in BUDGET}
+    for k in BUDGET:
+        if budget[k] is None and k in overrides:
+            budget[k] = overrides[k]
+        overrides.pop(k, None)
     for item in a.set or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected NAME=VALUE (an UnlearnConfig setting)")
         k, v = item.split("=", 1)
-        overrides[k.strip().replace("-", "_")] = _value(v)
-    res = run_compare(a.model, a.methods, a.out, ablations=a.ablations, max_steps=a.max_steps,
-                      learning_rate=a.learning_rate, eval_every=a.eval_every, benchmarks=a.benchmarks, limit=a.limit,
+        k = k.strip().replace("-", "_")
+        if k in BUDGET:
+            try:
+                budget[k] = BUDGET[k](v)
+            except ValueError:
+                raise ConfigError(f"--set {item!r}: {k} must be {'an integer' if BUDGET[k] is int else 'a number'}") from None
+        else:
+            overrides[k] = _value(v)
+    res = run_compare(a.model, a.methods, a.out, ablations=a.ablations, **budget, benchmarks=a.benchmarks, limit=a.limit,
                       bbq_per_category=a.bbq_per_category, ppl_max_tokens=a.ppl_max_tokens, dtype=a.dtype,
                       data_dir=a.data_dir, rerun=a.rerun or (), config_overrides=overrides or None,
                       baseline_batch_size=a.batch_size, dpo_pairs_per_step=a.dpo_pairs, dpo_beta=a.dpo_beta,
@@ -55,6 +74,10 @@ def register(sub) -> None:
     c.add_argument("--ablations", action="store_true",
                    help="add the BiasUnlearn ablations: " + ", ".join(ABLATIONS))
     c.add_argument("--out", required=True, help="output folder (method folders, report.md, report.html)")
+    c.add_argument("--config", default=None,
+                   help="YAML file of UnlearnConfig settings, or a shipped recipe (smollm2-cpu, gemma3-270m-cpu), for "
+                        "every trained method: BiasUnlearn runs it as it stands and the baselines share its split, "
+                        "LoRA settings, batch sizes, step budget and learning rate; the flags below and --set win")
     c.add_argument("--max_steps", "--max-steps", dest="max_steps", type=int, default=None,
                    help="training steps of every trained method (default 1000)")
     c.add_argument("--learning_rate", "--learning-rate", dest="learning_rate", type=float, default=None,

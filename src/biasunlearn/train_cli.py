@@ -31,9 +31,27 @@ def config_path(value: str) -> Path:
     raise ConfigError(f"--config {value}: no such file, and not a shipped recipe ({', '.join(recipes) or 'none'})")
 
 
+def read_recipe(value: str) -> dict:
+    """The settings of `--config`'s YAML file or shipped recipe, each checked to be an UnlearnConfig field."""
+    import yaml
+
+    from .unlearn.config import UnlearnConfig
+
+    p = config_path(value)
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {p}: not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {p}: expected a mapping of setting: value")
+    bad = [k for k in values if k not in UnlearnConfig.__dataclass_fields__]
+    if bad:
+        raise ConfigError(f"--config {p}: unknown setting(s) {', '.join(map(str, bad))}")
+    return values
+
+
 def parse_train_config(argv: list[str]):
     """(UnlearnConfig, resume) from command-line words."""
-    import yaml
     from transformers import HfArgumentParser
 
     from .unlearn.config import DEFAULTS, UnlearnConfig, make_config
@@ -43,15 +61,7 @@ def parse_train_config(argv: list[str]):
     pre.add_argument("--out", default=None)
     pre.add_argument("--resume", nargs="?", const=True, default=None)
     own, rest = pre.parse_known_args(argv)
-    values: dict = {}
-    if own.config:
-        p = config_path(own.config)
-        try:
-            values = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--config {p}: not valid YAML: {e}") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"--config {p}: expected a mapping of setting: value")
+    values: dict = read_recipe(own.config) if own.config else {}
     resume = own.resume is not None
     if isinstance(own.resume, str):
         values["output_dir"] = own.resume
@@ -60,10 +70,6 @@ def parse_train_config(argv: list[str]):
     if "output_dir" not in values:
         raise ConfigError("train needs --out DIR (or --resume DIR, or output_dir in --config)")
     parser = HfArgumentParser(UnlearnConfig)
-    known = set(UnlearnConfig.__dataclass_fields__)
-    bad = [k for k in values if k not in known]
-    if bad:
-        raise ConfigError(f"--config: unknown setting(s) {', '.join(bad)}")
     # values from file, then the words on the command line override them
     cli_ns, extra = parser.parse_known_args(rest, namespace=argparse.Namespace())
     if extra:
