@@ -147,6 +147,17 @@ def test_controller_state_round_trip_and_criterion():
     c2 = SwapController(["a", "b"])
     c2.load_state_dict(c.state_dict())
     assert c2.directions == c.directions and c2.events == c.events and c2.history == c.history
+    # focus_worst restored after its first round trains only the worst type at its next check, as it would have
+    f = SwapController(["a", "b"], mode="focus_worst")
+    f.update(0, {"a": 60, "b": 55})
+    f2 = SwapController(["a", "b"], mode="focus_worst")
+    f2.load_state_dict(f.state_dict())
+    assert f2.rounds == f.rounds == 1
+    assert f2.update(10, {"a": 58, "b": 54}) == f.update(10, {"a": 58, "b": 54}) == ({"a": 1, "b": 0}, False)
+    # early stop: every type within target +- tolerance, the bounds included
+    t = SwapController(["a", "b"], tolerance=2.0)
+    assert t.update(0, {"a": 52.0, "b": 48.0})[1] is True and "within 50 +- 2" in t.stop_reason
+    assert t.update(1, {"a": 52.01, "b": 50.0})[1] is False and t.stop_reason == ""
     assert SwapController.criterion({"a": 47.0, "b": 55.5}) == pytest.approx((5.5, 3.0))
     # a tie on the worst type is broken by the next one
     assert SwapController.criterion({"a": 57.3, "b": 51.0}) < SwapController.criterion({"a": 57.3, "b": 53.0})

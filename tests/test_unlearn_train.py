@@ -189,6 +189,12 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_llama_path, 
     sb = json.loads((tmp_path / "b" / "run" / "checkpoint-6" / "biasunlearn_state.json").read_text())
     assert sa["controller"]["directions"] == sb["controller"]["directions"]
     assert [h["ss"] for h in sa["controller"]["history"]] == [h["ss"] for h in sb["controller"]["history"]]
+    # the LMS guard's baseline is the step-0 check, and the best check so far survives the kill
+    assert sb["start_lms"] == sa["start_lms"] == sa["controller"]["history"][0]["lms"]
+    assert sb["best"] == sa["best"] and sb["controller"]["rounds"] == sa["controller"]["rounds"]
+    ja = json.loads((tmp_path / "a" / "run" / "best_adapter" / "dev_check.json").read_text())
+    jb = json.loads((tmp_path / "b" / "run" / "best_adapter" / "dev_check.json").read_text())
+    assert ja["step"] == jb["step"] == sa["best"][1]
 
 
 def test_nan_loss_stops_with_clear_message(tmp_path, tiny_llama_path, train_data, monkeypatch):

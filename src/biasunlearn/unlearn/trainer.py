@@ -451,9 +451,7 @@ class DevCheckCallback(TrainerCallback):
                     "every bias type is already past level on the dev split before training "
                     f"(swap_mode {self.trainer.controller.mode!r} pauses such types): there is nothing to train. "
                     f"Dev SS at step 0: {self.trainer.controller.history[-1]['ss']}")
-        elif self.trainer.controller.history:
-            h = self.trainer.controller.history
-            self.start_lms = h[0]["lms"]
+        elif self.trainer.controller.history:  # resumed: restore() has read start_lms and best from the checkpoint
             self.log(f"[resume] controller restored at step {state.global_step}: directions "
                      f"{self.trainer.controller.directions}, {len(self.trainer.controller.events)} swaps so far")
 
