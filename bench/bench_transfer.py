@@ -142,8 +142,8 @@ def main(argv=None) -> int:
     L += [f"- evaluation: {lim}; BBQ {a.bbq_per_category} per category; perplexity on the first "
           f"{a.ppl_max_tokens} tokens; {a.dtype}; device {tr['before'].get('model', {}).get('device', '?')}; "
           f"{torch.get_num_threads()} torch thread(s) on {os.cpu_count()} CPU(s) ({platform.machine()})",
-          f"- versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()),
-          f"- wall time of the evaluations: " + ", ".join(f"{lab.replace('`', '')} {_wall(d):.0f} s" for lab, d in rows),
+          "- versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()),
+          "- wall time of the evaluations: " + ", ".join(f"{lab.replace('`', '')} {_wall(d):.0f} s" for lab, d in rows),
           "", "### Summary", "", summary_markdown(rows),
           "### Variant: before and after the transferred adapter", ""]
     if tr["after"] is not None:

@@ -2,13 +2,11 @@
 adapter and dev logs, and the evaluation reads the adapter; Self-Debias matches the rescaling rule computed by hand."""
 import json
 import math
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_unlearn_train import _pool as pool  # noqa: F401  (the same tiny train pool as the trainer tests)
 from test_unlearn_train import train_data  # noqa: F401  (fixture)
 
 
@@ -28,7 +26,7 @@ def read_jsonl(path):
 
 
 def check_run_folder(run, cfg, steps):
-    from biasunlearn.baselines import load_splits
+    from biasunlearn.data.splits import checked_splits
 
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "splits.json", "config.json",
                  "log.jsonl", "dev_log.jsonl", "train_summary.json"):
@@ -36,7 +34,7 @@ def check_run_folder(run, cfg, steps):
     w = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)  # LoRA B starts at 0: it trained
     # the same split as BiasUnlearn's pipeline makes from the same config
-    splits, _, _ = load_splits(cfg)
+    splits, _, _ = checked_splits(cfg)
     assert json.loads((run / "splits.json").read_text())["checksum"] == splits.to_dict()["checksum"]
     assert json.loads((run / "config.json").read_text())["machine"]["cuda"] == []  # the hardware is recorded
     dev = read_jsonl(run / "dev_log.jsonl")
@@ -82,10 +80,11 @@ def test_sentence_baselines_train_write_adapter_and_evaluate(name, tmp_path, tin
 
 
 def test_training_texts_cda_anti_only_sft_one_to_one(tmp_path, tiny_llama_path, train_data):
-    from biasunlearn.baselines import CDA, SFT, load_splits
+    from biasunlearn.baselines import CDA, SFT
+    from biasunlearn.data.splits import checked_splits
 
     cfg = small_config(tmp_path / "x", tiny_llama_path, train_data)
-    splits, _, _ = load_splits(cfg)
+    splits, _, _ = checked_splits(cfg)
     cda = CDA(cfg).training_texts(splits.train)
     sft = SFT(cfg).training_texts(splits.train)
     assert cda == [e.anti_stereotype for e in splits.train]
@@ -94,10 +93,11 @@ def test_training_texts_cda_anti_only_sft_one_to_one(tmp_path, tiny_llama_path, 
 
 
 def test_dpo_pairs_prompt_chosen_rejected(tmp_path, tiny_llama_path, train_data):
-    from biasunlearn.baselines import DPO, load_splits, preference_pairs
+    from biasunlearn.baselines import DPO, preference_pairs
+    from biasunlearn.data.splits import checked_splits
 
     cfg = small_config(tmp_path / "x", tiny_llama_path, train_data)
-    splits, _, _ = load_splits(cfg)
+    splits, _, _ = checked_splits(cfg)
     pairs = preference_pairs(splits.train)
     assert len(pairs) == len(splits.train)
     e, p = splits.train[0], pairs[0]

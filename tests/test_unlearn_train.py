@@ -2,7 +2,6 @@
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -843,3 +842,34 @@ def test_a_multimodal_checkpoint_trains_its_text_decoder_only(tmp_path, tiny_lla
 
     fresh = AutoModelForCausalLM.from_pretrained(path)
     assert fit_problems(fresh, tmp_path / "run" / "final_adapter") == []
+
+
+def test_a_pool_that_shares_a_term_or_a_sentence_with_the_test_set_is_refused(tmp_path, tiny_llama_path, train_data):
+    """Training, and every baseline (the same checked_splits), refuse a pool that shares a target term (in any case)
+    or a sentence with the held-out test set, before any model is trained; the report names what is shared."""
+    from biasunlearn.data.splits import checked_splits, overlap_report
+    from biasunlearn.data.stereoset import StereoSetExample
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    def ex(i, target, stereo):
+        return StereoSetExample(id=f"x{i}", task="intrasentence", bias_type="gender", target=target,
+                                context="c", stereotype=stereo, anti_stereotype=f"{target} a{i}.",
+                                unrelated=f"{target} u{i}.")
+
+    rep = overlap_report([ex(0, "Mother", "Same sentence."), ex(1, "uncle", "Other.")],
+                         [ex(2, "mother", "same sentence."), ex(3, "aunt", "Third.")])
+    assert rep["shared_target_terms"] == ["mother"] and rep["shared_sentences"] == 1
+    assert (rep["train_terms"], rep["test_terms"]) == (2, 2)
+
+    pool = _pool()
+    pool[0] = {**pool[0], "target": "Mother"}  # the fake test set's gender term, capitalised
+    (train_data / "leaky.json").write_text(json.dumps(pool))
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, train_pool="leaky.json")
+    with pytest.raises(ConfigError, match=r"overlaps the test set .*shared target term\(s\) \['mother'\]"):
+        checked_splits(cfg)
+    with pytest.raises(ConfigError, match="overlaps the test set"):
+        train_adapter(cfg, log=lambda s: None)
+    assert not (tmp_path / "run" / "adapter").exists()
+    clean, test, overlap = checked_splits(_cfg(tmp_path, tiny_llama_path, train_data))
+    assert overlap["shared_target_terms"] == [] and overlap["shared_sentences"] == 0 and len(test) > 0

@@ -384,9 +384,9 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
     ref_cfg = make_method_config("_reference", out, model, data_dir, budget, config_overrides)
     splits, split_doc = None, None
     try:
-        from .baselines.common import load_splits
+        from .data.splits import checked_splits
 
-        splits, test, overlap = load_splits(ref_cfg)
+        splits, test, overlap = checked_splits(ref_cfg)
         split_doc = {**splits.to_dict(), "test": {"path": ref_cfg.test_set, "n": len(test)}, "overlap_with_test": overlap}
     except BiasUnlearnError as e:
         if any(n in TRAINED for n in names):

@@ -285,7 +285,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
              f"- adapter sha256 (adapter_model.safetensors): `{sums.get('adapter_model.safetensors', '?')}`",
              f"- model: `{model}` ({info.description}; resolved to `{info.resolved}`), dtype {info.dtype}, device {info.device}",
              f"- fit check: {n_mod} adapted modules, every module present and every shape equal",
-             f"- results: `eval_before/results.json` (model alone), `eval_after/results.json` (model + adapter)",
+             "- results: `eval_before/results.json` (model alone), `eval_after/results.json` (model + adapter)",
              f"- created {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}, "
              f"{time.perf_counter() - t0:.0f} s", "",
              "## Before / after", "",

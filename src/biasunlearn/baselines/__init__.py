@@ -11,10 +11,10 @@ wrapper). Each is usable on its own:
     evaluate_model(SelfDebias(model, tok), tok, EvalConfig(), info.to_dict(), "runs/self_debias")
 """
 from .cda import CDA
-from .common import DevSSCallback, LoraFineTune, load_splits
+from .common import DevSSCallback, LoraFineTune
 from .dpo import DPO, preference_pairs
 from .self_debias import DEFAULT_PREFIXES, SelfDebias, scoring_cost, self_debias_logprobs
 from .sft import SFT
 
-__all__ = ["CDA", "SFT", "DPO", "SelfDebias", "LoraFineTune", "DevSSCallback", "load_splits", "preference_pairs",
+__all__ = ["CDA", "SFT", "DPO", "SelfDebias", "LoraFineTune", "DevSSCallback", "preference_pairs",
            "DEFAULT_PREFIXES", "scoring_cost", "self_debias_logprobs"]

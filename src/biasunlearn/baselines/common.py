@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ..data import data_dir, load_stereoset
-from ..data.splits import overlap_report, splits_for
+from ..data.splits import checked_splits
 from ..errors import ConfigError
 from ..evaluate import package_versions, stereoset_records
 from ..io import write_json
@@ -42,18 +41,6 @@ def peak_memory_mb() -> float:
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
-def load_splits(cfg):
-    """The train/dev split of the config (the SAME call BiasUnlearn's pipeline makes) and the held-out test set,
-    checked for overlap with the train pool."""
-    splits = splits_for(cfg)
-    if not splits.train:
-        raise ConfigError(f"train pool {cfg.train_pool!r} gave no training examples")
-    test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
-    overlap = overlap_report(splits.train + splits.dev, test)
-    if overlap["shared_sentences"] or overlap["shared_target_terms"]:
-        raise ConfigError(f"train pool overlaps the test set: {overlap}; refusing to report numbers on trained data")
-    return splits, test, overlap
 
 
 def training_arguments(cfg, batch_size: int, cls=TrainingArguments, **extra):
@@ -184,7 +171,7 @@ class LoraFineTune:
         model, tok, info = load_model(self.cfg.model, dtype="float32", device="cpu" if self.cfg.use_cpu else None)
         model.train()
         set_seed(self.cfg.seed)
-        splits, test, overlap = load_splits(self.cfg)
+        splits, test, overlap = checked_splits(self.cfg)
         write_json(self.out / "splits.json", {**splits.to_dict(), "test": {"path": self.cfg.test_set, "n": len(test)},
                                               "overlap_with_test": overlap})
         write_json(self.out / "config.json", {**self.settings(), "model": info.to_dict(), "versions": package_versions(),

@@ -152,6 +152,22 @@ def splits_for(cfg) -> Splits:
                        fold=cfg.dev_fold)
 
 
+def checked_splits(cfg):
+    """(splits, test set, overlap report) of a training config: the train/dev split of `splits_for` (the same for
+    BiasUnlearn and every baseline) and the held-out test set, refused with ConfigError when the pool gave no
+    training example or shares a target term or a sentence with the test set."""
+    splits = splits_for(cfg)
+    if not splits.train:
+        raise ConfigError(f"train pool {cfg.train_pool!r} gave no training examples")
+    test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
+    overlap = overlap_report(splits.train + splits.dev, test)
+    if overlap["shared_sentences"] or overlap["shared_target_terms"]:
+        raise ConfigError(f"train pool overlaps the test set {cfg.test_set}: {overlap['shared_sentences']} shared "
+                          f"sentence(s), shared target term(s) {overlap['shared_target_terms'][:10]}; refusing to "
+                          "report numbers on trained data")
+    return splits, test, overlap
+
+
 def overlap_report(train: list[StereoSetExample], test: list[StereoSetExample]) -> dict:
     """Shared target terms and shared sentences between training material and a test set (should both be 0)."""
     train_terms = {e.target.lower() for e in train}

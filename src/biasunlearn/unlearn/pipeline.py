@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from ..adapters import lora_config
-from ..data import data_dir, load_stereoset, load_text_lines
-from ..data.splits import coarse_dev_types, overlap_report, splits_for
+from ..data import data_dir, load_text_lines
+from ..data.splits import checked_splits, coarse_dev_types
 from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import STEREOSET_SCORES, EvalConfig, evaluate_model, package_versions, read_stereoset_predictions
 from ..io import atomic_write_text, comma_list, read_json, write_json
@@ -100,7 +100,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
 
     set_seed(cfg.seed)  # the LoRA initialisation draws from the RNG: same seed, same adapter start
     model = prepare_lora(model, cfg)
-    splits = splits_for(cfg)
+    splits, test, overlap = checked_splits(cfg)
     coarse = coarse_dev_types(splits.dev)
     if coarse and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "", cfg.checkpoint_metric):
         log("[train] note: the dev SS of " + ", ".join(f"{b} ({n} examples, {t} target term{'' if t == 1 else 's'})"
@@ -108,10 +108,6 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
             + " is a mean over fewer than 5 target terms: it moves by whole examples between checks and its "
               "standard error (ss_se in dev_log.jsonl) is large; dev_folds cross-validates a recipe over every "
               "term of the pool")
-    test = load_stereoset(data_dir(cfg.data_dir) / cfg.test_set, task="intrasentence")
-    overlap = overlap_report(splits.train + splits.dev, test)
-    if overlap["shared_sentences"] or overlap["shared_target_terms"]:
-        raise ConfigError(f"train pool overlaps the test set: {overlap}; refusing to report numbers on trained data")
     train, excluded = exclude_train_pairs(splits.train, cfg.train_exclude_pattern)
     if cfg.train_exclude_pattern:
         by_type = Counter(e.bias_type for e in excluded)
