@@ -493,6 +493,46 @@ def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
 
 
+def test_a_write_that_fails_half_way_leaves_the_old_file_whole_and_no_temp_file(tmp_path, monkeypatch):
+    """A crash (here: the disk full after half the bytes) while results are rewritten: the old file is intact, no
+    half-written file or temp file is left, and the error reaches the caller."""
+    import os
+
+    from biasunlearn import io as bio
+
+    p = tmp_path / "results.json"
+    bio.write_json(p, {"old": True})
+    before = p.read_bytes()
+
+    real_fdopen = os.fdopen
+
+    class HalfFile:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bio.os, "fdopen", lambda fd, mode: HalfFile(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match="No space left"):
+        bio.write_json(p, {"new": list(range(1000))})
+    assert p.read_bytes() == before
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["results.json"]
+    # and a rename that fails (another process holds the target) leaves no temp file either
+    monkeypatch.setattr(bio.os, "fdopen", real_fdopen)
+    monkeypatch.setattr(bio.os, "replace", lambda a, b: (_ for _ in ()).throw(PermissionError("locked")))
+    with pytest.raises(PermissionError):
+        bio.atomic_write_text(tmp_path / "report.md", "x")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["results.json"]
+
+
 def test_related_target_terms_are_reported_not_shared():
     from biasunlearn.data.splits import related_terms
 

@@ -9,7 +9,7 @@ import pytest
 
 from biasunlearn import cli
 from biasunlearn.data import load_bbq, load_stereoset
-from biasunlearn.evaluate import EvalConfig, evaluate_model
+from biasunlearn.evaluate import BBQ_PROMPT, EvalConfig, evaluate_model
 from biasunlearn.metrics import crows_pairs_scores, stereoset_scores
 from biasunlearn.scoring import score_texts
 
@@ -128,6 +128,9 @@ def test_predictions_jsonl_rows(cli_run, fake_data, gpt2):
     assert (cp[1]["mean_more"], cp[1]["sum_less"]) == pytest.approx((more.mean, less.sum), abs=1e-4)
     got = crows_pairs_scores({"bias_type": r["bias_type"], "s_more": r["sum_more"], "s_less": r["sum_less"]} for r in cp)
     assert got == cli_run["doc"]["benchmarks"]["crows_pairs"]["metrics"]["summed_logprob"]
+    got = crows_pairs_scores({"bias_type": r["bias_type"], "s_more": r["mean_more"], "s_less": r["mean_less"]}
+                             for r in cp)
+    assert got == cli_run["doc"]["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]
 
     bbq = {r["id"]: r for r in by_bench["bbq"]}
     for e in load_bbq(fake_data / "bbq"):
@@ -135,6 +138,10 @@ def test_predictions_jsonl_rows(cli_run, fake_data, gpt2):
         assert (r["label"], r["unknown_index"], r["biased_index"], r["condition"]) == (
             e.label, e.unknown_index, e.biased_index, e.condition)
         assert r["pred"] == max(range(3), key=lambda k: r["scores"][k])
+        # an answer's score is its mean log-probability given the context and question
+        prompt = BBQ_PROMPT.format(context=e.context, question=e.question)
+        plain = score_texts(model, tok, [" " + a for a in e.answers], [prompt] * 3)
+        assert r["scores"] == pytest.approx([x.mean for x in plain], abs=1e-4)
     assert bbq["Gender_identity-2"]["biased_index"] == 2 and bbq["Nationality-0"]["biased_index"] == 1
 
 
@@ -278,3 +285,21 @@ def test_dtype_auto_records_the_dtype_it_chose(tiny_gpt2_path, fake_data, tmp_pa
     assert rc == 0, err
     doc = json.loads((out / "results.json").read_text())
     assert doc["model"]["dtype"] == ("bfloat16" if native else "float32")
+
+
+def test_crows_pairs_length_normalised_and_summed_read_different_scores(fake_data, monkeypatch):
+    """Scores made so that the two readings disagree on every pair: the length-normalised metric must follow the
+    mean log-probability (more-stereotypical sentence preferred on all 3 pairs: 100) and the summed one the sum
+    (preferred on none: 0)."""
+    from biasunlearn import evaluate
+    from biasunlearn.scoring import Score
+
+    def fake_scores(model, tok, texts, **kw):
+        # sent_more: mean -1.0 over 10 tokens (sum -10); sent_less: mean -2.0 over 2 tokens (sum -4)
+        return [Score(-10.0, 10) if i % 2 == 0 else Score(-4.0, 2) for i in range(len(texts))]
+
+    monkeypatch.setattr(evaluate, "score_texts", fake_scores)
+    res = evaluate.eval_crows_pairs(None, None, EvalConfig(), fake_data / "crows_pairs" / "crows_pairs_anonymized.csv")
+    assert res["metrics"]["length_normalised"]["overall"] == {"score": 100.0, "n": 3}
+    assert res["metrics"]["summed_logprob"]["overall"] == {"score": 0.0, "n": 3}
+    assert [(r["mean_more"], r["sum_less"]) for r in res["predictions"]] == [(-1.0, -4.0)] * 3

@@ -873,3 +873,21 @@ def test_a_pool_that_shares_a_term_or_a_sentence_with_the_test_set_is_refused(tm
     assert not (tmp_path / "run" / "adapter").exists()
     clean, test, overlap = checked_splits(_cfg(tmp_path, tiny_llama_path, train_data))
     assert overlap["shared_target_terms"] == [] and overlap["shared_sentences"] == 0 and len(test) > 0
+
+
+def test_the_step_loss_is_the_weighted_sum_of_its_three_logged_parts(tmp_path, tiny_llama_path, train_data):
+    """loss = alpha_forget * NPO + alpha_retain * CE + alpha_kl * KL, each weight on its own term: three different
+    weights, so a weight on the wrong term shows; the KL is nonzero from the second step on (the adapter moved)."""
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=3, alpha_forget=0.5, alpha_retain=0.35,
+               alpha_kl=0.15, swap_mode="none", lms_guard=100.0)
+    train_adapter(cfg, log=lambda s: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss_forget" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for r in steps:
+        want = 0.5 * r["loss_forget"] + 0.35 * r["loss_retain"] + 0.15 * r["loss_kl"]
+        assert r["loss"] == pytest.approx(want, rel=2e-3, abs=2e-4), r
+    assert steps[-1]["loss_kl"] > 1e-4
+    assert abs(steps[-1]["loss_retain"] - steps[-1]["loss_kl"]) > 0.1  # a retain/KL weight swap would show
