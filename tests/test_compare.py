@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from test_baselines import pool
+from test_unlearn_train import _pool as pool
 
 OVERRIDES = dict(train_pool="pool.json", forget_batch_size=2, retain_batch_size=4, unrelated_batch_size=3,
                  warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1, use_cpu=True, bf16=False,
@@ -286,7 +286,7 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         assert cli.main(["compare", "--out", str(tmp_path / "o"), "--set", "max_steps=ten"]) == 2
-    assert "--set 'max_steps=ten': max_steps must be an integer" in err.getvalue()
+    assert "--set: max_steps='ten': expected a whole number" in err.getvalue()
     # --report-only rebuilds the report from the folders
     out = tmp_path / "rep"
     write_folder(out, {"base": doc("base", "base", {"overall": 60.0}, 90.0, {"overall": 55.0}, 1.0, 20.0)})
@@ -294,3 +294,7 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert cli.main(["compare", "--out", str(out), "--report-only"]) == 0
     assert (out / "report.html").exists()
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli.main(["compare", "--out", str(tmp_path / "none"), "--report-only"]) == 2
+    assert "none: no such folder (--report-only rebuilds the report of an earlier compare --out)" in err.getvalue()

@@ -303,3 +303,43 @@ def test_crows_pairs_length_normalised_and_summed_read_different_scores(fake_dat
     assert res["metrics"]["length_normalised"]["overall"] == {"score": 100.0, "n": 3}
     assert res["metrics"]["summed_logprob"]["overall"] == {"score": 0.0, "n": 3}
     assert [(r["mean_more"], r["sum_less"]) for r in res["predictions"]] == [(-1.0, -4.0)] * 3
+
+
+def test_limit_zero_means_all_and_a_negative_budget_is_refused(tiny_gpt2_path, fake_data, tmp_path):
+    out = tmp_path / "all"
+    rc, _, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--out", str(out),
+                          "--device", "cpu", "--benchmarks", "crows_pairs", "--limit", "0"])
+    assert rc == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"] == len(CROWS)
+    assert doc["eval_config"]["limit"] is None
+    for flag, value in (("--limit", "-5"), ("--bbq-per-category", "-1"), ("--max-tokens", "0")):
+        rc, _, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--out",
+                              str(tmp_path / "bad"), "--benchmarks", "crows_pairs", flag, value])
+        assert rc == 2 and f"{flag} {value}: must be" in err, err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_data_file_that_differs_from_the_folders_sha256sums_is_refused(tiny_gpt2_path, fake_data, tmp_path,
+                                                                         monkeypatch):
+    """A data folder that ships SHA256SUMS (as the shared one does): a copy cut short is refused before scoring,
+    naming the file; the listed checksum passes; BIASUNLEARN_SKIP_DATA_CHECK=1 lets a deliberate edit through."""
+    import hashlib
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fake_data, data)
+    crows = data / "crows_pairs" / "crows_pairs_anonymized.csv"
+    (data / "SHA256SUMS").write_text(f"{hashlib.sha256(crows.read_bytes()).hexdigest()}  "
+                                     "crows_pairs/crows_pairs_anonymized.csv\n")
+    args = ["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(data), "--device", "cpu",
+            "--benchmarks", "crows_pairs"]
+    rc, _, err = run_cli(args + ["--out", str(tmp_path / "ok")])
+    assert rc == 0, err
+    crows.write_bytes(crows.read_bytes()[:-20])  # cut short, mid-row
+    rc, _, err = run_cli(args + ["--out", str(tmp_path / "cut")])
+    assert rc == 2 and "crows_pairs_anonymized.csv: its sha256" in err and "SHA256SUMS" in err, err
+    assert not (tmp_path / "cut").exists()
+    monkeypatch.setenv("BIASUNLEARN_SKIP_DATA_CHECK", "1")
+    rc, _, err = run_cli(args + ["--out", str(tmp_path / "edited")])
+    assert rc == 0, err

@@ -529,3 +529,21 @@ def test_packed_forward_equals_padded_and_unrestarted_positions_leak(tiny_model)
     assert real.sum().item() == sum(len(s) - 1 for s in seqs)
     assert ((packed - padded) * real).abs().max().item() < 1e-4
     assert ((leaked - padded) * real).abs().max().item() > 1e-2
+
+
+def test_model_spec_resolution_and_a_mistyped_built_in_name(tmp_path):
+    from biasunlearn.errors import ModelLoadError
+    from biasunlearn.models import resolve_model_path
+
+    assert resolve_model_path("openai-community/gpt2") == ("openai-community/gpt2", "Hugging Face hub id")
+    assert resolve_model_path("gpt2") == ("gpt2", "Hugging Face hub id")
+    with pytest.raises(ModelLoadError, match=r"--model smollm2-13m: not a built-in name, a file or a folder; did you "
+                                             r"mean smollm2-135m\?"):
+        resolve_model_path("smollm2-13m")
+    with pytest.raises(ModelLoadError, match="no such .gguf file"):
+        resolve_model_path(str(tmp_path / "m.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="must be a save_pretrained folder with config.json"):
+        resolve_model_path(str(tmp_path / "empty"))
+    with pytest.raises(ModelLoadError, match="no such file or folder"):
+        resolve_model_path(str(tmp_path / "missing"))

@@ -136,3 +136,110 @@ def builtin_path(name):
     from biasunlearn.train_cli import builtin_recipes
 
     return builtin_recipes()[name]
+
+
+def test_resume_continues_with_the_settings_the_run_started_with(tmp_path):
+    """--resume DIR reads DIR/config.json: the run's settings (transformers' own included) come back without being
+    repeated, a --config and the flags given win over them (a flag given with its default value too), and a
+    folder with no run is an error rather than a fresh 1000-step run."""
+    from biasunlearn.io import write_json
+    from biasunlearn.unlearn.config import make_config
+
+    run = tmp_path / "run"
+    started = make_config(output_dir=str(run), max_steps=6, eval_every=3, logging_steps=1,
+                          gradient_accumulation_steps=2, npo_beta=2.5, lr_scheduler_type="constant", bf16=False)
+    write_json(run / "config.json", {"method": "biasunlearn", "config": started.method_dict(),
+                                     "settings": started.run_settings()})
+    for words in (["--resume", str(run)], ["--out", str(run), "--resume"]):
+        cfg, resume = parse_train_config(words)
+        assert resume and cfg.output_dir == str(run)
+        assert (cfg.max_steps, cfg.eval_every, cfg.save_steps, cfg.logging_steps) == (6, 3, 3, 1)
+        assert (cfg.gradient_accumulation_steps, cfg.npo_beta, cfg.bf16) == (2, 2.5, False)
+        assert cfg.method_dict() == started.method_dict()
+    cfg, _ = parse_train_config(["--resume", str(run), "--max_steps", "9", "--npo_beta", "0.1"])
+    assert (cfg.max_steps, cfg.npo_beta, cfg.eval_every) == (9, 0.1, 3)  # 0.1 is the default: given, so it wins
+    y = tmp_path / "more.yaml"
+    y.write_text("max_steps: 12\n")
+    cfg, _ = parse_train_config(["--resume", str(run), "--config", str(y)])
+    assert (cfg.max_steps, cfg.gradient_accumulation_steps) == (12, 2)
+    # a run written before config.json kept every setting: its method settings, enums as their repr
+    old = {**started.method_dict(), "lr_scheduler_type": "SchedulerType.CONSTANT", "optim": "OptimizerNames.ADAMW_TORCH"}
+    write_json(run / "config.json", {"method": "biasunlearn", "config": old})
+    cfg, _ = parse_train_config(["--resume", str(run)])
+    assert cfg.max_steps == 6 and cfg.lr_scheduler_type.value == "constant" and cfg.optim.value == "adamw_torch"
+    with pytest.raises(ConfigError, match=r"--resume .*typo: no run there \(no config.json\); to start a run in it, "
+                                          r"use --out"):
+        parse_train_config(["--resume", str(tmp_path / "typo")])
+    with pytest.raises(ConfigError, match="name two folders"):
+        parse_train_config(["--resume", str(run), "--out", str(tmp_path / "other")])
+
+
+def test_bad_values_and_shortened_flags_are_refused_before_anything_loads(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("learning_rate: 1e-4\nmax_steps: '40'\npack_sequences: 'false'\n")  # YAML reads 1e-4 as text
+    cfg, _ = parse_train_config(["--config", str(y), "--out", str(tmp_path / "r")])
+    assert (cfg.learning_rate, cfg.max_steps, cfg.pack_sequences) == (1e-4, 40, False)
+    y.write_text("max_steps: five\n")
+    with pytest.raises(ConfigError, match=r"--config .*c.yaml: max_steps='five': expected a whole number"):
+        parse_train_config(["--config", str(y), "--out", str(tmp_path / "r")])
+    y.write_text("max_steps: 2.5\n")
+    with pytest.raises(ConfigError, match="max_steps=2.5: expected a whole number"):
+        parse_train_config(["--config", str(y), "--out", str(tmp_path / "r")])
+    out = ["--out", str(tmp_path / "r")]
+    for flag, value, message in (("--learning_rate", "-1", "learning_rate=-1.0: must be above 0"),
+                                 ("--eval_every", "0", "eval_every=0: must be above 0"),
+                                 ("--alpha_forget", "-0.5", "alpha_forget=-0.5: must be 0 or more"),
+                                 ("--adversarial_share", "1.5", "adversarial_share=1.5"),
+                                 ("--max_step", "5", "unrecognised argument"),  # a shortening is not guessed
+                                 ("--learning_rat", "1e-3", "unrecognised argument")):
+        with pytest.raises(ConfigError, match=message):
+            parse_train_config(out + [flag, value])
+
+
+def test_dry_run_output_reads_back_as_a_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "smollm2-cpu", "--out", "runs/x", "--dry-run"]) == 0
+    (tmp_path / "resolved.yaml").write_text(capsys.readouterr().out)
+    again, _ = parse_train_config(["--config", str(tmp_path / "resolved.yaml")])
+    recipe, _ = parse_train_config(["--config", "smollm2-cpu", "--out", "runs/x"])
+    assert again.method_dict() == recipe.method_dict() and again.output_dir == "runs/x"
+    assert again.method_dict()["lr_scheduler_type"] == "linear"
+
+
+def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_is_or_overwritten(
+        tmp_path, tiny_llama_path, fake_data, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(fake_data, data)
+    (data / "pool.json").write_text(json.dumps(_pool()))
+    out = tmp_path / "run"
+    words = ["train", "--out", str(out), "--model", str(tiny_llama_path), "--data_dir", str(data),
+             "--train_pool", "pool.json", "--max_steps", "2", "--eval_every", "1", "--forget_batch_size", "2",
+             "--retain_batch_size", "4", "--unrelated_batch_size", "2", "--dev_fraction", "0.3",
+             "--min_dev_per_type", "1", "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true",
+             "--collapse_lms_drop", "101", "--skip_final_eval", "true"]
+    assert main(words) == 0
+    summary = (out / "train_summary.json").read_bytes()
+    log = (out / "log.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(words) == 2  # the same --out again, without --resume or --overwrite
+    assert "holds a run already: --resume continues it" in capsys.readouterr().err
+    assert (out / "train_summary.json").read_bytes() == summary
+    # --resume on the finished run: its settings come from config.json; nothing is trained or rewritten
+    assert main(["train", "--resume", str(out)]) == 0
+    assert "holds a finished run (2 steps); nothing to train" in capsys.readouterr().err
+    assert (out / "train_summary.json").read_bytes() == summary and (out / "log.jsonl").read_bytes() == log
+    # --overwrite: a new run in its place (no earlier checkpoint or log mixed in)
+    (out / "checkpoint-99").mkdir()
+    assert main(words + ["--overwrite", "--max_steps", "1"]) == 0
+    assert "--overwrite: removed the run in" in capsys.readouterr().err
+    assert not (out / "checkpoint-99").exists() and json.loads((out / "train_summary.json").read_text())["steps"] == 1
+    steps = [json.loads(x)["step"] for x in (out / "dev_log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1]
+    # resumed to report it, with a quick look at 2 examples a benchmark: evaluated and reported, not retrained
+    assert main(["train", "--resume", str(out), "--skip_final_eval", "false", "--eval_limit", "2",
+                 "--eval_benchmarks", "stereoset,crows_pairs", "--eval_dtype", "float32"]) == 0
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 1
+    after = json.loads((out / "eval_after" / "results.json").read_text())
+    assert after["eval_config"]["limit"] == 2 and set(after["benchmarks"]) == {"stereoset", "crows_pairs"}
+    assert after["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"] == 2
+    assert "A quick look, not a measurement: at most 2 examples per benchmark" in (out / "report.md").read_text()

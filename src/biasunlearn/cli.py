@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import BiasUnlearnError
+from .errors import BiasUnlearnError, ConfigError
 from .io import comma_list
 
 
@@ -21,8 +21,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     """The evaluation-budget options shared by eval, transfer and export."""
-    p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
-    p.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
+    p.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity",
+                   help="comma-separated, from stereoset, crows_pairs, bbq, perplexity (default: all four)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most N examples per benchmark (seeded sample; 0 = all)")
     p.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
     p.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
     p.add_argument("--no-intersentence", action="store_true", help="skip StereoSet intersentence")
@@ -33,8 +35,13 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def eval_config_from_args(a):
     from .evaluate import EvalConfig
 
+    for name in ("limit", "bbq_per_category", "ppl_max_tokens"):
+        if getattr(a, name) is not None and getattr(a, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be 0 or more (0 = all)")
+    if a.max_tokens is not None and a.max_tokens < 1:
+        raise ConfigError(f"--max-tokens {a.max_tokens}: must be at least 1")
     return EvalConfig(benchmarks=tuple(comma_list(a.benchmarks)), data_dir=a.data_dir,
-                      limit=a.limit, bbq_per_category=None if a.bbq_per_category == 0 else a.bbq_per_category,
+                      limit=a.limit or None, bbq_per_category=None if a.bbq_per_category == 0 else a.bbq_per_category,
                       ppl_max_tokens=None if a.ppl_max_tokens == 0 else a.ppl_max_tokens,
                       stereoset_intersentence=not a.no_intersentence, max_tokens=a.max_tokens)
 

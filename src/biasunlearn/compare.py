@@ -472,6 +472,8 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
     from .plots import plot_ablation_losses, plot_dev_ss_compare
 
     out = Path(out)
+    if not out.is_dir():
+        raise ConfigError(f"{out}: no such folder (--report-only rebuilds the report of an earlier compare --out)")
     plan = plan or (read_json(out / "compare.json") if (out / "compare.json").exists() else {})
     names = names or plan.get("methods") or [p.name for p in sorted(out.iterdir()) if (p / "results.json").exists()]
     docs = {n: read_json(out / n / "results.json") for n in names if (out / n / "results.json").exists()}

@@ -8,7 +8,7 @@ from .io import comma_list
 
 
 # settings every trained method shares, recorded as the comparison's budget
-BUDGET = {"max_steps": int, "learning_rate": float, "eval_every": int}
+BUDGET = ("max_steps", "learning_rate", "eval_every")
 
 
 def _value(text: str):
@@ -27,28 +27,25 @@ def _compare_cmd(a) -> int:
         paths = write_compare_report(a.out)
         print(f"report: {paths['report']}\nhtml:   {paths['html']}")
         return 0
+    from .unlearn.config import coerce_settings
+
     overrides = {}
     if a.config:  # the recipe first; the budget flags and --set win over it
         from .train_cli import read_recipe
 
         overrides = read_recipe(a.config)
-    budget = {k: getattr(a, k) for k in BUDGET}
-    for k in BUDGET:
-        if budget[k] is None and k in overrides:
-            budget[k] = overrides[k]
-        overrides.pop(k, None)
     for item in a.set or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected NAME=VALUE (an UnlearnConfig setting)")
         k, v = item.split("=", 1)
         k = k.strip().replace("-", "_")
-        if k in BUDGET:
-            try:
-                budget[k] = BUDGET[k](v)
-            except ValueError:
-                raise ConfigError(f"--set {item!r}: {k} must be {'an integer' if BUDGET[k] is int else 'a number'}") from None
-        else:
-            overrides[k] = _value(v)
+        overrides.update(coerce_settings({k: _value(v)}, "--set"))
+    budget = {k: getattr(a, k) for k in BUDGET}
+    for k in BUDGET:
+        value = overrides.pop(k, None)
+        if value is not None and (budget[k] is None or any(i.split("=", 1)[0].strip().replace("-", "_") == k
+                                                            for i in a.set or [])):
+            budget[k] = value
     res = run_compare(a.model, a.methods, a.out, ablations=a.ablations, **budget, benchmarks=a.benchmarks, limit=a.limit,
                       bbq_per_category=a.bbq_per_category, ppl_max_tokens=a.ppl_max_tokens, dtype=a.dtype,
                       data_dir=a.data_dir, rerun=a.rerun or (), config_overrides=overrides or None,
@@ -84,7 +81,8 @@ def register(sub) -> None:
                    help="learning rate of every trained method (default 5e-5, linear schedule)")
     c.add_argument("--eval_every", "--eval-every", dest="eval_every", type=int, default=None,
                    help="dev check every N steps (default 20)")
-    c.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity")
+    c.add_argument("--benchmarks", default="stereoset,crows_pairs,bbq,perplexity",
+                   help="comma-separated, from stereoset, crows_pairs, bbq, perplexity (default: all four)")
     c.add_argument("--no-intersentence", action="store_true",
                    help="skip StereoSet intersentence (the headline table is intrasentence; halves StereoSet's cost)")
     c.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
+from .data.common import check_against_sums
 from .errors import ConfigError, DataError
 from .io import read_jsonl, sha256_file, write_json, write_jsonl
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores, term_scores
@@ -64,9 +65,13 @@ def package_versions() -> dict:
     return out
 
 
-def _files_checksums(path: Path) -> dict:
+def _files_checksums(path: Path, root: Path | None = None) -> dict:
+    """{file name (relative to `path` when a folder): sha256}, each checked against the data folder's SHA256SUMS."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return {str(p.name if not path.is_dir() else p.relative_to(path)): sha256_file(p) for p in files}
+    sums = {p: sha256_file(p) for p in files}
+    if root is not None:
+        check_against_sums(root, {str(p): d for p, d in sums.items()})
+    return {str(p.name if not path.is_dir() else p.relative_to(path)): d for p, d in sums.items()}
 
 
 def _sample(items: list, n: int | None, seed: int) -> list:
@@ -251,6 +256,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
         path = Path(rel) if Path(rel).is_absolute() else root / rel
         if not path.exists():
             raise ConfigError(f"benchmark {name}: data not found at {path}")
+        checksums = _files_checksums(path, root)  # before any scoring: a damaged file stops the run here
         t0 = time.perf_counter()
         res = RUNNERS[name](model, tok, cfg, path)
         wall = time.perf_counter() - t0
@@ -258,7 +264,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
         if name == "stereoset":
             official = stereoset_official_predictions(preds)
         all_preds.extend({"benchmark": name, **p} for p in preds)
-        res.update({"wall_time_s": round(wall, 3), "data": {"path": str(path), "sha256": _files_checksums(path)}})
+        res.update({"wall_time_s": round(wall, 3), "data": {"path": str(path), "sha256": checksums}})
         doc["benchmarks"][name] = res
         if log:
             log(f"[eval] {name} done in {wall:.1f}s")

@@ -254,6 +254,12 @@ def resolve_model_path(spec: str) -> tuple[str, str]:
         return str(p), "local folder"
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"--model {spec}: no such file or folder")
+    import difflib
+
+    near = difflib.get_close_matches(spec.lower(), list(BUILTIN_MODELS), n=1, cutoff=0.8)
+    if near and "/" not in spec:  # a built-in name mistyped, not a hub id: say so now, not after the hub's retries
+        raise ModelLoadError(f"--model {spec}: not a built-in name, a file or a folder; did you mean {near[0]}? "
+                             f"(built-in: {', '.join(BUILTIN_MODELS)})")
     return spec, "Hugging Face hub id"
 
 

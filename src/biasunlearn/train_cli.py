@@ -32,10 +32,11 @@ def config_path(value: str) -> Path:
 
 
 def read_recipe(value: str) -> dict:
-    """The settings of `--config`'s YAML file or shipped recipe, each checked to be an UnlearnConfig field."""
+    """The settings of `--config`'s YAML file or shipped recipe, each checked to be an UnlearnConfig field and
+    converted to its type."""
     import yaml
 
-    from .unlearn.config import UnlearnConfig
+    from .unlearn.config import UnlearnConfig, coerce_settings
 
     p = config_path(value)
     try:
@@ -47,38 +48,66 @@ def read_recipe(value: str) -> dict:
     bad = [k for k in values if k not in UnlearnConfig.__dataclass_fields__]
     if bad:
         raise ConfigError(f"--config {p}: unknown setting(s) {', '.join(map(str, bad))}")
-    return values
+    return coerce_settings(values, f"--config {p}")
+
+
+def saved_run_settings(folder: Path) -> dict:
+    """The settings a run in `folder` started with (its config.json), for `--resume`."""
+    from .io import read_json
+    from .unlearn.config import coerce_settings, legacy_value
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume {folder}: no run there (no config.json); to start a run in it, use --out {folder}")
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume {folder}: {path} cannot be read ({e})") from e
+    if doc.get("method", "biasunlearn") != "biasunlearn":
+        raise ConfigError(f"--resume {folder}: the run there is {doc.get('method')!r}, not a BiasUnlearn run")
+    if "settings" in doc:
+        values = dict(doc["settings"])
+    else:  # a run written before config.json kept every setting: its method settings, enums as "Enum.NAME"
+        values = {k: legacy_value(v) for k, v in (doc.get("config") or {}).items()}
+    return coerce_settings(values, str(path))
 
 
 def parse_train_config(argv: list[str]):
-    """(UnlearnConfig, resume) from command-line words."""
+    """(UnlearnConfig, resume) from command-line words: the run's own settings when resuming, then --config, then
+    the flags given."""
     from transformers import HfArgumentParser
 
     from .unlearn.config import DEFAULTS, UnlearnConfig, make_config
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     pre.add_argument("--out", default=None)
     pre.add_argument("--resume", nargs="?", const=True, default=None)
     own, rest = pre.parse_known_args(argv)
-    values: dict = read_recipe(own.config) if own.config else {}
     resume = own.resume is not None
-    if isinstance(own.resume, str):
-        values["output_dir"] = own.resume
-    if own.out:
-        values["output_dir"] = own.out
+    folder = own.resume if isinstance(own.resume, str) else own.out
+    if isinstance(own.resume, str) and own.out and Path(own.out) != Path(own.resume):
+        raise ConfigError(f"--resume {own.resume} and --out {own.out} name two folders; give one")
+    values: dict = {}
+    if resume:
+        if not folder:
+            raise ConfigError("--resume needs the run folder: --resume DIR (or --out DIR --resume)")
+        values = saved_run_settings(Path(folder))
+    if own.config:
+        values.update(read_recipe(own.config))
+    if folder:
+        values["output_dir"] = folder
     if "output_dir" not in values:
         raise ConfigError("train needs --out DIR (or --resume DIR, or output_dir in --config)")
-    parser = HfArgumentParser(UnlearnConfig)
-    # values from file, then the words on the command line override them
+    # the words on the command line win; only those given reach the namespace (every default suppressed), so a
+    # flag given with its default value, or as --no_<name>, still overrides the file
+    parser = HfArgumentParser(UnlearnConfig, allow_abbrev=False)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
     cli_ns, extra = parser.parse_known_args(rest, namespace=argparse.Namespace())
     if extra:
         raise ConfigError(f"train: unrecognised argument(s) {' '.join(extra)}")
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in rest if a.startswith("--")}
-    kw = dict(values)
-    for k, v in vars(cli_ns).items():
-        if k in given:
-            kw[k] = v
+    kw = {**values, **vars(cli_ns)}
     for k, v in DEFAULTS.items():
         kw.setdefault(k, v)
     return make_config(**kw), resume
@@ -126,6 +155,15 @@ def _train_cmd(a, extra) -> int:
         print(yaml.safe_dump({"output_dir": cfg.output_dir, **cfg.method_dict()}, sort_keys=False), end="")
         return 0
     cfg, resume = parse_train_config(words)
+    out = Path(cfg.output_dir)
+    if not resume and (out / "config.json").exists():
+        if not a.overwrite:
+            raise ConfigError(f"{out} holds a run already: --resume continues it (a finished run is only evaluated "
+                              "and reported again), --overwrite starts a new one in its place, or name another --out")
+        from .unlearn.pipeline import clear_run
+
+        print(f"[train] --overwrite: removed the run in {out}: {', '.join(clear_run(out)) or 'nothing'}",
+              file=sys.stderr)
     res = run_training(cfg, resume=resume)
     if "after" in res:
         from .report import eval_markdown
@@ -136,7 +174,7 @@ def _train_cmd(a, extra) -> int:
 
 
 def register(sub) -> None:
-    t = sub.add_parser("train", help="debias a model with BiasUnlearn (LoRA); every setting is a flag",
+    t = sub.add_parser("train", allow_abbrev=False, help="debias a model with BiasUnlearn (LoRA); every setting is a flag",
                        description="Train a BiasUnlearn adapter. Any UnlearnConfig / TrainingArguments field is "
                                    "accepted as --name value (e.g. --learning_rate 5e-5 --max_steps 300). "
                                    "`--settings` lists them with their defaults; `--dry-run` prints what a "
@@ -145,6 +183,9 @@ def register(sub) -> None:
                    help="YAML file of settings, or a shipped recipe: " + ", ".join(builtin_recipes()))
     t.add_argument("--out", default=None, help="run folder")
     t.add_argument("--resume", nargs="?", const=True, default=None, help="continue the run in --out (or in DIR)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in --out although it holds one (its checkpoints, adapters, logs and reports "
+                        "are removed first)")
     t.add_argument("--settings", action="store_true", help="list every BiasUnlearn setting with its default and help")
     t.add_argument("--dry-run", action="store_true",
                    help="print the settings that --config and the flags resolve to (YAML), and exit without training")

@@ -34,6 +34,36 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     )
 
 
+SUMS_FILE = "SHA256SUMS"
+SKIP_CHECK_VAR = "BIASUNLEARN_SKIP_DATA_CHECK"
+
+
+def check_against_sums(root: Path, checksums: dict) -> None:
+    """Refuse data files whose sha256 differs from the one the data folder's SHA256SUMS lists for them (a copy cut
+    short or edited): `checksums` is {path: sha256}. Files the list does not name, and a folder without the list,
+    pass; ${SKIP_CHECK_VAR}=1 lets a deliberate edit through (the results record every file's sha256 anyway)."""
+    from ..errors import DataError
+
+    sums_path = Path(root) / SUMS_FILE
+    if not sums_path.is_file() or os.environ.get(SKIP_CHECK_VAR, "") in ("1", "true"):
+        return
+    listed = {}
+    for line in sums_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2:
+            listed[parts[1].lstrip("*").strip()] = parts[0].lower()
+    root = Path(root).resolve()
+    for path, digest in checksums.items():
+        try:
+            rel = Path(path).resolve().relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if rel in listed and digest is not None and listed[rel] != digest:
+            raise DataError(path, f"its sha256 {digest[:12]}... is not the {listed[rel][:12]}... that {sums_path} "
+                                  f"lists: a copy cut short or edited? Restore it, or set {SKIP_CHECK_VAR}=1 to use "
+                                  "it as it is")
+
+
 def resolve_data_path(relative: str, root: str | os.PathLike | None = None) -> Path:
     p = Path(relative)
     if p.is_absolute():

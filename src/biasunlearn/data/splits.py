@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import comma_list, sha256_file, sha256_text
-from .common import SkipLog, data_dir
+from .common import SkipLog, check_against_sums, data_dir
 from .stereoset import StereoSetExample, load_stereoset
 
 TRAIN_POOL_FILES = ("stereoset/zjunlp__BiasEdit/dev.json", "stereoset/zjunlp__EditBias/dev.json")
@@ -71,6 +71,7 @@ def load_train_pool(root=None, files=TRAIN_POOL_FILES, skips: SkipLog | None = N
     for rel in files:
         p = Path(rel) if Path(rel).is_absolute() else root / rel
         sources[rel] = sha256_file(p) if p.exists() else None
+        check_against_sums(root, {str(p): sources[rel]})
         for e in load_stereoset(p, task="intrasentence", skips=skips):
             if e.id in seen:
                 skips.skip("duplicate example id across train-pool files", e.id)

@@ -187,6 +187,8 @@ class UnlearnConfig(TrainingArguments):
     eval_benchmarks: str = _f("stereoset,crows_pairs,bbq,perplexity", "Benchmarks for the before/after report.")
     eval_bbq_per_category: int = _f(200, "BBQ examples per category in the report (0 = all).")
     eval_intersentence: bool = _f(False, "Also score StereoSet intersentence in the report (doubles its cost).")
+    eval_limit: int = _f(0, "At most this many examples per benchmark in the report (a seeded sample, for a quick "
+                            "look; the report says so); 0 = all.")
     eval_dtype: str = _f("auto", "dtype for the before/after evaluation: float32, bfloat16, or auto (bfloat16 where the "
                          "GPU or CPU computes it natively, else float32: emulated bf16 is many times slower).")
     skip_final_eval: bool = _f(False, "Only train; no before/after evaluation and report.")
@@ -212,7 +214,7 @@ class UnlearnConfig(TrainingArguments):
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")
-        for name in ("unrelated_max_tokens", "swap_margin", "swap_margin_nats", "retain_floor_margin",
+        for name in ("unrelated_max_tokens", "eval_limit", "swap_margin", "swap_margin_nats", "retain_floor_margin",
                      "neutral_anchor_batch_size", "gender_term_variants"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
@@ -232,9 +234,24 @@ class UnlearnConfig(TrainingArguments):
                               "both must be at least 1 with unrelated_source='generated'")
         if self.stop_at_step < 0 or (self.stop_at_step and self.max_steps > 0 and self.stop_at_step > self.max_steps):
             raise ConfigError(f"stop_at_step={self.stop_at_step}: must be 0 (off) or between 1 and max_steps "
-                              f"({self.max_steps})")
+                              f"({self.max_steps}); to stop a recipe that fixes its schedule earlier, lower "
+                              "--stop_at_step (the learning-rate schedule still spans max_steps)")
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise ConfigError("forget_batch_size and retain_batch_size must be at least 1")
+        if self.alpha_kl > 0 and self.unrelated_batch_size < 1:
+            raise ConfigError(f"unrelated_batch_size={self.unrelated_batch_size}: must be at least 1 while alpha_kl "
+                              "is above 0")
+        positive = {"learning_rate": self.learning_rate, "max_steps": self.max_steps, "eval_every": self.eval_every,
+                    "npo_beta": self.npo_beta}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name}={value}: must be above 0")
+        for name in ("alpha_forget", "alpha_retain", "alpha_kl", "adversarial_share"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
+        if self.adversarial_share > 1 or not 0 < self.dev_fraction < 1:
+            raise ConfigError(f"adversarial_share={self.adversarial_share}, dev_fraction={self.dev_fraction}: a share "
+                              "of 0 to 1, and a fraction above 0 and below 1")
 
     def load_dtype(self) -> str:
         """The dtype `model_dtype` stands for (see its help)."""
@@ -275,15 +292,120 @@ class UnlearnConfig(TrainingArguments):
         own.update({k: getattr(self, k) for k in ("learning_rate", "max_steps", "warmup_steps", "lr_scheduler_type",
                                                    "weight_decay", "seed", "bf16", "gradient_checkpointing",
                                                    "optim")})
-        own["lr_scheduler_type"] = str(own["lr_scheduler_type"])
-        own["optim"] = str(own["optim"])
+        own["lr_scheduler_type"] = _plain_value(own["lr_scheduler_type"])
+        own["optim"] = _plain_value(own["optim"])
         return own
+
+    def run_settings(self) -> dict:
+        """Every setting that differs from its default, as a JSON-ready dict that `make_config` takes back: the
+        run's config.json keeps it so that `--resume DIR` continues with the settings the run started with
+        (transformers' own arguments included: gradient_accumulation_steps, logging_steps, ...). Where the run
+        folder is and bf16, which make_config chooses by machine, are written as they are."""
+        out = {}
+        for f in fields(self):
+            if not f.init or f.name.startswith("_") or f.name in NOT_RUN_SETTINGS:
+                continue
+            value = _plain_value(getattr(self, f.name))
+            if not _is_plain(value):
+                continue
+            default = _plain_value(_default_of(f))
+            if f.name != "bf16" and (value == default or default is None and value in (False, [], "")):
+                continue  # the default, or an unset value post-init filled in (a deprecated alias among them)
+            out[f.name] = value
+        return out
 
 
 DEFAULTS = dict(learning_rate=5e-5, max_steps=1000, lr_scheduler_type="linear", warmup_steps=0.05, logging_steps=5,
                 save_strategy="steps", save_total_limit=2, report_to="none", remove_unused_columns=False,
                 per_device_train_batch_size=1, dataloader_num_workers=0, optim="adamw_torch", weight_decay=0.0,
                 disable_tqdm=False, seed=42, max_grad_norm=1.0)
+
+
+# not carried over by --resume: where the run is (the folder named), per-process and per-machine values (which
+# device), and log folders
+NOT_RUN_SETTINGS = {"output_dir", "logging_dir", "run_name", "local_rank", "ddp_backend", "hub_token", "use_cpu",
+                    "dataloader_pin_memory"}
+
+
+def _plain_value(v):
+    """An enum as its value ("linear", not "SchedulerType.LINEAR"), so written settings read back in."""
+    import enum
+
+    return v.value if isinstance(v, enum.Enum) else v
+
+
+def legacy_value(v):
+    """A setting as runs written before this version stored it: enums as "SchedulerType.LINEAR" -> "linear"."""
+    if isinstance(v, str) and v.startswith(("SchedulerType.", "OptimizerNames.")):
+        return v.split(".", 1)[1].lower()
+    return v
+
+
+def _is_plain(v) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(_is_plain(x) for x in v)
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _default_of(f):
+    from dataclasses import MISSING
+
+    if f.name in DEFAULTS:
+        return DEFAULTS[f.name]
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None
+
+
+def _field_types() -> dict:
+    import typing
+
+    global _TYPES
+    if _TYPES is None:
+        _TYPES = typing.get_type_hints(UnlearnConfig)
+    return _TYPES
+
+
+_TYPES = None
+
+
+def coerce_settings(values: dict, source: str) -> dict:
+    """Values read from YAML or JSON, converted to their setting's type: YAML reads `1e-4` as a string, and a
+    value such as `max_steps: five` should fail here, naming the setting and where it came from, not after the
+    model has loaded."""
+    import typing
+
+    hints = _field_types()
+    out = {}
+    for name, value in values.items():
+        hint = hints.get(name)
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
+        want = args[0] if len(args) == 1 else None
+        if value is None or want not in (int, float, bool, str) or isinstance(value, want) and not (
+                want is int and isinstance(value, bool)):
+            out[name] = value
+            continue
+        try:
+            if want is bool:
+                text = str(value).strip().lower()
+                if text not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                out[name] = text in ("true", "1", "yes")
+            elif want is int:
+                number = float(value)
+                if number != int(number) or isinstance(value, bool):
+                    raise ValueError
+                out[name] = int(number)
+            elif want is float:
+                if isinstance(value, bool):
+                    raise ValueError
+                out[name] = float(value)
+            else:
+                out[name] = str(value)
+        except (TypeError, ValueError):
+            kind = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[want]
+            raise ConfigError(f"{source}: {name}={value!r}: expected {kind}") from None
+    return out
 
 
 def make_config(**overrides) -> UnlearnConfig:

@@ -21,7 +21,7 @@ from ..evaluate import STEREOSET_SCORES, EvalConfig, evaluate_model, package_ver
 from ..io import atomic_write_text, comma_list, read_json, write_json
 from ..models import load_model, machine_info, tune_glibc_malloc
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
-from .config import UnlearnConfig
+from .config import UnlearnConfig, legacy_value
 from .controller import SwapController
 from .generated import load_or_sample
 from .sets import UnlearnSets
@@ -80,11 +80,16 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ck = last_checkpoint(out) if resume else None
     if resume and ck is None:
-        log(f"[train] --resume: no checkpoint in {out}; starting from scratch")
+        log(f"[train] --resume: no checkpoint in {out} yet; starting the run again from step 0")
     if ck is not None:
+        done = finished_run(out, cfg)
+        if done is not None:
+            log(f"[train] {out} holds a finished run ({done['steps']} steps); nothing to train (raise --max_steps, "
+                "or --stop_at_step, to train it further)")
+            return done
         _warn_changed_settings(out / "config.json", cfg, log)
         recover_folder(out / "best_adapter")  # a save killed half way (see save_adapter)
-    if not resume:
+    if ck is None:  # a fresh start: nothing of an earlier start may mix into this run's logs
         for stale in ("log.jsonl", "dev_log.jsonl"):
             (out / stale).unlink(missing_ok=True)
         for stale in ("best_adapter", "best_adapter.old", "best_adapter.tmp"):
@@ -152,7 +157,8 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         write_json(out / "splits.json", {**splits.to_dict(), "test": {"path": cfg.test_set, "n": len(test)},
                                          "overlap_with_test": overlap,
                                          "excluded_train_ids": [e.id for e in excluded]})
-        write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(), "model": info.to_dict(),
+        write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(),
+                                         "settings": cfg.run_settings(), "model": info.to_dict(),
                                          "versions": package_versions(),
                                          "machine": machine_info()})
     controller = SwapController(sets.bias_types, mode=cfg.swap_mode, tolerance=cfg.early_stop_tolerance,
@@ -194,8 +200,46 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
 
 
 # settings that change nothing a resumed run computes (speed, memory, what is read afterwards)
-RESUME_NEUTRAL = {"cpu_malloc_tuning", "skip_final_eval", "eval_benchmarks", "eval_bbq_per_category",
+RESUME_NEUTRAL = {"cpu_malloc_tuning", "skip_final_eval", "eval_benchmarks", "eval_bbq_per_category", "eval_limit",
                   "eval_intersentence", "eval_dtype", "data_dir"}
+
+
+RUN_FILES = ("config.json", "splits.json", "log.jsonl", "dev_log.jsonl", "train_summary.json", "report.md",
+             "losses.png", "dev_ss.png", "dev_margin.png", "dev_margins.json", "generated_unrelated.jsonl")
+RUN_FOLDERS = ("adapter", "best_adapter", "best_adapter.old", "best_adapter.tmp", "final_adapter", "final_adapter.old",
+               "final_adapter.tmp", "eval_before", "eval_after")
+
+
+def clear_run(out: Path) -> list[str]:
+    """Remove what a training run writes in `out` (files of other names stay); returns the names removed."""
+    out = Path(out)
+    gone = []
+    for name in RUN_FILES:
+        if (out / name).is_file():
+            (out / name).unlink()
+            gone.append(name)
+    for d in [*(out / n for n in RUN_FOLDERS), *sorted(out.glob("checkpoint-*"))]:
+        if d.is_dir():
+            shutil.rmtree(d)
+            gone.append(d.name + "/")
+    return gone
+
+
+def finished_run(out: Path, cfg: UnlearnConfig) -> dict | None:
+    """The summary of the finished run in `out` (train_summary.json and adapter/ written at its end), unless `cfg`
+    asks it to train further (a later max_steps or stop_at_step than the run had); else None."""
+    summary_path, adapter = out / "train_summary.json", out / "adapter" / "adapter_config.json"
+    if not (summary_path.is_file() and adapter.is_file()):
+        return None
+    try:
+        before = read_json(out / "config.json").get("config", {})
+    except (OSError, ValueError):
+        before = {}
+    end_then = before.get("stop_at_step") or before.get("max_steps")
+    end_now = cfg.stop_at_step or cfg.max_steps
+    if end_then is not None and end_now > end_then:
+        return None
+    return read_json(summary_path)
 
 
 def _warn_changed_settings(saved: Path, cfg: UnlearnConfig, log) -> None:
@@ -208,7 +252,7 @@ def _warn_changed_settings(saved: Path, cfg: UnlearnConfig, log) -> None:
         return
     now = json.loads(json.dumps(cfg.method_dict(), default=str))
     changed = {k: (before.get(k, "(not a setting then)"), v) for k, v in now.items()
-               if before.get(k) != v and k not in RESUME_NEUTRAL}
+               if legacy_value(before.get(k)) != v and k not in RESUME_NEUTRAL}
     if changed:
         log("[resume] warning: these settings differ from the run's start, so it will not continue exactly: "
             + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))
@@ -232,7 +276,7 @@ def report_benchmarks(cfg: UnlearnConfig) -> tuple[str, ...]:
 
 
 def eval_config_for(cfg: UnlearnConfig) -> EvalConfig:
-    return EvalConfig(benchmarks=report_benchmarks(cfg), data_dir=cfg.data_dir,
+    return EvalConfig(benchmarks=report_benchmarks(cfg), data_dir=cfg.data_dir, limit=cfg.eval_limit or None,
                       bbq_per_category=cfg.eval_bbq_per_category or None,
                       stereoset_intersentence=cfg.eval_intersentence)
 
@@ -301,6 +345,9 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
              "All figures below are on held-out data: StereoSet test = StereoSet dev intrasentence (target terms "
              "disjoint from the train pool), CrowS-Pairs, BBQ and WikiText-2 were never trained on. Checkpoint choice "
              "and swapping used only the dev slice of the train pool.", ""]
+    if cfg.eval_limit:
+        parts += [f"**A quick look, not a measurement: at most {cfg.eval_limit} examples per benchmark (a seeded "
+                  "sample, eval_limit), so every figure below is far less precise than a full read.**", ""]
     parts.append(report.before_after_markdown(before, after))
     rows = [_stereoset_rows(out / name) for name in ("eval_before", "eval_after")]
     if all(rows):
