@@ -138,7 +138,7 @@ def builtin_path(name):
     return builtin_recipes()[name]
 
 
-def test_resume_continues_with_the_settings_the_run_started_with(tmp_path):
+def test_resume_continues_with_the_settings_the_run_started_with(tmp_path, capsys):
     """--resume DIR reads DIR/config.json: the run's settings (transformers' own included) come back without being
     repeated, a --config and the flags given win over them (a flag given with its default value too), and a
     folder with no run is an error rather than a fresh 1000-step run."""
@@ -167,6 +167,10 @@ def test_resume_continues_with_the_settings_the_run_started_with(tmp_path):
     write_json(run / "config.json", {"method": "biasunlearn", "config": old})
     cfg, _ = parse_train_config(["--resume", str(run)])
     assert cfg.max_steps == 6 and cfg.lr_scheduler_type.value == "constant" and cfg.optim.value == "adamw_torch"
+    # a setting this version no longer has is left out, with a warning, rather than failing the resume
+    write_json(run / "config.json", {"method": "biasunlearn", "settings": {"max_steps": 6, "retired_knob": 1}})
+    cfg, _ = parse_train_config(["--resume", str(run)])
+    assert cfg.max_steps == 6 and "left out: retired_knob" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"--resume .*typo: no run there \(no config.json\); to start a run in it, "
                                           r"use --out"):
         parse_train_config(["--resume", str(tmp_path / "typo")])

@@ -69,7 +69,13 @@ def saved_run_settings(folder: Path) -> dict:
         values = dict(doc["settings"])
     else:  # a run written before config.json kept every setting: its method settings, enums as "Enum.NAME"
         values = {k: legacy_value(v) for k, v in (doc.get("config") or {}).items()}
-    return coerce_settings(values, str(path))
+    from .unlearn.config import UnlearnConfig
+
+    gone = sorted(k for k in values if k not in UnlearnConfig.__dataclass_fields__)
+    if gone:  # settings this version no longer has
+        print(f"[resume] warning: {path} names settings this version does not have, left out: {', '.join(gone)}",
+              file=sys.stderr)
+    return coerce_settings({k: v for k, v in values.items() if k not in gone}, str(path))
 
 
 def parse_train_config(argv: list[str]):
