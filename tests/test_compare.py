@@ -278,6 +278,16 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
         assert cli.main(["compare", "--out", str(tmp_path / "o"), "--config", "smollm2-cpu"]) == 0
     assert (seen["max_steps"], seen["learning_rate"], seen["eval_every"]) == (250, 5e-4, 50)
     assert seen["config_overrides"]["npo_reference"] == "twin" and "max_steps" not in seen["config_overrides"]
+    # a recipe's run folder and model are compare's to set; a fixed schedule is every method's budget
+    y.write_text("output_dir: runs/one\nmodel: other-model\nmax_steps: 250\nstop_at_step: 250\n")
+    seen.clear()
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli.main(["compare", "--out", str(tmp_path / "o"), "--config", str(y), "--max_steps", "100",
+                         "--limit", "0"]) == 0
+    assert seen["max_steps"] == 100 and seen["config_overrides"] == {"stop_at_step": 100}
+    assert seen["model"] == "smollm2-135m" and seen["limit"] is None
+    assert "output_dir 'runs/one' left out" in err.getvalue() and "stop_at_step 250 -> 100" in err.getvalue()
     y.write_text("max_step: 250\n")
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):

@@ -601,3 +601,27 @@ def test_jsonl_round_trip_plain_and_gzip_and_bad_rows_named(tmp_path):
     (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress(b'{"id": 1}\n\n{oops\n'))
     with pytest.raises(DataError, match=r"bad.jsonl.gz, row 3: not JSON"):
         read_jsonl(tmp_path / "bad.jsonl.gz")
+
+
+def test_sums_check_reads_dot_slash_and_backslash_names_and_a_linked_file_under_its_own_name(tmp_path, monkeypatch):
+    import os
+
+    from biasunlearn.data.common import check_against_sums
+    from biasunlearn.errors import DataError
+
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "sub" / "a.csv"
+    f.write_text("x,y\n1,2\n")
+    wrong = "0" * 64
+    for listed in ("./sub/a.csv", "sub\\a.csv", "*sub/a.csv"):
+        (tmp_path / "SHA256SUMS").write_text(f"{wrong}  {listed}\r\n")
+        with pytest.raises(DataError, match="a.csv: its sha256"):
+            check_against_sums(tmp_path, {str(f): "1" * 64})
+        check_against_sums(tmp_path, {str(f): wrong})  # the listed sum passes
+    elsewhere = tmp_path.parent / (tmp_path.name + "_real.csv")
+    elsewhere.write_text("x\n")
+    os.symlink(elsewhere, tmp_path / "sub" / "linked.csv")
+    (tmp_path / "SHA256SUMS").write_text(f"{wrong}  sub/linked.csv\n")
+    with pytest.raises(DataError, match="linked.csv"):
+        check_against_sums(tmp_path, {str(tmp_path / "sub" / "linked.csv"): "1" * 64})
+    check_against_sums(tmp_path, {str(elsewhere): "1" * 64})  # outside the folder: not its list's business

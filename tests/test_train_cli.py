@@ -176,6 +176,15 @@ def test_resume_continues_with_the_settings_the_run_started_with(tmp_path, capsy
         parse_train_config(["--resume", str(tmp_path / "typo")])
     with pytest.raises(ConfigError, match="name two folders"):
         parse_train_config(["--resume", str(run), "--out", str(tmp_path / "other")])
+    # save_steps follows eval_every when a resume changes it; dict settings come back; the engine is not carried, the data
+    # folder is (a resumed run reads the same data; --data_dir moves it)
+    started = make_config(output_dir=str(run), max_steps=6, eval_every=3, lr_scheduler_type="cosine_with_min_lr",
+                          lr_scheduler_kwargs={"min_lr": 1e-6}, data_dir=str(tmp_path))
+    kept = started.run_settings()
+    assert "save_steps" not in kept and "fsdp" not in kept and kept["data_dir"] == str(tmp_path)
+    write_json(run / "config.json", {"method": "biasunlearn", "settings": kept})
+    cfg, _ = parse_train_config(["--resume", str(run), "--eval_every", "2"])
+    assert (cfg.eval_every, cfg.save_steps, cfg.lr_scheduler_kwargs) == (2, 2, {"min_lr": 1e-6})
 
 
 def test_bad_values_and_shortened_flags_are_refused_before_anything_loads(tmp_path):
@@ -189,6 +198,13 @@ def test_bad_values_and_shortened_flags_are_refused_before_anything_loads(tmp_pa
     y.write_text("max_steps: 2.5\n")
     with pytest.raises(ConfigError, match="max_steps=2.5: expected a whole number"):
         parse_train_config(["--config", str(y), "--out", str(tmp_path / "r")])
+    for text, message in (("swap_mode: off\n", "swap_mode=False: expected text"),  # YAML 1.1 reads off as false
+                          ("max_steps: .inf\n", "max_steps=inf: expected a whole number"),
+                          ("type_weights: {gender: 2}\n", "type_weights=.*expected text"),
+                          ("learning_rate: true\n", "learning_rate=True: expected a number")):
+        y.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            parse_train_config(["--config", str(y), "--out", str(tmp_path / "r")])
     out = ["--out", str(tmp_path / "r")]
     for flag, value, message in (("--learning_rate", "-1", "learning_rate=-1.0: must be above 0"),
                                  ("--eval_every", "0", "eval_every=0: must be above 0"),
@@ -247,3 +263,28 @@ def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_i
     assert after["eval_config"]["limit"] == 2 and set(after["benchmarks"]) == {"stereoset", "crows_pairs"}
     assert after["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"] == 2
     assert "A quick look, not a measurement: at most 2 examples per benchmark" in (out / "report.md").read_text()
+    first = after["model"]["adapter_sha256"]
+    # read again with other evaluation settings: not the quick look's results
+    assert main(["train", "--resume", str(out), "--skip_final_eval", "false", "--eval_limit", "3",
+                 "--eval_benchmarks", "stereoset,crows_pairs", "--eval_dtype", "float32"]) == 0
+    after = json.loads((out / "eval_after" / "results.json").read_text())
+    assert after["eval_config"]["limit"] == 3 and after["model"]["adapter_sha256"] == first
+    # trained further: the after-read is of the new adapter, and the summary of the longer run
+    assert main(["train", "--resume", str(out), "--max_steps", "3", "--stop_at_step", "3",
+                 "--skip_final_eval", "false", "--eval_limit", "3",
+                 "--eval_benchmarks", "stereoset,crows_pairs", "--eval_dtype", "float32"]) == 0
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 3
+    after = json.loads((out / "eval_after" / "results.json").read_text())
+    assert after["model"]["adapter_sha256"] != first
+    # a finished run whose checkpoints were deleted to save space is still finished
+    for ck in out.glob("checkpoint-*"):
+        shutil.rmtree(ck)
+    summary = (out / "train_summary.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    assert "holds a finished run (3 steps)" in capsys.readouterr().err
+    assert (out / "train_summary.json").read_bytes() == summary
+    # a folder holding something else's config.json (a model's) is not a run
+    from biasunlearn.train_cli import holds_run
+
+    assert holds_run(out) and not holds_run(tiny_llama_path)

@@ -40,18 +40,32 @@ def _compare_cmd(a) -> int:
         k, v = item.split("=", 1)
         k = k.strip().replace("-", "_")
         overrides.update(coerce_settings({k: _value(v)}, "--set"))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    for k in ("output_dir", "model"):  # every method has its own folder, and --model names the one model
+        if k in overrides:
+            log(f"[compare] --config: {k} {overrides.pop(k)!r} left out (compare sets it: --out, --model)")
     budget = {k: getattr(a, k) for k in BUDGET}
     for k in BUDGET:
         value = overrides.pop(k, None)
         if value is not None and (budget[k] is None or any(i.split("=", 1)[0].strip().replace("-", "_") == k
                                                             for i in a.set or [])):
             budget[k] = value
-    res = run_compare(a.model, a.methods, a.out, ablations=a.ablations, **budget, benchmarks=a.benchmarks, limit=a.limit,
+    if overrides.get("stop_at_step") and budget["max_steps"]:
+        # a recipe that fixes its schedule keeps its last adapter; every method trains the same budget of steps
+        if overrides["stop_at_step"] != budget["max_steps"]:
+            log(f"[compare] stop_at_step {overrides['stop_at_step']} -> {budget['max_steps']}: every method trains "
+                "max_steps steps")
+        overrides["stop_at_step"] = budget["max_steps"]
+    for name in ("limit", "bbq_per_category", "ppl_max_tokens"):
+        if getattr(a, name) is not None and getattr(a, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be 0 or more (0 = all)")
+    res = run_compare(a.model, a.methods, a.out, ablations=a.ablations, **budget, benchmarks=a.benchmarks,
+                      limit=a.limit or None,
                       bbq_per_category=a.bbq_per_category, ppl_max_tokens=a.ppl_max_tokens, dtype=a.dtype,
                       data_dir=a.data_dir, rerun=a.rerun or (), config_overrides=overrides or None,
                       baseline_batch_size=a.batch_size, dpo_pairs_per_step=a.dpo_pairs, dpo_beta=a.dpo_beta,
                       ablation_checkpoint=a.ablation_checkpoint, stereoset_intersentence=not a.no_intersentence,
-                      log=lambda s: print(s, file=sys.stderr, flush=True))
+                      log=log)
     print(f"report: {res['report']}\nhtml:   {res['html']}")
     return 0
 

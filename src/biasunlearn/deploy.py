@@ -196,9 +196,10 @@ def _normalised(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def _reusable(path: Path, cfg, info: dict) -> dict | None:
-    """A results document at `path` made with the same settings, model and adapter, or None."""
-    if not path.exists():
+def read_results(path: Path, cfg) -> dict | None:
+    """The results document at `path` if it was made with the evaluation settings `cfg` (speed settings aside),
+    else None (also when it is missing or unreadable)."""
+    if not Path(path).exists():
         return None
     try:
         doc = read_json(path)
@@ -207,10 +208,18 @@ def _reusable(path: Path, cfg, info: dict) -> dict | None:
     ignore = {"progress", "max_tokens"}
     a = {k: v for k, v in (doc.get("eval_config") or {}).items() if k not in ignore}
     b = {k: v for k, v in _normalised(cfg.to_dict()).items() if k not in ignore}
+    return doc if a == b else None
+
+
+def _reusable(path: Path, cfg, info: dict) -> dict | None:
+    """A results document at `path` made with the same settings, model and adapter, or None."""
+    doc = read_results(path, cfg)
+    if doc is None:
+        return None
     m = doc.get("model") or {}
     same_model = all(m.get(k) == info.get(k) for k in ("resolved", "adapter", "dtype")) and \
         (m.get("extra") or {}) == _normalised(info.get("extra") or {})
-    return doc if a == b and same_model else None
+    return doc if same_model else None
 
 
 def cache_info(info, adapter_dir=None) -> dict:

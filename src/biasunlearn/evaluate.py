@@ -242,9 +242,24 @@ def check_config(cfg: EvalConfig) -> Path:
     return data_dir(cfg.data_dir)
 
 
+def check_data(cfg: EvalConfig) -> dict:
+    """{benchmark: (its data path, {file: sha256})}, every file there and checked against the data folder's
+    SHA256SUMS: a missing or damaged file stops a run before any scoring (and `train` before training)."""
+    root = check_config(cfg)
+    out = {}
+    for name in cfg.benchmarks:
+        rel = cfg.paths.get(name, DEFAULT_PATHS[name])
+        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        if not path.exists():
+            raise ConfigError(f"benchmark {name}: data not found at {path}")
+        out[name] = (path, _files_checksums(path, root))
+    return out
+
+
 def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print) -> dict:
     """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir."""
     root = check_config(cfg)
+    checked = check_data(cfg)
     doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
            "model": model_info or {}, "versions": package_versions(), "machine": machine_info(),
            "eval_config": cfg.to_dict(),
@@ -252,11 +267,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
     all_preds = []
     official = {"intrasentence": [], "intersentence": []}
     for name in cfg.benchmarks:
-        rel = cfg.paths.get(name, DEFAULT_PATHS[name])
-        path = Path(rel) if Path(rel).is_absolute() else root / rel
-        if not path.exists():
-            raise ConfigError(f"benchmark {name}: data not found at {path}")
-        checksums = _files_checksums(path, root)  # before any scoring: a damaged file stops the run here
+        path, checksums = checked[name]
         t0 = time.perf_counter()
         res = RUNNERS[name](model, tok, cfg, path)
         wall = time.perf_counter() - t0

@@ -78,6 +78,16 @@ def saved_run_settings(folder: Path) -> dict:
     return coerce_settings({k: v for k, v in values.items() if k not in gone}, str(path))
 
 
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds a BiasUnlearn run (its config.json, not, say, a model's)."""
+    from .io import read_json
+
+    try:
+        return read_json(Path(folder) / "config.json").get("method") == "biasunlearn"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def parse_train_config(argv: list[str]):
     """(UnlearnConfig, resume) from command-line words: the run's own settings when resuming, then --config, then
     the flags given."""
@@ -162,7 +172,11 @@ def _train_cmd(a, extra) -> int:
         return 0
     cfg, resume = parse_train_config(words)
     out = Path(cfg.output_dir)
-    if not resume and (out / "config.json").exists():
+    if resume and a.overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: give one")
+    # the main process alone looks and clears (under accelerate launch the others start later and write nothing
+    # in the folder before it does)
+    if not resume and cfg.process_index == 0 and holds_run(out):
         if not a.overwrite:
             raise ConfigError(f"{out} holds a run already: --resume continues it (a finished run is only evaluated "
                               "and reported again), --overwrite starts a new one in its place, or name another --out")

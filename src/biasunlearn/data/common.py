@@ -51,12 +51,12 @@ def check_against_sums(root: Path, checksums: dict) -> None:
     for line in sums_path.read_text(encoding="utf-8", errors="replace").splitlines():
         parts = line.strip().split(None, 1)
         if len(parts) == 2:
-            listed[parts[1].lstrip("*").strip()] = parts[0].lower()
-    root = Path(root).resolve()
+            name = parts[1].lstrip("*").strip().replace("\\", "/")
+            listed[os.path.normpath(name).replace(os.sep, "/")] = parts[0].lower()
+    root_abs = os.path.abspath(root)  # not resolved: a linked file is checked under the name it has here
     for path, digest in checksums.items():
-        try:
-            rel = Path(path).resolve().relative_to(root).as_posix()
-        except ValueError:
+        rel = os.path.relpath(os.path.abspath(path), root_abs).replace(os.sep, "/")
+        if rel.startswith("../"):
             continue
         if rel in listed and digest is not None and listed[rel] != digest:
             raise DataError(path, f"its sha256 {digest[:12]}... is not the {listed[rel][:12]}... that {sums_path} "

@@ -309,8 +309,10 @@ class UnlearnConfig(TrainingArguments):
             if not _is_plain(value):
                 continue
             default = _plain_value(_default_of(f))
-            if f.name != "bf16" and (value == default or default is None and value in (False, [], "")):
+            if f.name != "bf16" and (value == default or default is None and value in (False, [], "", {})):
                 continue  # the default, or an unset value post-init filled in (a deprecated alias among them)
+            if f.name == "save_steps" and value == self.eval_every:
+                continue  # it follows eval_every (make_config), also when a resume changes eval_every
             out[f.name] = value
         return out
 
@@ -322,9 +324,10 @@ DEFAULTS = dict(learning_rate=5e-5, max_steps=1000, lr_scheduler_type="linear", 
 
 
 # not carried over by --resume: where the run is (the folder named), per-process and per-machine values (which
-# device), and log folders
+# device, the engine and its config files: given again with accelerate launch), and log folders
 NOT_RUN_SETTINGS = {"output_dir", "logging_dir", "run_name", "local_rank", "ddp_backend", "hub_token", "use_cpu",
-                    "dataloader_pin_memory"}
+                    "dataloader_pin_memory", "fsdp", "fsdp_config", "deepspeed", "accelerator_config",
+                    "torch_compile_backend"}
 
 
 def _plain_value(v):
@@ -344,6 +347,8 @@ def legacy_value(v):
 def _is_plain(v) -> bool:
     if isinstance(v, (list, tuple)):
         return all(_is_plain(x) for x in v)
+    if isinstance(v, dict):  # lr_scheduler_kwargs, gradient_checkpointing_kwargs, ...
+        return all(isinstance(k, str) and _is_plain(x) for k, x in v.items())
     return v is None or isinstance(v, (str, int, float, bool))
 
 
@@ -382,10 +387,12 @@ def coerce_settings(values: dict, source: str) -> dict:
         args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
         want = args[0] if len(args) == 1 else None
         if value is None or want not in (int, float, bool, str) or isinstance(value, want) and not (
-                want is int and isinstance(value, bool)):
+                want in (int, float) and isinstance(value, bool)):
             out[name] = value
             continue
         try:
+            if isinstance(value, (dict, list, tuple)) or (want is str and isinstance(value, bool)):
+                raise ValueError  # e.g. YAML reads `swap_mode: off` as false: not the text "False"
             if want is bool:
                 text = str(value).strip().lower()
                 if text not in ("true", "false", "1", "0", "yes", "no"):
@@ -402,7 +409,7 @@ def coerce_settings(values: dict, source: str) -> dict:
                 out[name] = float(value)
             else:
                 out[name] = str(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             kind = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[want]
             raise ConfigError(f"{source}: {name}={value!r}: expected {kind}") from None
     return out

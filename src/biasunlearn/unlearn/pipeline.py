@@ -17,7 +17,7 @@ from ..adapters import lora_config
 from ..data import data_dir, load_text_lines
 from ..data.splits import checked_splits, coarse_dev_types
 from ..errors import BiasUnlearnError, ConfigError, DataError
-from ..evaluate import STEREOSET_SCORES, EvalConfig, evaluate_model, package_versions, read_stereoset_predictions
+from ..evaluate import STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions, read_stereoset_predictions
 from ..io import atomic_write_text, comma_list, read_json, write_json
 from ..models import load_model, machine_info, tune_glibc_malloc
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
@@ -78,15 +78,18 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     """Train the BiasUnlearn adapter; returns a summary. Writes adapter/, splits.json, config.json, logs, plots."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    done = finished_run(out, cfg) if resume else None
+    if done is not None:
+        log(f"[train] {out} holds a finished run ({done['steps']} steps); nothing to train (to train it further, "
+            f"raise {'--stop_at_step (and --max_steps with it)' if cfg.stop_at_step else '--max_steps'})")
+        return done
     ck = last_checkpoint(out) if resume else None
     if resume and ck is None:
         log(f"[train] --resume: no checkpoint in {out} yet; starting the run again from step 0")
+    if cfg.process_index == 0:  # what the last start finished is not this run's: a kill from here on must not
+        (out / "train_summary.json").unlink(missing_ok=True)  # leave it looking finished, nor its after-read
+        shutil.rmtree(out / "eval_after", ignore_errors=True)  # beside a new adapter
     if ck is not None:
-        done = finished_run(out, cfg)
-        if done is not None:
-            log(f"[train] {out} holds a finished run ({done['steps']} steps); nothing to train (raise --max_steps, "
-                "or --stop_at_step, to train it further)")
-            return done
         _warn_changed_settings(out / "config.json", cfg, log)
         recover_folder(out / "best_adapter")  # a save killed half way (see save_adapter)
     if ck is None:  # a fresh start: nothing of an earlier start may mix into this run's logs
@@ -228,7 +231,7 @@ def clear_run(out: Path) -> list[str]:
 def finished_run(out: Path, cfg: UnlearnConfig) -> dict | None:
     """The summary of the finished run in `out` (train_summary.json and adapter/ written at its end), unless `cfg`
     asks it to train further (a later max_steps or stop_at_step than the run had); else None."""
-    summary_path, adapter = out / "train_summary.json", out / "adapter" / "adapter_config.json"
+    summary_path, adapter = out / "train_summary.json", out / "adapter" / "adapter_model.safetensors"
     if not (summary_path.is_file() and adapter.is_file()):
         return None
     try:
@@ -286,16 +289,22 @@ def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> 
     ecfg = eval_config_for(cfg)
     if "perplexity" in set(comma_list(cfg.eval_benchmarks)) and "perplexity" not in ecfg.benchmarks:
         log("[eval] perplexity left out: the KL term was trained on WikiText-2 (unrelated_source: wikitext)")
+    from ..deploy import read_results
+    from ..io import sha256_file
+
     docs = []
     for name, adapter in (("eval_before", None), ("eval_after", adapter_dir)):
         res = out / name / "results.json"
-        if res.exists():
-            log(f"[eval] reusing {res}")
-            docs.append(read_json(res))
+        weights = sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter else None
+        doc = read_results(res, ecfg)
+        if doc is not None and (doc.get("model") or {}).get("adapter_sha256") == weights:
+            log(f"[eval] reusing {res} (the same settings{' and adapter' if adapter else ''})")
+            docs.append(doc)
             continue
         log(f"[eval] {name}: {cfg.model}" + (f" + {adapter}" if adapter else ""))
         model, tok, info = load_model(cfg.model, adapter=str(adapter) if adapter else None, dtype=cfg.eval_dtype)
-        docs.append(evaluate_model(model, tok, ecfg, info.to_dict(), out / name, log=log))
+        docs.append(evaluate_model(model, tok, ecfg, {**info.to_dict(), "adapter_sha256": weights}, out / name,
+                                   log=log))
         del model
         gc.collect()
     return docs[0], docs[1]
@@ -368,6 +377,8 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
 
 def run_training(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     out = Path(cfg.output_dir)
+    if not cfg.skip_final_eval:
+        check_data(eval_config_for(cfg))  # the report's data, checked before an hour of training rather than after
     summary = train_adapter(cfg, resume=resume, log=log)
     if cfg.skip_final_eval or not cfg.process_index == 0:
         return {"summary": summary}
