@@ -308,3 +308,29 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         assert cli.main(["compare", "--out", str(tmp_path / "none"), "--report-only"]) == 2
     assert "none: no such folder (--report-only rebuilds the report of an earlier compare --out)" in err.getvalue()
+
+
+def test_measure_hands_back_what_tuned_malloc_kept_so_each_block_has_its_own_peak():
+    """After cpu_malloc_tuning (a BiasUnlearn run in the same compare process), freed memory stays with the process;
+    release_freed_memory (called as a Measure block starts) hands it back. Run in a fresh process: malloc settings
+    are process-wide."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from biasunlearn.models import release_freed_memory, tune_glibc_malloc
+def rss():
+    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) // 1024
+assert tune_glibc_malloc()
+start = rss()
+x = [torch.ones(25_000_000) for _ in range(4)]   # 400 MB
+del x
+kept = rss() - start
+assert release_freed_memory()
+print(kept, rss() - start)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    kept, after = map(int, out.stdout.split())
+    assert kept > 300 and after < 100, (kept, after)

@@ -33,7 +33,7 @@ import torch
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
 from .io import atomic_write_text, comma_list, read_json, write_json
-from .models import cuda_has_native_bf16, machine_info
+from .models import cuda_has_native_bf16, machine_info, release_freed_memory
 
 DEFAULT_METHODS = ("base", "cda", "sft", "dpo", "self_debias", "biasunlearn")
 LABELS = {"base": "Base model", "cda": "CDA", "sft": "SFT", "dpo": "DPO", "self_debias": "Self-Debias",
@@ -79,6 +79,9 @@ class Measure:
             torch.cuda.reset_peak_memory_stats()
             self.kind = "cuda max allocated"
         else:
+            # what an earlier block freed but malloc kept (cpu_malloc_tuning keeps it on purpose) is handed back
+            # first, so this block's peak is its own
+            release_freed_memory()
             try:
                 Path("/proc/self/clear_refs").write_text("5")
                 self.kind = "process peak RSS"
@@ -271,7 +274,12 @@ class _Runner:
             write_json(d / "train_measure.json", info)
         summary = read_json(summary_path) if summary_path.exists() else {}
         adapter = d / "adapter"
-        evaluated = "final adapter" if trainer is not None else "best dev check (BiasUnlearn's checkpoint choice)"
+        if trainer is not None:
+            evaluated = "final adapter"
+        elif str(summary.get("adapter", "")).startswith("step"):  # a schedule fixed beforehand (stop_at_step)
+            evaluated = f"the adapter of {summary['adapter']}"
+        else:
+            evaluated = "best dev check (BiasUnlearn's checkpoint choice)"
         if name in ABLATIONS and self.ablation_checkpoint == "final":
             ck = last_checkpoint(d)
             if ck is not None:
