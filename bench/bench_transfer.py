@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -117,11 +118,12 @@ def main(argv=None) -> int:
     if own is not None:
         rows.append(("variant + adapter trained on the variant", own))
     lim = "all examples" if a.limit is None else f"at most {a.limit} examples per benchmark (seeded sample)"
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "--update" in words:  # where the markdown went is not how the numbers were made
+        i = words.index("--update")
+        del words[i:i + 2]
     L = ["## Transfer to a fine-tuned variant", "",
-         "Made by `python bench/bench_transfer.py" + (f" --adapter {a.adapter}" if a.adapter else "")
-         + f" --variant {a.variant}"
-         + (f" --variant-adapter {a.variant_adapter}" if a.variant_adapter else "")
-         + (f" --limit {a.limit}" if a.limit is not None else "") + "`.", "",
+         "Made by `python bench/bench_transfer.py " + " ".join(shlex.quote(w) for w in words) + "`.", "",
          (f"- adapter: `{a.adapter}` (trained on `{adapter_base_name(a.adapter)}`), sha256 "
           f"`{sha256_file(Path(a.adapter) / 'adapter_model.safetensors')[:16]}…`" if a.adapter else
           "- adapter: **none yet**: the rows with an adapter are to be filled by rerunning with `--adapter`")]
