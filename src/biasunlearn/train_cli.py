@@ -54,7 +54,7 @@ def read_recipe(value: str) -> dict:
 def saved_run_settings(folder: Path) -> dict:
     """The settings a run in `folder` started with (its config.json), for `--resume`."""
     from .io import read_json
-    from .unlearn.config import coerce_settings, legacy_value
+    from .unlearn.config import UnlearnConfig, coerce_settings, legacy_value
 
     path = Path(folder) / "config.json"
     if not path.is_file():
@@ -69,8 +69,6 @@ def saved_run_settings(folder: Path) -> dict:
         values = dict(doc["settings"])
     else:  # a run written before config.json kept every setting: its method settings, enums as "Enum.NAME"
         values = {k: legacy_value(v) for k, v in (doc.get("config") or {}).items()}
-    from .unlearn.config import UnlearnConfig
-
     gone = sorted(k for k in values if k not in UnlearnConfig.__dataclass_fields__)
     if gone:  # settings this version no longer has
         print(f"[resume] warning: {path} names settings this version does not have, left out: {', '.join(gone)}",

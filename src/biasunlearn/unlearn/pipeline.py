@@ -17,7 +17,8 @@ from ..adapters import lora_config
 from ..data import data_dir, load_text_lines
 from ..data.splits import checked_splits, coarse_dev_types
 from ..errors import BiasUnlearnError, ConfigError, DataError
-from ..evaluate import STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions, read_stereoset_predictions
+from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions,
+                        read_stereoset_predictions)
 from ..io import atomic_write_text, comma_list, read_json, write_json
 from ..models import load_model, machine_info, tune_glibc_malloc
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
