@@ -32,12 +32,17 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="scoring batch budget in padded tokens (default: 256 on CPU, 8192 on CUDA)")
 
 
-def eval_config_from_args(a):
-    from .evaluate import EvalConfig
-
+def check_eval_budget(a) -> None:
+    """--limit, --bbq-per-category and --ppl-max-tokens: 0 means all, a negative value is refused."""
     for name in ("limit", "bbq_per_category", "ppl_max_tokens"):
         if getattr(a, name) is not None and getattr(a, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be 0 or more (0 = all)")
+
+
+def eval_config_from_args(a):
+    from .evaluate import EvalConfig
+
+    check_eval_budget(a)
     if a.max_tokens is not None and a.max_tokens < 1:
         raise ConfigError(f"--max-tokens {a.max_tokens}: must be at least 1")
     return EvalConfig(benchmarks=tuple(comma_list(a.benchmarks)), data_dir=a.data_dir,

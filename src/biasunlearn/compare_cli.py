@@ -27,9 +27,10 @@ def _compare_cmd(a) -> int:
         paths = write_compare_report(a.out)
         print(f"report: {paths['report']}\nhtml:   {paths['html']}")
         return 0
+    from .cli import check_eval_budget
     from .unlearn.config import coerce_settings
 
-    overrides = {}
+    overrides, set_keys = {}, set()
     if a.config:  # the recipe first; the budget flags and --set win over it
         from .train_cli import read_recipe
 
@@ -39,6 +40,7 @@ def _compare_cmd(a) -> int:
             raise ConfigError(f"--set {item!r}: expected NAME=VALUE (an UnlearnConfig setting)")
         k, v = item.split("=", 1)
         k = k.strip().replace("-", "_")
+        set_keys.add(k)
         overrides.update(coerce_settings({k: _value(v)}, "--set"))
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     for k in ("output_dir", "model"):  # every method has its own folder, and --model names the one model
@@ -47,8 +49,7 @@ def _compare_cmd(a) -> int:
     budget = {k: getattr(a, k) for k in BUDGET}
     for k in BUDGET:
         value = overrides.pop(k, None)
-        if value is not None and (budget[k] is None or any(i.split("=", 1)[0].strip().replace("-", "_") == k
-                                                            for i in a.set or [])):
+        if value is not None and (budget[k] is None or k in set_keys):  # --set wins over the flag
             budget[k] = value
     if overrides.get("stop_at_step") and budget["max_steps"]:
         # a recipe that fixes its schedule keeps its last adapter; every method trains the same budget of steps
@@ -56,9 +57,7 @@ def _compare_cmd(a) -> int:
             log(f"[compare] stop_at_step {overrides['stop_at_step']} -> {budget['max_steps']}: every method trains "
                 "max_steps steps")
         overrides["stop_at_step"] = budget["max_steps"]
-    for name in ("limit", "bbq_per_category", "ppl_max_tokens"):
-        if getattr(a, name) is not None and getattr(a, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be 0 or more (0 = all)")
+    check_eval_budget(a)
     res = run_compare(a.model, a.methods, a.out, ablations=a.ablations, **budget, benchmarks=a.benchmarks,
                       limit=a.limit or None,
                       bbq_per_category=a.bbq_per_category, ppl_max_tokens=a.ppl_max_tokens, dtype=a.dtype,

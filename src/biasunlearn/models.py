@@ -129,6 +129,17 @@ def cuda_has_native_bf16(device=None) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def _glibc():
+    """glibc through ctypes, or None elsewhere (musl, macOS, Windows)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
 def tune_glibc_malloc() -> bool:
     """Make glibc's malloc keep freed memory for reuse: large blocks come from the heap instead of fresh mappings,
     and the heap is not trimmed back at each free (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD and M_TOP_PAD high). A
@@ -136,13 +147,10 @@ def tune_glibc_malloc() -> bool:
     page by the kernel. The settings an environment variable already gives (MALLOC_MMAP_MAX_,
     MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_) are left as they are. Returns whether anything was set (False off
     glibc)."""
-    import ctypes
     import os
 
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
     done = False
@@ -150,21 +158,20 @@ def tune_glibc_malloc() -> bool:
                               ("MALLOC_TRIM_THRESHOLD_", m_trim_threshold, 2 ** 31 - 1),
                               ("MALLOC_TOP_PAD_", m_top_pad, 2 ** 30)):
         if env not in os.environ:
-            done = bool(mallopt(param, value)) or done
+            done = bool(libc.mallopt(param, value)) or done
     return done
 
 
 def release_freed_memory() -> bool:
     """Hand the memory malloc holds freed back to the system (glibc's malloc_trim(0)), whatever the tuning above
     keeps: for a long-lived process that measures one block after another. Returns whether it could."""
-    import ctypes
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
+    libc.malloc_trim(0)
     return True
 
 

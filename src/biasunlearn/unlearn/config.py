@@ -5,6 +5,7 @@ multi-node runs (`accelerate launch`: DDP, FSDP, DeepSpeed) come from the librar
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, fields
 
@@ -362,16 +363,11 @@ def _default_of(f):
     return f.default_factory() if f.default_factory is not MISSING else None
 
 
+@functools.cache
 def _field_types() -> dict:
     import typing
 
-    global _TYPES
-    if _TYPES is None:
-        _TYPES = typing.get_type_hints(UnlearnConfig)
-    return _TYPES
-
-
-_TYPES = None
+    return typing.get_type_hints(UnlearnConfig)
 
 
 def coerce_settings(values: dict, source: str) -> dict:
@@ -391,8 +387,8 @@ def coerce_settings(values: dict, source: str) -> dict:
             out[name] = value
             continue
         try:
-            if isinstance(value, (dict, list, tuple)) or (want is str and isinstance(value, bool)):
-                raise ValueError  # e.g. YAML reads `swap_mode: off` as false: not the text "False"
+            if isinstance(value, (dict, list, tuple)) or (want is not bool and isinstance(value, bool)):
+                raise ValueError  # e.g. YAML reads `swap_mode: off` as false: not the text "False", nor 0
             if want is bool:
                 text = str(value).strip().lower()
                 if text not in ("true", "false", "1", "0", "yes", "no"):
@@ -400,12 +396,10 @@ def coerce_settings(values: dict, source: str) -> dict:
                 out[name] = text in ("true", "1", "yes")
             elif want is int:
                 number = float(value)
-                if number != int(number) or isinstance(value, bool):
+                if number != int(number):
                     raise ValueError
                 out[name] = int(number)
             elif want is float:
-                if isinstance(value, bool):
-                    raise ValueError
                 out[name] = float(value)
             else:
                 out[name] = str(value)

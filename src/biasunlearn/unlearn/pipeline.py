@@ -96,7 +96,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     if ck is None:  # a fresh start: nothing of an earlier start may mix into this run's logs
         for stale in ("log.jsonl", "dev_log.jsonl"):
             (out / stale).unlink(missing_ok=True)
-        for stale in ("best_adapter", "best_adapter.old", "best_adapter.tmp"):
+        for stale in BEST_FOLDERS:
             shutil.rmtree(out / stale, ignore_errors=True)
     if cfg.cpu_malloc_tuning and cfg.device.type == "cpu" and tune_glibc_malloc():
         log("[train] glibc malloc set to keep freed memory for reuse (cpu_malloc_tuning)")
@@ -210,8 +210,9 @@ RESUME_NEUTRAL = {"cpu_malloc_tuning", "skip_final_eval", "eval_benchmarks", "ev
 
 RUN_FILES = ("config.json", "splits.json", "log.jsonl", "dev_log.jsonl", "train_summary.json", "report.md",
              "losses.png", "dev_ss.png", "dev_margin.png", "dev_margins.json", "generated_unrelated.jsonl")
-RUN_FOLDERS = ("adapter", "best_adapter", "best_adapter.old", "best_adapter.tmp", "final_adapter", "final_adapter.old",
-               "final_adapter.tmp", "eval_before", "eval_after")
+BEST_FOLDERS = ("best_adapter", "best_adapter.old", "best_adapter.tmp")  # with save_adapter's replacement steps
+RUN_FOLDERS = ("adapter", *BEST_FOLDERS, "final_adapter", "final_adapter.old", "final_adapter.tmp", "eval_before",
+               "eval_after")
 
 
 def clear_run(out: Path) -> list[str]:

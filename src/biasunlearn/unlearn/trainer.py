@@ -267,8 +267,8 @@ class BiasUnlearnTrainer(Trainer):
 
         unwrapped = self.accelerator.unwrap_model(model)
         # Reference passes (adapter off, no gradient) run the inner model as they are, except under FSDP or
-        # DeepSpeed ZeRO-3, whose wrapper must run to gather the weights. Under DDP the wrapper would sync buffers at each
-        # pass, a collective that processes reach a different number of times (the reference cache).
+        # DeepSpeed ZeRO-3, whose wrapper must run to gather the weights. Under DDP the wrapper would sync buffers
+        # at each pass, a collective that processes reach a different number of times (the reference cache).
         ref_model = model if self.sharded else unwrapped
         f = sl["forget"]
         forget = chunk["forget"]
@@ -355,8 +355,9 @@ class BiasUnlearnTrainer(Trainer):
     def save_adapter(self, path, extra: dict | None = None) -> None:
         """Write the LoRA adapter (and `extra` {file name: JSON object}) to the folder `path`, replacing it whole:
         written beside it first, then renamed; a crash between the two renames leaves `path`.old, which
-        `recover_folder` puts back when the run is resumed (a fresh run removes it). Call it on every process: under FSDP or ZeRO-3 the adapter's
-        weights are sharded, and gathering them takes every process (the main process writes)."""
+        `recover_folder` puts back when the run is resumed (a fresh run removes it). Call it on every process:
+        under FSDP or ZeRO-3 the adapter's weights are sharded, and gathering them takes every process (the main
+        process writes)."""
         path = Path(path)
         # gathered from the shards (FSDP, ZeRO-3): all of the model comes to the main process, so each save costs
         # the full model's size in host memory there (DeepSpeed ZeRO-3 needs
