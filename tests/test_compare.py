@@ -85,6 +85,15 @@ def test_compare_every_method_end_to_end_then_reuse(tmp_path, tiny_llama_path, d
     monkeypatch.setattr("biasunlearn.baselines.dpo.DPO.train", boom)
     again = run(tiny_llama_path, out, data)
     assert again["results"]["cda"]["method"] == res["results"]["cda"]["method"]
+    # the same data folder named another way (the environment variable, a link to it) is the same data
+    monkeypatch.setenv("BIASUNLEARN_DATA", str(data))
+    run(tiny_llama_path, out, None, methods="base,cda")
+    (tmp_path / "link").symlink_to(data)
+    run(tiny_llama_path, out, tmp_path / "link", methods="base,cda")
+    # a copy elsewhere is another folder: refused, naming the setting
+    shutil.copytree(data, tmp_path / "copy")
+    with pytest.raises(ConfigError, match="other settings.*data_dir"):
+        run(tiny_llama_path, out, tmp_path / "copy", methods="base,cda")
     # other settings in the same folder are refused instead of silently mixed
     with pytest.raises(ConfigError, match="other settings.*max_steps"):
         run(tiny_llama_path, out, data, methods="base,cda", max_steps=3)

@@ -152,6 +152,25 @@ def _diff(a: dict, b: dict, prefix="") -> list[str]:
     return keys
 
 
+def _same_settings(stored: dict | None, current: dict) -> list[str]:
+    """The differences between a stored method's settings and the current ones, [] if none. A data folder counts
+    by where it resolves, so `--data-dir` naming the default folder (or $BIASUNLEARN_DATA) matches a run made
+    without it; the files' own sha256 are checked by the report across methods."""
+    from .data.common import data_dir as resolve_data_dir
+
+    def norm(doc):
+        doc = json.loads(json.dumps(doc or {}))
+        for h in ((doc.get("eval") or {}).get("eval_config"), (doc.get("train") or {}).get("config")):
+            if isinstance(h, dict) and "data_dir" in h:
+                try:
+                    h["data_dir"] = str(resolve_data_dir(h["data_dir"]).resolve())
+                except ConfigError:
+                    pass  # a folder that is gone stays as written, and so differs
+        return doc
+
+    return _diff(norm(stored), norm(current))
+
+
 def _copy_adapter(src: Path, dst: Path) -> Path:
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
@@ -228,9 +247,8 @@ class _Runner:
                 shutil.rmtree(d)
         if res.exists():
             doc = read_json(res)
-            stored = (doc.get("method") or {}).get("settings")
-            if stored != settings:
-                diffs = _diff(stored or {}, settings)
+            diffs = _same_settings((doc.get("method") or {}).get("settings"), settings)
+            if diffs:
                 raise ConfigError(f"{res} was made with other settings ({'; '.join(diffs[:6]) or 'unknown'}); pass "
                                   f"--rerun {name} (or all) to recompute it, or use another --out")
             self.log(f"[compare] {name}: reusing {res}")
@@ -245,8 +263,8 @@ class _Runner:
         from .unlearn.pipeline import last_checkpoint, train_adapter
 
         ms = d / "method_settings.json"
-        if ms.exists() and read_json(ms).get("train") != settings["train"]:
-            diffs = _diff(read_json(ms).get("train") or {}, settings["train"])
+        diffs = _same_settings({"train": read_json(ms).get("train")}, {"train": settings["train"]}) if ms.exists() else []
+        if diffs:
             raise ConfigError(f"{d} holds a training run with other settings ({'; '.join(diffs[:6])}); pass "
                               f"--rerun {name} (or all) to retrain it, or use another --out")
         summary_path = d / "train_summary.json"
