@@ -65,13 +65,10 @@ def package_versions() -> dict:
     return out
 
 
-def _files_checksums(path: Path, root: Path | None = None) -> dict:
-    """{file name (relative to `path` when a folder): sha256}, each checked against the data folder's SHA256SUMS."""
+def _files_checksums(path: Path) -> dict:
+    """{file path: sha256} of a data file, or of every file under a data folder."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    sums = {p: sha256_file(p) for p in files}
-    if root is not None:
-        check_against_sums(root, {str(p): d for p, d in sums.items()})
-    return {str(p.name if not path.is_dir() else p.relative_to(path)): d for p, d in sums.items()}
+    return {p: sha256_file(p) for p in files}
 
 
 def _sample(items: list, n: int | None, seed: int) -> list:
@@ -245,21 +242,27 @@ def check_config(cfg: EvalConfig) -> Path:
 def check_data(cfg: EvalConfig) -> dict:
     """{benchmark: (its data path, {file: sha256})}, every file there and checked against the data folder's
     SHA256SUMS: a missing or damaged file stops a run before any scoring (and `train` before training)."""
+    return _checked_data(cfg)[1]
+
+
+def _checked_data(cfg: EvalConfig) -> tuple[Path, dict]:
     root = check_config(cfg)
-    out = {}
+    out, every = {}, {}
     for name in cfg.benchmarks:
         rel = cfg.paths.get(name, DEFAULT_PATHS[name])
         path = Path(rel) if Path(rel).is_absolute() else root / rel
         if not path.exists():
             raise ConfigError(f"benchmark {name}: data not found at {path}")
-        out[name] = (path, _files_checksums(path, root))
-    return out
+        sums = _files_checksums(path)
+        every.update({str(p): d for p, d in sums.items()})
+        out[name] = (path, {str(p.name if not path.is_dir() else p.relative_to(path)): d for p, d in sums.items()})
+    check_against_sums(root, every)  # the folder's list read once for every benchmark
+    return root, out
 
 
 def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print) -> dict:
     """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir."""
-    root = check_config(cfg)
-    checked = check_data(cfg)
+    root, checked = _checked_data(cfg)
     doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
            "model": model_info or {}, "versions": package_versions(), "machine": machine_info(),
            "eval_config": cfg.to_dict(),

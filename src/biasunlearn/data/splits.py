@@ -68,10 +68,11 @@ def load_train_pool(root=None, files=TRAIN_POOL_FILES, skips: SkipLog | None = N
     root = data_dir(root)
     skips = skips if skips is not None else SkipLog()
     pool, sources, seen = [], {}, set()
-    for rel in files:
-        p = Path(rel) if Path(rel).is_absolute() else root / rel
+    paths = {rel: Path(rel) if Path(rel).is_absolute() else root / rel for rel in files}
+    for rel, p in paths.items():
         sources[rel] = sha256_file(p) if p.exists() else None
-        check_against_sums(root, {str(p): sources[rel]})
+    check_against_sums(root, {str(p): sources[rel] for rel, p in paths.items()})  # before any file is read
+    for rel, p in paths.items():
         for e in load_stereoset(p, task="intrasentence", skips=skips):
             if e.id in seen:
                 skips.skip("duplicate example id across train-pool files", e.id)
