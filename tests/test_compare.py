@@ -136,6 +136,43 @@ def test_compare_ablations(tmp_path, tiny_llama_path, data):
     assert (out / "figures" / "ablation_losses.png").exists()
 
 
+def test_ablation_that_changes_nothing_under_the_config_is_trained_once(tmp_path, tiny_llama_path, data, monkeypatch):
+    """Under a config that already leaves the adversarial share and swapping out (as the shipped recipes do),
+    'w/o adversarial forget set' and 'w/o dynamic swapping' are abl_full's run: trained once, reported as such."""
+    import biasunlearn.unlearn.pipeline as pipeline
+    from biasunlearn import compare
+
+    calls = []
+    real = pipeline.train_adapter
+    monkeypatch.setattr(pipeline, "train_adapter", lambda cfg, **k: calls.append(cfg.output_dir) or real(cfg, **k))
+    out = tmp_path / "abl"
+    over = {**OVERRIDES, "adversarial_share": 0.0, "swap_mode": "none"}
+    res = run(tiny_llama_path, out, data, methods="abl_full,abl_no_adv,abl_no_swap,abl_no_kl",
+              benchmarks="stereoset", config_overrides=over)
+    assert [p.rsplit("/", 1)[-1] for p in calls] == ["abl_full", "abl_no_kl"]
+    full = res["results"]["abl_full"]
+    for name in ("abl_no_adv", "abl_no_swap"):
+        m = res["results"][name]["method"]
+        assert m["same_as"] == "abl_full" and m["name"] == name and m["settings"]["train"]["method"] == name
+        assert res["results"][name]["benchmarks"] == full["benchmarks"]
+        assert json.loads((out / name / "results.json").read_text())["method"]["same_as"] == "abl_full"
+    assert "same_as" not in res["results"]["abl_no_kl"]["method"]
+    md = (out / "report.md").read_text()
+    assert md.count("the same settings as BiasUnlearn (all parts) under this config") == 2
+    cost = md[md.index("## Cost"):]
+    assert "| w/o adversarial forget set |" not in cost and "| w/o KL |" in cost  # each run's cost once
+    # without abl_full in the list, abl_no_adv is trained on its own
+    res2 = run(tiny_llama_path, tmp_path / "abl2", data, methods="abl_no_adv", benchmarks="stereoset",
+               config_overrides=over)
+    assert "same_as" not in res2["results"]["abl_no_adv"]["method"] and len(calls) == 3
+    # run again: everything reused, nothing trained or evaluated
+    monkeypatch.setattr(compare, "evaluate_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("eval")))
+    calls.clear()
+    again = run(tiny_llama_path, out, data, methods="abl_full,abl_no_adv,abl_no_swap,abl_no_kl",
+                benchmarks="stereoset", config_overrides=over)
+    assert calls == [] and again["results"]["abl_no_adv"]["method"]["same_as"] == "abl_full"
+
+
 # --- the report alone, from hand-written results documents ------------------------------------------------------
 
 def doc(name, kind, ss: dict, lms, crows: dict, bbq_amb, ppl, steps=None):

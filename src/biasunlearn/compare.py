@@ -236,6 +236,36 @@ class _Runner:
             extra_eval = {"self_debias": {"prefixes": DEFAULT_PREFIXES, "decay": DEFAULT_DECAY}}
         return cfg, trainer, {"model": self.model, "train": train, "eval": _eval_settings(self.ecfg, self.dtype, extra_eval)}
 
+    def same_run_as(self, name: str, names: list[str]) -> str | None:
+        """The ablation listed before `name` in `names` whose training settings are `name`'s, if any: under a config
+        that already leaves a part out (a recipe with adversarial_share 0 or swap_mode none), switching it off
+        again changes nothing, and that run is not trained twice."""
+        if name not in ABLATIONS:
+            return None
+        mine = (self.settings(name)[2]["train"] or {}).get("config")
+        for other in names[:names.index(name)]:
+            if other in ABLATIONS and (self.settings(other)[2]["train"] or {}).get("config") == mine:
+                return other
+        return None
+
+    def alias(self, name: str, twin: str, twin_doc: dict) -> dict:
+        """`name`'s results: `twin`'s run, which has the same settings, recorded under `name` and marked as such."""
+        d = self.out / name
+        settings = self.settings(name)[2]
+        res = d / "results.json"
+        if res.exists() and not (name in self.rerun or "all" in self.rerun):
+            doc = read_json(res)
+            if (doc.get("method") or {}).get("same_as") == twin and not _same_settings(
+                    (doc.get("method") or {}).get("settings"), settings):
+                self.log(f"[compare] {name}: reusing {res}")
+                return doc
+        self.log(f"[compare] {name}: the same settings as {twin} under this config; its run stands for both")
+        doc = json.loads(json.dumps(twin_doc))
+        doc["method"].update({"name": name, "label": label_of(name), "settings": settings, "same_as": twin})
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(res, doc)
+        return doc
+
     # --- one method ---
     def run(self, name: str) -> dict:
         d = self.out / name
@@ -445,7 +475,8 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                      split_doc["checksum"] if split_doc else None, log)
     results = {}
     for name in names:
-        results[name] = runner.run(name)
+        twin = runner.same_run_as(name, names)
+        results[name] = runner.alias(name, twin, results[twin]) if twin else runner.run(name)
     paths = write_compare_report(out, names, plan)
     log(f"[compare] report: {paths['report']} and {paths['html']}")
     return {"results": results, **paths}
@@ -587,6 +618,11 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
         md += [R.ablation_comparison_markdown(rows_abl, base_label),
                f"Every ablation trains the whole budget ({budget.get('max_steps')} steps; no early stop, no collapse guard) "
                f"and is evaluated at its {'final checkpoint, as in the paper (section 4.4)' if budget.get('ablation_checkpoint', 'final') == 'final' else 'best dev check'}.", ""]
+        same = {n: (docs[n].get("method") or {}).get("same_as") for n in abl}
+        md += [f"- {label_of(n)}: the same settings as {label_of(t)} under this config (it already leaves that "
+               "part out), so the same run, trained once." for n, t in same.items() if t]
+        md += [""] if any(same.values()) else []
+        abl = [n for n in abl if not same[n]]  # the curves and costs below: each run once
         logs = {label_of(n): out / n / "log.jsonl" for n in abl}
         p3 = plot_ablation_losses(logs, figs / "ablation_losses.png")
         if p3:
@@ -600,7 +636,8 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
         md.append("not run (pass --ablations)")
 
     md += ["", "## Cost: wall time and peak memory", "",
-           R.cost_comparison_markdown([(label_of(n), docs[n].get("method")) for n in docs]),
+           R.cost_comparison_markdown([(label_of(n), docs[n].get("method")) for n in docs
+                                       if not (docs[n].get("method") or {}).get("same_as")]),
            "Train: model loading, training and dev checks. Eval: the whole benchmark suite. Memory: "
            + ", ".join(sorted({str(((docs[n].get('method') or {}).get('eval') or {}).get('memory')) for n in docs}))
            + ". Scoring cost: ms per sentence on the same sentences, against the plain model in the same process "
