@@ -249,21 +249,13 @@ class _Runner:
         return None
 
     def alias(self, name: str, twin: str, twin_doc: dict) -> dict:
-        """`name`'s results: `twin`'s run, which has the same settings, recorded under `name` and marked as such."""
-        d = self.out / name
-        settings = self.settings(name)[2]
-        res = d / "results.json"
-        if res.exists() and not (name in self.rerun or "all" in self.rerun):
-            doc = read_json(res)
-            if (doc.get("method") or {}).get("same_as") == twin and not _same_settings(
-                    (doc.get("method") or {}).get("settings"), settings):
-                self.log(f"[compare] {name}: reusing {res}")
-                return doc
+        """`name`'s results: `twin`'s run, which has the same settings, recorded under `name` and marked as such
+        (written afresh each time, so it follows a rerun of `twin`)."""
         self.log(f"[compare] {name}: the same settings as {twin} under this config; its run stands for both")
         doc = json.loads(json.dumps(twin_doc))
-        doc["method"].update({"name": name, "label": label_of(name), "settings": settings, "same_as": twin})
-        d.mkdir(parents=True, exist_ok=True)
-        write_json(res, doc)
+        doc["method"].update({"name": name, "label": label_of(name), "settings": self.settings(name)[2],
+                              "same_as": twin})
+        write_json(self.out / name / "results.json", doc)
         return doc
 
     # --- one method ---
