@@ -350,6 +350,15 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert cli.main(["compare", "--out", str(out), "--report-only"]) == 0
     assert (out / "report.html").exists()
+    # a folder assembled from several runs: --methods names the folders to report, beyond the last run's plan
+    write_folder(out, {"dpo": doc("dpo", "finetune", {"overall": 52.0}, 88.0, {"overall": 51.0}, 1.0, 21.0, steps=5)})
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["compare", "--out", str(out), "--report-only"]) == 0
+    assert "| DPO |" not in (out / "report.md").read_text()  # the plan lists base only
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["compare", "--out", str(out), "--report-only", "--methods", "dpo"]) == 0
+    md = (out / "report.md").read_text()
+    assert "| DPO |" in md and "| Base model |" in md and "**52.00**" in md
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         assert cli.main(["compare", "--out", str(tmp_path / "none"), "--report-only"]) == 2

@@ -24,7 +24,11 @@ def _compare_cmd(a) -> int:
     from .compare import run_compare, write_compare_report
 
     if a.report_only:
-        paths = write_compare_report(a.out)
+        from .compare import resolve_methods
+
+        # --methods / --ablations pick the folders reported (a folder assembled from several runs); else the plan's
+        names = resolve_methods(a.methods, a.ablations) if a.methods or a.ablations else None
+        paths = write_compare_report(a.out, names)
         print(f"report: {paths['report']}\nhtml:   {paths['html']}")
         return 0
     from .cli import check_eval_budget
@@ -114,5 +118,6 @@ def register(sub) -> None:
                    help="any UnlearnConfig setting for every trained method, e.g. --set lora_r=16 (repeatable)")
     c.add_argument("--rerun", default=None, type=comma_list,
                    help="comma-separated methods to recompute although results exist ('all' for every one)")
-    c.add_argument("--report-only", action="store_true", help="only rebuild the report from the folders in --out")
+    c.add_argument("--report-only", action="store_true", help="only rebuild the report from the folders in --out (those of --methods / --ablations when given, else "
+                        "the methods of the last run there)")
     c.set_defaults(func=_compare_cmd)
