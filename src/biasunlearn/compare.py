@@ -619,7 +619,8 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
         p3 = plot_ablation_losses(logs, figs / "ablation_losses.png")
         if p3:
             md += ["![Figure 3: forgetting and retention losses of the ablations](figures/ablation_losses.png)", "",
-                   "A run whose weight for a loss is 0 does not compute it, so it has no line in that panel."]
+                   "A loss whose weight is 0 in a run is still computed and logged there (it adds nothing to that run's "
+                   "training loss), so its line shows what training without it did to it."]
         dcurves = {label_of(n): out / n / "dev_log.jsonl" for n in abl if (out / n / "dev_log.jsonl").exists()}
         p4 = plot_dev_ss_compare(dcurves, figs / "ablation_dev_ss.png", title="Ablations: dev SS (overall)") if dcurves else None
         if p4:
