@@ -1224,6 +1224,12 @@ def test_glibc_malloc_tuning_sets_what_the_environment_does_not(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")  # the user's own setting wins
     assert models.tune_glibc_malloc() is True and calls == [(-1, 2 ** 31 - 1), (-2, 2 ** 30)]
 
+    # restore: glibc's defaults for what the environment does not set, and the kept memory handed back
+    calls.clear()
+    FakeLibc.malloc_trim = lambda self, pad: calls.append(("trim", pad)) or 1
+    assert models.tune_glibc_malloc(restore=True) is True
+    assert calls == [(-1, 128 * 1024), (-2, 0), ("trim", 0)]
+
     def no_glibc(name):
         raise OSError("libc.so.6: cannot open shared object file")
 

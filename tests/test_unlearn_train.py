@@ -206,6 +206,29 @@ def test_nan_loss_stops_with_clear_message(tmp_path, tiny_llama_path, train_data
         pipeline.train_adapter(cfg, log=lambda s: None)
 
 
+def test_malloc_tuning_is_undone_after_training_even_when_it_fails(tmp_path, tiny_llama_path, train_data,
+                                                                   monkeypatch):
+    """The kept-memory malloc settings suit the training loop only: the evaluations after it in the same process
+    (train's before/after read, compare's) run under glibc's defaults again, also after a failed run."""
+    from biasunlearn.unlearn import pipeline, trainer
+
+    calls = []
+    monkeypatch.setattr(pipeline, "tune_glibc_malloc", lambda restore=False: calls.append(restore) or True)
+    pipeline.train_adapter(_cfg(tmp_path, tiny_llama_path, train_data, max_steps=1, cpu_malloc_tuning=True),
+                           log=lambda s: None)
+    assert calls == [False, True]
+    calls.clear()
+    pipeline.train_adapter(_cfg(tmp_path, tiny_llama_path, train_data, max_steps=1, cpu_malloc_tuning=False,
+                                output_dir=str(tmp_path / "off")), log=lambda s: None)
+    assert calls == []
+    real = trainer.npo_loss
+    monkeypatch.setattr(trainer, "npo_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(trainer.TrainingCollapse):
+        pipeline.train_adapter(_cfg(tmp_path, tiny_llama_path, train_data, cpu_malloc_tuning=True,
+                                    output_dir=str(tmp_path / "nan")), log=lambda s: None)
+    assert calls == [False, True]
+
+
 def test_gradient_accumulation_draws_a_new_chunk_for_each_micro_batch(tmp_path, tiny_llama_path, train_data,
                                                                      monkeypatch):
     """With gradient_accumulation_steps k, the k micro-batches of an optimizer step are k consecutive chunks (not the

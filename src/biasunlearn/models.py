@@ -140,25 +140,34 @@ def _glibc():
         return None
 
 
-def tune_glibc_malloc() -> bool:
+# (mallopt parameter, the value tune_glibc_malloc sets, glibc's default, the environment variable that wins)
+_MALLOC_TUNING = ((-4, 0, 65536, "MALLOC_MMAP_MAX_"),                   # M_MMAP_MAX
+                  (-1, 2 ** 31 - 1, 128 * 1024, "MALLOC_TRIM_THRESHOLD_"),  # M_TRIM_THRESHOLD
+                  (-2, 2 ** 30, 0, "MALLOC_TOP_PAD_"))                   # M_TOP_PAD
+
+
+def tune_glibc_malloc(restore: bool = False) -> bool:
     """Make glibc's malloc keep freed memory for reuse: large blocks come from the heap instead of fresh mappings,
     and the heap is not trimmed back at each free (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD and M_TOP_PAD high). A
     training step allocates and frees tensors of hundreds of MB; by default each is a new mapping, zeroed page by
     page by the kernel. The settings an environment variable already gives (MALLOC_MMAP_MAX_,
     MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_) are left as they are. Returns whether anything was set (False off
-    glibc)."""
+    glibc).
+
+    `restore=True` puts glibc's defaults back (the ones no variable sets) and hands the kept memory back: the
+    settings suit a training loop, whose steps allocate the same sizes again and again, but under them an evaluation
+    afterwards in the same process (its batches of every size) grows the heap to several times its need."""
     import os
 
     libc = _glibc()
     if libc is None:
         return False
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
     done = False
-    for env, param, value in (("MALLOC_MMAP_MAX_", m_mmap_max, 0),
-                              ("MALLOC_TRIM_THRESHOLD_", m_trim_threshold, 2 ** 31 - 1),
-                              ("MALLOC_TOP_PAD_", m_top_pad, 2 ** 30)):
+    for param, tuned, default, env in _MALLOC_TUNING:
         if env not in os.environ:
-            done = bool(libc.mallopt(param, value)) or done
+            done = bool(libc.mallopt(param, default if restore else tuned)) or done
+    if restore:
+        release_freed_memory()
     return done
 
 

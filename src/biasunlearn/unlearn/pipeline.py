@@ -98,8 +98,17 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
             (out / stale).unlink(missing_ok=True)
         for stale in BEST_FOLDERS:
             shutil.rmtree(out / stale, ignore_errors=True)
-    if cfg.cpu_malloc_tuning and cfg.device.type == "cpu" and tune_glibc_malloc():
+    tuned = cfg.cpu_malloc_tuning and cfg.device.type == "cpu" and tune_glibc_malloc()
+    if tuned:
         log("[train] glibc malloc set to keep freed memory for reuse (cpu_malloc_tuning)")
+    try:
+        return _train(cfg, out, ck, log)
+    finally:
+        if tuned:  # the evaluations that follow in this process run under glibc's defaults again
+            tune_glibc_malloc(restore=True)
+
+
+def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
     # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
     device = "cpu" if cfg.use_cpu or cfg.engine_places_model() else cfg.device
