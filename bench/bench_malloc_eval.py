@@ -1,10 +1,10 @@
 """What cpu_malloc_tuning does to an evaluation that runs after training in the same process (as `train`'s
-before/after read and `compare` do): peak resident memory and wall time of one read (StereoSet, CrowS-Pairs, 16k tokens of
-WikiText-2) under glibc's defaults
-(default), under the tuning left in place (tuned: `train`'s after-read before session 27), the same with the kept
-memory handed back first (tuned+release: what `compare` did), and with the tuning undone as `train_adapter` now does
-when training ends (restored). Before each read the process allocates and frees 800 MB, as a training run has. Each mode runs in a fresh process (malloc settings are
-process-wide), the modes interleaved over --rounds rounds; the SS of every read must be the same.
+before/after read and `compare` do): resident memory as the read starts, its peak, and its wall time, for one read
+(StereoSet, CrowS-Pairs, 16k tokens of WikiText-2). Modes: glibc's defaults (default); the tuning left in place
+(tuned: `train`'s after-read before session 27); the same with the kept memory handed back first (tuned+release:
+what `compare` did); the tuning undone as `train_adapter` now does when training ends (restored). Before each read
+the process allocates and frees 800 MB, as a training run has. Each mode runs in a fresh process (malloc settings
+are process-wide), the modes interleaved over --rounds rounds; the SS of every read must be the same.
 
     python bench/bench_malloc_eval.py --limit 400 --rounds 1 --out bench/results/malloc_eval_s27.json
 """
@@ -43,7 +43,8 @@ doc = evaluate_model(model, tok, cfg, info.to_dict(), None, log=None)
 wall = time.perf_counter() - t0
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024
 ss = doc["benchmarks"]["stereoset"]["metrics"]["intrasentence"]["overall"]["SS"]
-print(json.dumps({"mode": mode, "rss_before_read_mb": round(rss, 1), "peak_mb": round(hwm, 1), "wall_s": round(wall, 2), "ss": ss}))
+print(json.dumps({"mode": mode, "rss_before_read_mb": round(rss, 1), "peak_mb": round(hwm, 1),
+                  "wall_s": round(wall, 2), "ss": ss}))
 """
 
 

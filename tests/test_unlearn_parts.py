@@ -1228,7 +1228,7 @@ def test_glibc_malloc_tuning_sets_what_the_environment_does_not(monkeypatch):
     calls.clear()
     FakeLibc.malloc_trim = lambda self, pad: calls.append(("trim", pad)) or 1
     assert models.tune_glibc_malloc(restore=True) is True
-    assert calls == [(-1, 128 * 1024), (-2, 0), ("trim", 0)]
+    assert calls == [(-1, 128 * 1024), (-2, 128 * 1024), ("trim", 0)]
 
     def no_glibc(name):
         raise OSError("libc.so.6: cannot open shared object file")

@@ -285,7 +285,8 @@ class _Runner:
         from .unlearn.pipeline import last_checkpoint, train_adapter
 
         ms = d / "method_settings.json"
-        diffs = _same_settings({"train": read_json(ms).get("train")}, {"train": settings["train"]}) if ms.exists() else []
+        diffs = (_same_settings({"train": read_json(ms).get("train")}, {"train": settings["train"]})
+                 if ms.exists() else [])
         if diffs:
             raise ConfigError(f"{d} holds a training run with other settings ({'; '.join(diffs[:6])}); pass "
                               f"--rerun {name} (or all) to retrain it, or use another --out")

@@ -118,6 +118,7 @@ def register(sub) -> None:
                    help="any UnlearnConfig setting for every trained method, e.g. --set lora_r=16 (repeatable)")
     c.add_argument("--rerun", default=None, type=comma_list,
                    help="comma-separated methods to recompute although results exist ('all' for every one)")
-    c.add_argument("--report-only", action="store_true", help="only rebuild the report from the folders in --out (those of --methods / --ablations when given, else "
-                        "the methods of the last run there)")
+    c.add_argument("--report-only", action="store_true",
+                   help="only rebuild the report from the folders in --out (those of --methods / --ablations when "
+                        "given, else the methods of the last run there)")
     c.set_defaults(func=_compare_cmd)

@@ -140,10 +140,11 @@ def _glibc():
         return None
 
 
-# (mallopt parameter, the value tune_glibc_malloc sets, glibc's default, the environment variable that wins)
-_MALLOC_TUNING = ((-4, 0, 65536, "MALLOC_MMAP_MAX_"),                   # M_MMAP_MAX
+# (mallopt parameter, the value tune_glibc_malloc sets, glibc's documented default (mallopt(3)), the environment
+# variable that wins)
+_MALLOC_TUNING = ((-4, 0, 65536, "MALLOC_MMAP_MAX_"),                       # M_MMAP_MAX
                   (-1, 2 ** 31 - 1, 128 * 1024, "MALLOC_TRIM_THRESHOLD_"),  # M_TRIM_THRESHOLD
-                  (-2, 2 ** 30, 0, "MALLOC_TOP_PAD_"))                   # M_TOP_PAD
+                  (-2, 2 ** 30, 128 * 1024, "MALLOC_TOP_PAD_"))             # M_TOP_PAD
 
 
 def tune_glibc_malloc(restore: bool = False) -> bool:
@@ -155,8 +156,9 @@ def tune_glibc_malloc(restore: bool = False) -> bool:
     glibc).
 
     `restore=True` puts glibc's defaults back (the ones no variable sets) and hands the kept memory back: the
-    settings suit a training loop, whose steps allocate the same sizes again and again, but under them an evaluation
-    afterwards in the same process (its batches of every size) grows the heap to several times its need."""
+    settings suit a training loop, whose steps allocate the same sizes again and again, but left in place they keep
+    what training freed resident through the evaluations after it in the same process. (M_TRIM_THRESHOLD, once
+    set, also ends glibc's dynamic mmap threshold for the process; that is not undone.)"""
     import os
 
     libc = _glibc()
