@@ -157,8 +157,9 @@ def tune_glibc_malloc(restore: bool = False) -> bool:
 
     `restore=True` puts glibc's defaults back (the ones no variable sets) and hands the kept memory back: the
     settings suit a training loop, whose steps allocate the same sizes again and again, but left in place they keep
-    what training freed resident through the evaluations after it in the same process. (M_TRIM_THRESHOLD, once
-    set, also ends glibc's dynamic mmap threshold for the process; that is not undone.)"""
+    what training freed resident through the evaluations after it in the same process, and a full-size
+    evaluation's batches of every size grow the heap to over three times its need (BENCHMARKS.md, session 27).
+    (M_TRIM_THRESHOLD, once set, also ends glibc's dynamic mmap threshold for the process; that is not undone.)"""
     import os
 
     libc = _glibc()
