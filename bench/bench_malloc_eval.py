@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from biasunlearn.evaluate import EvalConfig, evaluate_model
-from biasunlearn.models import load_model, release_freed_memory, tune_glibc_malloc
+from biasunlearn.models import load_model, release_freed_memory, restore_glibc_malloc, tune_glibc_malloc
 mode, model_spec, limit, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if mode != "default":
     assert tune_glibc_malloc()
@@ -30,7 +31,7 @@ if mode != "default":
 junk = [torch.ones(50_000_000) for _ in range(4)]
 del junk
 if mode == "restored":
-    tune_glibc_malloc(restore=True)
+    restore_glibc_malloc()
 model, tok, info = load_model(model_spec, dtype=dtype)
 if mode == "tuned+release":
     release_freed_memory()  # as compare's Measure does before each block
@@ -61,8 +62,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rows = []
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    import os
-
     for r in range(a.rounds):
         for mode in MODES:
             clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}

@@ -1227,7 +1227,7 @@ def test_glibc_malloc_tuning_sets_what_the_environment_does_not(monkeypatch):
     # restore: glibc's defaults for what the environment does not set, and the kept memory handed back
     calls.clear()
     FakeLibc.malloc_trim = lambda self, pad: calls.append(("trim", pad)) or 1
-    assert models.tune_glibc_malloc(restore=True) is True
+    assert models.restore_glibc_malloc() is True
     assert calls == [(-1, 128 * 1024), (-2, 128 * 1024), ("trim", 0)]
 
     def no_glibc(name):

@@ -213,10 +213,11 @@ def test_malloc_tuning_is_undone_after_training_even_when_it_fails(tmp_path, tin
     from biasunlearn.unlearn import pipeline, trainer
 
     calls = []
-    monkeypatch.setattr(pipeline, "tune_glibc_malloc", lambda restore=False: calls.append(restore) or True)
+    monkeypatch.setattr(pipeline, "tune_glibc_malloc", lambda: calls.append("tune") or True)
+    monkeypatch.setattr(pipeline, "restore_glibc_malloc", lambda: calls.append("restore") or True)
     pipeline.train_adapter(_cfg(tmp_path, tiny_llama_path, train_data, max_steps=1, cpu_malloc_tuning=True),
                            log=lambda s: None)
-    assert calls == [False, True]
+    assert calls == ["tune", "restore"]
     calls.clear()
     pipeline.train_adapter(_cfg(tmp_path, tiny_llama_path, train_data, max_steps=1, cpu_malloc_tuning=False,
                                 output_dir=str(tmp_path / "off")), log=lambda s: None)
@@ -226,7 +227,7 @@ def test_malloc_tuning_is_undone_after_training_even_when_it_fails(tmp_path, tin
     with pytest.raises(trainer.TrainingCollapse):
         pipeline.train_adapter(_cfg(tmp_path, tiny_llama_path, train_data, cpu_malloc_tuning=True,
                                     output_dir=str(tmp_path / "nan")), log=lambda s: None)
-    assert calls == [False, True]
+    assert calls == ["tune", "restore"]
 
 
 def test_gradient_accumulation_draws_a_new_chunk_for_each_micro_batch(tmp_path, tiny_llama_path, train_data,

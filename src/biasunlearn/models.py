@@ -147,19 +147,28 @@ _MALLOC_TUNING = ((-4, 0, 65536, "MALLOC_MMAP_MAX_"),                       # M_
                   (-2, 2 ** 30, 128 * 1024, "MALLOC_TOP_PAD_"))             # M_TOP_PAD
 
 
-def tune_glibc_malloc(restore: bool = False) -> bool:
+def tune_glibc_malloc() -> bool:
     """Make glibc's malloc keep freed memory for reuse: large blocks come from the heap instead of fresh mappings,
     and the heap is not trimmed back at each free (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD and M_TOP_PAD high). A
     training step allocates and frees tensors of hundreds of MB; by default each is a new mapping, zeroed page by
     page by the kernel. The settings an environment variable already gives (MALLOC_MMAP_MAX_,
     MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_) are left as they are. Returns whether anything was set (False off
-    glibc).
+    glibc). `restore_glibc_malloc` undoes it."""
+    return _set_malloc(restore=False)
 
-    `restore=True` puts glibc's defaults back (the ones no variable sets) and hands the kept memory back: the
-    settings suit a training loop, whose steps allocate the same sizes again and again, but left in place they keep
+
+def restore_glibc_malloc() -> bool:
+    """Put glibc's defaults back (for the settings no environment variable gives) and hand the kept memory back.
+    The tuning suits a training loop, whose steps allocate the same sizes again and again; left in place it keeps
     what training freed resident through the evaluations after it in the same process, and a full-size
     evaluation's batches of every size grow the heap to over three times its need (BENCHMARKS.md, session 27).
     (M_TRIM_THRESHOLD, once set, also ends glibc's dynamic mmap threshold for the process; that is not undone.)"""
+    done = _set_malloc(restore=True)
+    release_freed_memory()
+    return done
+
+
+def _set_malloc(restore: bool) -> bool:
     import os
 
     libc = _glibc()
@@ -169,8 +178,6 @@ def tune_glibc_malloc(restore: bool = False) -> bool:
     for param, tuned, default, env in _MALLOC_TUNING:
         if env not in os.environ:
             done = bool(libc.mallopt(param, default if restore else tuned)) or done
-    if restore:
-        release_freed_memory()
     return done
 
 

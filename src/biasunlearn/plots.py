@@ -135,9 +135,9 @@ def plot_dev_ss_compare(runs: dict, out_png, title="Dev SS (overall) against tra
 def plot_ablation_losses(runs: dict, out_png, keys=(("loss_forget", "forgetting loss (NPO)"),
                                                      ("loss_retain", "retention loss (CE)")),
                          title="Ablations: losses against training steps") -> Path | None:
-    """One panel per loss in `keys`, one line per run (the paper's Figure 3). `runs`: label -> log.jsonl. A run whose log
-    has no value for a loss (a log written before switched-off losses were logged) has no line in that panel; the
-    legend says so."""
+    """One panel per loss in `keys`, one line per run (the paper's Figure 3). `runs`: label -> log.jsonl. A run
+    whose log has no value for a loss (a log written before switched-off losses were logged) has no line in that
+    panel; the legend says so."""
     import matplotlib
 
     matplotlib.use("Agg")

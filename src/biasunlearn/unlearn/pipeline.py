@@ -20,7 +20,7 @@ from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions,
                         read_stereoset_predictions)
 from ..io import atomic_write_text, comma_list, read_json, write_json
-from ..models import load_model, machine_info, tune_glibc_malloc
+from ..models import load_model, machine_info, restore_glibc_malloc, tune_glibc_malloc
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig, legacy_value
 from .controller import SwapController
@@ -105,7 +105,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         return _train(cfg, out, ck, log)
     finally:
         if tuned:  # the evaluations that follow in this process run under glibc's defaults again
-            tune_glibc_malloc(restore=True)
+            restore_glibc_malloc()
 
 
 def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
