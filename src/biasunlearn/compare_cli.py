@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from .errors import ConfigError
 from .io import comma_list
@@ -22,13 +23,23 @@ def _value(text: str):
 
 def _compare_cmd(a) -> int:
     from .compare import run_compare, write_compare_report
+    from .compare_seeds import parse_seeds
+
+    seeds = parse_seeds(a.seeds) if a.seeds is not None else None
 
     if a.report_only:
+        from pathlib import Path
+
         from .compare import resolve_methods
+        from .compare_seeds import PLAN, write_seeds_report
 
         # --methods / --ablations pick the folders reported (a folder assembled from several runs); else the plan's
         names = resolve_methods(a.methods, a.ablations) if a.methods or a.ablations else None
-        paths = write_compare_report(a.out, names)
+        out = Path(a.out)
+        if seeds or ((out / PLAN).exists() and not (out / "compare.json").exists()):
+            paths = write_seeds_report(out, seeds, names)
+        else:
+            paths = write_compare_report(out, names)
         print(f"report: {paths['report']}\nhtml:   {paths['html']}")
         return 0
     from .cli import check_eval_budget
@@ -62,7 +73,13 @@ def _compare_cmd(a) -> int:
                 "max_steps steps")
         overrides["stop_at_step"] = budget["max_steps"]
     check_eval_budget(a)
-    res = run_compare(a.model, a.methods, a.out, ablations=a.ablations, **budget, benchmarks=a.benchmarks,
+    if seeds:
+        from .compare_seeds import run_compare_seeds
+
+        run = partial(run_compare_seeds, seeds=seeds)
+    else:
+        run = run_compare
+    res = run(a.model, a.methods, a.out, ablations=a.ablations, **budget, benchmarks=a.benchmarks,
                       limit=a.limit or None,
                       bbq_per_category=a.bbq_per_category, ppl_max_tokens=a.ppl_max_tokens, dtype=a.dtype,
                       data_dir=a.data_dir, rerun=a.rerun or (), config_overrides=overrides or None,
@@ -118,6 +135,11 @@ def register(sub) -> None:
                    help="any UnlearnConfig setting for every trained method, e.g. --set lora_r=16 (repeatable)")
     c.add_argument("--rerun", default=None, type=comma_list,
                    help="comma-separated methods to recompute although results exist ('all' for every one)")
+    c.add_argument("--seeds", default=None,
+                   help="comma-separated training seeds, e.g. 42,7,11: the comparison once per seed, each in "
+                        "<out>/seed-<s>/, and <out>/report.md with every method's mean ± sd over the seeds and its "
+                        "difference from BiasUnlearn paired by seed (the base model and Self-Debias, which do not "
+                        "train, are evaluated once)")
     c.add_argument("--report-only", action="store_true",
                    help="only rebuild the report from the folders in --out (those of --methods / --ablations when "
                         "given, else the methods of the last run there)")
