@@ -205,6 +205,7 @@ class _Runner:
         self.ecfg, self.dtype, self.rerun, self.log = ecfg, dtype, set(rerun), log
         self.baseline_batch_size, self.dpo_pairs_per_step, self.dpo_beta = baseline_batch_size, dpo_pairs_per_step, dpo_beta
         self.ablation_checkpoint, self.cost_texts, self.splits_checksum = ablation_checkpoint, cost_texts, splits_checksum
+        self._train_configs: dict = {}
 
     # --- settings ---
     def _trainer_for(self, name: str, cfg):
@@ -242,9 +243,16 @@ class _Runner:
         again changes nothing, and that run is not trained twice."""
         if name not in ABLATIONS:
             return None
-        mine = (self.settings(name)[2]["train"] or {}).get("config")
+        memo = self._train_configs  # each ablation's settings are worked out once
+
+        def config_of(n):
+            if n not in memo:
+                memo[n] = (self.settings(n)[2]["train"] or {}).get("config")
+            return memo[n]
+
+        mine = config_of(name)
         for other in names[:names.index(name)]:
-            if other in ABLATIONS and (self.settings(other)[2]["train"] or {}).get("config") == mine:
+            if other in ABLATIONS and config_of(other) == mine:
                 return other
         return None
 
