@@ -62,7 +62,8 @@ def test_seeds_report_by_hand(tmp_path):
     # perplexity change against each seed's base: +0.5%, +1.0%, +1.5%
     assert "| 20.200 ± 0.100 | +1.00 ± 0.50% |" in md
     # paired by seed: |SS-50| of CDA minus BiasUnlearn's: 4.2, 2.0, 5.4; DPO's: 4.7, 2.5
-    assert "| CDA | 3 | +3.87 ± 1.72 |" in md and "| 3 of 3 |" in md
+    # |ΔLMS|: CDA's 3, 3, 3 against BiasUnlearn's 0.1, 0.5, 1.0
+    assert "| CDA | 3 | +3.87 ± 1.72 | +2.47 ± 0.45 |" in md and "| 3 of 3 |" in md
     assert "| DPO | 2 | +3.60 ± 1.56 |" in md and "| 2 of 2 |" in md
     assert "| DPO | 44.50 / 80.10 / +0.00% | 46.50 / 83.70 / +0.00% | not run |" in md
     assert "Not finished (no results.json): DPO (seed 11)." in md

@@ -148,8 +148,9 @@ def mean_sd(values) -> dict:
 def pool_seeds(per_seed: dict) -> dict:
     """per_seed {seed: {method: headline dict}} -> {"methods": {method: {metric: {"n", "mean", "sd", "values":
     {seed: value}}}}, "paired": {method: {metric: {...}}}}. "paired" is each method's difference from BiasUnlearn
-    at the same seed, over the seeds that have both: SS overall as the distance from 50 (|SS − 50|, negative: the
-    method is nearer level than BiasUnlearn), ΔLMS, ICAT and the perplexity change."""
+    at the same seed, over the seeds that have both: SS overall as the distance from 50 (|SS − 50|; negative: the
+    method is nearer level than BiasUnlearn), |ΔLMS| (negative: nearer the base model's LMS), ICAT and the
+    perplexity change."""
     methods = []
     for rows in per_seed.values():
         methods += [m for m in rows if m not in methods]
@@ -168,14 +169,16 @@ def pool_seeds(per_seed: dict) -> dict:
     for m in methods:
         if m in (ref, "base"):
             continue
-        diffs = {"ss_distance": {}, "dlms": {}, "icat": {}, "ppl_change_pct": {}}
+        diffs = {"ss_distance": {}, "abs_dlms": {}, "icat": {}, "ppl_change_pct": {}}
         for s, rows in per_seed.items():
             a, b = rows.get(m), rows.get(ref)
             if a is None or b is None:
                 continue
             if a.get("ss_overall") is not None and b.get("ss_overall") is not None:
                 diffs["ss_distance"][str(s)] = abs(a["ss_overall"] - 50) - abs(b["ss_overall"] - 50)
-            for k in ("dlms", "icat", "ppl_change_pct"):
+            if a.get("dlms") is not None and b.get("dlms") is not None:
+                diffs["abs_dlms"][str(s)] = abs(a["dlms"]) - abs(b["dlms"])
+            for k in ("icat", "ppl_change_pct"):
                 if a.get(k) is not None and b.get(k) is not None:
                     diffs[k][str(s)] = a[k] - b[k]
         if any(diffs.values()):
@@ -249,7 +252,7 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
 
     P = pooled["methods"]
     model = plan.get("model") or next((p.get("model") for p in plans.values() if p.get("model")), "?")
-    md = [f"# Comparison of debiasing methods over {len(seeds)} seeds: {model}", "",
+    md = [f"# Comparison of debiasing methods over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {model}", "",
           f"Seeds {', '.join(map(str, seeds))}; each seed's comparison, with its budget, costs, figures and the "
           "test split's standard errors, is in its own folder: "
           + ", ".join(f"[seed-{s}](seed-{s}/report.md)" for s in seeds) + ". Created "
@@ -306,14 +309,14 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
     if pooled["paired"]:
         md += ["", "## Against BiasUnlearn, paired by seed", "",
                "Each method minus BiasUnlearn at the same seed, mean ± sd over the seeds that have both. Distance "
-               "from level is |SS − 50| (negative: nearer 50 than BiasUnlearn); ICAT higher is better; ΔLMS and the "
-               "perplexity change in points.", "",
-               "| Method | seeds | Δ distance from SS 50 | Δ ΔLMS | Δ ICAT | Δ perplexity change (points) | "
+               "from level is |SS − 50| (negative: nearer 50 than BiasUnlearn); the distance from the base "
+               "model's LMS is |ΔLMS|, likewise; ICAT higher is better; the perplexity change in percentage points.", "",
+               "| Method | seeds | Δ distance from SS 50 | Δ distance from base LMS | Δ ICAT | Δ perplexity change (points) | "
                "BiasUnlearn nearer 50 |", "|---|---|---|---|---|---|---|"]
         for m, d in pooled["paired"].items():
             dist = d["ss_distance"]
             wins = sum(1 for x in dist["values"].values() if x > 0)
-            md.append(f"| {label_of(m)} | {dist['n']} | {_ms(dist, signed=True)} | {_ms(d['dlms'], signed=True)} | "
+            md.append(f"| {label_of(m)} | {dist['n']} | {_ms(dist, signed=True)} | {_ms(d['abs_dlms'], signed=True)} | "
                       f"{_ms(d['icat'], signed=True)} | {_ms(d['ppl_change_pct'], signed=True)} | "
                       f"{wins} of {dist['n']} |")
     absent = [f"{label_of(n)} (seed {s})" for s in seeds for n in order if n not in docs[s]]
