@@ -44,7 +44,10 @@ def test_mean_sd_and_pooling_by_hand():
     d = pooled["paired"]["cda"]
     assert d["ss_distance"]["values"] == {"1": 3.0, "2": 7.0}  # |45-50|-|52-50|, |58-50|-|49-50|
     assert d["icat"]["mean"] == pytest.approx(-2.0) and d["icat"]["sd"] == pytest.approx(8 * 2 ** 0.5)  # -10, +6
-    assert "biasunlearn" not in pooled["paired"]
+    assert "biasunlearn" not in pooled["paired"] and pooled["paired_against"] == "biasunlearn"
+    # an ablation study without BiasUnlearn's own row: the differences are from the full method
+    abl = pool_seeds({1: {"abl_full": {"ss_overall": 51.0}, "abl_no_kl": {"ss_overall": 46.0}}})
+    assert abl["paired_against"] == "abl_full" and abl["paired"]["abl_no_kl"]["ss_distance"]["mean"] == 3.0
 
 
 def test_seeds_report_by_hand(tmp_path):
@@ -162,3 +165,23 @@ def test_compare_seeds_end_to_end_untrained_methods_evaluated_once_then_reused(t
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             assert cli.main(["compare", "--model", str(tiny_llama_path), "--out", str(tmp_path / "y"), *argv]) == 2
         assert msg in err.getvalue()
+
+
+def test_seeds_report_of_an_ablation_study_pairs_with_the_full_method_and_names_shared_runs(tmp_path):
+    from biasunlearn.compare_seeds import write_seeds_report
+
+    out = tmp_path / "abl"
+    for s, (full, no_kl) in {1: (51.0, 46.0), 2: (49.0, 45.0)}.items():
+        docs = {"base": doc("base", "base", {"overall": 64.0}, 92.0, CROWS, 10.0, 20.0),
+                "abl_full": doc("abl_full", "unlearn", {"overall": full}, 92.0, CROWS, 1.0, 20.0, 10),
+                "abl_no_adv": doc("abl_no_adv", "unlearn", {"overall": full}, 92.0, CROWS, 1.0, 20.0, 10),
+                "abl_no_kl": doc("abl_no_kl", "unlearn", {"overall": no_kl}, 92.0, CROWS, 1.0, 20.0, 10)}
+        docs["abl_no_adv"]["method"]["same_as"] = "abl_full"
+        write_folder(out / f"seed-{s}", docs, logs=False)
+    write_seeds_report(out, [1, 2], list(docs))
+    md = (out / "report.md").read_text()
+    assert "## Against BiasUnlearn (all parts), paired by seed" in md
+    # |46-50|-|51-50| = 3, |45-50|-|49-50| = 4
+    assert "| w/o KL | 2 | +3.50 ± 0.71 |" in md and "| w/o adversarial forget set | 2 | +0.00 ± 0.00 |" in md
+    assert "- w/o adversarial forget set: the same settings as BiasUnlearn (all parts) under this config, so the " \
+           "same runs." in md

@@ -147,8 +147,8 @@ def mean_sd(values) -> dict:
 
 def pool_seeds(per_seed: dict) -> dict:
     """per_seed {seed: {method: headline dict}} -> {"methods": {method: {metric: {"n", "mean", "sd", "values":
-    {seed: value}}}}, "paired": {method: {metric: {...}}}}. "paired" is each method's difference from BiasUnlearn
-    at the same seed, over the seeds that have both: SS overall as the distance from 50 (|SS − 50|; negative: the
+    {seed: value}}}}, "paired": {method: {metric: {...}}}, "paired_against": method}. "paired" is each method's
+    difference from BiasUnlearn (in an ablation study without it, from the ablations' full method) at the same seed, over the seeds that have both: SS overall as the distance from 50 (|SS − 50|; negative: the
     method is nearer level than BiasUnlearn), |ΔLMS| (negative: nearer the base model's LMS), ICAT and the
     perplexity change."""
     methods = []
@@ -165,7 +165,7 @@ def pool_seeds(per_seed: dict) -> dict:
             vals = {str(s): rows[m].get(k) for s, rows in per_seed.items() if m in rows}
             pooled[m][k] = {**mean_sd(vals.values()), "values": vals}
     paired = {}
-    ref = "biasunlearn"
+    ref = "biasunlearn" if "biasunlearn" in methods else "abl_full"  # an ablation study: the full method
     for m in methods:
         if m in (ref, "base"):
             continue
@@ -183,7 +183,7 @@ def pool_seeds(per_seed: dict) -> dict:
                     diffs[k][str(s)] = a[k] - b[k]
         if any(diffs.values()):
             paired[m] = {k: {**mean_sd(v.values()), "values": v} for k, v in diffs.items()}
-    return {"methods": pooled, "paired": paired}
+    return {"methods": pooled, "paired": paired, "paired_against": ref if paired else None}
 
 
 # --- the report -----------------------------------------------------------------------------------------------
@@ -284,6 +284,14 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
         cells = " | ".join(_ms(P[m].get(f"ss_{d}")) for d, _ in R.SS_COLUMNS)
         dl = f"LMS {_ms(P[m].get('lms'))}" if m == "base" else _ms(P[m].get("dlms"), signed=True)
         md.append(f"| {label_of(m)} | {n_of(m)} | {cells} | {dl} | {_ms(P[m].get('icat'))} |")
+    same = {}
+    for s in seeds:
+        for n, d in docs[s].items():
+            twin = (d.get("method") or {}).get("same_as")
+            if twin:
+                same[n] = twin
+    md += [""] + [f"- {label_of(n)}: the same settings as {label_of(t)} under this config, so the same runs."
+                  for n, t in same.items()] if same else []
     md += ["", "## CrowS-Pairs, BBQ and perplexity", "",
            "| Method | seeds | CrowS-Pairs (→ 50) | BBQ bias ambig (→ 0) | BBQ bias disambig (→ 0) | perplexity | "
            "Δ perplexity |", "|---|---|---|---|---|---|---|"]
@@ -307,12 +315,13 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
             cells.append(cell)
         md.append(f"| {label_of(m)} | " + " | ".join(cells) + " |")
     if pooled["paired"]:
-        md += ["", "## Against BiasUnlearn, paired by seed", "",
-               "Each method minus BiasUnlearn at the same seed, mean ± sd over the seeds that have both. Distance "
-               "from level is |SS − 50| (negative: nearer 50 than BiasUnlearn); the distance from the base "
+        ref = label_of(pooled["paired_against"])
+        md += ["", f"## Against {ref}, paired by seed", "",
+               f"Each method minus {ref} at the same seed, mean ± sd over the seeds that have both. Distance "
+               f"from level is |SS − 50| (negative: nearer 50 than {ref}); the distance from the base "
                "model's LMS is |ΔLMS|, likewise; ICAT higher is better; the perplexity change in percentage points.", "",
                "| Method | seeds | Δ distance from SS 50 | Δ distance from base LMS | Δ ICAT | Δ perplexity change (points) | "
-               "BiasUnlearn nearer 50 |", "|---|---|---|---|---|---|---|"]
+               f"{ref} nearer 50 |", "|---|---|---|---|---|---|---|"]
         for m, d in pooled["paired"].items():
             dist = d["ss_distance"]
             wins = sum(1 for x in dist["values"].values() if x > 0)
