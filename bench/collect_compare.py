@@ -1,6 +1,6 @@
 """Copy a finished `biasunlearn compare` folder's small files into bench/results/<name>/ (reports, figures, each
-method's results.json, training logs and dev curves; no adapters, no per-example predictions), and print the report's
-tables with their headings one level down, ready for BENCHMARKS.md.
+method's results.json, training logs and dev curves; no adapters, no per-example predictions; the seed folders of
+`compare --seeds` too), and print the report's tables with their headings one level down, ready for BENCHMARKS.md.
 
     python bench/collect_compare.py runs/compare bench/results/compare --sections "StereoSet,CrowS-Pairs,BBQ,Cost"
 """
@@ -19,7 +19,7 @@ LIMIT = 1 << 20  # nothing over 1 MiB is committed
 def collect(src: Path, dst: Path) -> list[Path]:
     out = []
     dst.mkdir(parents=True, exist_ok=True)
-    for f in ["report.md", "report.html", "compare.json", "splits.json"] + [
+    for f in ["report.md", "report.html", "compare.json", "splits.json", "compare_seeds.json", "seeds_summary.json"] + [
             str(p.relative_to(src)) for p in sorted((src / "figures").glob("*.png"))]:
         p = src / f
         if p.exists() and p.stat().st_size < LIMIT:
@@ -32,6 +32,8 @@ def collect(src: Path, dst: Path) -> list[Path]:
                 (dst / m.name).mkdir(exist_ok=True)
                 shutil.copy2(m / f, dst / m.name / f)
                 out.append(dst / m.name / f)
+    for sub in sorted(p for p in src.glob("seed-*") if p.is_dir()):  # compare --seeds: one folder per seed
+        out += collect(sub, dst / sub.name)
     return out
 
 
