@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -364,7 +365,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run_eval: bool = False, cfg=None,
-                  verify: bool = True, overwrite: bool = False, log=print) -> dict:
+                  verify: bool = True, overwrite: bool = False, gguf: str | None = None, log=print) -> dict:
     """Merge `adapter` into `model` and save a plain transformers folder with a model card.
 
     The folder holds config.json (no quantization_config), model.safetensors, the tokenizer files, README.md (the
@@ -372,7 +373,10 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
     `verify`, the saved folder is loaded back with AutoModelForCausalLM and must score a few probe sentences like
     the adapter model did. With `run_eval`, the evaluation suite runs on the base model and on the merged model
     when the training run beside the adapter has no before/after results; they are stored under ``evaluation/``.
-    Returns {"out", "card", "verification", "before", "after"}.
+    With `gguf` ("f16" or "f32"; the model must come from a GGUF file: a built-in name or a .gguf path), the folder
+    also holds <out name>.gguf: the source file with every tensor the adapter changed replaced (biasunlearn.gguf_export),
+    checked like the folder when `verify`.
+    Returns {"out", "card", "verification", "before", "after", "gguf"}.
     """
     from transformers import AutoModelForCausalLM
 
@@ -382,6 +386,18 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
     adapter_dir = _adapter_dir(adapter)
     out = Path(out)
     _prepare_out(out, overwrite)
+    gguf_src = None
+    if gguf:
+        from .gguf_export import TYPES
+        from .models import gguf_source
+
+        if gguf not in TYPES:
+            raise ConfigError(f"--gguf {gguf}: expected one of {', '.join(TYPES)}")
+        gguf_src = gguf_source(model)
+        if gguf_src is None:
+            raise ConfigError(f"--gguf: --model {model} was not read from a GGUF file; the GGUF export rewrites the "
+                              "model's own GGUF file (a built-in name or a .gguf path). For another model, convert the "
+                              "exported folder with llama.cpp's convert_hf_to_gguf.py")
     found = run_files(adapter_dir)
     cfg = _eval_cfg(cfg) if run_eval else cfg
     m, tok, info = load_model(model, dtype=dtype, device=device)
@@ -402,10 +418,28 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
         m = apply_adapter(m, adapter_dir)
         m.eval()
         probe_adapter = _score_probes(m, tok) if verify else None
+        if gguf_src is not None:
+            from .gguf_export import adapted_weights
+
+            before_weights = adapted_weights(m)
         _log(log, "[export] merging the adapter into the base weights (merge_and_unload)")
         merged = m.merge_and_unload()
         merged = _drop_quantization(merged)
         merged.eval()
+        gguf_info = None
+        if gguf_src is not None:
+            from .gguf_export import merged_changes, write_merged_gguf
+
+            text_cfg = merged.config.get_text_config()
+            heads = (getattr(text_cfg, "num_attention_heads", 0), getattr(text_cfg, "num_key_value_heads", 0))
+            gguf_info = write_merged_gguf(gguf_src, tmp / f"{out.name}.gguf", merged_changes(before_weights, merged),
+                                          head_counts=heads, out_type=gguf, log=lambda s: _log(log, s))
+            del before_weights
+            gguf_info = {"file": f"{out.name}.gguf", "source": str(gguf_src), "source_sha256": sha256_file(gguf_src),
+                         "type": gguf, "architecture": gguf_info["architecture"], "tensors": gguf_info["tensors"],
+                         "replaced": len(gguf_info["replaced"]),
+                         "layouts": dict(sorted(Counter(gguf_info["replaced"].values()).items())),
+                         "verification": {"checked": False}}
         if evaluate_now:
             info_after = dict(info.to_dict(), adapter=str(adapter_dir), extra={"merged": True})
             after = evaluate_model(merged, tok, cfg, info_after, tmp / "evaluation" / "after", log)
@@ -438,6 +472,11 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
                     f"export check failed: the saved merged model scores differ from the adapter model by {diff:.2e} "
                     f"nats/token (tolerance {tol:g}); nothing was written to {out}")
             _log(log, f"[export] saved folder reloads and scores like the adapter model (max |Δ| {diff:.1e})")
+            if gguf_info is not None:
+                gguf_info["verification"] = _verify_gguf(tmp, gguf_info["file"], gguf, tok, probe_adapter, dev,
+                                                         torch_dtype, out)
+                _log(log, f"[export] {gguf_info['file']} loads (transformers, gguf_file=) and scores like the adapter "
+                          f"model (max |Δ| {gguf_info['verification']['max_abs_diff_mean_logprob']:.1e})")
         provenance = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "base_model": info.to_dict(), "upstream": BUILTIN_UPSTREAM.get(model, (None, None))[0],
@@ -445,12 +484,13 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             "adapter_sha256": adapter_checksums(adapter_dir), "adapter_config": _adapter_config(adapter_dir),
             "training_config": found.get("config"), "dtype": info.dtype, "verification": verification,
             "results": {"before": before_src, "after": after_src}, "versions": package_versions(),
+            "gguf": gguf_info,
         }
         write_json(tmp / "biasunlearn_export.json", provenance)
         card = model_card(base=info.to_dict(), adapter_dir=adapter_dir, adapter_config=_adapter_config(adapter_dir),
                           training_config=found.get("config"), splits=found.get("splits"), before=before, after=after,
                           verification=verification, name=out.name, results_sources=(before_src, after_src),
-                          splits_source=found.get("splits_path"))
+                          splits_source=found.get("splits_path"), gguf=gguf_info)
         atomic_write_text(tmp / "README.md", card)
         os.chmod(tmp, 0o755)  # mkdtemp/mkstemp make owner-only files; a model folder is meant to be shared
         for f in tmp.rglob("*"):
@@ -462,7 +502,25 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _log(log, f"[export] merged model, tokenizer and model card written to {out}")
-    return {"out": out, "card": out / "README.md", "verification": verification, "before": before, "after": after}
+    return {"out": out, "card": out / "README.md", "verification": verification, "before": before, "after": after,
+            "gguf": gguf_info}
+
+
+def _verify_gguf(folder: Path, name: str, out_type: str, tok, probe_adapter, device, torch_dtype, out: Path) -> dict:
+    """The exported GGUF file, loaded back by transformers (dequantised to float32), must score the probe sentences
+    like the adapter model did, within the rounding of its F16 tensors (or of a model read in bfloat16)."""
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32).to(device)
+    reloaded.eval()
+    probe = _score_probes(reloaded, tok)
+    del reloaded
+    diff = max(abs(a - b) for a, b in zip(probe_adapter, probe))
+    tol = 5e-2 if torch_dtype != torch.float32 else (1e-2 if out_type == "f16" else 1e-3)
+    if not diff <= tol:
+        raise BiasUnlearnError(f"export check failed: {name} scores differ from the adapter model by {diff:.2e} "
+                               f"nats/token (tolerance {tol:g}); nothing was written to {out}")
+    return {"checked": True, "probe_sentences": len(PROBE_TEXTS), "max_abs_diff_mean_logprob": diff, "tolerance": tol}
 
 
 def _adapter_config(adapter_dir) -> dict:
@@ -544,7 +602,8 @@ def _bbq_coverage(*docs) -> str:
 
 def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, training_config: dict | None = None,
                splits=None, before: dict | None = None, after: dict | None = None, verification: dict | None = None,
-               name: str = "debiased-model", results_sources=(None, None), splits_source: str | None = None) -> str:
+               name: str = "debiased-model", results_sources=(None, None), splits_source: str | None = None,
+               gguf: dict | None = None) -> str:
     """The README.md model card of a merged export (markdown with a Hugging Face metadata header)."""
     from .report import before_after_markdown, eval_markdown
 
@@ -567,6 +626,20 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
                 f'tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")',
                 "```", ""]
 
+    if gguf:
+        kept = gguf["tensors"] - gguf["replaced"]
+        L += ["## GGUF file", "",
+              f"`{gguf['file']}` is the same merged model for llama.cpp, Ollama and the other runtimes that read "
+              f"GGUF. It is the source GGUF file (`{Path(gguf['source']).name}`, sha256 "
+              f"`{gguf['source_sha256'][:16]}…`) with the {gguf['replaced']} tensors the adapter changed replaced by "
+              f"their merged values in {gguf['type'].upper()}; its other {kept} tensors (their quantisation kept), "
+              "the tokenizer and the metadata are the source's, byte for byte."]
+        v = gguf.get("verification") or {}
+        if v.get("checked"):
+            L.append(f"Checked at export by loading it with `transformers` (`gguf_file=`): it scores "
+                     f"{v['probe_sentences']} probe sentences like the adapter model (max |Δ mean log-prob| = "
+                     f"{v['max_abs_diff_mean_logprob']:.1e} nats/token). No GGUF runtime was run.")
+        L.append("")
     L += ["## Base model", "",
           f"- model: `{spec}` ({base.get('description', '')})"]
     if upstream:
@@ -656,7 +729,8 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
 
     L += ["## How this folder was made", "",
           "```bash",
-          f"biasunlearn export --model {spec} --adapter {adapter_dir} --out {name}",
+          f"biasunlearn export --model {spec} --adapter {adapter_dir} --out {name}"
+          + (f" --gguf {gguf['type']}" if gguf else ""),
           "```", "",
           "Provenance (adapter checksums, package versions, the export check) is in `biasunlearn_export.json`.", "",
           "## Citation", "",

@@ -30,8 +30,11 @@ def _export_cmd(a) -> int:
     from .deploy import export_merged
 
     res = export_merged(a.model, _need_adapter(a), a.out, dtype=a.dtype, device=a.device,
-                        run_eval=a.eval, cfg=eval_config_from_args(a), verify=not a.no_verify, overwrite=a.overwrite, log=_log)
+                        run_eval=a.eval, cfg=eval_config_from_args(a), verify=not a.no_verify, overwrite=a.overwrite,
+                        gguf=a.gguf, log=_log)
     print(f"exported to {res['out']} (model card: {res['card']})")
+    if res.get("gguf"):
+        print(f"GGUF: {res['out'] / res['gguf']['file']}")
     return 0
 
 
@@ -63,5 +66,9 @@ def register(subparsers) -> None:
     e.add_argument("--no-verify", action="store_true",
                    help="skip reloading the saved folder to check it scores like the adapter model")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
+    e.add_argument("--gguf", nargs="?", const="f16", default=None, choices=["f16", "f32"],
+                   help="also write <out>/<out name>.gguf for llama.cpp / Ollama: the model's own GGUF file with "
+                        "the tensors the adapter changed replaced (stored as f16, the default, or f32) and the rest "
+                        "copied; needs a model read from a GGUF file (a built-in name or a .gguf path)")
     add_eval_args(e)
     e.set_defaults(func=_export_cmd)

@@ -278,6 +278,18 @@ def _gguf_to_folder(gguf: Path) -> Path:
     return target
 
 
+def gguf_source(spec: str) -> Path | None:
+    """The GGUF file a model spec is read from (a built-in name or a .gguf path), else None."""
+    if spec in BUILTIN_MODELS:
+        return Path(BUILTIN_MODELS[spec][1]())
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelLoadError(f"--model {spec}: no such .gguf file")
+        return p
+    return None
+
+
 def resolve_model_path(spec: str) -> tuple[str, str]:
     """(path or hub id to hand to from_pretrained, description)."""
     if spec in BUILTIN_MODELS:

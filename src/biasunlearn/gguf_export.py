@@ -1,0 +1,191 @@
+"""A merged model as a GGUF file, for llama.cpp, Ollama and the other runtimes that read GGUF.
+
+A model that came from a GGUF file (the built-in models do) is exported by rewriting that file: every tensor the
+adapter changed is replaced by the original tensor plus the adapter's change, stored as F16 or F32 (quantising it
+again would round most of a LoRA change away), and every other tensor, with the tokenizer and all metadata, is copied
+byte for byte. So the file keeps its quantisation where nothing changed, and a runtime loads it like the original.
+
+GGUF converters store some weights in another row order than transformers does (llama's query and key projections
+are permuted for its rotary embedding). The layout of each replaced tensor is therefore not assumed from the
+architecture: the original tensor is dequantised and compared with the model's own weight as stored, as permuted for
+rotary embedding, with the query's or the key's head count, and the change is written in the layout that matched. A
+tensor that matches none is an error, and nothing is written.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BiasUnlearnError, ModelLoadError
+
+GGUF_MAGIC = b"GGUF"
+TYPES = {"f32": 0, "f16": 1}  # GGMLQuantizationType values
+NP_TYPES = {"f32": np.float32, "f16": np.float16}
+
+
+def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Rows of a [heads·head_dim, in] projection reordered as GGUF's llama converters store them: within each head
+    the first and second halves of the head's rows are interleaved (row i of the first half, then row i of the
+    second, ...)."""
+    rows = w.shape[0]
+    if n_head <= 0 or rows % (2 * n_head):
+        raise ValueError(f"{rows} rows do not split into {n_head} heads of an even size")
+    half = rows // n_head // 2
+    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def match_layout(stored: np.ndarray, weight: np.ndarray, head_counts=()) -> str | None:
+    """How a GGUF tensor (dequantised, [rows, columns]) holds `weight` ([out, in], as in transformers): "plain",
+    "rope:<heads>" (rope_permute with that head count), or None if neither matches within 1% of the weight's
+    largest magnitude (dequantisation is exact; the slack covers a model read in bfloat16)."""
+    if stored.shape != weight.shape:
+        return None
+    tol = 1e-2 * float(np.abs(weight).max() or 1.0)
+    if float(np.abs(stored - weight).max()) <= tol:
+        return "plain"
+    for n in dict.fromkeys(h for h in head_counts if h):
+        try:
+            if float(np.abs(stored - rope_permute(weight, n)).max()) <= tol:
+                return f"rope:{n}"
+        except ValueError:
+            continue
+    return None
+
+
+def to_layout(delta: np.ndarray, layout: str) -> np.ndarray:
+    return delta if layout == "plain" else rope_permute(delta, int(layout.split(":")[1]))
+
+
+def _gguf_names(arch: str, n_blocks: int, hf_names) -> dict:
+    """transformers parameter name -> GGUF tensor name, by gguf's own table for `arch`."""
+    import gguf
+
+    enum = next((k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), None)
+    if enum is None:
+        raise ModelLoadError(f"GGUF architecture {arch!r} is not known to the installed gguf package")
+    table = gguf.get_tensor_name_map(enum, n_blocks)
+    out = {}
+    for name in hf_names:
+        for cand in (name, name.replace("model.language_model.", "model."), name.replace("language_model.", "")):
+            g = table.get_name(cand, try_suffixes=(".weight", ".bias"))
+            if g is not None:
+                out[name] = g
+                break
+    return out
+
+
+def _field_value(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    v = f.parts[f.data[0]]
+    return bytes(v).decode("utf-8") if v.dtype == np.uint8 else v.tolist()[0]
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def write_merged_gguf(src, dst, changes: dict, head_counts=(), out_type: str = "f16", log=print) -> dict:
+    """Rewrite the GGUF file `src` as `dst` with `changes` applied: {transformers parameter name: (weight before,
+    weight after)} as float32 arrays [out, in]. Each changed tensor becomes original + (after − before) in the
+    tensor's own layout, stored as `out_type` (f16 or f32); everything else is copied byte for byte. Returns
+    {"replaced": {gguf name: layout}, "type", "tensors", "bytes"}."""
+    import gguf
+
+    if out_type not in TYPES:
+        raise BiasUnlearnError(f"GGUF tensor type {out_type!r}: expected one of {', '.join(TYPES)}")
+    src, dst = Path(src), Path(dst)
+    reader = gguf.GGUFReader(src)
+    if reader.byte_order != "I":
+        raise ModelLoadError(f"{src}: a GGUF file of the other byte order is not supported")
+    arch = _field_value(reader, "general.architecture")
+    n_blocks = int(_field_value(reader, f"{arch}.block_count", 0))
+    names = _gguf_names(arch, n_blocks, changes)
+    missing = sorted(set(changes) - set(names))
+    by_name = {t.name: t for t in reader.tensors}
+    missing += sorted(f"{h} (GGUF {g})" for h, g in names.items() if g not in by_name)
+    if missing:
+        raise ModelLoadError(f"{src}: no GGUF tensor holds {', '.join(missing[:4])}"
+                             + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+                             + f" (architecture {arch}); the GGUF export needs each adapted layer stored as one tensor")
+    replaced, data = {}, {}
+    for hf, g in names.items():
+        before, after = changes[hf]
+        t = by_name[g]
+        stored = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        layout = match_layout(stored, before, head_counts)
+        if layout is None:
+            raise ModelLoadError(f"{src}: tensor {g} does not hold {hf} as the model read it, in any layout known "
+                                 "here; no GGUF file written")
+        new = stored + to_layout(after.astype(np.float32) - before.astype(np.float32), layout)
+        data[g] = np.ascontiguousarray(new.astype(NP_TYPES[out_type]))
+        replaced[g] = layout
+    align = int(getattr(reader, "alignment", 32) or 32)
+    raw = np.memmap(src, dtype=np.uint8, mode="r")
+    kv = [f for k, f in reader.fields.items() if not k.startswith("GGUF.")]
+    version = int(_field_value(reader, "GGUF.version", 3))
+    infos, offset = [], 0
+    for t in reader.tensors:
+        nbytes = data[t.name].nbytes if t.name in data else int(t.n_bytes)
+        ttype = TYPES[out_type] if t.name in data else int(t.tensor_type)
+        name = t.name.encode("utf-8")
+        dims = [int(x) for x in t.shape]
+        infos.append(struct.pack("<Q", len(name)) + name + struct.pack("<I", len(dims))
+                     + struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", ttype, offset))
+        offset = _align(offset + nbytes, align)
+    tmp = dst.with_name(f".{dst.name}.part")
+    written = 0
+    try:
+        with open(tmp, "wb") as f:
+            f.write(GGUF_MAGIC + struct.pack("<IQQ", version, len(reader.tensors), len(kv)))
+            for field in kv:
+                f.write(b"".join(np.asarray(p).tobytes() for p in field.parts))
+            for info in infos:
+                f.write(info)
+            f.write(b"\0" * (_align(f.tell(), align) - f.tell()))
+            start = f.tell()
+            for i, t in enumerate(reader.tensors):
+                if t.name in data:
+                    f.write(data[t.name].tobytes())
+                else:
+                    f.write(raw[t.data_offset:t.data_offset + int(t.n_bytes)].tobytes())
+                if i + 1 < len(reader.tensors):
+                    f.write(b"\0" * (_align(f.tell() - start, align) - (f.tell() - start)))
+            written = f.tell()
+        tmp.replace(dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log(f"[export] GGUF: {len(replaced)} of {len(reader.tensors)} tensors replaced ({out_type}), the rest copied "
+        f"from {src.name} -> {dst}")
+    return {"replaced": replaced, "type": out_type, "tensors": len(reader.tensors), "bytes": written,
+            "architecture": arch}
+
+
+def _as_out_in(weight, transposed: bool) -> np.ndarray:
+    w = weight.detach().float().cpu().numpy()
+    return np.array(w.T if transposed else w, dtype=np.float32, order="C", copy=True)  # merging works in place
+
+
+def adapted_weights(peft_model) -> dict:
+    """{transformers parameter name: (base weight as float32 [out, in], stored transposed)} of every layer a LoRA
+    adapter wraps, read before merging."""
+    out = {}
+    for name, module in peft_model.named_modules():
+        base = getattr(module, "base_layer", None)
+        if base is None or not hasattr(module, "lora_A") or not hasattr(base, "weight"):
+            continue
+        transposed = bool(getattr(module, "fan_in_fan_out", False))  # GPT-2's Conv1D stores [in, out]
+        out[name.removeprefix("base_model.model.") + ".weight"] = (_as_out_in(base.weight, transposed), transposed)
+    return out
+
+
+def merged_changes(before: dict, merged_model) -> dict:
+    """{name: (weight before, weight after)} for write_merged_gguf, the after read from the merged model."""
+    return {n: (w, _as_out_in(merged_model.get_parameter(n), transposed)) for n, (w, transposed) in before.items()}
+
+
+__all__ = ["write_merged_gguf", "rope_permute", "match_layout", "adapted_weights", "merged_changes"]
