@@ -18,14 +18,8 @@ import sys
 from biasunlearn.errors import BiasUnlearnError
 from biasunlearn.evaluate import read_stereoset_predictions
 from biasunlearn.io import write_json
+from biasunlearn.metrics import level_outside_band as outside_band  # P(a level model reads outside the band)
 from biasunlearn.metrics import paired_ss_difference, ss_standard_error, stereoset_scores
-
-
-def outside_band(se: float, band: float) -> float:
-    """P(|X - 50| > band) for X ~ Normal(50, se): how often a level model reads outside the band."""
-    if se <= 0:
-        return 0.0
-    return math.erfc(band / (se * math.sqrt(2.0)))
 
 
 def precision(reads: dict, resamples: int, seed: int, band: float) -> dict:

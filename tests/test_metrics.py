@@ -269,6 +269,13 @@ def test_stereoset_precision_markdown_rows():
     # overall: 3 terms, SS (50 + 50 + 50)/3 -> (100 + 50 + 50)/3
     assert rows["overall"][1] == "3" and rows["overall"][4].startswith(f"+{50 / 3:.2f} ± ")
     assert list(rows)[1:] == ["gender", "race", "overall"]
+    # a level model's chance to read outside 50 ± 4 with the after read's errors: none for gender (no spread)
+    from biasunlearn.metrics import level_outside_band
+
+    p_race = level_outside_band(se1["race"], 4.0)
+    assert f"in gender 0%, race {100 * p_race:.0f}% of draws" in md
+    assert f"in at least one type {100 * p_race:.0f}%" in md
+    assert level_outside_band(4.0, 4.0) == pytest.approx(0.31731, abs=1e-5)  # erfc(1/sqrt 2)
 
 
 def test_stereoset_terms_markdown_lists_the_terms_farthest_from_level():

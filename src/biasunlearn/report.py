@@ -468,12 +468,15 @@ def markdown_to_html(md: str, base_dir=None, title: str = "report") -> str:
 # --- how precise a StereoSet read is ---------------------------------------------------------------------------
 
 def stereoset_precision_markdown(before: list, after: list, before_label: str = "before", after_label: str = "after",
-                                 resamples: int = 1000, seed: int = 0, heading_level: int = 3) -> str:
+                                 resamples: int = 1000, seed: int = 0, heading_level: int = 3, band: float = 4.0) -> str:
     """SS before and after, each ± its bootstrap standard error, and the paired change ± its standard error, per bias
     type and overall, from the StereoSet rows of two reads of the same examples (one task). A change within two
     paired errors is one that another draw of target terms like these could make or undo: with 10 to 40 terms a
-    type, a domain's SS is uncertain by several points (see `biasunlearn.metrics.ss_standard_error`)."""
-    from .metrics import paired_ss_difference, ss_standard_error, stereoset_scores
+    type, a domain's SS is uncertain by several points (see `biasunlearn.metrics.ss_standard_error`). Last, how
+    often a model exactly at 50 would read more than `band` points from it with the after read's errors."""
+    import math
+
+    from .metrics import level_outside_band, paired_ss_difference, ss_standard_error, stereoset_scores
 
     ss0, ss1 = stereoset_scores(before), stereoset_scores(after)
     se0, se1 = ss_standard_error(before, resamples, seed), ss_standard_error(after, resamples, seed)
@@ -490,6 +493,14 @@ def stereoset_precision_markdown(before: list, after: list, before_label: str = 
         resolved = "yes" if abs(p["diff"]) > 2 * p["se"] else "no"
         lines.append(f"| {d} | {ss1[d]['n_terms']} | {ss0[d]['SS']:.2f} ± {se0[d]:.2f} | {ss1[d]['SS']:.2f} ± {se1[d]:.2f} "
                      f"| {p['diff']:+.2f} ± {p['se']:.2f} | {resolved} |")
+    chance = {d: level_outside_band(se1[d], band) for d in DOMAINS if d in se1 and d != "overall"}
+    if chance:
+        anyone = 1.0 - math.prod(1.0 - v for v in chance.values())  # the types' terms are disjoint: independent draws
+        lines += ["", f"How far a level model reads by chance: with the {after_label} read's errors, a model exactly at "
+                  f"50 in a type would read more than {band:g} points from 50 in "
+                  + ", ".join(f"{d} {100 * v:.0f}%" for d, v in chance.items())
+                  + f" of draws of a test split like this one, and in at least one type {100 * anyone:.0f}% "
+                  "(normal approximation)."]
     return "\n".join(lines) + "\n"
 
 

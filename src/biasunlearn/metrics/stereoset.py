@@ -65,6 +65,14 @@ def ss_standard_error(records: Iterable[Mapping], resamples: int = 1000, seed: i
     return {k: _sd([d[0] for d in v]) for k, v in sorted(draws.items())}
 
 
+def level_outside_band(se: float, band: float) -> float:
+    """P(|X − 50| > band) for X ~ Normal(50, se): how often a model whose SS is exactly 50 reads more than `band`
+    points from 50 on a test split with standard error `se` (normal approximation)."""
+    if se <= 0:
+        return 0.0
+    return math.erfc(band / (se * math.sqrt(2.0)))
+
+
 def paired_ss_difference(before: Iterable[Mapping], after: Iterable[Mapping], resamples: int = 1000,
                          seed: int = 0) -> dict:
     """SS(after) - SS(before) per bias type and overall, with its bootstrap standard error, for two reads of the
