@@ -69,7 +69,7 @@ def test_rewrite_replaces_changed_tensors_in_their_layout_and_copies_the_rest(tm
     d_q = rng.normal(size=w_q.shape).astype(np.float32) * 0.1
     d_v = rng.normal(size=w_v.shape).astype(np.float32) * 0.1
     changes = {"model.layers.0.self_attn.q_proj.weight": (w_q, w_q + d_q),
-               "model.layers.0.self_attn.v_proj.weight": (w_v, w_v + d_v)}
+               "model.layers.0.self_attn.v_proj.weight": lambda: (w_v, w_v + d_v)}  # read when written
     res = write_merged_gguf(src, tmp_path / "out.gguf", changes, head_counts=(2, 2), out_type=out_type, log=lambda s: None)
     assert res["replaced"] == {"blk.0.attn_q.weight": "rope:2", "blk.0.attn_v.weight": "plain"}
     assert res["architecture"] == "llama" and res["tensors"] == 4
@@ -109,6 +109,34 @@ def test_rewrite_refuses_unknown_tensors_and_weights_it_cannot_place_and_writes_
         write_merged_gguf(src, dst, {"model.layers.0.self_attn.q_proj.weight": (other, other)}, head_counts=(2,),
                           log=lambda s: None)
     assert not dst.exists() and not list(tmp_path.glob(".out.gguf*"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lora_deltas_give_back_the_weights_before_merging(tmp_path, arch):
+    import torch
+
+    from biasunlearn.adapters import apply_adapter
+    from biasunlearn.gguf_export import lora_deltas, merged_changes
+    from biasunlearn.models import load_model
+
+    model_dir = _tiny.make_model(tmp_path / arch, arch=arch)
+    adapter = _tiny.make_adapter(model_dir, tmp_path / "run" / "adapter")
+    m, _, _ = load_model(str(model_dir))
+    base = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m = apply_adapter(m, adapter)
+    deltas = lora_deltas(m)
+    assert len(deltas) >= 4 and all(n in base for n in deltas)
+    merged = m.merge_and_unload()
+    moved = 0
+    for name, get in merged_changes(deltas, merged).items():
+        before, after = get()
+        w = base[name].float().numpy()
+        w = w.T if arch == "gpt2" else w  # Conv1D stores [in, out]; the pair is [out, in]
+        np.testing.assert_allclose(before, w, atol=1e-5)
+        assert after.shape == w.shape
+        moved += float(np.abs(after - before).max()) > 1e-4
+        assert torch.equal(torch.from_numpy(after.T if arch == "gpt2" else after), merged.get_parameter(name).float())
+    assert moved == len(deltas)  # every adapted layer changed
 
 
 def test_export_gguf_needs_a_model_read_from_gguf(tmp_path):

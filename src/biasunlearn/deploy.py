@@ -419,9 +419,9 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
         m.eval()
         probe_adapter = _score_probes(m, tok) if verify else None
         if gguf_src is not None:
-            from .gguf_export import adapted_weights
+            from .gguf_export import lora_deltas
 
-            before_weights = adapted_weights(m)
+            deltas = lora_deltas(m)  # the LoRA factors: the merged model's weights give the rest
         _log(log, "[export] merging the adapter into the base weights (merge_and_unload)")
         merged = m.merge_and_unload()
         merged = _drop_quantization(merged)
@@ -432,9 +432,9 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
 
             text_cfg = merged.config.get_text_config()
             heads = (getattr(text_cfg, "num_attention_heads", 0), getattr(text_cfg, "num_key_value_heads", 0))
-            gguf_info = write_merged_gguf(gguf_src, tmp / f"{out.name}.gguf", merged_changes(before_weights, merged),
+            gguf_info = write_merged_gguf(gguf_src, tmp / f"{out.name}.gguf", merged_changes(deltas, merged),
                                           head_counts=heads, out_type=gguf, log=lambda s: _log(log, s))
-            del before_weights
+            del deltas
             gguf_info = {"file": f"{out.name}.gguf", "source": str(gguf_src), "source_sha256": sha256_file(gguf_src),
                          "type": gguf, "architecture": gguf_info["architecture"], "tensors": gguf_info["tensors"],
                          "replaced": len(gguf_info["replaced"]),

@@ -90,9 +90,11 @@ def _align(n: int, a: int) -> int:
 
 def write_merged_gguf(src, dst, changes: dict, head_counts=(), out_type: str = "f16", log=print) -> dict:
     """Rewrite the GGUF file `src` as `dst` with `changes` applied: {transformers parameter name: (weight before,
-    weight after)} as float32 arrays [out, in]. Each changed tensor becomes original + (after − before) in the
-    tensor's own layout, stored as `out_type` (f16 or f32); everything else is copied byte for byte. Returns
-    {"replaced": {gguf name: layout}, "type", "tensors", "bytes"}."""
+    weight after)} as float32 arrays [out, in], or a function returning that pair (called once, when its tensor is
+    written, so a large model's weights are never all held at once). Each changed tensor becomes original + (after −
+    before) in the tensor's own layout, stored as `out_type` (f16 or f32); everything else is copied byte for byte.
+    The file is written under a temporary name and renamed at the end: an error leaves nothing behind. Returns
+    {"replaced": {gguf name: layout}, "type", "tensors", "bytes", "architecture"}."""
     import gguf
 
     if out_type not in TYPES:
@@ -111,45 +113,51 @@ def write_merged_gguf(src, dst, changes: dict, head_counts=(), out_type: str = "
         raise ModelLoadError(f"{src}: no GGUF tensor holds {', '.join(missing[:4])}"
                              + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
                              + f" (architecture {arch}); the GGUF export needs each adapted layer stored as one tensor")
-    replaced, data = {}, {}
-    for hf, g in names.items():
-        before, after = changes[hf]
-        t = by_name[g]
-        stored = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-        layout = match_layout(stored, before, head_counts)
-        if layout is None:
-            raise ModelLoadError(f"{src}: tensor {g} does not hold {hf} as the model read it, in any layout known "
-                                 "here; no GGUF file written")
-        new = stored + to_layout(after.astype(np.float32) - before.astype(np.float32), layout)
-        data[g] = np.ascontiguousarray(new.astype(NP_TYPES[out_type]))
-        replaced[g] = layout
+    hf_of = {g: h for h, g in names.items()}
+    itemsize = np.dtype(NP_TYPES[out_type]).itemsize
     align = int(getattr(reader, "alignment", 32) or 32)
-    raw = np.memmap(src, dtype=np.uint8, mode="r")
     kv = [f for k, f in reader.fields.items() if not k.startswith("GGUF.")]
     version = int(_field_value(reader, "GGUF.version", 3))
     infos, offset = [], 0
     for t in reader.tensors:
-        nbytes = data[t.name].nbytes if t.name in data else int(t.n_bytes)
-        ttype = TYPES[out_type] if t.name in data else int(t.tensor_type)
+        replaced = t.name in hf_of
+        nbytes = int(t.n_elements) * itemsize if replaced else int(t.n_bytes)
         name = t.name.encode("utf-8")
         dims = [int(x) for x in t.shape]
         infos.append(struct.pack("<Q", len(name)) + name + struct.pack("<I", len(dims))
-                     + struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", ttype, offset))
+                     + struct.pack(f"<{len(dims)}Q", *dims)
+                     + struct.pack("<IQ", TYPES[out_type] if replaced else int(t.tensor_type), offset))
         offset = _align(offset + nbytes, align)
+
+    def merged_tensor(t) -> tuple[bytes, str]:
+        hf = hf_of[t.name]
+        pair = changes[hf]
+        before, after = pair() if callable(pair) else pair
+        stored = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        layout = match_layout(stored, before, head_counts)
+        if layout is None:
+            raise ModelLoadError(f"{src}: tensor {t.name} does not hold {hf} as the model read it, in any layout "
+                                 "known here; no GGUF file written")
+        stored += to_layout(np.asarray(after, np.float32) - np.asarray(before, np.float32), layout)
+        return stored.astype(NP_TYPES[out_type]).tobytes(), layout
+
+    raw = np.memmap(src, dtype=np.uint8, mode="r")
+    layouts = {}
     tmp = dst.with_name(f".{dst.name}.part")
-    written = 0
     try:
         with open(tmp, "wb") as f:
             f.write(GGUF_MAGIC + struct.pack("<IQQ", version, len(reader.tensors), len(kv)))
-            for field in kv:
+            for field in kv:  # every metadata value as the source encodes it
                 f.write(b"".join(np.asarray(p).tobytes() for p in field.parts))
             for info in infos:
                 f.write(info)
             f.write(b"\0" * (_align(f.tell(), align) - f.tell()))
             start = f.tell()
             for i, t in enumerate(reader.tensors):
-                if t.name in data:
-                    f.write(data[t.name].tobytes())
+                if t.name in hf_of:
+                    data, layouts[t.name] = merged_tensor(t)
+                    f.write(data)
+                    del data
                 else:
                     f.write(raw[t.data_offset:t.data_offset + int(t.n_bytes)].tobytes())
                 if i + 1 < len(reader.tensors):
@@ -159,33 +167,49 @@ def write_merged_gguf(src, dst, changes: dict, head_counts=(), out_type: str = "
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    log(f"[export] GGUF: {len(replaced)} of {len(reader.tensors)} tensors replaced ({out_type}), the rest copied "
+    log(f"[export] GGUF: {len(layouts)} of {len(reader.tensors)} tensors replaced ({out_type}), the rest copied "
         f"from {src.name} -> {dst}")
-    return {"replaced": replaced, "type": out_type, "tensors": len(reader.tensors), "bytes": written,
+    return {"replaced": layouts, "type": out_type, "tensors": len(reader.tensors), "bytes": written,
             "architecture": arch}
 
 
 def _as_out_in(weight, transposed: bool) -> np.ndarray:
     w = weight.detach().float().cpu().numpy()
-    return np.array(w.T if transposed else w, dtype=np.float32, order="C", copy=True)  # merging works in place
+    return np.array(w.T if transposed else w, dtype=np.float32, order="C", copy=True)
 
 
-def adapted_weights(peft_model) -> dict:
-    """{transformers parameter name: (base weight as float32 [out, in], stored transposed)} of every layer a LoRA
-    adapter wraps, read before merging."""
+def lora_deltas(peft_model) -> dict:
+    """{transformers parameter name: (A, B, scaling, stored transposed)} of every layer a LoRA adapter wraps, the
+    factors copied to float32 numpy (small: rank × size), read before merging. Plain LoRA only: an adapter whose
+    change is not scaling · B·A (DoRA) is refused."""
     out = {}
     for name, module in peft_model.named_modules():
         base = getattr(module, "base_layer", None)
         if base is None or not hasattr(module, "lora_A") or not hasattr(base, "weight"):
             continue
-        transposed = bool(getattr(module, "fan_in_fan_out", False))  # GPT-2's Conv1D stores [in, out]
-        out[name.removeprefix("base_model.model.") + ".weight"] = (_as_out_in(base.weight, transposed), transposed)
+        active = [a for a in getattr(module, "active_adapters", ["default"]) if a in module.lora_A]
+        if len(active) != 1:
+            raise ModelLoadError(f"{name}: the GGUF export needs exactly one active LoRA adapter, found {active}")
+        a = active[0]
+        if getattr(module, "use_dora", {}).get(a):
+            raise ModelLoadError(f"{name}: a DoRA adapter; the GGUF export supports plain LoRA only")
+        A = module.lora_A[a].weight.detach().float().cpu().numpy().copy()
+        B = module.lora_B[a].weight.detach().float().cpu().numpy().copy()
+        out[name.removeprefix("base_model.model.") + ".weight"] = (
+            A, B, float(module.scaling[a]), bool(getattr(module, "fan_in_fan_out", False)))  # GPT-2's Conv1D: [in, out]
     return out
 
 
-def merged_changes(before: dict, merged_model) -> dict:
-    """{name: (weight before, weight after)} for write_merged_gguf, the after read from the merged model."""
-    return {n: (w, _as_out_in(merged_model.get_parameter(n), transposed)) for n, (w, transposed) in before.items()}
+def merged_changes(deltas: dict, merged_model) -> dict:
+    """{name: function returning (weight before, weight after)} for write_merged_gguf: the after read from the
+    merged model when its tensor is written, the before as after minus the adapter's change."""
+    def pair(name, A, B, scaling, transposed):
+        def get():
+            after = _as_out_in(merged_model.get_parameter(name), transposed)
+            return after - scaling * (B @ A), after
+        return get
+
+    return {n: pair(n, *v) for n, v in deltas.items()}
 
 
-__all__ = ["write_merged_gguf", "rope_permute", "match_layout", "adapted_weights", "merged_changes"]
+__all__ = ["write_merged_gguf", "rope_permute", "match_layout", "lora_deltas", "merged_changes"]
