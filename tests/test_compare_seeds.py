@@ -165,6 +165,18 @@ def test_compare_seeds_end_to_end_untrained_methods_evaluated_once_then_reused(t
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             assert cli.main(["compare", "--model", str(tiny_llama_path), "--out", str(tmp_path / "y"), *argv]) == 2
         assert msg in err.getvalue()
+    # a config file's seed gives way to --seeds (an explicit --set seed=... is refused above)
+    from biasunlearn import compare_seeds
+
+    seen = {}
+    monkeypatch.setattr(compare_seeds, "run_compare_seeds",
+                        lambda *a, **k: seen.update(k) or {"report": "r", "html": "h"})
+    (tmp_path / "my.yaml").write_text("seed: 3\nlearning_rate: 1.0e-4\n")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["compare", "--out", str(tmp_path / "z"), "--config", str(tmp_path / "my.yaml"),
+                         "--seeds", "1,2"]) == 0
+    assert seen["seeds"] == [1, 2] and "seed" not in (seen["config_overrides"] or {})
+    assert seen["learning_rate"] == 1.0e-4
 
 
 def test_seeds_report_of_an_ablation_study_pairs_with_the_full_method_and_names_shared_runs(tmp_path):

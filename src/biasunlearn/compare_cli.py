@@ -58,6 +58,8 @@ def _compare_cmd(a) -> int:
         set_keys.add(k)
         overrides.update(coerce_settings({k: _value(v)}, "--set"))
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if seeds and "seed" in overrides and "seed" not in set_keys:  # --seeds wins over a config file's seed
+        log(f"[compare] --config: seed {overrides.pop('seed')!r} left out (--seeds sets each run's seed)")
     for k in ("output_dir", "model"):  # every method has its own folder, and --model names the one model
         if k in overrides:
             log(f"[compare] --config: {k} {overrides.pop(k)!r} left out (compare sets it: --out, --model)")
