@@ -258,6 +258,7 @@ def test_report_renders_every_section_with_tables_and_bold_best(tmp_path):
     # ablations: Table 5 layout
     assert "| Method | SS → 50 | LMS ↑ | ΔLMS → 0 | ICAT ↑ |" in md and "| w/o retention loss | **47.60** | 57.70 |" in md
     assert "c" * 64 in md and "at most 50 examples per benchmark" in md
+    assert "- One training seed (42): a method's numbers move with it; `compare --seeds`" in md
     assert "Self-Debias costs 4.00× the plain model" in md
     for fig in ("dev_ss_compare.png", "ablation_losses.png", "ablation_dev_ss.png"):
         assert (out / "figures" / fig).exists() and f"figures/{fig}" in md
@@ -279,6 +280,7 @@ def test_report_with_only_the_base_model_still_has_every_section(tmp_path):
     for s in SECTIONS:
         assert s in md, s
     assert md.count("not measured (not in --benchmarks)") == 2 and "not run (pass --ablations)" in md
+    assert "One training seed" not in md  # nothing here trains
     html = (out / "report.html").read_text()
     assert "<h2>Ablations (Table 5 layout, Figure 3)</h2>" in html
 

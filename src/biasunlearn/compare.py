@@ -568,6 +568,9 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
           ]
     if budget.get("config_overrides"):
         md.append(f"- Other settings: `{json.dumps(budget['config_overrides'])}`.")
+    if any(n in TRAINED for n in docs):
+        md.append(f"- One training seed ({budget.get('seed')}): a method's numbers move with it; `compare --seeds` "
+                  "repeats the comparison at several seeds and reports each method's mean and spread.")
     reduced = (budget.get("max_steps") or 0) < 1000 or ev.get("limit") or \
         set(ev.get("benchmarks") or BENCHMARKS) != set(BENCHMARKS)
     if reduced:
