@@ -165,12 +165,17 @@ def test_export_gguf_of_the_default_model_reads_back_like_the_adapter_model(tmp_
     adapter = _tiny.make_adapter(Path(folder), tmp_path / "run" / "adapter", scale=0.01)
     res = export_merged("smollm2-135m", adapter, tmp_path / "smol-debiased", gguf="f16", log=None)
     g = res["gguf"]
-    assert (tmp_path / "smol-debiased" / "smol-debiased.gguf").is_file()
+    assert (tmp_path / "smol-debiased" / "gguf" / "smol-debiased.gguf").is_file()
     # 30 layers x 7 adapted linear layers; the query (9 heads) and key (3 heads) projections are stored permuted
     assert g["replaced"] == 210 and g["tensors"] == 272 and g["architecture"] == "llama"
     assert g["layouts"] == {"plain": 150, "rope:3": 30, "rope:9": 30}
     assert g["verification"]["checked"] and g["verification"]["max_abs_diff_mean_logprob"] <= 1e-2
     prov = json.loads((tmp_path / "smol-debiased" / "biasunlearn_export.json").read_text())
-    assert prov["gguf"]["file"] == "smol-debiased.gguf" and len(prov["gguf"]["source_sha256"]) == 64
+    assert prov["gguf"]["file"] == "gguf/smol-debiased.gguf" and len(prov["gguf"]["source_sha256"]) == 64
+    # the file loads through biasunlearn like any GGUF model, its tokenizer whole (BOS and EOS kept)
+    from biasunlearn.models import load_model
+
+    _, tok, _ = load_model(str(tmp_path / "smol-debiased" / "gguf" / "smol-debiased.gguf"))
+    assert tok.bos_token == "<|im_start|>" and tok.eos_token == "<|im_end|>"
     card = (tmp_path / "smol-debiased" / "README.md").read_text()
     assert "## GGUF file" in card and "--gguf f16" in card and "62 tensors (their quantisation kept)" in card

@@ -374,7 +374,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
     the adapter model did. With `run_eval`, the evaluation suite runs on the base model and on the merged model
     when the training run beside the adapter has no before/after results; they are stored under ``evaluation/``.
     With `gguf` ("f16" or "f32"; the model must come from a GGUF file: a built-in name or a .gguf path), the folder
-    also holds <out name>.gguf: the source file with every tensor the adapter changed replaced (biasunlearn.gguf_export),
+    also holds gguf/<out name>.gguf: the source file with every tensor the adapter changed replaced (biasunlearn.gguf_export),
     checked like the folder when `verify`.
     Returns {"out", "card", "verification", "before", "after", "gguf"}.
     """
@@ -432,10 +432,13 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
 
             text_cfg = merged.config.get_text_config()
             heads = (getattr(text_cfg, "num_attention_heads", 0), getattr(text_cfg, "num_key_value_heads", 0))
-            gguf_info = write_merged_gguf(gguf_src, tmp / f"{out.name}.gguf", merged_changes(deltas, merged),
+            # in a folder of its own: transformers, given gguf_file= in a folder that also holds tokenizer files,
+            # mixes the two and loses the GGUF tokenizer's BOS and EOS tokens
+            (tmp / "gguf").mkdir()
+            gguf_info = write_merged_gguf(gguf_src, tmp / "gguf" / f"{out.name}.gguf", merged_changes(deltas, merged),
                                           head_counts=heads, out_type=gguf, log=lambda s: _log(log, s))
             del deltas
-            gguf_info = {"file": f"{out.name}.gguf", "source": str(gguf_src), "source_sha256": sha256_file(gguf_src),
+            gguf_info = {"file": f"gguf/{out.name}.gguf", "source": str(gguf_src), "source_sha256": sha256_file(gguf_src),
                          "type": gguf, "architecture": gguf_info["architecture"], "tensors": gguf_info["tensors"],
                          "replaced": len(gguf_info["replaced"]),
                          "layouts": dict(sorted(Counter(gguf_info["replaced"].values()).items())),
@@ -511,7 +514,9 @@ def _verify_gguf(folder: Path, name: str, out_type: str, tok, probe_adapter, dev
     like the adapter model did, within the rounding of its F16 tensors (or of a model read in bfloat16)."""
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32).to(device)
+    path = folder / name
+    reloaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                    dtype=torch.float32).to(device)
     reloaded.eval()
     probe = _score_probes(reloaded, tok)
     del reloaded
