@@ -172,10 +172,14 @@ def test_export_gguf_of_the_default_model_reads_back_like_the_adapter_model(tmp_
     assert g["verification"]["checked"] and g["verification"]["max_abs_diff_mean_logprob"] <= 1e-2
     prov = json.loads((tmp_path / "smol-debiased" / "biasunlearn_export.json").read_text())
     assert prov["gguf"]["file"] == "gguf/smol-debiased.gguf" and len(prov["gguf"]["source_sha256"]) == 64
-    # the file loads through biasunlearn like any GGUF model, its tokenizer whole (BOS and EOS kept)
+    # the file loads through biasunlearn like any GGUF model, its tokenizer whole: the source file's, BOS and EOS
+    # included (which tokens those are depends on the transformers version reading the file)
     from biasunlearn.models import load_model
 
     _, tok, _ = load_model(str(tmp_path / "smol-debiased" / "gguf" / "smol-debiased.gguf"))
-    assert tok.bos_token == "<|im_start|>" and tok.eos_token == "<|im_end|>"
+    _, src_tok, _ = load_model("smollm2-135m")
+    assert tok.bos_token is not None and tok.eos_token is not None
+    assert (tok.bos_token, tok.eos_token, len(tok)) == (src_tok.bos_token, src_tok.eos_token, len(src_tok))
+    assert tok("The doctor said hello.")["input_ids"] == src_tok("The doctor said hello.")["input_ids"]
     card = (tmp_path / "smol-debiased" / "README.md").read_text()
     assert "## GGUF file" in card and "--gguf f16" in card and "62 tensors (their quantisation kept)" in card
