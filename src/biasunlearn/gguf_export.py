@@ -3,7 +3,8 @@
 A model that came from a GGUF file (the built-in models do) is exported by rewriting that file: every tensor the
 adapter changed is replaced by the original tensor plus the adapter's change, stored as F16 or F32 (quantising it
 again would round most of a LoRA change away), and every other tensor, with the tokenizer and all metadata, is copied
-byte for byte. So the file keeps its quantisation where nothing changed, and a runtime loads it like the original.
+byte for byte. So the file keeps the source's quantisation where nothing changed, and its tokenizer and settings
+everywhere. (It is checked by reading it back with transformers; no GGUF runtime is run here.)
 
 GGUF converters store some weights in another row order than transformers does (llama's query and key projections
 are permuted for its rotary embedding). The layout of each replaced tensor is therefore not assumed from the
