@@ -12,7 +12,7 @@ folder, and copied into the others, where `compare` reuses them because their se
 every headline number, the numbers of each seed, and each method's difference from BiasUnlearn paired by seed;
 <out>/seeds_summary.json holds all of them. The spread over seeds is the training's own variation: every seed is read
 on the same held-out files, so the test split's sampling noise, common to all of them, is not in it (each seed's
-report.md gives StereoSet's per-type standard errors).
+method's results.json holds StereoSet's per-type standard errors).
 """
 from __future__ import annotations
 
@@ -253,8 +253,8 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
     P = pooled["methods"]
     model = plan.get("model") or next((p.get("model") for p in plans.values() if p.get("model")), "?")
     md = [f"# Comparison of debiasing methods over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}: {model}", "",
-          f"Seeds {', '.join(map(str, seeds))}; each seed's comparison, with its budget, costs, figures and the "
-          "test split's standard errors, is in its own folder: "
+          f"Seeds {', '.join(map(str, seeds))}; each seed's comparison, with its budget, costs and figures, is in "
+          "its own folder (each method's results.json there holds StereoSet's per-type standard errors): "
           + ", ".join(f"[seed-{s}](seed-{s}/report.md)" for s in seeds) + ". Created "
           f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
           "Each cell is the mean ± the sample standard deviation over the seeds that have the method (n in the "
