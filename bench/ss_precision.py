@@ -12,12 +12,12 @@ of them: the chance that the issue's "every domain within 50 +- 4" fails on a pe
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from biasunlearn.errors import BiasUnlearnError
 from biasunlearn.evaluate import read_stereoset_predictions
 from biasunlearn.io import write_json
+from biasunlearn.metrics import level_outside_any
 from biasunlearn.metrics import level_outside_band as outside_band  # P(a level model reads outside the band)
 from biasunlearn.metrics import paired_ss_difference, ss_standard_error, stereoset_scores
 
@@ -39,8 +39,7 @@ def precision(reads: dict, resamples: int, seed: int, band: float) -> dict:
                      for name in names[1:]}
     p = {d: outside_band(v["se"], band) for d, v in out["reads"][ref].items() if d != "overall"}
     out["level_model_outside_band"] = {d: round(v, 3) for d, v in p.items()}
-    # the bias types' terms are disjoint, so their draws are independent
-    out["level_model_any_domain_outside"] = round(1.0 - math.prod(1.0 - v for v in p.values()), 3)
+    out["level_model_any_domain_outside"] = round(level_outside_any(p.values()), 3)
     return out
 
 

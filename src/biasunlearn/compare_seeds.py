@@ -105,29 +105,21 @@ def run_compare_seeds(model: str = "smollm2-135m", methods=None, out="runs/compa
 
 # --- numbers --------------------------------------------------------------------------------------------------
 
-def _get(d, *keys):
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def headline(doc: dict, base: dict | None) -> dict:
-    """The numbers pooled over seeds from one results document; ΔLMS and the perplexity change against `base`, the
-    base model's document of the same seed (None where it or the number is missing)."""
-    ss = _get(doc, "benchmarks", "stereoset", "metrics", "intrasentence") or {}
-    r = {f"ss_{d}": _get(ss, d, "SS") for d in _DOMAINS}
-    lms = _get(ss, "overall", "LMS")
-    base_lms = _get(base, "benchmarks", "stereoset", "metrics", "intrasentence", "overall", "LMS")
+    """The numbers pooled over seeds from one results document (report.headline_metrics, plus SS per bias type);
+    ΔLMS and the perplexity change against `base`, the base model's document of the same seed (None where it or the
+    number is missing)."""
+    from .report import _get, headline_metrics
+
+    h, hb = headline_metrics(doc), headline_metrics(base or {})
+    r = {f"ss_{d}": _get(doc, "benchmarks", "stereoset", "metrics", "intrasentence", d, "SS") for d in _DOMAINS}
+    lms, base_lms = h["lms_intra"], hb["lms_intra"]
     r["lms"] = lms
     r["dlms"] = None if lms is None or base_lms is None else lms - base_lms
-    r["icat"] = _get(ss, "overall", "ICAT")
-    r["crows"] = _get(doc, "benchmarks", "crows_pairs", "metrics", "length_normalised", "overall", "score")
-    r["bbq_bias_ambig"] = _get(doc, "benchmarks", "bbq", "metrics", "overall", "bias_ambig")
-    r["bbq_bias_disambig"] = _get(doc, "benchmarks", "bbq", "metrics", "overall", "bias_disambig")
-    ppl = _get(doc, "benchmarks", "perplexity", "metrics", "perplexity")
-    base_ppl = _get(base, "benchmarks", "perplexity", "metrics", "perplexity")
+    r["icat"] = h["icat_intra"]
+    r["crows"] = h["crows"]
+    r["bbq_bias_ambig"], r["bbq_bias_disambig"] = h["bbq_bias_ambig"], h["bbq_bias_disambig"]
+    ppl, base_ppl = h["ppl"], hb["ppl"]
     r["ppl"] = ppl
     r["ppl_change_pct"] = None if ppl is None or not base_ppl else 100.0 * (ppl - base_ppl) / base_ppl
     return r
@@ -193,12 +185,6 @@ def _ms(stat: dict | None, nd=2, signed=False) -> str:
         return "–"
     m = f"{stat['mean']:+.{nd}f}" if signed else f"{stat['mean']:.{nd}f}"
     return m if stat.get("sd") is None else f"{m} ± {stat['sd']:.{nd}f}"
-
-
-def _v(x, nd=2, signed=False) -> str:
-    if x is None:
-        return "–"
-    return f"{x:+.{nd}f}" if signed else f"{x:.{nd}f}"
 
 
 def _same_budget(plans: dict) -> list[str]:
@@ -309,9 +295,9 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
             if h is None:
                 cells.append("not run")
                 continue
-            cell = f"{_v(h.get('ss_overall'))} / {_v(h.get('icat'))}"
+            cell = f"{R._cell(h.get('ss_overall'), False)} / {R._cell(h.get('icat'), False)}"
             if m != "base":
-                cell += f" / {_v(h.get('ppl_change_pct'), signed=True)}%" if h.get("ppl_change_pct") is not None else " / –"
+                cell += f" / {R._cell(h.get('ppl_change_pct'), False, signed=True)}%" if h.get("ppl_change_pct") is not None else " / –"
             cells.append(cell)
         md.append(f"| {label_of(m)} | " + " | ".join(cells) + " |")
     if pooled["paired"]:

@@ -462,22 +462,19 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             dev = model_device(merged)
             del merged, m
             torch_dtype = resolve_dtype(dtype)
-            reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch_dtype).to(dev)
-            reloaded.eval()
-            probe_saved = _score_probes(reloaded, tok)
-            del reloaded
-            diff = max(abs(a - b) for a, b in zip(probe_adapter, probe_saved))
-            tol = 1e-3 if torch_dtype == torch.float32 else 5e-2
-            verification = {"checked": True, "probe_sentences": len(PROBE_TEXTS),
-                            "max_abs_diff_mean_logprob": diff, "tolerance": tol}
-            if not diff <= tol:
-                raise BiasUnlearnError(
-                    f"export check failed: the saved merged model scores differ from the adapter model by {diff:.2e} "
-                    f"nats/token (tolerance {tol:g}); nothing was written to {out}")
-            _log(log, f"[export] saved folder reloads and scores like the adapter model (max |Δ| {diff:.1e})")
+            verification = _probe_check(
+                lambda: AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch_dtype), "the saved merged model",
+                tok, probe_adapter, dev, 1e-3 if torch_dtype == torch.float32 else 5e-2, out)
+            _log(log, f"[export] saved folder reloads and scores like the adapter model "
+                      f"(max |Δ| {verification['max_abs_diff_mean_logprob']:.1e})")
             if gguf_info is not None:
-                gguf_info["verification"] = _verify_gguf(tmp, gguf_info["file"], gguf, tok, probe_adapter, dev,
-                                                         torch_dtype, out)
+                # transformers dequantises the file to float32; F16 tensors are allowed their rounding
+                path = tmp / gguf_info["file"]
+                gguf_info["verification"] = _probe_check(
+                    lambda: AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                 dtype=torch.float32),
+                    path.name, tok, probe_adapter, dev,
+                    5e-2 if torch_dtype != torch.float32 else (1e-2 if gguf == "f16" else 1e-3), out)
                 _log(log, f"[export] {gguf_info['file']} loads (transformers, gguf_file=) and scores like the adapter "
                           f"model (max |Δ| {gguf_info['verification']['max_abs_diff_mean_logprob']:.1e})")
         provenance = {
@@ -509,21 +506,16 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             "gguf": gguf_info}
 
 
-def _verify_gguf(folder: Path, name: str, out_type: str, tok, probe_adapter, device, torch_dtype, out: Path) -> dict:
-    """The exported GGUF file, loaded back by transformers (dequantised to float32), must score the probe sentences
-    like the adapter model did, within the rounding of its F16 tensors (or of a model read in bfloat16)."""
-    from transformers import AutoModelForCausalLM
-
-    path = folder / name
-    reloaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                    dtype=torch.float32).to(device)
+def _probe_check(load, what: str, tok, probe_adapter, device, tol: float, out: Path) -> dict:
+    """Load a saved model (`load()`), score the probe sentences and require them within `tol` nats/token of the
+    adapter model's; the verification record, or an error that says nothing was written to `out`."""
+    reloaded = load().to(device)
     reloaded.eval()
     probe = _score_probes(reloaded, tok)
     del reloaded
     diff = max(abs(a - b) for a, b in zip(probe_adapter, probe))
-    tol = 5e-2 if torch_dtype != torch.float32 else (1e-2 if out_type == "f16" else 1e-3)
     if not diff <= tol:
-        raise BiasUnlearnError(f"export check failed: {name} scores differ from the adapter model by {diff:.2e} "
+        raise BiasUnlearnError(f"export check failed: {what} scores differ from the adapter model by {diff:.2e} "
                                f"nats/token (tolerance {tol:g}); nothing was written to {out}")
     return {"checked": True, "probe_sentences": len(PROBE_TEXTS), "max_abs_diff_mean_logprob": diff, "tolerance": tol}
 

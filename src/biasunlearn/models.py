@@ -292,14 +292,11 @@ def gguf_source(spec: str) -> Path | None:
 
 def resolve_model_path(spec: str) -> tuple[str, str]:
     """(path or hub id to hand to from_pretrained, description)."""
-    if spec in BUILTIN_MODELS:
-        desc, finder = BUILTIN_MODELS[spec]
-        return str(_gguf_to_folder(finder())), desc
+    gguf = gguf_source(spec)
+    if gguf is not None:
+        desc = BUILTIN_MODELS[spec][0] if spec in BUILTIN_MODELS else f"GGUF file {gguf.name}"
+        return str(_gguf_to_folder(gguf)), desc
     p = Path(spec).expanduser()
-    if p.suffix == ".gguf":
-        if not p.is_file():
-            raise ModelLoadError(f"--model {spec}: no such .gguf file")
-        return str(_gguf_to_folder(p)), f"GGUF file {p.name}"
     if p.exists():
         if not p.is_dir() or not (p / "config.json").exists():
             raise ModelLoadError(f"--model {spec}: a local model must be a save_pretrained folder with config.json")

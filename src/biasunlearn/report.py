@@ -474,9 +474,7 @@ def stereoset_precision_markdown(before: list, after: list, before_label: str = 
     paired errors is one that another draw of target terms like these could make or undo: with 10 to 40 terms a
     type, a domain's SS is uncertain by several points (see `biasunlearn.metrics.ss_standard_error`). Last, how
     often a model exactly at 50 would read more than `band` points from it with the after read's errors."""
-    import math
-
-    from .metrics import level_outside_band, paired_ss_difference, ss_standard_error, stereoset_scores
+    from .metrics import level_outside_any, level_outside_band, paired_ss_difference, ss_standard_error, stereoset_scores
 
     ss0, ss1 = stereoset_scores(before), stereoset_scores(after)
     se0, se1 = ss_standard_error(before, resamples, seed), ss_standard_error(after, resamples, seed)
@@ -495,7 +493,7 @@ def stereoset_precision_markdown(before: list, after: list, before_label: str = 
                      f"| {p['diff']:+.2f} ± {p['se']:.2f} | {resolved} |")
     chance = {d: level_outside_band(se1[d], band) for d in DOMAINS if d in se1 and d != "overall"}
     if chance:
-        anyone = 1.0 - math.prod(1.0 - v for v in chance.values())  # the types' terms are disjoint: independent draws
+        anyone = level_outside_any(chance.values())
         lines += ["", f"How far a level model reads by chance: with the {after_label} read's errors, a model exactly at "
                   f"50 in a type would read more than {band:g} points from 50 in "
                   + ", ".join(f"{d} {100 * v:.0f}%" for d, v in chance.items())

@@ -73,6 +73,12 @@ def level_outside_band(se: float, band: float) -> float:
     return math.erfc(band / (se * math.sqrt(2.0)))
 
 
+def level_outside_any(probabilities) -> float:
+    """The chance that at least one bias type reads outside its band, from each type's `level_outside_band`: the
+    types' target terms are disjoint, so their draws are independent."""
+    return 1.0 - math.prod(1.0 - p for p in probabilities)
+
+
 def paired_ss_difference(before: Iterable[Mapping], after: Iterable[Mapping], resamples: int = 1000,
                          seed: int = 0) -> dict:
     """SS(after) - SS(before) per bias type and overall, with its bootstrap standard error, for two reads of the
