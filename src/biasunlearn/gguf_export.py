@@ -4,7 +4,8 @@ A model that came from a GGUF file (the built-in models do) is exported by rewri
 adapter changed is replaced by the original tensor plus the adapter's change, stored as F16 or F32 (quantising it
 again would round most of a LoRA change away), and every other tensor, with the tokenizer and all metadata, is copied
 byte for byte. So the file keeps the source's quantisation where nothing changed, and its tokenizer and settings
-everywhere. (It is checked by reading it back with transformers; no GGUF runtime is run here.)
+everywhere. It is checked by reading it back with transformers and, when llama-cpp-python is installed, by
+running it in llama.cpp (`LlamaCppScorer`).
 
 GGUF converters store some weights in another row order than transformers does (llama's query and key projections
 are permuted for its rotary embedding). The layout of each replaced tensor is therefore not assumed from the
@@ -213,4 +214,71 @@ def merged_changes(deltas: dict, merged_model) -> dict:
     return {n: pair(n, *v) for n, v in deltas.items()}
 
 
-__all__ = ["write_merged_gguf", "rope_permute", "match_layout", "lora_deltas", "merged_changes"]
+
+# --- running a GGUF file in llama.cpp (optional: pip install llama-cpp-python) -------------------------------------
+
+def llama_cpp_version() -> str | None:
+    """llama-cpp-python's version, or None when it is not installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return getattr(llama_cpp, "__version__", "unknown")
+
+
+class LlamaCppScorer:
+    """Mean token log-probability of texts under a GGUF file run by llama.cpp, scored as the evaluation suite scores
+    them: the runtime's own tokenization, the start token (BOS, else EOS) in front and not scored. Use it in a `with`
+    block (or call close()): llama.cpp's memory is freed then, not at interpreter exit."""
+
+    def __init__(self, path, threads: int | None = None, n_ctx: int = 512):
+        try:
+            from llama_cpp import Llama
+        except ImportError as e:
+            raise BiasUnlearnError("running a GGUF file in llama.cpp needs llama-cpp-python "
+                                   "(pip install llama-cpp-python)") from e
+        import os
+
+        threads = threads or max(1, min(os.cpu_count() or 1, 8))
+        try:
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+                             n_threads_batch=threads, logits_all=True, verbose=False)
+        except Exception as e:  # llama-cpp-python raises ValueError or RuntimeError with little detail
+            raise ModelLoadError(f"{path}: llama.cpp could not load this GGUF file ({e})") from e
+        bos = self.llm.token_bos()
+        self.start = bos if bos is not None and bos >= 0 else self.llm.token_eos()
+        self.n_ctx = n_ctx
+
+    def tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def score_tokens(self, body) -> float:
+        if not body:
+            return float("-inf")  # as the suite scores a text with no tokens
+        seq = [self.start] + list(body)
+        if len(seq) > self.n_ctx:
+            raise ValueError(f"{len(seq)} tokens: longer than llama.cpp's context of {self.n_ctx}")
+        self.llm.reset()
+        self.llm.eval(seq)
+        logits = np.asarray(self.llm.scores[: len(seq) - 1], dtype=np.float64)
+        top = logits.max(axis=1)
+        logz = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        return float((logits[np.arange(len(seq) - 1), seq[1:]] - logz).mean())
+
+    def score(self, texts) -> list[float]:
+        return [self.score_tokens(self.tokens(t)) for t in texts]
+
+    def close(self) -> None:
+        if getattr(self, "llm", None) is not None:
+            self.llm.close()
+            self.llm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["write_merged_gguf", "rope_permute", "match_layout", "lora_deltas", "merged_changes", "LlamaCppScorer",
+           "llama_cpp_version"]
