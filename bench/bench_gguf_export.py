@@ -1,7 +1,7 @@
 """`biasunlearn export --gguf` on a built-in model: which tensors it replaces and in which layout, the file sizes,
-the time, and how closely the GGUF file (read back by transformers) scores like the adapter model, against how far
-the adapter moved those scores. The adapter is random (LoRA r 8 on every attention and MLP layer, lora_B ~ N(0,
-scale)) unless --adapter names a trained one.
+the time, and how closely the GGUF file (read back by transformers, and run in llama.cpp when llama-cpp-python is
+installed) scores like the adapter model, against how far the adapter moved those scores. The adapter is random
+(LoRA r 8 on every attention and MLP layer, lora_B ~ N(0, scale)) unless --adapter names a trained one.
 
     python bench/bench_gguf_export.py --model smollm2-135m --out bench/results/gguf_export_smollm2.json
     python bench/bench_gguf_export.py --model gemma3-270m --out bench/results/gguf_export_gemma.json
@@ -61,9 +61,11 @@ def main(argv=None) -> int:
            "max_abs_diff_gguf_vs_adapter": g["verification"]["max_abs_diff_mean_logprob"],
            "max_abs_diff_folder_vs_adapter": res["verification"]["max_abs_diff_mean_logprob"],
            "adapter_moved_probes_by": max(abs(x - y) for x, y in zip(base_probe, adapter_probe)),
+           "runtime_check": g.get("runtime_check"),
            "export_wall_s": round(wall, 1), "threads": a.threads,
            "note": "export_wall_s covers loading, merging, saving and checking the folder, writing the GGUF file and "
-                   "loading it back to check it"}
+                   "loading it back to check it (and, with llama-cpp-python installed, running it and the source file "
+                   "in llama.cpp)"}
     print(json.dumps(out, indent=1))
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")

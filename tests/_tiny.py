@@ -129,7 +129,8 @@ def make_model(folder: Path, arch: str = "llama", hidden: int = 32, layers: int 
 
 
 def make_adapter(model_dir: Path, adapter_dir: Path, r: int = 4, seed: int = 1, scale: float = 0.3) -> Path:
-    """A LoRA adapter on every block linear layer, with random (non-zero) lora_B so that it changes the model."""
+    """A LoRA adapter on every block linear layer, with random (non-zero) lora_B so that it changes the model; the
+    same seed gives the same adapter."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -138,7 +139,9 @@ def make_adapter(model_dir: Path, adapter_dir: Path, r: int = 4, seed: int = 1, 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=find_lora_targets(model),
                      task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
-    peft_model = get_peft_model(model, cfg)
+    with torch.random.fork_rng():  # PEFT draws lora_A from the global generator: seed it, and leave it as it was
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

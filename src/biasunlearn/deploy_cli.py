@@ -64,11 +64,12 @@ def register(subparsers) -> None:
                    help="run the evaluation suite on the base and merged model when the training run beside the "
                         "adapter has no eval_before/eval_after results (stored under <out>/evaluation/)")
     e.add_argument("--no-verify", action="store_true",
-                   help="skip reloading the saved folder to check it scores like the adapter model")
+                   help="skip reloading the saved folder (and the GGUF file) to check it scores like the adapter model")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
     e.add_argument("--gguf", nargs="?", const="f16", default=None, choices=["f16", "f32"],
-                   help="also write <out>/<out name>.gguf for llama.cpp / Ollama: the model's own GGUF file with "
+                   help="also write <out>/gguf/<out name>.gguf for llama.cpp / Ollama: the model's own GGUF file with "
                         "the tensors the adapter changed replaced (stored as f16, the default, or f32) and the rest "
-                        "copied; needs a model read from a GGUF file (a built-in name or a .gguf path)")
+                        "copied; needs a model read from a GGUF file (a built-in name or a .gguf path). The check "
+                        "reads it back with transformers and, when llama-cpp-python is installed, runs it in llama.cpp")
     add_eval_args(e)
     e.set_defaults(func=_export_cmd)
