@@ -183,6 +183,7 @@ def test_export_gguf_of_the_default_model_reads_back_like_the_adapter_model(tmp_
     assert tok("The doctor said hello.")["input_ids"] == src_tok("The doctor said hello.")["input_ids"]
     card = (tmp_path / "smol-debiased" / "README.md").read_text()
     assert "## GGUF file" in card and "--gguf f16" in card and "62 tensors (their quantisation kept)" in card
+    assert 'Llama(model_path="path/to/smol-debiased/gguf/smol-debiased.gguf")' in card
     rc = g["runtime_check"]
     if importlib.util.find_spec("llama_cpp") is None:
         assert not rc["checked"] and "not installed" in rc["reason"]

@@ -687,7 +687,8 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
                      f" of the base model; the adapter moves these sentences by up to {rc['adapter_max_abs_change']:.2f}).")
         elif v.get("checked"):
             L.append(f"It was not run in a GGUF runtime at export ({rc.get('reason', 'no runtime check')}).")
-        L.append("")
+        L += ["", "```python", "from llama_cpp import Llama  # pip install llama-cpp-python",
+              f'llm = Llama(model_path="path/to/{name}/{gguf["file"]}")', "```", ""]
     L += ["## Base model", "",
           f"- model: `{spec}` ({base.get('description', '')})"]
     if upstream:
