@@ -259,6 +259,24 @@ def test_llama_cpp_check_compares_the_runtime_with_the_adapter_model(tmp_path, m
     runtime["export.gguf"] = [-4.3] * n
     with pytest.raises(BiasUnlearnError, match=r"llama.cpp runs export.gguf with scores 3.00e-01 .*tolerance 0.25"):
         deploy._llama_cpp_check(Path("export.gguf"), Path("source.gguf"), base, adapter, 0.25, tmp_path / "out")
+    # a runtime that cannot load the exported file fails the export; one that cannot load the source either leaves
+    # the file unchecked and says why
+    from biasunlearn.errors import ModelLoadError
+
+    def unloadable(name):
+        def init(self, path, threads=None):
+            if Path(path).name == name:
+                raise ModelLoadError(f"{path}: llama.cpp could not load this GGUF file (unknown architecture)")
+            self.path = Path(path).name
+        return init
+
+    monkeypatch.setattr(FakeScorer, "__init__", unloadable("export.gguf"))
+    with pytest.raises(BiasUnlearnError, match="runs the source file but not export.gguf .*nothing was written to"):
+        deploy._llama_cpp_check(Path("export.gguf"), Path("source.gguf"), base, adapter, 0.25, tmp_path / "out")
+    monkeypatch.setattr(FakeScorer, "__init__", unloadable("source.gguf"))
+    rec = deploy._llama_cpp_check(Path("export.gguf"), Path("source.gguf"), base, adapter, 0.25, tmp_path / "out")
+    assert not rec["checked"] and "9.9 could not run the source file either" in rec["reason"]
+    assert "unknown architecture" in rec["reason"]
     monkeypatch.setattr(deploy, "llama_cpp_version", lambda: None)
     rec = deploy._llama_cpp_check(Path("export.gguf"), Path("source.gguf"), base, adapter, 0.25, tmp_path / "out")
     assert rec == {"checked": False, "reason": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
@@ -294,3 +312,13 @@ def test_llama_cpp_runs_the_default_model_like_transformers_and_the_check_catche
     assert max(abs(a - b) for a, b in zip(base, moved)) > 2 * deploy.LLAMA_CPP_TOL
     with pytest.raises(BiasUnlearnError, match="llama.cpp runs .* from the adapter model's"):
         deploy._llama_cpp_check(src, src, base, moved, deploy.LLAMA_CPP_TOL, tmp_path / "out")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
+def test_llama_cpp_scorer_names_a_file_llama_cpp_cannot_load(tmp_path):
+    from biasunlearn.gguf_export import LlamaCppScorer
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(ModelLoadError, match=r"bad.gguf: llama.cpp could not load this GGUF file"):
+        LlamaCppScorer(bad, threads=1)

@@ -540,14 +540,23 @@ LLAMA_CPP_TOL = 0.25
 def _llama_cpp_check(path: Path, source: Path, probe_base, probe_adapter, tol: float, out: Path) -> dict:
     """Run the exported GGUF file in llama.cpp, when llama-cpp-python is installed, and require its probe scores within
     `tol` nats/token of the adapter model's. The source file is run too: how far the runtime reads it from the base
-    model is the runtime's own offset, and the change from source to export is set beside the adapter's change."""
+    model is the runtime's own offset, and the change from source to export is set beside the adapter's change. A
+    llama.cpp that cannot run the source file either (an architecture it does not know) leaves the file unchecked,
+    and says so."""
     version = llama_cpp_version()
     if version is None or probe_base is None:
         return {"checked": False, "reason": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
-    with LlamaCppScorer(source, threads=torch.get_num_threads()) as sc:
-        src = sc.score(PROBE_TEXTS)
-    with LlamaCppScorer(path, threads=torch.get_num_threads()) as sc:
-        exp = sc.score(PROBE_TEXTS)
+    try:
+        with LlamaCppScorer(source, threads=torch.get_num_threads()) as sc:
+            src = sc.score(PROBE_TEXTS)
+    except ModelLoadError as e:  # this llama.cpp does not run the model at all: nothing to say about the export
+        return {"checked": False, "reason": f"llama-cpp-python {version} could not run the source file either ({e})"}
+    try:
+        with LlamaCppScorer(path, threads=torch.get_num_threads()) as sc:
+            exp = sc.score(PROBE_TEXTS)
+    except ModelLoadError as e:
+        raise BiasUnlearnError(f"export check failed: llama.cpp runs the source file but not {path.name} ({e}); "
+                               f"nothing was written to {out}") from e
     diff = max(abs(a - b) for a, b in zip(probe_adapter, exp))
     rec = {"checked": True, "runtime": f"llama.cpp (llama-cpp-python {version})", "probe_sentences": len(PROBE_TEXTS),
            "max_abs_diff_mean_logprob": diff, "tolerance": tol,

@@ -214,7 +214,6 @@ def merged_changes(deltas: dict, merged_model) -> dict:
     return {n: pair(n, *v) for n, v in deltas.items()}
 
 
-
 # --- running a GGUF file in llama.cpp (optional: pip install llama-cpp-python) -------------------------------------
 
 def llama_cpp_version() -> str | None:
