@@ -56,7 +56,8 @@ def _eval_cmd(a) -> int:
     from .report import eval_markdown
 
     cfg = eval_config_from_args(a)
-    doc = run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr))
+    doc = run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr),
+                   runtime=a.runtime)
     print(eval_markdown(doc))
     if a.out:
         print(f"results written to {a.out}/results.json", file=sys.stderr)
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="measure bias: StereoSet, CrowS-Pairs, BBQ, perplexity")
     _add_model_args(e)
     e.add_argument("--out", default=None, help="folder for results.json and predictions")
+    e.add_argument("--runtime", default=None, choices=["llama.cpp"],
+                   help="run a GGUF file (--model file.gguf or a built-in name) in llama.cpp instead of transformers: "
+                        "the deployed file, read by the same benchmarks (needs llama-cpp-python; no --adapter)")
     add_eval_args(e)
     e.set_defaults(func=_eval_cmd)
 

@@ -296,13 +296,23 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
 
 
 def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg: EvalConfig | None = None,
-             out_dir=None, device=None, log=print) -> dict:
-    from .models import load_model
+             out_dir=None, device=None, log=print, runtime: str | None = None) -> dict:
+    """Load a model and run the suite. `runtime="llama.cpp"` runs a GGUF file in llama.cpp instead of transformers
+    (models.load_llama_cpp): the deployed file, read with the same benchmarks and metrics."""
+    from .models import load_llama_cpp, load_model
 
     cfg = cfg or EvalConfig()
     check_config(cfg)
-    m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device)
-    return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
+    if runtime is None:
+        m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device)
+        return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
+    if runtime != "llama.cpp":
+        raise ConfigError(f"--runtime {runtime}: expected llama.cpp")
+    m, tok, info = load_llama_cpp(model, adapter, n_ctx=max(1024, cfg.ppl_window + 8))
+    try:
+        return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
+    finally:
+        m.close()
 
 
 def read_stereoset_predictions(path, task: str = "intrasentence") -> list[dict]:

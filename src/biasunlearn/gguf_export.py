@@ -251,18 +251,35 @@ class LlamaCppScorer:
     def tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
-    def score_tokens(self, body) -> float:
-        if not body:
-            return float("-inf")  # as the suite scores a text with no tokens
-        seq = [self.start] + list(body)
+    def _logprobs(self, seq) -> np.ndarray:
+        """log p(seq[t + 1] | seq[: t + 1]) for t = 0 .. len(seq) - 2."""
         if len(seq) > self.n_ctx:
             raise ValueError(f"{len(seq)} tokens: longer than llama.cpp's context of {self.n_ctx}")
         self.llm.reset()
-        self.llm.eval(seq)
+        self.llm.eval(list(seq))
         logits = np.asarray(self.llm.scores[: len(seq) - 1], dtype=np.float64)
         top = logits.max(axis=1)
         logz = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-        return float((logits[np.arange(len(seq) - 1), seq[1:]] - logz).mean())
+        return logits[np.arange(len(seq) - 1), list(seq[1:])] - logz
+
+    def score_tokens(self, body) -> float:
+        if not body:
+            return float("-inf")  # as the suite scores a text with no tokens
+        return float(self._logprobs([self.start] + list(body)).mean())
+
+    def score_token_sequences(self, sequences, score_from, progress: str | None = None):
+        """(sums, counts) of log-probabilities of each sequence's tokens from index score_from[i] on, as
+        `scoring.score_sequences` returns them: the evaluation suite runs a model this way when it is given one of
+        these instead of a torch model (`biasunlearn eval --runtime llama.cpp`)."""
+        from tqdm.auto import tqdm
+
+        sums, counts = np.zeros(len(sequences), dtype=np.float64), np.zeros(len(sequences), dtype=np.int64)
+        for i, (seq, start) in enumerate(tqdm(list(zip(sequences, score_from)), desc=progress, unit="seq",
+                                               disable=progress is None, leave=False, mininterval=1.0)):
+            if len(seq) - start > 0 and start >= 1:
+                part = self._logprobs(seq)[start - 1:]
+                sums[i], counts[i] = float(part.sum()), len(part)
+        return sums, counts
 
     def score(self, texts) -> list[float]:
         return [self.score_tokens(self.tokens(t)) for t in texts]

@@ -368,6 +368,64 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
     return model, tok, info
 
 
+def load_gguf_tokenizer(gguf: Path):
+    """The tokenizer stored in a GGUF file, without reading its weights. transformers is shown the file alone in a
+    folder: beside other tokenizer files it mixes the two and loses the GGUF tokenizer's BOS and EOS."""
+    from transformers import AutoTokenizer
+
+    gguf = Path(gguf)
+    with tempfile.TemporaryDirectory(prefix="biasunlearn-gguf-tok-") as d:
+        os.symlink(gguf.resolve(), Path(d) / gguf.name)
+        try:
+            tok = AutoTokenizer.from_pretrained(d, gguf_file=gguf.name)
+        except Exception as e:  # transformers raises many types here
+            raise ModelLoadError(f"{gguf}: transformers could not read the tokenizer of this GGUF file: {e}") from e
+    ensure_pad_token(tok)
+    return tok
+
+
+# checked at load: does the runtime split text into the tokens the suite scores (the transformers tokenizer's)?
+_TOKENIZER_PROBES = ("The doctor said hello to the nurse.", "Hispanic people are hard-working, aren't they?",
+                     "My grandfather (78) moved to São Paulo in 1999.")
+
+
+def load_llama_cpp(spec: str, adapter: str | None = None, n_ctx: int = 1024, log=None):
+    """A GGUF model run by llama.cpp for the evaluation suite: (scorer, tokenizer, ModelInfo). The suite scores the
+    transformers tokenizer's tokens (read from the same file); whether llama.cpp tokenizes a few probe sentences
+    the same way is checked and recorded (`extra.tokenizer_matches_runtime`), with a warning when it does not."""
+    from .errors import ConfigError
+    from .gguf_export import LlamaCppScorer, llama_cpp_version
+
+    if adapter:
+        raise ConfigError("--adapter with --runtime llama.cpp: llama.cpp runs a GGUF file as it is; merge the adapter "
+                          "into one first (biasunlearn export --gguf) and evaluate that file")
+    gguf = gguf_source(spec)
+    if gguf is None:
+        raise ConfigError(f"--runtime llama.cpp: --model {spec} is not a .gguf file or a built-in GGUF model")
+    if llama_cpp_version() is None:
+        raise ConfigError("--runtime llama.cpp needs llama-cpp-python (pip install llama-cpp-python)")
+    tok = load_gguf_tokenizer(gguf)
+    scorer = LlamaCppScorer(gguf, threads=torch.get_num_threads(), n_ctx=n_ctx)
+    same = scorer.start == start_token_id(tok) and all(
+        scorer.tokens(t) == tok(t, add_special_tokens=False)["input_ids"] for t in _TOKENIZER_PROBES)
+    if not same:
+        warnings.warn(f"{gguf.name}: llama.cpp tokenizes the probe sentences (or picks the start token) differently "
+                      "from the transformers tokenizer of the same file; the suite scores the transformers tokens, "
+                      "so its figures may differ from what the runtime sees on raw text", RuntimeWarning, stacklevel=2)
+    try:
+        from gguf import GGUFReader
+
+        n_params = int(sum(int(t.n_elements) for t in GGUFReader(str(gguf)).tensors))
+    except Exception:  # the count is for the record only
+        n_params = 0
+    desc = BUILTIN_MODELS[spec][0] if spec in BUILTIN_MODELS else f"GGUF file {gguf.name}"
+    info = ModelInfo(spec=spec, resolved=str(gguf), description=f"{desc}, run in llama.cpp",
+                     dtype="as stored in the GGUF file (llama.cpp)", device="cpu", n_params=n_params,
+                     extra={"runtime": f"llama.cpp (llama-cpp-python {llama_cpp_version()})",
+                            "tokenizer_matches_runtime": same, "n_ctx": n_ctx})
+    return scorer, tok, info
+
+
 def start_token_id(tokenizer) -> int:
     """The token put in front of every scored text: BOS, else EOS (protocol)."""
     tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

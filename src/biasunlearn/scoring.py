@@ -250,6 +250,11 @@ def _scoring(model, n: int, progress: str | None):
             model.train()
 
 
+def _runtime(model):
+    """The scoring method of a model run outside torch (`gguf_export.LlamaCppScorer`: llama.cpp), else None."""
+    return None if isinstance(model, torch.nn.Module) else getattr(model, "score_token_sequences", None)
+
+
 def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Sequence[int], *, pad_id: int = 0,
                     max_tokens: int | None = None, max_batch: int = 128, progress: str | None = None,
                     direct: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -265,6 +270,8 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
     sums, counts = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)
     if n == 0:
         return sums, counts
+    if _runtime(model) is not None:
+        return _runtime(model)(sequences, score_from, progress=progress)
     device = model_device(model)
     batches = length_batches([len(s) for s in sequences], _default_budget(device, max_tokens), max_batch)
     split = split_head(model) if direct else None
@@ -354,7 +361,7 @@ def score_shared_prefix(model, prompts: Sequence[Sequence[int]], conts: Sequence
     sums, counts = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)
     if n == 0:
         return sums, counts
-    device = model_device(model)
+    device = model_device(model) if _runtime(model) is None else torch.device("cpu")
     max_tokens = _default_budget(device, max_tokens)
     full_seqs = [list(prompts[i // k]) + list(conts[i]) for i in range(n)]
     starts = [len(prompts[i // k]) for i in range(n)]
