@@ -67,6 +67,17 @@ def test_load_llama_cpp_refuses_what_it_cannot_run(tmp_path, monkeypatch, tiny_l
             load_llama_cpp("smollm2-135m")
 
 
+def test_run_eval_refuses_settings_llama_cpp_does_not_take():
+    from biasunlearn.evaluate import run_eval
+
+    with pytest.raises(ConfigError, match="--runtime vllm: expected llama.cpp"):
+        run_eval("smollm2-135m", log=None, runtime="vllm")
+    with pytest.raises(ConfigError, match="--dtype bfloat16 / --device None do not apply"):
+        run_eval("smollm2-135m", dtype="bfloat16", log=None, runtime="llama.cpp")
+    with pytest.raises(ConfigError, match="--dtype float32 / --device cuda do not apply"):
+        run_eval("smollm2-135m", device="cuda", log=None, runtime="llama.cpp")
+
+
 def test_eval_cli_refuses_an_unknown_runtime():
     from biasunlearn import cli
 
@@ -106,5 +117,3 @@ def test_the_default_model_read_in_llama_cpp_is_near_its_transformers_read(tmp_p
     agree = sum((r["s_stereo"] > r["s_anti"]) == (recs["tf"][i]["s_stereo"] > recs["tf"][i]["s_anti"])
                 for i, r in recs["rt"].items())
     assert agree >= 55
-    with pytest.raises(ConfigError, match="--runtime onnx: expected llama.cpp"):
-        run_eval("smollm2-135m", cfg=cfg, log=None, runtime="onnx")

@@ -308,6 +308,9 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
         return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
     if runtime != "llama.cpp":
         raise ConfigError(f"--runtime {runtime}: expected llama.cpp")
+    if dtype not in (None, "float32") or (device is not None and str(device) != "cpu"):
+        raise ConfigError(f"--runtime llama.cpp runs the file's weights as stored, on the CPU build of llama.cpp: "
+                          f"--dtype {dtype} / --device {device} do not apply (leave them out)")
     m, tok, info = load_llama_cpp(model, adapter, n_ctx=max(1024, cfg.ppl_window + 8))
     try:
         return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
