@@ -30,23 +30,10 @@ from pathlib import Path
 
 
 def _records(path: str) -> dict:
-    """{id: record} of a suite read (predictions.jsonl, or stereoset_scores.jsonl[.gz]); intrasentence only."""
-    p = Path(path)
-    opener = gzip.open if p.suffix == ".gz" else open
-    out = {}
-    with opener(p, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"{p}, line {n}: not JSON ({e})")
-            if r.get("benchmark", "stereoset") == "stereoset" and r.get("task", "intrasentence") == "intrasentence":
-                out[r["id"]] = r
-    if not out:
-        raise SystemExit(f"{p}: no StereoSet intrasentence records")
-    return out
+    """{id: record} of a suite read (predictions.jsonl, or stereoset_scores.jsonl.gz); intrasentence only."""
+    from biasunlearn.evaluate import read_stereoset_predictions
+
+    return {r["id"]: r for r in read_stereoset_predictions(path)}
 
 
 def read_file(name: str, gguf: Path, examples, tok, threads: int, log) -> tuple[list[dict], dict]:
