@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "BIASUNLEARN_CACHE"
@@ -393,7 +393,6 @@ def load_llama_cpp(spec: str, adapter: str | None = None, n_ctx: int = 1024, log
     """A GGUF model run by llama.cpp for the evaluation suite: (scorer, tokenizer, ModelInfo). The suite scores the
     transformers tokenizer's tokens (read from the same file); whether llama.cpp tokenizes a few probe sentences
     the same way is checked and recorded (`extra.tokenizer_matches_runtime`), with a warning when it does not."""
-    from .errors import ConfigError
     from .gguf_export import LlamaCppScorer, llama_cpp_version
 
     if adapter:

@@ -270,8 +270,9 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], score_from: Seque
     sums, counts = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)
     if n == 0:
         return sums, counts
-    if _runtime(model) is not None:
-        return _runtime(model)(sequences, score_from, progress=progress)
+    runtime = _runtime(model)
+    if runtime is not None:
+        return runtime(sequences, score_from, progress=progress)
     device = model_device(model)
     batches = length_batches([len(s) for s in sequences], _default_budget(device, max_tokens), max_batch)
     split = split_head(model) if direct else None
