@@ -290,12 +290,15 @@ def gguf_source(spec: str) -> Path | None:
     return None
 
 
+def _gguf_description(spec: str, gguf: Path) -> str:
+    return BUILTIN_MODELS[spec][0] if spec in BUILTIN_MODELS else f"GGUF file {gguf.name}"
+
+
 def resolve_model_path(spec: str) -> tuple[str, str]:
     """(path or hub id to hand to from_pretrained, description)."""
     gguf = gguf_source(spec)
     if gguf is not None:
-        desc = BUILTIN_MODELS[spec][0] if spec in BUILTIN_MODELS else f"GGUF file {gguf.name}"
-        return str(_gguf_to_folder(gguf)), desc
+        return str(_gguf_to_folder(gguf)), _gguf_description(spec, gguf)
     p = Path(spec).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").exists():
@@ -417,8 +420,7 @@ def load_llama_cpp(spec: str, adapter: str | None = None, n_ctx: int = 1024, log
         n_params = int(sum(int(t.n_elements) for t in GGUFReader(str(gguf)).tensors))
     except Exception:  # the count is for the record only
         n_params = 0
-    desc = BUILTIN_MODELS[spec][0] if spec in BUILTIN_MODELS else f"GGUF file {gguf.name}"
-    info = ModelInfo(spec=spec, resolved=str(gguf), description=f"{desc}, run in llama.cpp",
+    info = ModelInfo(spec=spec, resolved=str(gguf), description=f"{_gguf_description(spec, gguf)}, run in llama.cpp",
                      dtype="as stored in the GGUF file (llama.cpp)", device="cpu", n_params=n_params,
                      extra={"runtime": f"llama.cpp (llama-cpp-python {llama_cpp_version()})",
                             "tokenizer_matches_runtime": same, "n_ctx": n_ctx})
