@@ -13,4 +13,14 @@ if [ "${BIASUNLEARN_NO_LLAMA_CPP:-0}" != "1" ] && ! python -c "import llama_cpp"
     "llama-cpp-python>=0.3.36,<0.4" \
     || echo "warning: llama-cpp-python could not be installed; the llama.cpp tests will be skipped" >&2
 fi
+# DeepSpeed runs its ZeRO-2 and ZeRO-3 engines on two CPU processes in the tests (tests/test_unlearn_sharded.py).
+# Optional the same way (BIASUNLEARN_NO_DEEPSPEED=1 skips it); the torch already installed is held.
+if [ "${BIASUNLEARN_NO_DEEPSPEED:-0}" != "1" ] && ! python -c "import deepspeed" >/dev/null 2>&1; then
+  echo "installing deepspeed" >&2
+  PIN="$(mktemp)"
+  python -c "import torch; print('torch==' + torch.__version__)" > "$PIN"
+  python -m pip install -q --disable-pip-version-check -c "$PIN" "deepspeed>=0.19.8,<0.20" \
+    || echo "warning: deepspeed could not be installed; its tests will be skipped" >&2
+  rm -f "$PIN"
+fi
 exec python -m pytest -q "$@"

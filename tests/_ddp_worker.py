@@ -1,5 +1,9 @@
 """Run by torchrun in test_unlearn_ddp.py: trains a few steps on a tiny model and writes this rank's swap decisions
-and its first-step packing check."""
+and its first-step packing check.
+
+Arguments: MODEL DATA OUT [BF16 [NAN_ON_RANK [ENGINE [KILL_AT [RESUME]]]]]. ENGINE is "ddp" (the default), "fsdp" (asked
+for in the training arguments) or "fsdp-env" (by `accelerate launch --use_fsdp`'s environment);
+KILL_AT a step after which every process stops as if killed; RESUME "1" continues the run in OUT."""
 import json
 import sys
 from pathlib import Path
@@ -9,8 +13,52 @@ import torch
 torch.set_num_threads(1)
 
 
-def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank=""):
+def force_fsdp_on_cpu():
+    """accelerate turns FSDP on only for accelerator processes (on CPU processes it silently runs DDP). Torch's FSDP2
+    itself runs on CPU tensors over gloo, so this sets accelerate's state to FSDP after its own init, as it does on
+    GPUs, whenever an FSDP plugin was asked for. Everything past that is accelerate's and transformers' FSDP code."""
+    from accelerate import state
+    from accelerate.utils import DistributedType
+
+    orig = state.AcceleratorState.__init__
+
+    def init(self, *a, fsdp_plugin=None, **kw):
+        orig(self, *a, fsdp_plugin=fsdp_plugin, **kw)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            if self._mixed_precision != "no":
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
+            self.fsdp_plugin = fsdp_plugin
+            state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+    state.AcceleratorState.__init__ = init
+
+
+def force_deepspeed_on_cpu():
+    """The same for DeepSpeed: after accelerate's state is set up for CPU processes over gloo, it is switched to
+    DeepSpeed with the plugin asked for, as accelerate does on GPUs."""
+    from accelerate import state
+    from accelerate.utils import DistributedType
+
+    orig = state.AcceleratorState.__init__
+
+    def init(self, *a, deepspeed_plugin=None, **kw):
+        orig(self, *a, deepspeed_plugin=deepspeed_plugin, **kw)
+        if deepspeed_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.DEEPSPEED
+            deepspeed_plugin.set_mixed_precision(self._mixed_precision)
+            deepspeed_plugin.select(_from_accelerator_state=True)
+            self.deepspeed_plugins = deepspeed_plugin
+            self._mixed_precision = "no"
+            state.PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+
+    state.AcceleratorState.__init__ = init
+
+
+def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", kill_at="", resume="0"):
     import os
+
+    from transformers import TrainerCallback
 
     from biasunlearn.unlearn import trainer as trainer_mod
     from biasunlearn.unlearn.config import make_config
@@ -26,31 +74,63 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank=""):
             return real(*a, **k) * (float("nan") if len(calls) > 1 else 1.0)
 
         trainer_mod.npo_loss = nan_later
+    engine_args = {}
+    if engine.startswith("fsdp"):
+        force_fsdp_on_cpu()
+    if engine == "fsdp":  # asked for in the training arguments; "fsdp-env": by `accelerate launch --use_fsdp`
+        engine_args = dict(fsdp=True, fsdp_config={"version": 2})
+    if engine.startswith("zero"):  # DeepSpeed ZeRO stage N ("zero3"), on its CPU accelerator (gloo);
+        force_deepspeed_on_cpu()  # "zero3-nogather": without gathering the weights at saves
+        engine_args = dict(deepspeed={
+            "zero_optimization": {"stage": int(engine[4]),
+                                  "stage3_gather_16bit_weights_on_model_save": not engine.endswith("nogather")},
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "bf16": {"enabled": "auto"}})
 
-    captured = {}
+    captured = {"param_types": set(), "steps": []}
+
+    class Watch(TrainerCallback):
+        """Records the class of the trainable weights as the engine holds them during training (DTensor: sharded),
+        lists the steps this process trained, and stops every process after step KILL_AT as a kill would."""
+
+        def on_step_end(self, args, state, control, **kw):
+            model = captured["trainer"].model_wrapped
+            captured["param_types"].update(("ZeRO-partitioned " if hasattr(p, "ds_tensor") else "") + type(p).__name__
+                                           for p in model.parameters() if p.requires_grad)
+            captured["steps"].append(state.global_step)
+            captured["dtypes"] = sorted({str(getattr(p, "ds_tensor", p).dtype) for p in model.parameters() if p.requires_grad})
+            if kill_at and state.global_step == int(kill_at):
+                raise KeyboardInterrupt("killed")
+
     orig = BiasUnlearnTrainer.__init__
 
     def keep(self, *a, **kw):
         orig(self, *a, **kw)
         captured["trainer"] = self
+        self.add_callback(Watch())
 
     BiasUnlearnTrainer.__init__ = keep
     cfg = make_config(output_dir=out_dir, model=model_path, data_dir=data_dir, train_pool="pool.json", max_steps=4,
                       eval_every=2, save_steps=2, forget_batch_size=2, retain_batch_size=2, unrelated_batch_size=2,
                       learning_rate=5e-2, warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1,
-                      skip_final_eval=True, use_cpu=True, bf16=bf16 == "1", disable_tqdm=True, seed=0,
-                      collapse_lms_drop=101.0, ddp_backend="gloo")
+                      skip_final_eval=True, bf16=bf16 == "1", disable_tqdm=True, seed=0,
+                      collapse_lms_drop=101.0, ddp_backend="gloo", **{"use_cpu": True, **engine_args})
     try:
-        train_adapter(cfg, log=lambda s: None)
+        train_adapter(cfg, resume=resume == "1", log=lambda s: None)
     except TrainingCollapse as e:
         Path(out_dir, f"rank{rank_env}_collapse.txt").write_text(str(e))
         raise
+    except KeyboardInterrupt:
+        Path(out_dir, f"rank{rank_env}_killed.txt").write_text("killed")
+        return
     t = captured["trainer"]
     rank = t.args.process_index
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
         "world": t.args.world_size, "controller": t.controller.state_dict(), "packing": t.packing_check,
-        "mixed_precision": t.accelerator.mixed_precision}))
+        "mixed_precision": t.accelerator.mixed_precision, "engine": t.accelerator.distributed_type.value,
+        "sharded": t.sharded, "param_types": sorted(captured["param_types"]),
+        "steps": captured["steps"], "trainable_dtypes": captured["dtypes"]}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:9])

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ..errors import BiasUnlearnError
+from ..errors import BiasUnlearnError, ConfigError
 from ..evaluate import stereoset_records
 from ..io import write_json
 from ..metrics import mean_margins as dev_margins  # one name here, so a test can stand in for it
@@ -102,6 +102,20 @@ def _weights_sharded(trainer) -> bool:
     return stage is None or int(stage) >= 3
 
 
+def check_zero3_gathers(trainer) -> None:
+    """Under DeepSpeed ZeRO-3 the adapter can be written only if DeepSpeed gathers the weights at saves
+    (`stage3_gather_16bit_weights_on_model_save`). Without it the first dev check would fail after training had
+    begun; this refuses at the start instead, naming the setting."""
+    if not (getattr(trainer, "is_deepspeed_enabled", False) and trainer.sharded):
+        return
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    zero = (getattr(plugin, "deepspeed_config", None) or {}).get("zero_optimization", {})
+    if str(zero.get("stage3_gather_16bit_weights_on_model_save", False)).lower() != "true":
+        raise ConfigError("DeepSpeed ZeRO-3: the adapter is gathered from the partitions to be written, which needs "
+                          '"stage3_gather_16bit_weights_on_model_save": true under "zero_optimization" in the '
+                          "DeepSpeed config")
+
+
 def recover_folder(path) -> None:
     """Finish a replacement that `BiasUnlearnTrainer.save_adapter` left half done: `path` renamed to `path`.old and
     the process killed before the new folder took its place. The old folder comes back."""
@@ -135,6 +149,7 @@ class BiasUnlearnTrainer(Trainer):
         # same passes, so the reference log-probs are computed afresh at each step (a cache hits on one process and
         # misses on another), and reference passes and dev checks go through the engine's wrapper
         self.sharded = _weights_sharded(self)
+        check_zero3_gathers(self)
         self.loss_is_scaled_for_ga = False  # compute_loss returns a mean over one micro-batch: the Trainer divides
         # Gemma 3's multimodal model (4B on) asks in training for token types that mark image tokens: 0, all text.
         # Only there: in other models 0 can mean something else (PaliGemma's bidirectional prefix).
