@@ -1,9 +1,11 @@
 """Run by torchrun in test_unlearn_ddp.py: trains a few steps on a tiny model and writes this rank's swap decisions
 and its first-step packing check.
 
-Arguments: MODEL DATA OUT [BF16 [NAN_ON_RANK [ENGINE [KILL_AT [RESUME]]]]]. ENGINE is "ddp" (the default), "fsdp" (asked
+Arguments: MODEL DATA OUT [BF16 [NAN_ON_RANK [ENGINE [KILL_AT [RESUME [MODEL_DTYPE [SETTINGS]]]]]]]. ENGINE is "ddp" (the default), "fsdp" (asked
 for in the training arguments) or "fsdp-env" (by `accelerate launch --use_fsdp`'s environment);
-KILL_AT a step after which every process stops as if killed; RESUME "1" continues the run in OUT."""
+KILL_AT a step after which every process stops as if killed; RESUME "1" continues the run in OUT; MODEL_DTYPE the
+frozen weights' dtype (model_dtype; the default's by default); SETTINGS a JSON object of more settings (with
+"skip_final_eval": false the run ends with the report's evaluation, as `biasunlearn train` does)."""
 import json
 import sys
 from pathlib import Path
@@ -55,14 +57,15 @@ def force_deepspeed_on_cpu():
     state.AcceleratorState.__init__ = init
 
 
-def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", kill_at="", resume="0"):
+def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", kill_at="", resume="0",
+         model_dtype="", settings="{}"):
     import os
 
     from transformers import TrainerCallback
 
     from biasunlearn.unlearn import trainer as trainer_mod
     from biasunlearn.unlearn.config import make_config
-    from biasunlearn.unlearn.pipeline import train_adapter
+    from biasunlearn.unlearn.pipeline import run_training
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer, TrainingCollapse
 
     rank_env = int(os.environ.get("RANK", "0"))
@@ -87,6 +90,8 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
             "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
             "gradient_clipping": "auto", "bf16": {"enabled": "auto"}})
 
+    if model_dtype:
+        engine_args["model_dtype"] = model_dtype
     captured = {"param_types": set(), "steps": []}
 
     class Watch(TrainerCallback):
@@ -98,7 +103,9 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
             captured["param_types"].update(("ZeRO-partitioned " if hasattr(p, "ds_tensor") else "") + type(p).__name__
                                            for p in model.parameters() if p.requires_grad)
             captured["steps"].append(state.global_step)
-            captured["dtypes"] = sorted({str(getattr(p, "ds_tensor", p).dtype) for p in model.parameters() if p.requires_grad})
+            for key, trainable in (("dtypes", True), ("frozen_dtypes", False)):
+                captured[key] = sorted({str(getattr(p, "ds_tensor", p).dtype) for p in model.parameters()
+                                        if p.requires_grad is trainable})
             if kill_at and state.global_step == int(kill_at):
                 raise KeyboardInterrupt("killed")
 
@@ -113,10 +120,10 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
     cfg = make_config(output_dir=out_dir, model=model_path, data_dir=data_dir, train_pool="pool.json", max_steps=4,
                       eval_every=2, save_steps=2, forget_batch_size=2, retain_batch_size=2, unrelated_batch_size=2,
                       learning_rate=5e-2, warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1,
-                      skip_final_eval=True, bf16=bf16 == "1", disable_tqdm=True, seed=0,
-                      collapse_lms_drop=101.0, ddp_backend="gloo", **{"use_cpu": True, **engine_args})
+                      bf16=bf16 == "1", disable_tqdm=True, seed=0, collapse_lms_drop=101.0, ddp_backend="gloo",
+                      **{"use_cpu": True, "skip_final_eval": True, **engine_args, **json.loads(settings)})
     try:
-        train_adapter(cfg, resume=resume == "1", log=lambda s: None)
+        run_training(cfg, resume=resume == "1", log=lambda s: None)
     except TrainingCollapse as e:
         Path(out_dir, f"rank{rank_env}_collapse.txt").write_text(str(e))
         raise
@@ -129,8 +136,9 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
         "world": t.args.world_size, "controller": t.controller.state_dict(), "packing": t.packing_check,
         "mixed_precision": t.accelerator.mixed_precision, "engine": t.accelerator.distributed_type.value,
         "sharded": t.sharded, "param_types": sorted(captured["param_types"]),
-        "steps": captured["steps"], "trainable_dtypes": captured["dtypes"]}))
+        "steps": captured["steps"], "trainable_dtypes": captured["dtypes"],
+        "frozen_dtypes": captured["frozen_dtypes"]}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:9])
+    main(*sys.argv[1:11])

@@ -3,6 +3,7 @@ switches its state to them for CPU processes (tests/_ddp_worker.py: force_fsdp_o
 the rest is the code a GPU user's run goes through: the reference passes and the dev check through the engine's
 wrapper, uncached reference log-probabilities, adapters gathered from the shards, the engines' checkpoints and
 their resume. DeepSpeed is optional (scripts/test.sh installs it): without it its test is skipped."""
+import gzip
 import json
 import os
 import shutil
@@ -90,24 +91,29 @@ def _accelerate_fsdp2_loads_on_cuda() -> bool:
 
 @pytest.mark.skipif(_accelerate_fsdp2_loads_on_cuda(), reason="this accelerate loads FSDP2 weights onto CUDA only")
 def test_fsdp_from_accelerate_launch_in_bf16_resumes_exactly(tmp_path, tiny_llama_path, pool_data):
-    """FSDP asked for the way the README shows, `accelerate launch --use_fsdp`, with bf16 mixed precision (FSDP's
-    own policy: the weights gathered in bf16). Both ranks agree and the adapter is float32. Its checkpoints are
-    sharded (accelerate's default, SHARDED_STATE_DICT). Killed after step 3 and resumed from checkpoint-2, the run
-    ends where the uninterrupted one does."""
+    """FSDP asked for the way the README shows, `accelerate launch --use_fsdp`, as a GPU run goes by default: bf16
+    mixed precision (FSDP's own policy: the weights gathered in bf16) and the frozen weights loaded in bf16. Both
+    ranks agree; the LoRA weights train and are saved in float32. Its checkpoints are sharded (accelerate's default,
+    SHARDED_STATE_DICT). Killed after step 3 and resumed from checkpoint-2, the run ends where the uninterrupted
+    one does."""
     flags = ("--use_fsdp", "--fsdp_version", "2", "--mixed_precision", "bf16")
-    _launch(29545, tiny_llama_path, pool_data, tmp_path / "run", "1", "", "fsdp-env", launcher=flags)
+    _launch(29545, tiny_llama_path, pool_data, tmp_path / "run", "1", "", "fsdp-env", "", "0", "bfloat16",
+            launcher=flags)
     r0, r1 = (json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["mixed_precision"] == "bf16" and r0["engine"] == "FSDP" and r0["param_types"] == ["DTensor"]
+    assert r0["trainable_dtypes"] == ["torch.float32"] and r0["frozen_dtypes"] == ["torch.bfloat16"]
     assert r0["controller"] == r1["controller"] and len(r0["controller"]["history"]) == 3
     assert (tmp_path / "run" / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()
     last = _lora(tmp_path / "run" / "final_adapter")
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in last.values())
     assert any(k.endswith("lora_B.weight") and last[k].abs().max() > 0 for k in last)  # LoRA's B starts at zero
 
-    _launch(29546, tiny_llama_path, pool_data, tmp_path / "killed", "1", "", "fsdp-env", "3", launcher=flags)
+    _launch(29546, tiny_llama_path, pool_data, tmp_path / "killed", "1", "", "fsdp-env", "3", "0", "bfloat16",
+            launcher=flags)
     assert (tmp_path / "killed" / "rank0_killed.txt").exists() and (tmp_path / "killed" / "rank1_killed.txt").exists()
     assert not (tmp_path / "killed" / "adapter").exists()
-    _launch(29547, tiny_llama_path, pool_data, tmp_path / "killed", "1", "", "fsdp-env", "", "1", launcher=flags)
+    _launch(29547, tiny_llama_path, pool_data, tmp_path / "killed", "1", "", "fsdp-env", "", "1", "bfloat16",
+            launcher=flags)
     resumed = json.loads((tmp_path / "killed" / "rank0.json").read_text())
     assert r0["steps"] == [1, 2, 3, 4] and resumed["steps"] == [3, 4]  # it went on from checkpoint-2
     assert _decisions(resumed["controller"]) == _decisions(r0["controller"])
@@ -184,3 +190,30 @@ def test_zero3_check_reads_the_deepspeed_config():
     check_zero3_gathers(trainer(True, False, {"stage": 2}))  # ZeRO-2
     check_zero3_gathers(trainer(False, True, {}))  # FSDP
     check_zero3_gathers(trainer(False, False, {}))  # DDP
+
+
+def test_zero3_samples_the_kl_text_and_writes_the_report_as_ddp_does(tmp_path, tiny_llama_path, pool_data):
+    """The whole of `biasunlearn train` under ZeRO-3, with the KL text sampled from the model (the shipped recipes'
+    unrelated_source: generated) and the report's evaluation at the end. ZeRO-3 partitions the weights as the model
+    is loaded: the sampling runs with them gathered, and the evaluation loads whole models on the main process.
+    The texts and the evaluation equal those of the same run under DDP."""
+    pytest.importorskip("deepspeed")
+    settings = json.dumps({"unrelated_source": "generated", "generated_count": 6, "generated_tokens": 5,
+                           "skip_final_eval": False, "eval_benchmarks": "stereoset"})
+    for engine, port in (("ddp", 29557), ("zero3", 29558)):
+        _launch(port, tiny_llama_path, pool_data, tmp_path / engine, "0", "", engine, "", "0", "", settings)
+    texts = {e: (tmp_path / e / "generated_unrelated.jsonl").read_text().splitlines() for e in ("ddp", "zero3")}
+    assert len(texts["zero3"]) > 1 and texts["zero3"] == texts["ddp"]
+    res = {e: json.loads((tmp_path / e / "eval_after" / "results.json").read_text()) for e in ("ddp", "zero3")}
+    assert (tmp_path / "zero3" / "report.md").is_file()
+    from biasunlearn.io import sha256_file
+
+    assert res["zero3"]["model"]["adapter_sha256"] == sha256_file(tmp_path / "zero3" / "adapter" /
+                                                                  "adapter_model.safetensors")
+    assert res["zero3"]["benchmarks"]["stereoset"]["metrics"] == res["ddp"]["benchmarks"]["stereoset"]["metrics"]
+    scores = {e: [json.loads(line) for line in gzip.open(tmp_path / e / "eval_after" / "stereoset_scores.jsonl.gz",
+                                                           "rt")] for e in res}
+    assert len(scores["zero3"]) == len(scores["ddp"]) > 0
+    for a, b in zip(scores["zero3"], scores["ddp"]):
+        assert a["id"] == b["id"]
+        assert all(abs(a[k] - b[k]) < 1e-3 for k in ("s_stereo", "s_anti", "s_unrel"))  # adapters: 3e-6

@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,10 +58,38 @@ def unrelated_texts(cfg: UnlearnConfig, model, tok, out_dir, model_id: str, writ
         lines = load_text_lines(data_dir(cfg.data_dir) / "text/wikitext-2-raw/wiki.test.raw")
         return [u for u in lines if not u.strip().startswith("=")][:2000]
     if cfg.unrelated_source == "generated":
-        with model.disable_adapter():  # the original model's own text
+        with model.disable_adapter(), zero3_gathered(model):  # the original model's own text
             return load_or_sample(Path(out_dir), model, tok, cfg.generated_count, cfg.generated_tokens, cfg.seed,
                                   model_id, write=write, log=log)
     return None
+
+
+@contextmanager
+def zero3_gathered(model):
+    """The model's weights whole for passes outside the training engine. Under DeepSpeed ZeRO-3 the weights are
+    partitioned as the model is loaded, and only the engine gathers them in its forward; this gathers every weight
+    on every process (collectively: every process must enter) for as long as the block runs, so each holds the whole
+    model meanwhile. Otherwise (weights whole) it does nothing."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
+
+
+def loads_unpartitioned() -> None:
+    """After training: models loaded from here on are whole. While a DeepSpeed ZeRO-3 config is active, transformers
+    partitions every model it loads over the processes, collectively; the report's evaluation loads models on the
+    main process alone, after the others have finished."""
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        return
+    if hf_deepspeed.is_deepspeed_zero3_enabled():
+        hf_deepspeed.unset_hf_deepspeed_config()
 
 
 def drop_term_texts(texts: list[str], terms) -> tuple[list[str], int]:
@@ -393,6 +422,7 @@ def run_training(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     summary = train_adapter(cfg, resume=resume, log=log)
     if cfg.skip_final_eval or not cfg.process_index == 0:
         return {"summary": summary}
+    loads_unpartitioned()
     before, after = before_after(cfg, out / "adapter", out, log=log)
     write_report(out, before, after, summary, cfg)
     log(f"[done] report: {out / 'report.md'}")
