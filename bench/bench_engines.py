@@ -95,6 +95,12 @@ def lora_diff(a_dir: Path, b_dir: Path) -> dict:
     return {"same_keys": True, "tensors": len(a), "max_abs_diff": diff, "relative": diff / scale if scale else None}
 
 
+def _texts(run: Path) -> list[str] | None:
+    """The KL texts the run sampled (generated_unrelated.jsonl), or None."""
+    path = run / "generated_unrelated.jsonl"
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -106,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/bench_engines", help="where the runs are written (not committed)")
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--port", type=int, default=29611)
+    p.add_argument("--compare-only", action="store_true",
+                   help="train nothing: read the finished runs in --runs again and rewrite --out")
     p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -121,9 +129,12 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(a.port + i), __file__, "--out", "-", "--worker", a.model, a.config, str(a.steps), engine,
                str(out), settings]
-        print(f"[engines] {engine}: {a.steps} steps on two processes", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if not a.compare_only:
+            print(f"[engines] {engine}: {a.steps} steps on two processes", file=sys.stderr, flush=True)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        else:
+            proc = subprocess.CompletedProcess(cmd, 0 if (out / "rank1.json").exists() else 1, "", "no finished run")
         if proc.returncode != 0:
             out.mkdir(parents=True, exist_ok=True)
             (out / "stderr.txt").write_text(proc.stderr)
@@ -134,7 +145,8 @@ def main(argv=None) -> int:
         ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
         r0 = ranks[0]
         results["engines"][engine] = {
-            "engine": r0["engine"], "sharded": r0["sharded"], "launch_wall_s": round(time.perf_counter() - t0, 1),
+            "engine": r0["engine"], "sharded": r0["sharded"],
+            "launch_wall_s": None if a.compare_only else round(time.perf_counter() - t0, 1),
             "train_wall_s": round(r0["wall_s"], 1),
             "step_s_median": round(statistics.median(r0["step_s"][1:] or r0["step_s"]), 2),
             "step_s": [round(s, 2) for s in r0["step_s"]],
@@ -149,9 +161,15 @@ def main(argv=None) -> int:
         if engine == "ddp" or "failed" in r or "failed" in ddp:
             continue
         r["vs_ddp"] = {"dev_same": r["dev"] == ddp["dev"],
+                       "kl_texts_same": _texts(runs / engine) == _texts(runs / "ddp"),
                        "final_adapter": lora_diff(runs / engine / "final_adapter", runs / "ddp" / "final_adapter"),
                        "chosen_adapter": lora_diff(runs / engine / "adapter", runs / "ddp" / "adapter"),
                        "step_time_ratio": round(r["step_s_median"] / ddp["step_s_median"], 2)}
+    if a.compare_only and Path(a.out).exists():  # the training runs' own command and launch times are kept
+        before = json.loads(Path(a.out).read_text())
+        results["recompared_by"], results["command"] = results["command"], before.get("command")
+        for engine, r in results["engines"].items():
+            r["launch_wall_s"] = before.get("engines", {}).get(engine, {}).get("launch_wall_s")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(a.out) + ".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
