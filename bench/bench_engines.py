@@ -2,7 +2,7 @@
 CPU processes (gloo, one thread each), side by side.
 
 accelerate runs FSDP and DeepSpeed only on accelerators, so each process switches accelerate's state to the engine
-(tests/_ddp_worker.py: force_fsdp_on_cpu, force_deepspeed_on_cpu), as the tests do. What it reports for each engine:
+(tests/_ddp_worker.py: engine_settings), as the tests do. What it reports for each engine:
 - the seconds per optimizer step (the median over the steps after the first) and each process's peak memory;
 - the dev checks (SS per type, LMS) and the adapters, the last one and the one at the first dev check, against
   DDP's: the largest difference in a LoRA weight, relative to the weight's own size.
@@ -33,7 +33,7 @@ def worker(model: str, config: str, steps: int, engine: str, out: str, settings:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT / "tests"))
-    from _ddp_worker import force_deepspeed_on_cpu, force_fsdp_on_cpu
+    from _ddp_worker import engine_settings
     from transformers import TrainerCallback
 
     from biasunlearn.train_cli import read_recipe
@@ -41,16 +41,7 @@ def worker(model: str, config: str, steps: int, engine: str, out: str, settings:
     from biasunlearn.unlearn.pipeline import train_adapter
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
 
-    engine_args = {}
-    if engine == "fsdp":
-        force_fsdp_on_cpu()
-        engine_args = dict(fsdp=True, fsdp_config={"version": 2})
-    elif engine == "zero3":
-        force_deepspeed_on_cpu()
-        engine_args = dict(deepspeed={
-            "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
-            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-            "gradient_clipping": "auto", "bf16": {"enabled": "auto"}})
+    engine_args = engine_settings(engine)
     times, seen = [], {}
 
     class Clock(TrainerCallback):

@@ -57,6 +57,25 @@ def force_deepspeed_on_cpu():
     state.AcceleratorState.__init__ = init
 
 
+def engine_settings(engine: str) -> dict:
+    """Switches accelerate to the engine for this CPU process and returns the training settings that ask for it:
+    "ddp" (none), "fsdp" (FSDP2 in the training arguments), "fsdp-env" (FSDP2 from `accelerate launch --use_fsdp`'s
+    environment: no settings), "zero2" or "zero3" (DeepSpeed ZeRO stage 2 or 3 on its CPU accelerator, gloo), and
+    "zero3-nogather" (ZeRO-3 without gathering the weights at saves)."""
+    if engine.startswith("fsdp"):
+        force_fsdp_on_cpu()
+    if engine == "fsdp":
+        return dict(fsdp=True, fsdp_config={"version": 2})
+    if engine.startswith("zero"):
+        force_deepspeed_on_cpu()
+        return dict(deepspeed={
+            "zero_optimization": {"stage": int(engine[4]),
+                                  "stage3_gather_16bit_weights_on_model_save": not engine.endswith("nogather")},
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "bf16": {"enabled": "auto"}})
+    return {}
+
+
 def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", kill_at="", resume="0",
          model_dtype="", settings="{}"):
     import os
@@ -77,19 +96,7 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
             return real(*a, **k) * (float("nan") if len(calls) > 1 else 1.0)
 
         trainer_mod.npo_loss = nan_later
-    engine_args = {}
-    if engine.startswith("fsdp"):
-        force_fsdp_on_cpu()
-    if engine == "fsdp":  # asked for in the training arguments; "fsdp-env": by `accelerate launch --use_fsdp`
-        engine_args = dict(fsdp=True, fsdp_config={"version": 2})
-    if engine.startswith("zero"):  # DeepSpeed ZeRO stage N ("zero3"), on its CPU accelerator (gloo);
-        force_deepspeed_on_cpu()  # "zero3-nogather": without gathering the weights at saves
-        engine_args = dict(deepspeed={
-            "zero_optimization": {"stage": int(engine[4]),
-                                  "stage3_gather_16bit_weights_on_model_save": not engine.endswith("nogather")},
-            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-            "gradient_clipping": "auto", "bf16": {"enabled": "auto"}})
-
+    engine_args = engine_settings(engine)
     if model_dtype:
         engine_args["model_dtype"] = model_dtype
     captured = {"param_types": set(), "steps": []}

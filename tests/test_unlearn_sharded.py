@@ -1,13 +1,12 @@
 """FSDP2 and DeepSpeed ZeRO on two CPU processes (gloo). accelerate runs both only on accelerators, so the worker
-switches its state to them for CPU processes (tests/_ddp_worker.py: force_fsdp_on_cpu, force_deepspeed_on_cpu);
+switches its state to them for CPU processes (tests/_ddp_worker.py: engine_settings);
 the rest is the code a GPU user's run goes through: the reference passes and the dev check through the engine's
 wrapper, uncached reference log-probabilities, adapters gathered from the shards, the engines' checkpoints and
-their resume. DeepSpeed is optional (scripts/test.sh installs it): without it its test is skipped."""
+their resume. DeepSpeed is optional (scripts/test.sh installs it): without it its tests are skipped."""
 import gzip
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_unlearn_train import _pool
+from test_unlearn_train import train_data  # noqa: F401  (a fixture)
 
 WORKER = Path(__file__).parent / "_ddp_worker.py"
 
@@ -43,20 +42,12 @@ def _decisions(controller):
             [(h["step"], h["ss"], h["lms"]) for h in controller["history"]])
 
 
-@pytest.fixture()
-def pool_data(tmp_path, fake_data):
-    data = tmp_path / "data"
-    shutil.copytree(fake_data, data)
-    (data / "pool.json").write_text(json.dumps(_pool()))
-    return data
-
-
-def test_fsdp_trains_what_ddp_trains(tmp_path, tiny_llama_path, pool_data):
+def test_fsdp_trains_what_ddp_trains(tmp_path, tiny_llama_path, train_data):
     """The same run under FSDP and under DDP: every process of the FSDP run holds its trainable weights sharded
     (DTensor), both ranks take the same swap decisions, and the gathered adapter equals DDP's (the two engines
     average the same gradients)."""
-    _launch(29541, tiny_llama_path, pool_data, tmp_path / "ddp", "0", "", "ddp")
-    _launch(29542, tiny_llama_path, pool_data, tmp_path / "fsdp", "0", "", "fsdp")
+    _launch(29541, tiny_llama_path, train_data, tmp_path / "ddp", "0", "", "ddp")
+    _launch(29542, tiny_llama_path, train_data, tmp_path / "fsdp", "0", "", "fsdp")
     ddp = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
     r0, r1 = (json.loads((tmp_path / "fsdp" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert ddp["engine"] == "MULTI_CPU" and ddp["sharded"] is False and ddp["param_types"] == ["Parameter"]
@@ -91,14 +82,14 @@ def _accelerate_fsdp2_loads_on_cuda() -> bool:
 
 
 @pytest.mark.skipif(_accelerate_fsdp2_loads_on_cuda(), reason="this accelerate loads FSDP2 weights onto CUDA only")
-def test_fsdp_from_accelerate_launch_in_bf16_resumes_exactly(tmp_path, tiny_llama_path, pool_data):
+def test_fsdp_from_accelerate_launch_in_bf16_resumes_exactly(tmp_path, tiny_llama_path, train_data):
     """FSDP asked for the way the README shows, `accelerate launch --use_fsdp`, as a GPU run goes by default: bf16
     mixed precision (FSDP's own policy: the weights gathered in bf16) and the frozen weights loaded in bf16. Both
     ranks agree; the LoRA weights train and are saved in float32. Its checkpoints are sharded (accelerate's default,
     SHARDED_STATE_DICT). Killed after step 3 and resumed from checkpoint-2, the run ends where the uninterrupted
     one does."""
     flags = ("--use_fsdp", "--fsdp_version", "2", "--mixed_precision", "bf16")
-    _launch(29545, tiny_llama_path, pool_data, tmp_path / "run", "1", "", "fsdp-env", "", "0", "bfloat16",
+    _launch(29545, tiny_llama_path, train_data, tmp_path / "run", "1", "", "fsdp-env", "", "0", "bfloat16",
             launcher=flags)
     r0, r1 = (json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["mixed_precision"] == "bf16" and r0["engine"] == "FSDP" and r0["param_types"] == ["DTensor"]
@@ -109,11 +100,11 @@ def test_fsdp_from_accelerate_launch_in_bf16_resumes_exactly(tmp_path, tiny_llam
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in last.values())
     assert any(k.endswith("lora_B.weight") and last[k].abs().max() > 0 for k in last)  # LoRA's B starts at zero
 
-    _launch(29546, tiny_llama_path, pool_data, tmp_path / "killed", "1", "", "fsdp-env", "3", "0", "bfloat16",
+    _launch(29546, tiny_llama_path, train_data, tmp_path / "killed", "1", "", "fsdp-env", "3", "0", "bfloat16",
             launcher=flags)
     assert (tmp_path / "killed" / "rank0_killed.txt").exists() and (tmp_path / "killed" / "rank1_killed.txt").exists()
     assert not (tmp_path / "killed" / "adapter").exists()
-    _launch(29547, tiny_llama_path, pool_data, tmp_path / "killed", "1", "", "fsdp-env", "", "1", "bfloat16",
+    _launch(29547, tiny_llama_path, train_data, tmp_path / "killed", "1", "", "fsdp-env", "", "1", "bfloat16",
             launcher=flags)
     resumed = json.loads((tmp_path / "killed" / "rank0.json").read_text())
     assert r0["steps"] == [1, 2, 3, 4] and resumed["steps"] == [3, 4]  # it went on from checkpoint-2
@@ -123,16 +114,16 @@ def test_fsdp_from_accelerate_launch_in_bf16_resumes_exactly(tmp_path, tiny_llam
         torch.testing.assert_close(w_res[k], last[k], rtol=1e-5, atol=1e-6)
 
 
-def test_deepspeed_zero3_trains_what_ddp_trains_and_resumes_exactly(tmp_path, tiny_llama_path, pool_data):
+def test_deepspeed_zero3_trains_what_ddp_trains_and_resumes_exactly(tmp_path, tiny_llama_path, train_data):
     """The same run under DeepSpeed ZeRO-3 (weights partitioned: gathered in each forward and at each save) and
     ZeRO-2 (weights whole, as under DDP) ends with DDP's adapter, its chosen one included, and the same swaps.
     Killed after step 3, the ZeRO-3 run resumes from its DeepSpeed checkpoint and ends where the uninterrupted one
     does."""
     pytest.importorskip("deepspeed")
-    _launch(29551, tiny_llama_path, pool_data, tmp_path / "ddp", "0", "", "ddp")
+    _launch(29551, tiny_llama_path, train_data, tmp_path / "ddp", "0", "", "ddp")
     ddp = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
     for stage, port in (("zero3", 29552), ("zero2", 29553)):
-        _launch(port, tiny_llama_path, pool_data, tmp_path / stage, "0", "", stage)
+        _launch(port, tiny_llama_path, train_data, tmp_path / stage, "0", "", stage)
         r0, r1 = (json.loads((tmp_path / stage / f"rank{r}.json").read_text()) for r in (0, 1))
         assert r0["engine"] == r1["engine"] == "DEEPSPEED" and r0["world"] == 2
         assert r0["sharded"] is (stage == "zero3")
@@ -146,9 +137,9 @@ def test_deepspeed_zero3_trains_what_ddp_trains_and_resumes_exactly(tmp_path, ti
                 torch.testing.assert_close(w_ds[k], w_ddp[k], rtol=1e-4, atol=1e-5)
     assert (tmp_path / "zero3" / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's own checkpoint
 
-    _launch(29554, tiny_llama_path, pool_data, tmp_path / "killed", "0", "", "zero3", "3")
+    _launch(29554, tiny_llama_path, train_data, tmp_path / "killed", "0", "", "zero3", "3")
     assert not (tmp_path / "killed" / "adapter").exists()
-    _launch(29555, tiny_llama_path, pool_data, tmp_path / "killed", "0", "", "zero3", "", "1")
+    _launch(29555, tiny_llama_path, train_data, tmp_path / "killed", "0", "", "zero3", "", "1")
     resumed = json.loads((tmp_path / "killed" / "rank0.json").read_text())
     assert resumed["steps"] == [3, 4]
     assert _decisions(resumed["controller"]) == _decisions(ddp["controller"])
@@ -157,13 +148,13 @@ def test_deepspeed_zero3_trains_what_ddp_trains_and_resumes_exactly(tmp_path, ti
         torch.testing.assert_close(w_res[k], w3[k], rtol=1e-5, atol=1e-6)
 
 
-def test_zero3_without_gathering_at_saves_is_refused_at_the_start(tmp_path, tiny_llama_path, pool_data):
+def test_zero3_without_gathering_at_saves_is_refused_at_the_start(tmp_path, tiny_llama_path, train_data):
     """ZeRO-3 without stage3_gather_16bit_weights_on_model_save could not write the adapter: the run is refused
     before its first step, naming the setting, with nothing trained."""
     pytest.importorskip("deepspeed")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29556",
-           str(WORKER), str(tiny_llama_path), str(pool_data), str(tmp_path / "run"), "0", "", "zero3-nogather"]
+           str(WORKER), str(tiny_llama_path), str(train_data), str(tmp_path / "run"), "0", "", "zero3-nogather"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "stage3_gather_16bit_weights_on_model_save" in proc.stderr and "ConfigError" in proc.stderr
@@ -194,7 +185,7 @@ def test_zero3_check_reads_the_deepspeed_config():
 
 
 def test_the_train_command_samples_the_kl_text_and_writes_the_report_as_under_ddp(tmp_path, tiny_llama_path,
-                                                                                 pool_data):
+                                                                                 train_data):
     """The whole of `biasunlearn train` under FSDP and ZeRO-3, with the KL text sampled from the model (the shipped
     recipes' unrelated_source: generated) and the report's evaluation at the end. ZeRO-3 partitions the weights as
     the model is loaded: the sampling runs with them gathered, and the evaluation loads whole models on the main
@@ -209,7 +200,7 @@ def test_the_train_command_samples_the_kl_text_and_writes_the_report_as_under_dd
     if importlib.util.find_spec("deepspeed") is not None:
         engines["zero3"] = ("zero3", ())
     for port, (name, (engine, launcher)) in enumerate(engines.items(), start=29557):
-        _launch(port, tiny_llama_path, pool_data, tmp_path / name, "0", "", engine, "", "0", "", settings,
+        _launch(port, tiny_llama_path, train_data, tmp_path / name, "0", "", engine, "", "0", "", settings,
                 launcher=launcher)
     from biasunlearn.io import sha256_file
 

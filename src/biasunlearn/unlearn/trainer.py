@@ -113,7 +113,7 @@ def check_zero3_gathers(trainer) -> None:
     if str(zero.get("stage3_gather_16bit_weights_on_model_save", False)).lower() != "true":
         raise ConfigError("DeepSpeed ZeRO-3: the adapter is gathered from the partitions to be written, which needs "
                           '"stage3_gather_16bit_weights_on_model_save": true under "zero_optimization" in the '
-                          "DeepSpeed config")
+                          "DeepSpeed config (with `accelerate launch --use_deepspeed`: --zero3_save_16bit_model true)")
 
 
 def recover_folder(path) -> None:
