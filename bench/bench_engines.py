@@ -100,6 +100,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=3, help="dev check every N steps (the recipe's 50 is too far)")
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (default float32)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="another setting for every engine's run (VALUE read as JSON, else as text), e.g. smaller "
+                        "batches so that two processes of a larger model fit in memory")
     p.add_argument("--runs", default="runs/bench_engines", help="where the runs are written (not committed)")
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--port", type=int, default=29611)
@@ -110,10 +113,20 @@ def main(argv=None) -> int:
     if a.worker:
         worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3], a.worker[4], a.worker[5])
         return 0
-    settings = json.dumps({"eval_every": a.eval_every, "bf16": a.bf16, "generated_count": 64})
+    extra = {}
+    for item in a.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            p.error(f"--set {item!r}: expected NAME=VALUE")
+        try:
+            extra[name] = json.loads(value)
+        except ValueError:
+            extra[name] = value
+    settings = json.dumps({"eval_every": a.eval_every, "bf16": a.bf16, "generated_count": 64, **extra})
     runs = Path(a.runs)
     results = {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]), "model": a.model,
-               "config": a.config, "steps": a.steps, "eval_every": a.eval_every, "bf16": a.bf16, "engines": {}}
+               "config": a.config, "steps": a.steps, "eval_every": a.eval_every, "bf16": a.bf16, "settings": extra,
+               "engines": {}}
     for i, engine in enumerate(a.engines.split(",")):
         out = runs / engine
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
