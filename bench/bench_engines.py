@@ -33,13 +33,12 @@ def worker(model: str, config: str, steps: int, engine: str, out: str, settings:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT / "tests"))
-    from _ddp_worker import engine_settings
+    from _ddp_worker import engine_settings, keep_trainer
     from transformers import TrainerCallback
 
     from biasunlearn.train_cli import read_recipe
     from biasunlearn.unlearn.config import make_config
     from biasunlearn.unlearn.pipeline import train_adapter
-    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
 
     engine_args = engine_settings(engine)
     times, seen = [], {}
@@ -51,14 +50,7 @@ def worker(model: str, config: str, steps: int, engine: str, out: str, settings:
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - seen["t"])  # the step itself, the dev check after it left out
 
-    orig = BiasUnlearnTrainer.__init__
-
-    def keep(self, *a, **kw):
-        orig(self, *a, **kw)
-        seen["trainer"] = self
-        self.add_callback(Clock())
-
-    BiasUnlearnTrainer.__init__ = keep
+    kept = keep_trainer(Clock())
     values = read_recipe(config)
     values.update(json.loads(settings))
     values.update(max_steps=steps, stop_at_step=steps, skip_final_eval=True, disable_tqdm=True, use_cpu=True,
@@ -66,7 +58,7 @@ def worker(model: str, config: str, steps: int, engine: str, out: str, settings:
     cfg = make_config(output_dir=out, model=model, **{**values, **engine_args})
     t0 = time.perf_counter()
     train_adapter(cfg, log=lambda s: None)
-    t = seen["trainer"]
+    t = kept["trainer"]
     Path(out, f"rank{t.args.process_index}.json").write_text(json.dumps({
         "engine": t.accelerator.distributed_type.value, "sharded": t.sharded, "world": t.args.world_size,
         "bf16": bool(cfg.bf16), "step_s": times, "wall_s": time.perf_counter() - t0,
@@ -101,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (default float32)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="another setting for every engine's run (VALUE read as JSON, else as text), e.g. smaller "
+                   help="another setting of `biasunlearn train` for every engine's run, e.g. smaller "
                         "batches so that two processes of a larger model fit in memory")
     p.add_argument("--runs", default="runs/bench_engines", help="where the runs are written (not committed)")
     p.add_argument("--out", required=True, help="results JSON")
@@ -113,15 +105,19 @@ def main(argv=None) -> int:
     if a.worker:
         worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3], a.worker[4], a.worker[5])
         return 0
-    extra = {}
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import UnlearnConfig, coerce_settings
+
+    raw = {}
     for item in a.set:
         name, sep, value = item.partition("=")
-        if not sep or not name:
-            p.error(f"--set {item!r}: expected NAME=VALUE")
-        try:
-            extra[name] = json.loads(value)
-        except ValueError:
-            extra[name] = value
+        if not sep or name not in UnlearnConfig.__dataclass_fields__:
+            p.error(f"--set {item!r}: expected NAME=VALUE with NAME a setting of `biasunlearn train`")
+        raw[name] = value
+    try:
+        extra = coerce_settings(raw, "--set")  # each value converted to its setting's type, as --config's are
+    except ConfigError as e:
+        p.error(str(e))
     settings = json.dumps({"eval_every": a.eval_every, "bf16": a.bf16, "generated_count": 64, **extra})
     runs = Path(a.runs)
     results = {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]), "model": a.model,

@@ -57,6 +57,23 @@ def force_deepspeed_on_cpu():
     state.AcceleratorState.__init__ = init
 
 
+def keep_trainer(*callbacks) -> dict:
+    """Makes the next BiasUnlearnTrainer built in this process land in the returned dict (key "trainer") with
+    `callbacks` added, so that a run started through the pipeline can be watched and read afterwards."""
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    kept, orig = {}, BiasUnlearnTrainer.__init__
+
+    def init(self, *a, **kw):
+        orig(self, *a, **kw)
+        kept["trainer"] = self
+        for callback in callbacks:
+            self.add_callback(callback)
+
+    BiasUnlearnTrainer.__init__ = init
+    return kept
+
+
 def engine_settings(engine: str) -> dict:
     """Switches accelerate to the engine for this CPU process and returns the training settings that ask for it:
     "ddp" (none), "fsdp" (FSDP2 in the training arguments), "fsdp-env" (FSDP2 from `accelerate launch --use_fsdp`'s
@@ -85,7 +102,7 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
     from biasunlearn.unlearn import trainer as trainer_mod
     from biasunlearn.unlearn.config import make_config
     from biasunlearn.unlearn.pipeline import run_training
-    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer, TrainingCollapse
+    from biasunlearn.unlearn.trainer import TrainingCollapse
 
     rank_env = int(os.environ.get("RANK", "0"))
     if nan_on_rank and int(nan_on_rank) == rank_env:  # this process alone gets a NaN forget loss from step 1 on
@@ -106,7 +123,7 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
         lists the steps this process trained, and stops every process after step KILL_AT as a kill would."""
 
         def on_step_end(self, args, state, control, **kw):
-            model = captured["trainer"].model_wrapped
+            model = kept["trainer"].model_wrapped
             captured["param_types"].update(("ZeRO-partitioned " if hasattr(p, "ds_tensor") else "") + type(p).__name__
                                            for p in model.parameters() if p.requires_grad)
             captured["steps"].append(state.global_step)
@@ -116,14 +133,7 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
             if kill_at and state.global_step == int(kill_at):
                 raise KeyboardInterrupt("killed")
 
-    orig = BiasUnlearnTrainer.__init__
-
-    def keep(self, *a, **kw):
-        orig(self, *a, **kw)
-        captured["trainer"] = self
-        self.add_callback(Watch())
-
-    BiasUnlearnTrainer.__init__ = keep
+    kept = keep_trainer(Watch())
     cfg = make_config(output_dir=out_dir, model=model_path, data_dir=data_dir, train_pool="pool.json", max_steps=4,
                       eval_every=2, save_steps=2, forget_batch_size=2, retain_batch_size=2, unrelated_batch_size=2,
                       learning_rate=5e-2, warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1,
@@ -137,7 +147,7 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
     except KeyboardInterrupt:
         Path(out_dir, f"rank{rank_env}_killed.txt").write_text("killed")
         return
-    t = captured["trainer"]
+    t = kept["trainer"]
     rank = t.args.process_index
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
         "world": t.args.world_size, "controller": t.controller.state_dict(), "packing": t.packing_check,

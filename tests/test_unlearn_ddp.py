@@ -10,6 +10,22 @@ import pytest
 
 from test_unlearn_train import _pool
 
+WORKER = Path(__file__).parent / "_ddp_worker.py"
+
+
+def launch_workers(port, model, data, out, *args, launcher=(), ok=True, timeout=300):
+    """Two processes of tests/_ddp_worker.py (its arguments: model, data, out, *args), started by torchrun or, with
+    launcher (its flags), by `accelerate launch`. With ok, a failure fails the test with the end of its log."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    start = (["-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--main_process_port", str(port), "--dynamo_backend", "no", *launcher] if launcher else
+             ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)])
+    cmd = [sys.executable, *start, str(WORKER), str(model), str(data), str(out), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
 
 @pytest.mark.parametrize("bf16,port", [(False, 29531), (True, 29532)])
 def test_two_processes_agree_on_swaps(bf16, port, tmp_path, tiny_llama_path, fake_data):
@@ -19,11 +35,7 @@ def test_two_processes_agree_on_swaps(bf16, port, tmp_path, tiny_llama_path, fak
     shutil.copytree(fake_data, data)
     (data / "pool.json").write_text(json.dumps(_pool()))
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(Path(__file__).parent / "_ddp_worker.py"), str(tiny_llama_path), str(data), str(out), "1" if bf16 else "0"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_workers(port, tiny_llama_path, data, out, "1" if bf16 else "0")
     r0 = json.loads((out / "rank0.json").read_text())
     r1 = json.loads((out / "rank1.json").read_text())
     assert r0["world"] == 2 and r1["world"] == 2
@@ -42,10 +54,7 @@ def test_a_nan_loss_on_one_process_stops_both(tmp_path, tiny_llama_path, fake_da
     shutil.copytree(fake_data, data)
     (data / "pool.json").write_text(json.dumps(_pool()))
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(Path(__file__).parent / "_ddp_worker.py"), str(tiny_llama_path), str(data), str(out), "0", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = launch_workers(29533, tiny_llama_path, data, out, "0", "1", ok=False, timeout=240)
     assert proc.returncode != 0
     assert (out / "rank0_collapse.txt").exists() and (out / "rank1_collapse.txt").exists(), proc.stderr[-3000:]
     r0 = (out / "rank0_collapse.txt").read_text()

@@ -6,29 +6,14 @@ their resume. DeepSpeed is optional (scripts/test.sh installs it): without it it
 import gzip
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from test_unlearn_ddp import launch_workers as _launch
 from test_unlearn_train import train_data  # noqa: F401  (a fixture)
-
-WORKER = Path(__file__).parent / "_ddp_worker.py"
-
-
-def _launch(port, model, data, out, *args, launcher=(), timeout=300):
-    """Two processes of the worker, started by torchrun or, with launcher (its flags), by `accelerate launch`."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    start = (["-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-              "--main_process_port", str(port), "--dynamo_backend", "no", *launcher] if launcher else
-             ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)])
-    cmd = [sys.executable, *start, str(WORKER), str(model), str(data), str(out), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _lora(folder):
@@ -152,10 +137,7 @@ def test_zero3_without_gathering_at_saves_is_refused_at_the_start(tmp_path, tiny
     """ZeRO-3 without stage3_gather_16bit_weights_on_model_save could not write the adapter: the run is refused
     before its first step, naming the setting, with nothing trained."""
     pytest.importorskip("deepspeed")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29556",
-           str(WORKER), str(tiny_llama_path), str(train_data), str(tmp_path / "run"), "0", "", "zero3-nogather"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _launch(29556, tiny_llama_path, train_data, tmp_path / "run", "0", "", "zero3-nogather", ok=False)
     assert proc.returncode != 0
     assert "stage3_gather_16bit_weights_on_model_save" in proc.stderr and "ConfigError" in proc.stderr
     assert not (tmp_path / "run" / "log.jsonl").exists() and not list((tmp_path / "run").glob("checkpoint-*"))
