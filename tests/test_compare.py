@@ -285,6 +285,17 @@ def test_report_with_only_the_base_model_still_has_every_section(tmp_path):
     assert "<h2>Ablations (Table 5 layout, Figure 3)</h2>" in html
 
 
+def test_a_model_that_is_not_there_is_refused_before_anything_is_written(tmp_path, data):
+    from biasunlearn.compare import run_compare
+    from biasunlearn.errors import ModelLoadError
+
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    with pytest.raises(ModelLoadError, match="not_a_model: a local model must be a save_pretrained folder"):
+        run_compare(str(not_a_model), methods="base", out=tmp_path / "cmp", data_dir=data, limit=2)
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     from biasunlearn import cli, compare
 

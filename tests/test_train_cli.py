@@ -288,3 +288,20 @@ def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_i
     from biasunlearn.train_cli import holds_run
 
     assert holds_run(out) and not holds_run(tiny_llama_path)
+
+
+def test_a_start_that_fails_to_load_the_model_leaves_no_empty_run_folder(tmp_path, fake_data, capsys):
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    (not_a_model / "README.md").write_text("no weights here")
+    out = tmp_path / "runs" / "new"
+    args = ["train", "--model", str(not_a_model), "--data_dir", str(fake_data), "--use_cpu", "true",
+            "--skip_final_eval", "true"]
+    assert main(args + ["--out", str(out)]) != 0
+    assert str(not_a_model) in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # both folders the start made are gone
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(args + ["--out", str(kept)]) != 0
+    assert (kept / "notes.txt").read_text() == "mine"  # a folder that held something is left as it was

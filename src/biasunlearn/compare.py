@@ -33,7 +33,7 @@ import torch
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
 from .io import atomic_write_text, comma_list, read_json, write_json
-from .models import cuda_has_native_bf16, machine_info, release_freed_memory
+from .models import cuda_has_native_bf16, machine_info, release_freed_memory, resolve_model_path
 
 DEFAULT_METHODS = ("base", "cda", "sft", "dpo", "self_debias", "biasunlearn")
 LABELS = {"base": "Base model", "cda": "CDA", "sft": "SFT", "dpo": "DPO", "self_debias": "Self-Debias",
@@ -449,6 +449,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
         if any(n in TRAINED for n in names):
             raise
         log(f"[compare] no train/dev split ({e}); fine: no method here trains")
+    resolve_model_path(model)  # a model that is not there is named before anything is written
     out.mkdir(parents=True, exist_ok=True)
     plan = _plain({"model": model, "methods": names, "ablations": ablations, "out": str(out),
                    "budget": {"max_steps": ref_cfg.max_steps, "learning_rate": ref_cfg.learning_rate,

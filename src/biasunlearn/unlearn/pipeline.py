@@ -107,7 +107,22 @@ def drop_term_texts(texts: list[str], terms) -> tuple[list[str], int]:
 def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     """Train the BiasUnlearn adapter; returns a summary. Writes adapter/, splits.json, config.json, logs, plots."""
     out = Path(cfg.output_dir)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this start creates, deepest first
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_in(cfg, out, resume, log)
+    except BaseException:
+        # a start that failed before writing anything (a model that does not load, ...) leaves no empty run
+        # folder behind to be mistaken for a run; a folder that holds anything is kept
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or already gone
+                break
+        raise
+
+
+def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log) -> dict:
     done = finished_run(out, cfg) if resume else None
     if done is not None:
         log(f"[train] {out} holds a finished run ({done['steps']} steps); nothing to train (to train it further, "
