@@ -97,9 +97,28 @@ def _register_optional() -> None:
             _extra_commands.append(m.register)
 
 
+def _underscores_as_hyphens(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`train` takes its settings with underscores (--data_dir, as transformers' arguments) or hyphens; the other
+    commands are written with hyphens. Let them take the underscore spelling of their own options too, so a flag
+    copied from one command to another works."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = next((t for t in argv if not t.startswith("-")), None)
+    if sub is None or command not in sub.choices or command == "train":
+        return argv
+    known = set(sub.choices[command]._option_string_actions)
+    out = []
+    for token in argv:
+        name, eq, value = token.partition("=")
+        if name.startswith("--") and "_" in name and name not in known and name.replace("_", "-") in known:
+            token = name.replace("_", "-") + eq + value
+        out.append(token)
+    return out
+
+
 def main(argv=None) -> int:
     _register_optional()
     parser = build_parser()
+    argv = _underscores_as_hyphens(parser, list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
