@@ -1224,11 +1224,18 @@ def test_glibc_malloc_tuning_sets_what_the_environment_does_not(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")  # the user's own setting wins
     assert models.tune_glibc_malloc() is True and calls == [(-1, 2 ** 31 - 1), (-2, 2 ** 30)]
 
-    # restore: glibc's defaults for what the environment does not set, and the kept memory handed back
+    # restore, for what the environment does not set: where glibc's dynamic threshold settles (large blocks up to
+    # 32 MiB from the heap, trimmed above 64 MiB), not its 128 KiB start values, which the tuning fixed for the
+    # process; then the kept memory handed back
     calls.clear()
     FakeLibc.malloc_trim = lambda self, pad: calls.append(("trim", pad)) or 1
     assert models.restore_glibc_malloc() is True
-    assert calls == [(-1, 128 * 1024), (-2, 128 * 1024), ("trim", 0)]
+    assert calls == [(-3, 32 * 2 ** 20), (-1, 64 * 2 ** 20), (-2, 128 * 1024), ("trim", 0)]
+    calls.clear()
+    monkeypatch.delenv("MALLOC_MMAP_MAX_")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert models.restore_glibc_malloc() is True
+    assert calls == [(-4, 65536), (-1, 64 * 2 ** 20), (-2, 128 * 1024), ("trim", 0)]
 
     def no_glibc(name):
         raise OSError("libc.so.6: cannot open shared object file")

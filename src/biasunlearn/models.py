@@ -140,11 +140,17 @@ def _glibc():
         return None
 
 
-# (mallopt parameter, the value tune_glibc_malloc sets, glibc's documented default (mallopt(3)), the environment
-# variable that wins)
-_MALLOC_TUNING = ((-4, 0, 65536, "MALLOC_MMAP_MAX_"),                       # M_MMAP_MAX
-                  (-1, 2 ** 31 - 1, 128 * 1024, "MALLOC_TRIM_THRESHOLD_"),  # M_TRIM_THRESHOLD
-                  (-2, 2 ** 30, 128 * 1024, "MALLOC_TOP_PAD_"))             # M_TOP_PAD
+# (mallopt parameter, the value tune_glibc_malloc sets (None: not set), the value restore_glibc_malloc sets, the
+# environment variable that wins). Restored is where glibc's own dynamic threshold settles in a process that frees
+# large blocks, as an evaluation does: blocks up to 32 MiB (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit) from the heap, the
+# heap trimmed above twice that. Setting M_TRIM_THRESHOLD ends glibc's dynamic threshold for the process, so its
+# documented start values (128 KiB) would stay fixed: every block above 128 KiB a fresh mapping that the kernel
+# zeroes page by page, which made the after-read of `train` spend most of its time in the kernel (BENCHMARKS.md,
+# session 31).
+_MALLOC_TUNING = ((-4, 0, 65536, "MALLOC_MMAP_MAX_"),                          # M_MMAP_MAX
+                  (-3, None, 32 * 1024 * 1024, "MALLOC_MMAP_THRESHOLD_"),      # M_MMAP_THRESHOLD
+                  (-1, 2 ** 31 - 1, 64 * 1024 * 1024, "MALLOC_TRIM_THRESHOLD_"),  # M_TRIM_THRESHOLD
+                  (-2, 2 ** 30, 128 * 1024, "MALLOC_TOP_PAD_"))                # M_TOP_PAD
 
 
 def tune_glibc_malloc() -> bool:
@@ -158,11 +164,12 @@ def tune_glibc_malloc() -> bool:
 
 
 def restore_glibc_malloc() -> bool:
-    """Put glibc's defaults back (for the settings no environment variable gives) and hand the kept memory back.
+    """Undo tune_glibc_malloc (for the settings no environment variable gives) and hand the kept memory back.
     The tuning suits a training loop, whose steps allocate the same sizes again and again; left in place it keeps
     what training freed resident through the evaluations after it in the same process, and a full-size
     evaluation's batches of every size grow the heap to over three times its need (BENCHMARKS.md, session 27).
-    (M_TRIM_THRESHOLD, once set, also ends glibc's dynamic mmap threshold for the process; that is not undone.)"""
+    The values set are those glibc's dynamic threshold reaches by itself (see _MALLOC_TUNING), not its start
+    values, which the tuning has fixed for the process."""
     done = _set_malloc(restore=True)
     release_freed_memory()
     return done
@@ -175,9 +182,10 @@ def _set_malloc(restore: bool) -> bool:
     if libc is None:
         return False
     done = False
-    for param, tuned, default, env in _MALLOC_TUNING:
-        if env not in os.environ:
-            done = bool(libc.mallopt(param, default if restore else tuned)) or done
+    for param, tuned, restored, env in _MALLOC_TUNING:
+        value = restored if restore else tuned
+        if value is not None and env not in os.environ:
+            done = bool(libc.mallopt(param, value)) or done
     return done
 
 
