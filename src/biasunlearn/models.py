@@ -146,7 +146,8 @@ def _glibc():
 # heap trimmed above twice that. Setting M_TRIM_THRESHOLD ends glibc's dynamic threshold for the process, so its
 # documented start values (128 KiB) would stay fixed: every block above 128 KiB a fresh mapping that the kernel
 # zeroes page by page and unmaps at each free. Restored so (sessions 27 to 30), `train`'s after-read on two threads
-# spent twice the kernel time and ran up to 2.3 times slower (BENCHMARKS.md, session 31).
+# spent twice the kernel time and ran up to 2.3 times slower; this setting costs up to a sixth more peak memory
+# in that read (BENCHMARKS.md, session 31).
 _MALLOC_TUNING = ((-4, 0, 65536, "MALLOC_MMAP_MAX_"),                          # M_MMAP_MAX
                   (-3, None, 32 * 1024 * 1024, "MALLOC_MMAP_THRESHOLD_"),      # M_MMAP_THRESHOLD
                   (-1, 2 ** 31 - 1, 64 * 1024 * 1024, "MALLOC_TRIM_THRESHOLD_"),  # M_TRIM_THRESHOLD
