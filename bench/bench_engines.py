@@ -106,18 +106,15 @@ def main(argv=None) -> int:
         worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3], a.worker[4], a.worker[5])
         return 0
     from biasunlearn.errors import ConfigError
-    from biasunlearn.unlearn.config import UnlearnConfig, coerce_settings
+    from biasunlearn.unlearn.config import UnlearnConfig, settings_from_pairs
 
-    raw = {}
-    for item in a.set:
-        name, sep, value = item.partition("=")
-        if not sep or name not in UnlearnConfig.__dataclass_fields__:
-            p.error(f"--set {item!r}: expected NAME=VALUE with NAME a setting of `biasunlearn train`")
-        raw[name] = value
     try:
-        extra = coerce_settings(raw, "--set")  # each value converted to its setting's type, as --config's are
+        extra = settings_from_pairs(a.set)  # each value read and typed as compare's --set reads it
     except ConfigError as e:
         p.error(str(e))
+    unknown = sorted(set(extra) - set(UnlearnConfig.__dataclass_fields__))
+    if unknown:
+        p.error(f"--set: {', '.join(unknown)}: not a setting of `biasunlearn train`")
     settings = json.dumps({"eval_every": a.eval_every, "bf16": a.bf16, "generated_count": 64, **extra})
     runs = Path(a.runs)
     results = {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]), "model": a.model,

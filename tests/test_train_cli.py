@@ -305,3 +305,17 @@ def test_a_start_that_fails_to_load_the_model_leaves_no_empty_run_folder(tmp_pat
     (kept / "notes.txt").write_text("mine")
     assert main(args + ["--out", str(kept)]) != 0
     assert (kept / "notes.txt").read_text() == "mine"  # a folder that held something is left as it was
+
+
+def test_set_pairs_are_read_as_yaml_and_typed_as_config_values():
+    from biasunlearn.unlearn.config import settings_from_pairs
+
+    got = settings_from_pairs(["lora-r=4", "learning_rate=1e-4", "lora_targets=q_proj,v_proj",
+                               "pack_sequences=false"])
+    assert got == {"lora_r": 4, "learning_rate": 1e-4, "lora_targets": "q_proj,v_proj", "pack_sequences": False}
+    with pytest.raises(ConfigError, match=r"--set: swap_mode=False: expected text"):  # YAML reads off as false
+        settings_from_pairs(["swap_mode=off"])
+    with pytest.raises(ConfigError, match=r"--set 'lora_r': expected NAME=VALUE"):
+        settings_from_pairs(["lora_r"])
+    with pytest.raises(ConfigError, match=r"--set: max_steps='ten': expected a whole number"):
+        settings_from_pairs(["max_steps=ten"])

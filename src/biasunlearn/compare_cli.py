@@ -4,21 +4,11 @@ from __future__ import annotations
 import sys
 from functools import partial
 
-from .errors import ConfigError
 from .io import comma_list
 
 
 # settings every trained method shares, recorded as the comparison's budget
 BUDGET = ("max_steps", "learning_rate", "eval_every")
-
-
-def _value(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def _compare_cmd(a) -> int:
@@ -43,20 +33,16 @@ def _compare_cmd(a) -> int:
         print(f"report: {paths['report']}\nhtml:   {paths['html']}")
         return 0
     from .cli import check_eval_budget
-    from .unlearn.config import coerce_settings
+    from .unlearn.config import settings_from_pairs
 
-    overrides, set_keys = {}, set()
+    overrides = {}
     if a.config:  # the recipe first; the budget flags and --set win over it
         from .train_cli import read_recipe
 
         overrides = read_recipe(a.config)
-    for item in a.set or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected NAME=VALUE (an UnlearnConfig setting)")
-        k, v = item.split("=", 1)
-        k = k.strip().replace("-", "_")
-        set_keys.add(k)
-        overrides.update(coerce_settings({k: _value(v)}, "--set"))
+    given = settings_from_pairs(a.set or [])
+    set_keys = set(given)
+    overrides.update(given)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if seeds and "seed" in overrides and "seed" not in set_keys:  # --seeds wins over a config file's seed
         log(f"[compare] --config: seed {overrides.pop('seed')!r} left out (--seeds sets each run's seed)")

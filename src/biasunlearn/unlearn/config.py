@@ -409,6 +409,25 @@ def coerce_settings(values: dict, source: str) -> dict:
     return out
 
 
+def settings_from_pairs(items, source: str = "--set") -> dict:
+    """NAME=VALUE items (compare's and the benchmarks' --set) as settings: the name with hyphens read as
+    underscores, the value read as YAML (so a list or mapping is one, as in --config) and converted to its
+    setting's type by coerce_settings. Names are not checked here; the caller says which it takes."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{source} {item!r}: expected NAME=VALUE (an UnlearnConfig setting)")
+        name, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        out.update(coerce_settings({name.strip().replace("-", "_"): value}, source))
+    return out
+
+
 def make_config(**overrides) -> UnlearnConfig:
     """UnlearnConfig with the project's defaults; save_steps follows eval_every so each dev check has a checkpoint."""
     import torch
