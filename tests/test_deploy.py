@@ -241,6 +241,56 @@ def test_check_adapter_fits_other_layer_counts(tiny):
         check_adapter_fits(m2, deep_adapter)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_load_model_merge_adapter_reads_like_the_adapter(tiny, arch):
+    adapter = tiny["adapter"] if arch == "llama" else tiny["gpt2_adapter"]
+    texts = ["The engineer explained how the bridge was built over the river.", "My sister is strong."]
+    merged, tok, info = load_model(str(tiny[arch]), adapter=str(adapter), device="cpu", merge_adapter=True)
+    assert not any("lora" in n for n, _ in merged.named_modules())  # plain layers: nothing left to apply per call
+    assert info.extra == {"adapter_merged": True} and info.adapter == str(adapter)
+    want = _adapter_scores(tiny[arch], adapter, texts)
+    got = score_texts(merged, tok, texts)
+    assert all(abs(x.sum - y.sum) < 1e-4 and x.n == y.n for x, y in zip(got, want))
+    _, _, plain_info = load_model(str(tiny[arch]), adapter=str(adapter), device="cpu")
+    assert plain_info.extra == {}
+    with pytest.raises(ConfigError, match="merge_adapter needs an adapter"):
+        load_model(str(tiny[arch]), device="cpu", merge_adapter=True)
+
+
+def test_merge_adapter_rounds_once_to_bfloat16(tiny):
+    """Merged for a bfloat16 read, each weight is the bfloat16 nearest to (float32 weight + the adapter's change),
+    not the change added to weights already rounded to bfloat16, which loses every change under half a step."""
+    small = _tiny.make_adapter(tiny["llama"], tiny["root"] / "smallrun" / "adapter", seed=3, scale=1e-4)
+    ref, _, _ = load_model(str(tiny["llama"]), adapter=str(small), device="cpu")  # float32, unmerged
+    want = {}
+    for name, mod in ref.named_modules():
+        if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
+            w = mod.get_base_layer().weight.detach()
+            want[name.removeprefix("base_model.model.") + ".weight"] = (w, w + mod.get_delta_weight("default"))
+    assert len(want) == 14  # 2 layers x (q, k, v, o, gate, up, down)
+    merged, _, info = load_model(str(tiny["llama"]), adapter=str(small), dtype="bfloat16", device="cpu",
+                                 merge_adapter=True)
+    naive, _, _ = load_model(str(tiny["llama"]), adapter=str(small), dtype="bfloat16", device="cpu")
+    naive = naive.merge_and_unload()  # the change added in bfloat16
+    assert info.dtype == "bfloat16"
+    moved = lost = 0
+    for name, (w, exact) in want.items():
+        got, worse = merged.get_parameter(name), naive.get_parameter(name)
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got, exact.to(torch.bfloat16)), name
+        assert ((worse.float() - exact).abs() >= (got.float() - exact).abs()).all()
+        moved += int((got != w.to(torch.bfloat16)).sum())
+        lost += int((got != worse).sum())
+    assert moved > 0 and lost > 0  # the change moved weights, and the naive merge dropped some of it
+    # buffers as a bfloat16 load makes them: the rotary inv_freq stays float32 (model.to(bfloat16) would round it)
+    direct, _, _ = load_model(str(tiny["llama"]), dtype="bfloat16", device="cpu")
+    bufs = dict(direct.named_buffers())
+    assert bufs["model.rotary_emb.inv_freq"].dtype == torch.float32
+    assert {n: (b.dtype, b.tolist()) for n, b in merged.named_buffers()} == \
+        {n: (b.dtype, b.tolist()) for n, b in bufs.items()}
+    assert merged.config.dtype == direct.config.dtype == torch.bfloat16
+
+
 def test_transfer_writes_report_and_before_after_results(tiny, tmp_path):
     out = tmp_path / "transfer"
     res = transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=_cfg(tiny["data"]), device="cpu", log=QUIET)

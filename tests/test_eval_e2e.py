@@ -357,3 +357,36 @@ def test_eval_takes_the_underscore_spelling_of_its_flags_as_train_does(tiny_gpt2
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
         cli.main(["eval", "--model", str(tiny_gpt2_path), "--no_such_flag", "1"])
     assert "unrecognized arguments: --no_such_flag 1" in err.getvalue()  # still refused, as written
+
+
+def test_merge_adapter_reads_the_adapter_merged(tiny_gpt2_path, fake_data, tmp_path):
+    import _tiny
+
+    adapter = _tiny.make_adapter(tiny_gpt2_path, tmp_path / "run" / "adapter")
+    args = ["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--device", "cpu",
+            "--benchmarks", "stereoset,crows_pairs", "--adapter", str(adapter)]
+    docs = {}
+    for name, extra in (("merged", ["--merge-adapter"]), ("unmerged", [])):
+        rc, _, err = run_cli(args + ["--out", str(tmp_path / name)] + extra)
+        assert rc == 0, err
+        docs[name] = json.loads((tmp_path / name / "results.json").read_text())
+    assert docs["merged"]["model"]["extra"] == {"adapter_merged": True} and docs["unmerged"]["model"]["extra"] == {}
+    rows = {name: [json.loads(x) for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+            for name in docs}
+    assert len(rows["merged"]) == len(rows["unmerged"]) > 0
+    for a, b in zip(rows["merged"], rows["unmerged"]):
+        scores = [k for k, v in a.items() if isinstance(v, float)]
+        assert scores and all(abs(a[k] - b[k]) < 1e-4 for k in scores), (a, b)
+    plain = tmp_path / "plain"
+    assert run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--device", "cpu",
+                    "--benchmarks", "stereoset", "--out", str(plain)])[0] == 0
+    first = [json.loads(x) for x in (plain / "predictions.jsonl").read_text().splitlines()][0]
+    assert max(abs(first[k] - rows["merged"][0][k]) for k in first if isinstance(first[k], float)) > 1e-3
+    # nothing to merge, or a runtime that does not merge: refused before anything is loaded or written
+    rc, out, err = run_cli(["eval", "--model", str(tmp_path / "nope"), "--data-dir", str(fake_data),
+                            "--merge-adapter", "--out", str(tmp_path / "x")])
+    assert rc == 2 and err.strip() == "biasunlearn: error: --merge-adapter: there is no --adapter to merge"
+    rc, out, err = run_cli(["eval", "--model", str(tmp_path / "nope.gguf"), "--data-dir", str(fake_data),
+                            "--runtime", "llama.cpp", "--adapter", str(adapter), "--merge-adapter"])
+    assert rc == 2 and "--merge-adapter is for a transformers read, not --runtime llama.cpp" in err
+    assert not (tmp_path / "x").exists()

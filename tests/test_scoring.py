@@ -409,6 +409,29 @@ def test_shared_prompt_scoring_with_adapter_and_wrapper(tiny_model_paths, tmp_pa
         score_texts_shared(model, tok, SHARED_PROMPTS, SHARED_ANSWERS[:5], 3)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_prompt_head_never_copies_the_head_weight_per_prompt(tiny_model_paths, arch):
+    """With a frozen head (a PEFT model's base, a merged adapter), the head on a [B, 1, H] slice of the prompt's hidden
+    states ran as a batched product over its weight expanded B times (each a copy of the whole weight). The prompt
+    pass applies the head to the [B, H] rows instead: no operation sees a [B, H, V] weight."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from biasunlearn.models import load_model
+    from biasunlearn.scoring import _SHARED_CHECKED, score_texts_shared
+
+    model, tok, _ = load_model(str(tiny_model_paths[arch]), device="cpu")
+    model.requires_grad_(False)
+    V, H = model.get_output_embeddings().weight.shape
+    prefixes = [p for p in SHARED_PROMPTS for _ in range(3)]
+    want = [s.sum for s in score_texts(model, tok, SHARED_ANSWERS, prefixes)]
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        got = [s.sum for s in score_texts_shared(model, tok, SHARED_PROMPTS, SHARED_ANSWERS, 3)]
+    assert got == pytest.approx(want, abs=1e-4) and _SHARED_CHECKED.get(model) is True
+    shapes = [tuple(s) for e in prof.events() for s in (e.input_shapes or []) if len(s) == 3]
+    expanded = [s for s in shapes if s[1:] in ((H, V), (V, H))]
+    assert expanded == [], expanded
+
+
 def test_load_model_warns_when_the_cpu_would_emulate_bf16(tiny_llama_path, monkeypatch):
     import warnings
 

@@ -77,7 +77,8 @@ def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
     assert "held-out" in report and "StereoSet" in report
     assert "How precise the StereoSet SS is" in report  # from the two reads' stereoset_scores.jsonl.gz
     assert "Which target terms each domain's SS comes from" in report
-    assert "- adapter/ (the one evaluated above): best dev check" in report
+    assert "- adapter/ (the one evaluated above): best dev check; merged into the weights for the read (in float32, " \
+        "rounded once to float32)" in report
     summary = json.loads((out / "train_summary.json").read_text())
     (score, step) = summary["best"]
     assert f"- best dev check (best_adapter/): step {step}, largest |dev SS - 50| over the bias types " \
@@ -86,6 +87,7 @@ def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
     before = json.loads((out / "eval_before" / "results.json").read_text())
     after = json.loads((out / "eval_after" / "results.json").read_text())
     assert before["model"]["adapter"] is None and after["model"]["adapter"] == str(out / "adapter")
+    assert before["model"]["extra"] == {} and after["model"]["extra"] == {"adapter_merged": True}
     assert set(after["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
     assert "StereoSet intrasentence" in capsys.readouterr().out
 
@@ -269,6 +271,19 @@ def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_i
                  "--eval_benchmarks", "stereoset,crows_pairs", "--eval_dtype", "float32"]) == 0
     after = json.loads((out / "eval_after" / "results.json").read_text())
     assert after["eval_config"]["limit"] == 3 and after["model"]["adapter_sha256"] == first
+    assert after["model"]["extra"] == {"adapter_merged": True}  # the after-read merges the adapter by default
+    # the same adapter read unmerged: read again (not the merged read reused), with the same scores in float32
+    assert main(["train", "--resume", str(out), "--skip_final_eval", "false", "--eval_limit", "3",
+                 "--eval_benchmarks", "stereoset,crows_pairs", "--eval_dtype", "float32",
+                 "--eval_merge_adapter", "false"]) == 0
+    unmerged = json.loads((out / "eval_after" / "results.json").read_text())
+    assert unmerged["model"]["extra"] == {} and unmerged["created"] != after["created"]
+    for bench, keys in (("stereoset", ("intrasentence", "overall", "SS")),
+                        ("crows_pairs", ("length_normalised", "overall", "score"))):
+        a, b = after["benchmarks"][bench]["metrics"], unmerged["benchmarks"][bench]["metrics"]
+        for k in keys:
+            a, b = a[k], b[k]
+        assert a == pytest.approx(b, abs=1e-9)
     # trained further: the after-read is of the new adapter, and the summary of the longer run
     assert main(["train", "--resume", str(out), "--max_steps", "3", "--stop_at_step", "3",
                  "--skip_final_eval", "false", "--eval_limit", "3",

@@ -57,7 +57,7 @@ def _eval_cmd(a) -> int:
 
     cfg = eval_config_from_args(a)
     doc = run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr),
-                   runtime=a.runtime)
+                   runtime=a.runtime, merge_adapter=a.merge_adapter)
     print(eval_markdown(doc))
     if a.out:
         print(f"results written to {a.out}/results.json", file=sys.stderr)
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--runtime", default=None, choices=["llama.cpp"],
                    help="run a GGUF file (--model file.gguf or a built-in name) in llama.cpp instead of transformers: "
                         "the deployed file, read by the same benchmarks (needs llama-cpp-python; no --adapter)")
+    e.add_argument("--merge-adapter", action="store_true",
+                   help="merge --adapter into the weights before reading (in float32, rounded once to --dtype): "
+                        "the read a merged export gives, at the plain model's speed")
     add_eval_args(e)
     e.set_defaults(func=_eval_cmd)
 

@@ -296,18 +296,23 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
 
 
 def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg: EvalConfig | None = None,
-             out_dir=None, device=None, log=print, runtime: str | None = None) -> dict:
+             out_dir=None, device=None, log=print, runtime: str | None = None, merge_adapter: bool = False) -> dict:
     """Load a model and run the suite. `runtime="llama.cpp"` runs a GGUF file in llama.cpp instead of transformers
-    (models.load_llama_cpp): the deployed file, read with the same benchmarks and metrics."""
+    (models.load_llama_cpp): the deployed file, read with the same benchmarks and metrics. `merge_adapter` folds
+    the adapter into the weights first (models.load_model)."""
     from .models import load_llama_cpp, load_model
 
     cfg = cfg or EvalConfig()
     check_config(cfg)
     if runtime is None:
-        m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device)
+        if merge_adapter and not adapter:
+            raise ConfigError("--merge-adapter: there is no --adapter to merge")
+        m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device, merge_adapter=merge_adapter)
         return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
     if runtime != "llama.cpp":
         raise ConfigError(f"--runtime {runtime}: expected llama.cpp")
+    if merge_adapter:
+        raise ConfigError("--merge-adapter is for a transformers read, not --runtime llama.cpp (leave it out)")
     if dtype not in (None, "float32") or (device is not None and str(device) != "cpu"):
         raise ConfigError(f"--runtime llama.cpp runs the file's weights as stored, on the CPU build of llama.cpp: "
                           f"--dtype {dtype} / --device {device} do not apply (leave them out)")

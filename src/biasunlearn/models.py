@@ -6,6 +6,7 @@ instead of twenty and the result can be saved, merged and exported like any othe
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -342,9 +343,38 @@ def load_tokenizer(path: str):
     return tok
 
 
+def cast_as_loaded(model, dtype):
+    """`model` (loaded in float32) in `dtype` as from_pretrained(dtype=dtype) builds it: every parameter in `dtype`,
+    and each buffer in the dtype such a load gives it. Model code makes some buffers float32 on purpose (rotary
+    inv_freq): `model.to(dtype)` would round those too, and move the scores off a direct load's (a bfloat16
+    inv_freq changed one BBQ answer in 280 on SmolLM2). The buffers' dtypes come from the same model built on the
+    meta device (no memory); failing that, the buffers are left in float32."""
+    from transformers import AutoModelForCausalLM
+
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    try:
+        with torch.device("meta"):
+            shape = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), dtype=dtype)
+        want = {name: b.dtype for name, b in shape.named_buffers()}
+    except Exception:  # a config from_config cannot build: keep the float32 buffers
+        want = {}
+    for name, buf in list(model.named_buffers()):
+        if name in want and buf.is_floating_point() and buf.dtype != want[name]:
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = buf.to(want[name])
+    model.config.dtype = dtype
+    return model
+
+
 def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="float32", device=None,
-               trainable_adapter: bool = False):
+               trainable_adapter: bool = False, merge_adapter: bool = False):
     """Load a causal LM and its tokenizer; optionally apply a PEFT adapter.
+
+    merge_adapter=True folds the adapter into the weights (merge_and_unload), so a read runs at the plain model's
+    speed. The merge is done in float32 and the sum rounded to `dtype` once: merged into weights already rounded to
+    bfloat16, every change smaller than half a bfloat16 step would be lost. So the model is loaded in float32 in
+    host memory first (an 8B model: 32 GB), merged there, and moved to `device` in `dtype`.
 
     Returns (model, tokenizer, ModelInfo). The model is in eval mode on `device` (CUDA when present).
     """
@@ -357,11 +387,15 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
         warnings.warn(f"--dtype {dtype}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native "
                       "bfloat16/float16, so torch emulates it and scoring runs many times slower than in float32; "
                       "use --dtype float32 here", RuntimeWarning, stacklevel=2)
+    if merge_adapter and (not adapter or trainable_adapter):
+        raise ConfigError("merge_adapter needs an adapter, and a merged adapter cannot be trained")
+    load_dtype = torch.float32 if merge_adapter else torch_dtype
     tok = load_tokenizer(path)
     try:
-        # straight onto a GPU (not through host memory first)
+        # straight onto a GPU (not through host memory first), unless it is merged first
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, **({"device_map": {"": str(device)}} if device.type == "cuda" else {}))
+            path, dtype=load_dtype,
+            **({"device_map": {"": str(device)}} if device.type == "cuda" and not merge_adapter else {}))
     except OSError as e:
         raise ModelLoadError(f"--model {spec}: could not load ({e}). Hub ids need network access; "
                              "offline, pass a local folder, a .gguf file or a built-in name "
@@ -372,11 +406,14 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
         from .adapters import apply_adapter
 
         model = apply_adapter(model, adapter, trainable=trainable_adapter)
+        if merge_adapter:
+            model = cast_as_loaded(model.merge_and_unload(), torch_dtype)
     model.to(device)
     model.eval()
     info = ModelInfo(spec=spec, resolved=path, description=desc, adapter=str(adapter) if adapter else None,
                      dtype=str(torch_dtype).replace("torch.", ""), device=str(device),
-                     n_params=sum(p.numel() for p in model.parameters()))
+                     n_params=sum(p.numel() for p in model.parameters()),
+                     extra={"adapter_merged": True} if merge_adapter else {})
     return model, tok, info
 
 

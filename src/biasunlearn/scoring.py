@@ -14,6 +14,7 @@ checks itself against the full forward pass on the first batch and falls back to
 from __future__ import annotations
 
 import contextlib
+import inspect
 import weakref
 from dataclasses import dataclass
 from typing import Sequence
@@ -305,8 +306,6 @@ _SHARED_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # mo
 
 def forward_params(model) -> set:
     """Parameter names of the underlying transformers model's forward (through a PEFT wrapper)."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         return set(inspect.signature(type(base).forward).parameters)
@@ -314,10 +313,29 @@ def forward_params(model) -> set:
         return set()
 
 
-def _shared_batch(model, names: set, prompts, conts, k: int, pad_id: int, device):
+def _prompt_head(model):
+    """(body, head) for the prompt pass of `_shared_batch` when the body takes explicit positions, else None.
+
+    Through the model with logits_to_keep=1, the head gets the hidden states' last position as a [B, 1, H] slice of
+    [B, P, H], which torch.matmul cannot fold into one matrix product: when the head's weight does not require grad
+    (a PEFT model's frozen base, a merged adapter) it runs a batched product over the weight expanded and copied B
+    times (B x 56 MB for SmolLM2): BBQ took 1.5 times as long, and the read's peak was 0.95 GB higher
+    (BENCHMARKS.md, session 32).
+    The head on the [B, H] rows themselves is one matrix product."""
+    split = split_head(model)
+    if split is None:
+        return None
+    try:
+        params = set(inspect.signature(type(split[0]).forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    return split if {"position_ids", "use_cache"} <= params else None
+
+
+def _shared_batch(model, names: set, prompts, conts, k: int, pad_id: int, device, prompt_head=None):
     """Sums and counts for one batch of prompts with k continuations each: the prompts run once (left-padded, explicit
     positions), their key/value cache is repeated k times, and the continuations run on it. `names`: the model's
-    forward parameters (`forward_params`)."""
+    forward parameters (`forward_params`); `prompt_head`: `_prompt_head(model)`."""
     B = len(prompts)
     P = max(len(p) for p in prompts)
     ids = torch.full((B, P), pad_id, dtype=torch.long)
@@ -327,9 +345,15 @@ def _shared_batch(model, names: set, prompts, conts, k: int, pad_id: int, device
         pmask[i, P - len(p):] = 1
     ids, pmask = ids.to(device), pmask.to(device)
     pos = (pmask.cumsum(1) - 1).clamp(min=0)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in names else {}  # only the last prompt position is needed
-    out = model(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True, **extra)
-    first = torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(k, 0)  # predicts each first token
+    if prompt_head is not None:  # only the last prompt position is needed
+        body, head = prompt_head
+        out = body(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True)
+        last = head(out.last_hidden_state[:, -1])
+    else:
+        extra = {"logits_to_keep": 1} if "logits_to_keep" in names else {}
+        out = model(input_ids=ids, attention_mask=pmask, position_ids=pos, use_cache=True, **extra)
+        last = out.logits[:, -1]
+    first = torch.log_softmax(last.float(), -1).repeat_interleave(k, 0)  # predicts each first token
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     del out
     cache.batch_repeat_interleave(k)
@@ -380,11 +404,11 @@ def score_shared_prefix(model, prompts: Sequence[Sequence[int]], conts: Sequence
     # a batch's cost: its prompts once plus k continuations each
     cost = [len(prompts[i]) + sum(len(conts[i * k + j]) for j in range(k)) for i in range(len(prompts))]
     batches = length_batches(cost, max_tokens * k, max_batch)
-    names = forward_params(model)
+    names, prompt_head = forward_params(model), _prompt_head(model)
     with _scoring(model, n, progress) as bar:
         for b, idx in enumerate(batches):
             rows = [i * k + j for i in idx for j in range(k)]
-            args = (names, [prompts[i] for i in idx], [conts[r] for r in rows], k, pad_id, device)
+            args = (names, [prompts[i] for i in idx], [conts[r] for r in rows], k, pad_id, device, prompt_head)
             if verdict:
                 s, c = (t.cpu().numpy() for t in _shared_batch(model, *args))
             else:

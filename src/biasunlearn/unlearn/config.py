@@ -192,6 +192,9 @@ class UnlearnConfig(TrainingArguments):
                             "look; the report says so); 0 = all.")
     eval_dtype: str = _f("auto", "dtype for the before/after evaluation: float32, bfloat16, or auto (bfloat16 where the "
                          "GPU or CPU computes it natively, else float32: emulated bf16 is many times slower).")
+    eval_merge_adapter: bool = _f(True, "Read the after-training evaluation with the adapter merged into the "
+                                  "weights (in float32, rounded once to eval_dtype): the deployed model's read, "
+                                  "without the adapter's extra layers per call.")
     skip_final_eval: bool = _f(False, "Only train; no before/after evaluation and report.")
 
     def __post_init__(self):

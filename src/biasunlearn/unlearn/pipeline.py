@@ -258,7 +258,7 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
 
 # settings that change nothing a resumed run computes (speed, memory, what is read afterwards)
 RESUME_NEUTRAL = {"cpu_malloc_tuning", "skip_final_eval", "eval_benchmarks", "eval_bbq_per_category", "eval_limit",
-                  "eval_intersentence", "eval_dtype", "data_dir"}
+                  "eval_intersentence", "eval_dtype", "eval_merge_adapter", "data_dir"}
 
 
 RUN_FILES = ("config.json", "splits.json", "log.jsonl", "dev_log.jsonl", "train_summary.json", "report.md",
@@ -351,13 +351,17 @@ def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> 
     for name, adapter in (("eval_before", None), ("eval_after", adapter_dir)):
         res = out / name / "results.json"
         weights = sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter else None
+        merge = bool(adapter) and cfg.eval_merge_adapter
         doc = read_results(res, ecfg)
-        if doc is not None and (doc.get("model") or {}).get("adapter_sha256") == weights:
+        read = (doc or {}).get("model") or {}
+        if (doc is not None and read.get("adapter_sha256") == weights
+                and bool((read.get("extra") or {}).get("adapter_merged")) == merge):
             log(f"[eval] reusing {res} (the same settings{' and adapter' if adapter else ''})")
             docs.append(doc)
             continue
-        log(f"[eval] {name}: {cfg.model}" + (f" + {adapter}" if adapter else ""))
-        model, tok, info = load_model(cfg.model, adapter=str(adapter) if adapter else None, dtype=cfg.eval_dtype)
+        log(f"[eval] {name}: {cfg.model}" + (f" + {adapter}" + (" (merged)" if merge else "") if adapter else ""))
+        model, tok, info = load_model(cfg.model, adapter=str(adapter) if adapter else None, dtype=cfg.eval_dtype,
+                                      merge_adapter=merge)
         docs.append(evaluate_model(model, tok, ecfg, {**info.to_dict(), "adapter_sha256": weights}, out / name,
                                    log=log))
         del model
@@ -421,7 +425,10 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
             parts += ["", f"(no precision table: {e})"]
     parts += ["", "## Training", "", f"- steps: {summary.get('steps')}, wall time {summary.get('train_wall_time_s')} s, "
               f"peak memory {summary.get('peak_memory_mb', 0):.0f} MB",
-              f"- adapter/ (the one evaluated above): {summary.get('adapter', 'best dev check')}",
+              f"- adapter/ (the one evaluated above): {summary.get('adapter', 'best dev check')}"
+              + ("; merged into the weights for the read (in float32, rounded once to "
+                 f"{(after.get('model') or {}).get('dtype')})"
+                 if ((after.get("model") or {}).get("extra") or {}).get("adapter_merged") else ""),
               f"- best dev check (best_adapter/): {describe_best(summary.get('best'), cfg.checkpoint_metric)}",
               f"- swaps: {len(summary.get('swaps', []))}" + "".join(
                   f"\n  - step {e['step']}: {e['bias_type']} dev SS {e['ss']:.1f} -> direction {e['direction']:+d}"
