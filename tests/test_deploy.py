@@ -255,6 +255,8 @@ def test_load_model_merge_adapter_reads_like_the_adapter(tiny, arch):
     assert plain_info.extra == {}
     with pytest.raises(ConfigError, match="merge_adapter needs an adapter"):
         load_model(str(tiny[arch]), device="cpu", merge_adapter=True)
+    with pytest.raises(ConfigError, match="merge_adapter needs an adapter"):  # said before the model path is read
+        load_model(str(tiny["root"] / "no-such-model"), device="cpu", merge_adapter=True)
 
 
 def test_merge_adapter_rounds_once_to_bfloat16(tiny):
@@ -289,6 +291,42 @@ def test_merge_adapter_rounds_once_to_bfloat16(tiny):
     assert {n: (b.dtype, b.tolist()) for n, b in merged.named_buffers()} == \
         {n: (b.dtype, b.tolist()) for n, b in bufs.items()}
     assert merged.config.dtype == direct.config.dtype == torch.bfloat16
+
+
+def test_bfloat16_export_merges_in_float32_and_rounds_once(tiny, tmp_path):
+    """export --dtype bfloat16 saves each merged weight as the bfloat16 nearest to (float32 weight + the adapter's
+    change), as the merged read does; peft's merge into a bfloat16 model would lose every change under half a step.
+    The folder still reloads and scores like the adapter model, and says how it was merged."""
+    from safetensors.torch import load_file
+
+    small = _tiny.make_adapter(tiny["llama"], tiny["root"] / "smallexp" / "adapter", seed=5, scale=1e-4)
+    ref, _, _ = load_model(str(tiny["llama"]), adapter=str(small), device="cpu")  # float32, unmerged
+    want = {}
+    for name, mod in ref.named_modules():
+        if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
+            w = mod.get_base_layer().weight.detach()
+            want[name.removeprefix("base_model.model.") + ".weight"] = (w, w + mod.get_delta_weight("default"))
+    assert len(want) == 14
+    out = tmp_path / "bf16"
+    res = export_merged(str(tiny["llama"]), small, out, dtype="bfloat16", device="cpu", log=QUIET)
+    saved = load_file(str(out / "model.safetensors"))
+    naive, _, _ = load_model(str(tiny["llama"]), adapter=str(small), dtype="bfloat16", device="cpu")
+    naive = naive.merge_and_unload()
+    moved = lost = 0
+    for name, (w, exact) in want.items():
+        got = saved[name]
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got, exact.to(torch.bfloat16)), name
+        moved += int((got != w.to(torch.bfloat16)).sum())
+        lost += int((got != naive.get_parameter(name)).sum())
+    assert moved > 0 and lost > 0  # the change moved weights, and the naive merge would have dropped some of it
+    assert res["verification"]["checked"] and res["verification"]["max_abs_diff_mean_logprob"] < 5e-2
+    prov = json.loads((out / "biasunlearn_export.json").read_text())
+    assert prov["dtype"] == "bfloat16" and prov["merge"].endswith("rounded once to bfloat16")
+    assert "each merged weight then rounded once to bfloat16" in (out / "README.md").read_text()
+    export_merged(str(tiny["llama"]), small, tmp_path / "fp32", device="cpu", verify=False, log=QUIET)
+    assert json.loads((tmp_path / "fp32" / "biasunlearn_export.json").read_text())["merge"] == \
+        "`merge_and_unload`, in float32"
 
 
 def test_transfer_writes_report_and_before_after_results(tiny, tmp_path):

@@ -4,7 +4,8 @@ weights for a plain transformers folder with a model card (export).
 * `transfer(adapter, model, out)`: checks that the adapter fits the variant (one error listing every module or
   shape that does not), evaluates the variant before and after applying the adapter with the evaluation suite, and
   writes ``report.md`` plus ``eval_before/results.json`` and ``eval_after/results.json``.
-* `export_merged(model, adapter, out)`: applies the adapter, merges it (``merge_and_unload``), saves the result with
+* `export_merged(model, adapter, out)`: applies the adapter, merges it (``merge_and_unload``; for a bfloat16 or
+  float16 export in float32, each merged weight then rounded once), saves the result with
   ``save_pretrained`` (safetensors, no ``quantization_config``) together with the tokenizer, checks that the saved
   folder scores like the adapter model, and writes a ``README.md`` model card. The folder loads with
   ``AutoModelForCausalLM.from_pretrained`` alone: nothing in it refers to biasunlearn.
@@ -356,6 +357,21 @@ def _drop_quantization(model):
     return model
 
 
+def _merge_note(dtype: str) -> str:
+    """How export merged the adapter, for the provenance file and the model card."""
+    if dtype == "float32":
+        return "`merge_and_unload`, in float32"
+    return f"`merge_and_unload` in float32, each merged weight then rounded once to {dtype}"
+
+
+def _free_device_memory(device) -> None:
+    import gc
+
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -383,6 +399,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
 
     from .evaluate import package_versions
     from .models import load_model, resolve_dtype
+    from .scoring import model_device
 
     adapter_dir = _adapter_dir(adapter)
     out = Path(out)
@@ -426,8 +443,18 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             from .gguf_export import lora_deltas
 
             deltas = lora_deltas(m)  # the LoRA factors: the merged model's weights give the rest
-        _log(log, "[export] merging the adapter into the base weights (merge_and_unload)")
-        merged = m.merge_and_unload()
+        if info.dtype == "float32":
+            _log(log, "[export] merging the adapter into the base weights (merge_and_unload)")
+            merged = m.merge_and_unload()
+        else:
+            # merged into weights already rounded to bfloat16/float16, every change under half a step would be lost:
+            # the model is read again in float32 (host memory), merged there, and the sum rounded once
+            _log(log, f"[export] merging the adapter in float32 and rounding the merged weights once to {info.dtype}")
+            dev = model_device(m)
+            m = None
+            _free_device_memory(dev)
+            merged, _, _ = load_model(model, adapter=str(adapter_dir), dtype=info.dtype, device=str(dev),
+                                      merge_adapter=True)
         merged = _drop_quantization(merged)
         merged.eval()
         gguf_info = None
@@ -461,10 +488,9 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             atomic_write_text(cfg_path, json.dumps(saved_cfg, indent=2) + "\n")
         verification = {"checked": False}
         if verify:
-            from .scoring import model_device
-
             dev = model_device(merged)
             del merged, m
+            _free_device_memory(dev)
             torch_dtype = resolve_dtype(dtype)
             verification = _probe_check(
                 lambda: AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch_dtype), "the saved merged model",
@@ -493,7 +519,8 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             "base_model": info.to_dict(), "upstream": BUILTIN_UPSTREAM.get(model, (None, None))[0],
             "adapter": str(adapter_dir), "adapter_base": adapter_base_name(adapter_dir),
             "adapter_sha256": adapter_checksums(adapter_dir), "adapter_config": _adapter_config(adapter_dir),
-            "training_config": found.get("config"), "dtype": info.dtype, "verification": verification,
+            "training_config": found.get("config"), "dtype": info.dtype, "merge": _merge_note(info.dtype),
+            "verification": verification,
             "results": {"before": before_src, "after": after_src}, "versions": package_versions(),
             "gguf": gguf_info,
         }
@@ -706,7 +733,8 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
         L.append(f"- weights: the {upstream_note}, dequantised to plain tensors; scores differ slightly from the "
                  "original full-precision release")
     L += [f"- saved dtype: {base.get('dtype', '?')}; parameters: {base.get('n_params', 0):,}",
-          "- the adapter is merged (`merge_and_unload`); `config.json` carries no `quantization_config`"]
+          f"- the adapter is merged ({_merge_note(base.get('dtype', 'float32'))}); `config.json` carries no "
+          "`quantization_config`"]
     if verification and verification.get("checked"):
         L.append(f"- check at export: reloaded with `AutoModelForCausalLM.from_pretrained`, the merged model scores "
                  f"{verification['probe_sentences']} probe sentences like the adapter model "

@@ -380,6 +380,8 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
     """
     from transformers import AutoModelForCausalLM
 
+    if merge_adapter and (not adapter or trainable_adapter):  # before anything is read
+        raise ConfigError("merge_adapter needs an adapter, and a merged adapter cannot be trained")
     path, desc = resolve_model_path(spec)
     device = torch.device(device) if device else default_device()
     torch_dtype = auto_dtype(device) if dtype == "auto" else resolve_dtype(dtype)
@@ -387,8 +389,6 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
         warnings.warn(f"--dtype {dtype}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native "
                       "bfloat16/float16, so torch emulates it and scoring runs many times slower than in float32; "
                       "use --dtype float32 here", RuntimeWarning, stacklevel=2)
-    if merge_adapter and (not adapter or trainable_adapter):
-        raise ConfigError("merge_adapter needs an adapter, and a merged adapter cannot be trained")
     load_dtype = torch.float32 if merge_adapter else torch_dtype
     tok = load_tokenizer(path)
     try:
