@@ -259,16 +259,22 @@ def test_load_model_merge_adapter_reads_like_the_adapter(tiny, arch):
         load_model(str(tiny["root"] / "no-such-model"), device="cpu", merge_adapter=True)
 
 
-def test_merge_adapter_rounds_once_to_bfloat16(tiny):
-    """Merged for a bfloat16 read, each weight is the bfloat16 nearest to (float32 weight + the adapter's change),
-    not the change added to weights already rounded to bfloat16, which loses every change under half a step."""
-    small = _tiny.make_adapter(tiny["llama"], tiny["root"] / "smallrun" / "adapter", seed=3, scale=1e-4)
-    ref, _, _ = load_model(str(tiny["llama"]), adapter=str(small), device="cpu")  # float32, unmerged
+def _float32_merge(model_dir, adapter) -> dict:
+    """{parameter name: (float32 weight, float32 weight + the adapter's change)} of every layer the adapter wraps."""
+    ref, _, _ = load_model(str(model_dir), adapter=str(adapter), device="cpu")  # float32, unmerged
     want = {}
     for name, mod in ref.named_modules():
         if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
             w = mod.get_base_layer().weight.detach()
             want[name.removeprefix("base_model.model.") + ".weight"] = (w, w + mod.get_delta_weight("default"))
+    return want
+
+
+def test_merge_adapter_rounds_once_to_bfloat16(tiny):
+    """Merged for a bfloat16 read, each weight is the bfloat16 nearest to (float32 weight + the adapter's change),
+    not the change added to weights already rounded to bfloat16, which loses every change under half a step."""
+    small = _tiny.make_adapter(tiny["llama"], tiny["root"] / "smallrun" / "adapter", seed=3, scale=1e-4)
+    want = _float32_merge(tiny["llama"], small)
     assert len(want) == 14  # 2 layers x (q, k, v, o, gate, up, down)
     merged, _, info = load_model(str(tiny["llama"]), adapter=str(small), dtype="bfloat16", device="cpu",
                                  merge_adapter=True)
@@ -300,12 +306,7 @@ def test_bfloat16_export_merges_in_float32_and_rounds_once(tiny, tmp_path):
     from safetensors.torch import load_file
 
     small = _tiny.make_adapter(tiny["llama"], tiny["root"] / "smallexp" / "adapter", seed=5, scale=1e-4)
-    ref, _, _ = load_model(str(tiny["llama"]), adapter=str(small), device="cpu")  # float32, unmerged
-    want = {}
-    for name, mod in ref.named_modules():
-        if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
-            w = mod.get_base_layer().weight.detach()
-            want[name.removeprefix("base_model.model.") + ".weight"] = (w, w + mod.get_delta_weight("default"))
+    want = _float32_merge(tiny["llama"], small)
     assert len(want) == 14
     out = tmp_path / "bf16"
     res = export_merged(str(tiny["llama"]), small, out, dtype="bfloat16", device="cpu", log=QUIET)
