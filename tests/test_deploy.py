@@ -356,6 +356,32 @@ def test_transfer_writes_report_and_before_after_results(tiny, tmp_path):
     assert json.loads((out / "eval_before" / "results.json").read_text())["created"] != stamp
 
 
+def test_transfer_merge_adapter_reads_like_the_adapter_and_is_not_reused_as_unmerged(tiny, tmp_path):
+    """transfer(merge_adapter=True) reads the variant with the adapter merged: the same scores as the adapter
+    applied (float32), marked as merged, and an unmerged after read in the folder is not taken for it (the before
+    read is)."""
+    out = tmp_path / "transfer"
+    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=_cfg(tiny["data"]), device="cpu", log=QUIET)
+    plain_after = json.loads((out / "eval_after" / "results.json").read_text())
+    before_stamp = json.loads((out / "eval_before" / "results.json").read_text())["created"]
+    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=_cfg(tiny["data"]), device="cpu", reuse=True,
+             merge_adapter=True, log=QUIET)
+    merged_after = json.loads((out / "eval_after" / "results.json").read_text())
+    assert json.loads((out / "eval_before" / "results.json").read_text())["created"] == before_stamp  # reused
+    assert merged_after["created"] != plain_after["created"]  # the unmerged read was not reused as the merged one
+    assert merged_after["model"]["extra"]["adapter_merged"] is True
+    assert not (plain_after["model"].get("extra") or {}).get("adapter_merged")
+    ppl = [d["benchmarks"]["perplexity"]["metrics"]["perplexity"] for d in (plain_after, merged_after)]
+    assert ppl[1] == pytest.approx(ppl[0], rel=1e-5) and ppl[0] != pytest.approx(
+        json.loads((out / "eval_before" / "results.json").read_text())["benchmarks"]["perplexity"]["metrics"]
+        ["perplexity"], rel=1e-5)  # the adapter changes the variant's perplexity; merged or not, the same change
+    ss = [d["benchmarks"]["stereoset"]["metrics"]["intrasentence"]["overall"]["SS"] for d in (plain_after, merged_after)]
+    assert ss[1] == ss[0]
+    assert "merged into the weights for the read: in float32, rounded once to float32" in \
+        (out / "report.md").read_text()
+    assert json.loads((out / "transfer.json").read_text())["adapter_merged_for_read"] is True
+
+
 def test_cli_transfer_and_export(tiny, tmp_path, capsys, monkeypatch):
     from biasunlearn import cli
 
@@ -364,7 +390,7 @@ def test_cli_transfer_and_export(tiny, tmp_path, capsys, monkeypatch):
         return cli.main(argv)
 
     rc = main(["transfer", "--adapter", str(tiny["adapter"]), "--model", str(tiny["wide"]), "--out",
-               str(tmp_path / "t"), "--device", "cpu", "--data-dir", str(tiny["data"])])
+               str(tmp_path / "t"), "--device", "cpu", "--data-dir", str(tiny["data"]), "--merge-adapter"])
     err = capsys.readouterr().err
     assert rc == 2 and "does not fit" in err and "q_proj" in err
     rc = main(["export", "--model", str(tiny["llama"]), "--out", str(tmp_path / "x"), "--device", "cpu"])

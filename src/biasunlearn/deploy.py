@@ -265,16 +265,19 @@ def _eval_cfg(cfg):
 # --- transfer ----------------------------------------------------------------------------------------------------
 
 def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None, reuse: bool = False,
-             log=print) -> dict:
+             merge_adapter: bool = False, log=print) -> dict:
     """Apply an adapter trained on one model to another (a fine-tuned variant) and measure it before and after.
 
     Raises ModelLoadError (before any evaluation) when the adapter does not fit. Writes to `out`:
     ``eval_before/`` and ``eval_after/`` (results.json and predictions), ``report.md`` and ``transfer.json``.
     With `reuse`, a results.json already in `out` made from the same model, adapter and settings is not
-    recomputed. Returns {"before", "after", "report", "out"}.
+    recomputed. With `merge_adapter`, the after read merges the adapter into the variant's weights first (as an
+    export would: in float32, rounded once to `dtype`; models.load_model), at the plain model's speed.
+    Returns {"before", "after", "report", "out"}.
     """
     from .models import load_model
     from .report import before_after_markdown
+    from .scoring import model_device
 
     adapter_dir = _adapter_dir(adapter)
     cfg = _eval_cfg(cfg)
@@ -287,9 +290,19 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
     sums = adapter_checksums(adapter_dir)
     info_before = cache_info(info)
     before = evaluate_cached(m, tok, cfg, info_before, out / "eval_before", reuse, log)
-    m = apply_adapter(m, adapter_dir)
-    m.eval()
-    info_after = dict(cache_info(info, adapter_dir), n_params=sum(p.numel() for p in m.parameters()))
+    if merge_adapter:
+        dev = model_device(m)
+        m = None
+        _free_device_memory(dev)
+        _log(log, f"[transfer] merging the adapter into {model}'s weights for the after read (in float32, rounded "
+                  f"once to {info.dtype})")
+        m, _, info_m = load_model(model, adapter=str(adapter_dir), dtype=info.dtype, device=str(dev),
+                                  merge_adapter=True)
+        info_after = cache_info(info_m, adapter_dir)
+    else:
+        m = apply_adapter(m, adapter_dir)
+        m.eval()
+        info_after = dict(cache_info(info, adapter_dir), n_params=sum(p.numel() for p in m.parameters()))
     after = evaluate_cached(m, tok, cfg, info_after, out / "eval_after", reuse, log)
     base = adapter_base_name(adapter_dir)
     lines = [f"# Transfer: adapter onto {model}", "",
@@ -297,7 +310,9 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
              f"- adapter sha256 (adapter_model.safetensors): `{sums.get('adapter_model.safetensors', '?')}`",
              f"- model: `{model}` ({info.description}; resolved to `{info.resolved}`), dtype {info.dtype}, device {info.device}",
              f"- fit check: {n_mod} adapted modules, every module present and every shape equal",
-             "- results: `eval_before/results.json` (model alone), `eval_after/results.json` (model + adapter)",
+             "- results: `eval_before/results.json` (model alone), `eval_after/results.json` (model + adapter"
+             + (f", merged into the weights for the read: in float32, rounded once to {info.dtype})" if merge_adapter
+                else ")"),
              f"- created {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}, "
              f"{time.perf_counter() - t0:.0f} s", "",
              "## Before / after", "",
@@ -305,7 +320,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
     report = atomic_write_text(out / "report.md", "\n".join(lines))
     write_json(out / "transfer.json", {
         "adapter": str(adapter_dir), "adapter_base": base, "adapter_sha256": sums, "model": info_before,
-        "eval_config": cfg.to_dict(), "report": "report.md",
+        "eval_config": cfg.to_dict(), "report": "report.md", "adapter_merged_for_read": merge_adapter,
         "results": {"before": "eval_before/results.json", "after": "eval_after/results.json"}})
     _log(log, f"[transfer] report written to {report}")
     return {"before": before, "after": after, "report": report, "out": out}

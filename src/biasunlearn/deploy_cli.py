@@ -21,7 +21,7 @@ def _transfer_cmd(a) -> int:
     from .deploy import transfer
 
     res = transfer(_need_adapter(a), a.model, a.out, dtype=a.dtype, device=a.device, cfg=eval_config_from_args(a),
-                   reuse=a.reuse, log=_log)
+                   reuse=a.reuse, merge_adapter=a.merge_adapter, log=_log)
     print(res["report"].read_text())
     return 0
 
@@ -50,6 +50,10 @@ def register(subparsers) -> None:
     t.add_argument("--out", required=True, help="folder for report.md and the before/after results")
     t.add_argument("--reuse", action="store_true",
                    help="keep results already in --out made with the same model, adapter and settings")
+    t.add_argument("--merge-adapter", action="store_true",
+                   help="merge --adapter into the model's weights for the after read (in float32, rounded once to "
+                        "--dtype): the read a merged export gives, at the plain model's speed; with a bfloat16 "
+                        "--dtype the model is read again in float32 in host memory")
     add_eval_args(t)
     t.set_defaults(func=_transfer_cmd)
 
