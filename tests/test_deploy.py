@@ -377,7 +377,7 @@ def test_transfer_merge_adapter_reads_like_the_adapter_and_is_not_reused_as_unme
         ["perplexity"], rel=1e-5)  # the adapter changes the variant's perplexity; merged or not, the same change
     ss = [d["benchmarks"]["stereoset"]["metrics"]["intrasentence"]["overall"]["SS"] for d in (plain_after, merged_after)]
     assert ss[1] == ss[0]
-    assert "merged into the weights for the read: in float32, rounded once to float32" in \
+    assert "merged into the weights for the read: `merge_and_unload`, in float32)" in \
         (out / "report.md").read_text()
     assert json.loads((out / "transfer.json").read_text())["adapter_merged_for_read"] is True
 

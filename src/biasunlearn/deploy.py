@@ -294,8 +294,8 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
         dev = model_device(m)
         m = None
         _free_device_memory(dev)
-        _log(log, f"[transfer] merging the adapter into {model}'s weights for the after read (in float32, rounded "
-                  f"once to {info.dtype})")
+        _log(log, f"[transfer] merging the adapter into {model}'s weights for the after read "
+                  f"({_merge_note(info.dtype)})")
         m, _, info_m = load_model(model, adapter=str(adapter_dir), dtype=info.dtype, device=str(dev),
                                   merge_adapter=True)
         info_after = cache_info(info_m, adapter_dir)
@@ -311,8 +311,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
              f"- model: `{model}` ({info.description}; resolved to `{info.resolved}`), dtype {info.dtype}, device {info.device}",
              f"- fit check: {n_mod} adapted modules, every module present and every shape equal",
              "- results: `eval_before/results.json` (model alone), `eval_after/results.json` (model + adapter"
-             + (f", merged into the weights for the read: in float32, rounded once to {info.dtype})" if merge_adapter
-                else ")"),
+             + (f", merged into the weights for the read: {_merge_note(info.dtype)})" if merge_adapter else ")"),
              f"- created {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}, "
              f"{time.perf_counter() - t0:.0f} s", "",
              "## Before / after", "",
@@ -373,7 +372,7 @@ def _drop_quantization(model):
 
 
 def _merge_note(dtype: str) -> str:
-    """How export merged the adapter, for the provenance file and the model card."""
+    """How an adapter was merged (export, transfer --merge-adapter), for provenance, model card and report."""
     if dtype == "float32":
         return "`merge_and_unload`, in float32"
     return f"`merge_and_unload` in float32, each merged weight then rounded once to {dtype}"
