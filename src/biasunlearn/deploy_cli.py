@@ -59,7 +59,9 @@ def register(subparsers) -> None:
 
     e = subparsers.add_parser(
         "export", help="merge an adapter into its base model and save a plain transformers folder + model card",
-        description="Merge --adapter into --model (merge_and_unload), save it with save_pretrained (safetensors) "
+        description="Merge --adapter into --model (merge_and_unload; with --dtype bfloat16 the merge is done in "
+                    "float32 and each weight rounded once, the model read again in float32 in host memory), save it "
+                    "with save_pretrained (safetensors) "
                     "with the tokenizer and a README.md model card. The folder loads with "
                     "AutoModelForCausalLM.from_pretrained; biasunlearn is not needed to use it.")
     _add_model_args(e)
