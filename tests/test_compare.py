@@ -113,6 +113,41 @@ def test_compare_trained_adapter_is_evaluated_without_retraining(tmp_path, tiny_
     assert compare.resolve_methods("cda", False) == ["base", "cda"]  # the base model always comes first
 
 
+def test_compare_merge_adapter_reads_like_the_adapter_and_is_not_mixed_with_unmerged_reads(
+        tmp_path, tiny_llama_path, data, monkeypatch):
+    from biasunlearn.errors import ConfigError
+
+    out = tmp_path / "cmp"
+    bench = "stereoset,perplexity"
+    run(tiny_llama_path, out, data, methods="base,cda", benchmarks=bench)
+    unmerged = json.loads((out / "cda" / "results.json").read_text())
+    assert not unmerged["model"]["extra"].get("adapter_merged")
+    # a folder read unmerged is not passed off as a merged read
+    with pytest.raises(ConfigError, match="other settings.*merge_adapter"):
+        run(tiny_llama_path, out, data, methods="base,cda", benchmarks=bench, merge_adapter=True)
+    # the trained adapter is read again, merged, without retraining; the base model's read is reused
+    (out / "cda" / "results.json").unlink()
+    monkeypatch.setattr("biasunlearn.baselines.common.LoraFineTune.train",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    base_before = (out / "base" / "results.json").read_text()
+    res = run(tiny_llama_path, out, data, methods="base,cda", benchmarks=bench, merge_adapter=True)
+    assert (out / "base" / "results.json").read_text() == base_before
+    merged = res["results"]["cda"]
+    assert merged["model"]["extra"]["adapter_merged"] is True
+    assert merged["method"]["settings"]["eval"]["merge_adapter"] is True
+    ss = lambda d: d["benchmarks"]["stereoset"]["metrics"]["intrasentence"]["overall"]["SS"]  # noqa: E731
+    assert ss(merged) == ss(unmerged)
+    ppl = lambda d: d["benchmarks"]["perplexity"]["metrics"]["perplexity"]  # noqa: E731
+    assert ppl(merged) == pytest.approx(ppl(unmerged), rel=1e-5)
+    base_ppl = ppl(json.loads(base_before))
+    assert ppl(unmerged) != pytest.approx(base_ppl, rel=1e-5)  # the adapter changed something to merge
+    cost = merged["method"]["scoring_cost"]
+    assert cost["adapter_merged"] is True and cost["plain_ms_per_sentence"] > 0
+    md = (out / "report.md").read_text()
+    assert "evaluated: final adapter (merged into the weights)" in md
+    assert "read with their adapters merged into the weights (in float32, rounded once to float32)" in md
+
+
 def test_compare_ablations(tmp_path, tiny_llama_path, data):
     from biasunlearn.compare import ABLATIONS
 
@@ -316,8 +351,9 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
                        "--max_steps", "50", "--learning-rate", "1e-4", "--eval_every", "10", "--limit", "20",
                        "--benchmarks", "stereoset,crows_pairs", "--bbq-per-category", "0", "--dtype", "float32",
                        "--set", "lora_r=4", "--set", "train_pool=a.json", "--rerun", "cda", "--ablations",
-                       "--no-intersentence"])
+                       "--no-intersentence", "--merge-adapter"])
     assert rc == 0 and "report.md" in buf.getvalue()
+    assert seen["merge_adapter"] is True
     assert seen["methods"] == "base,cda,sft" and seen["ablations"] is True and seen["max_steps"] == 50
     assert seen["learning_rate"] == 1e-4 and seen["eval_every"] == 10 and seen["limit"] == 20
     assert seen["benchmarks"] == "stereoset,crows_pairs" and seen["bbq_per_category"] == 0
@@ -331,6 +367,7 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
         assert cli.main(["compare", "--out", str(tmp_path / "o"), "--config", str(y), "--eval_every", "25",
                          "--set", "lora_r=4", "--set", "learning_rate=1e-4"]) == 0
     assert (seen["max_steps"], seen["learning_rate"], seen["eval_every"]) == (250, 1e-4, 25)
+    assert seen["merge_adapter"] is False  # off unless asked
     assert seen["config_overrides"] == {"npo_beta": 5.0, "lora_r": 4}
     seen.clear()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -33,7 +33,7 @@ import torch
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
 from .io import atomic_write_text, comma_list, read_json, write_json
-from .models import cuda_has_native_bf16, machine_info, release_freed_memory, resolve_model_path
+from .models import cuda_has_native_bf16, free_device_memory, machine_info, release_freed_memory, resolve_model_path
 
 DEFAULT_METHODS = ("base", "cda", "sft", "dpo", "self_debias", "biasunlearn")
 LABELS = {"base": "Base model", "cda": "CDA", "sft": "SFT", "dpo": "DPO", "self_debias": "Self-Debias",
@@ -200,8 +200,10 @@ def _time_scoring(model, tok, texts) -> float:
 
 class _Runner:
     def __init__(self, model, out: Path, budget, overrides, data_dir, ecfg, dtype, rerun, baseline_batch_size,
-                 dpo_pairs_per_step, dpo_beta, ablation_checkpoint, cost_texts, splits_checksum, log):
+                 dpo_pairs_per_step, dpo_beta, ablation_checkpoint, cost_texts, splits_checksum, log,
+                 merge_adapter: bool = False):
         self.model, self.out, self.budget, self.overrides, self.data_dir = model, out, budget, overrides, data_dir
+        self.merge_adapter = merge_adapter
         self.ecfg, self.dtype, self.rerun, self.log = ecfg, dtype, set(rerun), log
         self.baseline_batch_size, self.dpo_pairs_per_step, self.dpo_beta = baseline_batch_size, dpo_pairs_per_step, dpo_beta
         self.ablation_checkpoint, self.cost_texts, self.splits_checksum = ablation_checkpoint, cost_texts, splits_checksum
@@ -235,6 +237,8 @@ class _Runner:
             from .baselines.self_debias import DEFAULT_DECAY, DEFAULT_PREFIXES
 
             extra_eval = {"self_debias": {"prefixes": DEFAULT_PREFIXES, "decay": DEFAULT_DECAY}}
+        elif name in TRAINED and self.merge_adapter:  # recorded only when on: folders read unmerged still match
+            extra_eval = {"merge_adapter": True}
         return cfg, trainer, {"model": self.model, "train": train, "eval": _eval_settings(self.ecfg, self.dtype, extra_eval)}
 
     def same_run_as(self, name: str, names: list[str]) -> str | None:
@@ -340,9 +344,10 @@ class _Runner:
         from .models import load_model
 
         adapter = train_info["adapter"] if train_info else None
-        self.log(f"[compare] {name}: evaluating" + (f" {adapter}" if adapter else ""))
+        merge = bool(adapter) and self.merge_adapter
+        self.log(f"[compare] {name}: evaluating" + (f" {adapter}" + (" (merged)" if merge else "") if adapter else ""))
         with Measure() as m:
-            model, tok, info = load_model(self.model, adapter=adapter, dtype=self.dtype)
+            model, tok, info = load_model(self.model, adapter=adapter, dtype=self.dtype, merge_adapter=merge)
             scored, plain, ecfg = model, model, self.ecfg
             if name == "self_debias":
                 from .baselines import SelfDebias
@@ -354,7 +359,14 @@ class _Runner:
             doc = evaluate_model(scored, tok, ecfg, info.to_dict(), d / "eval", log=self.log)
         cost = {"n_sentences": len(self.cost_texts)}
         cost["ms_per_sentence"] = _time_scoring(scored, tok, self.cost_texts)
-        if adapter:
+        if merge:  # a merged adapter cannot be switched off: the plain model is read again, the merged one freed
+            del model, scored, plain
+            free_device_memory()
+            plain, tok, _ = load_model(self.model, dtype=self.dtype)
+            scored = model = plain
+            cost["plain_ms_per_sentence"] = _time_scoring(plain, tok, self.cost_texts)
+            cost["adapter_merged"] = True
+        elif adapter:
             with plain.disable_adapter():
                 cost["plain_ms_per_sentence"] = _time_scoring(plain, tok, self.cost_texts)
         elif name == "self_debias":
@@ -408,7 +420,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                 config_overrides: dict | None = None, baseline_batch_size: int | None = None,
                 dpo_pairs_per_step: int | None = None, dpo_beta: float = 0.1, ablation_checkpoint: str = "final",
                 cost_sentences: int = 60, progress: bool = True, stereoset_intersentence: bool = True,
-                log=_log) -> dict:
+                merge_adapter: bool = False, log=_log) -> dict:
     """Run (or reuse) every method, then write <out>/report.md and <out>/report.html. Returns
     {"results": {method: results document}, "report": path, "html": path}.
 
@@ -416,6 +428,8 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
     benchmarks / limit / bbq_per_category / ppl_max_tokens / stereoset_intersentence: the evaluation budget (the
     same for every method).
     config_overrides: further UnlearnConfig settings for every trained method (train_pool, LoRA, batch sizes, ...).
+    merge_adapter: read each trained method with its adapter merged into the weights (in float32, rounded once to
+    dtype), as an export ships it; its scoring cost is then timed against the model read again without it.
     """
     from .unlearn.config import UnlearnConfig
 
@@ -463,7 +477,8 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                               "dpo_beta": dpo_beta, "lora_r": ref_cfg.lora_r, "lora_alpha": ref_cfg.lora_alpha,
                               "seed": ref_cfg.seed, "ablation_checkpoint": ablation_checkpoint,
                               "config_overrides": config_overrides or {}},
-                   "eval": {**_eval_settings(ecfg, dtype)["eval_config"], "dtype": dtype},
+                   "eval": {**_eval_settings(ecfg, dtype)["eval_config"], "dtype": dtype,
+                            **({"merge_adapter": True} if merge_adapter else {})},
                    "splits": {k: split_doc[k] for k in ("checksum", "seed", "dev_fraction", "sources", "counts", "test")}
                    if split_doc else None,
                    "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
@@ -474,7 +489,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
         write_json(out / "splits.json", split_doc)
     runner = _Runner(model, out, budget, config_overrides, data_dir, ecfg, dtype, rerun, baseline_batch_size,
                      dpo_pairs_per_step, dpo_beta, ablation_checkpoint, _cost_texts(splits, cost_sentences),
-                     split_doc["checksum"] if split_doc else None, log)
+                     split_doc["checksum"] if split_doc else None, log, merge_adapter=merge_adapter)
     results = {}
     for name in names:
         twin = runner.same_run_as(name, names)
@@ -565,7 +580,9 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
           f"- Evaluation: benchmarks {', '.join(ev.get('benchmarks') or measured)}; "
           + (f"at most {ev['limit']} examples per benchmark (seeded sample)" if ev.get("limit") else "all examples")
           + f"; BBQ {ev.get('bbq_per_category') or 'all'} per category; perplexity on the first "
-          f"{ev.get('ppl_max_tokens') or 'all'} tokens; dtype {ev.get('dtype')}.",
+          f"{ev.get('ppl_max_tokens') or 'all'} tokens; dtype {ev.get('dtype')}"
+          + ("; the trained methods read with their adapters merged into the weights (in float32, rounded once "
+             f"to {ev.get('dtype')}), as an export ships them." if ev.get("merge_adapter") else "."),
           ]
     if budget.get("config_overrides"):
         md.append(f"- Other settings: `{json.dumps(budget['config_overrides'])}`.")
@@ -647,7 +664,8 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
            "Train: model loading, training and dev checks. Eval: the whole benchmark suite. Memory: "
            + ", ".join(sorted({str(((docs[n].get('method') or {}).get('eval') or {}).get('memory')) for n in docs}))
            + ". Scoring cost: ms per sentence on the same sentences, against the plain model in the same process "
-             "(adapter disabled; for Self-Debias the wrapped model)."]
+             "(adapter disabled, or for a merged adapter the model read again without it; for Self-Debias the "
+             "wrapped model)."]
     if "self_debias" in docs:
         sc = (docs["self_debias"].get("method") or {}).get("scoring_cost") or {}
         md += ["", f"Self-Debias costs {_fmt(sc.get('ratio_to_plain'))}× the plain model per sentence "
@@ -662,6 +680,8 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
         line = f"- **{label_of(n)}** (`{n}`, [{n}/results.json]({n}/results.json))"
         if tr:
             line += f": {tr.get('steps')} steps; evaluated: {tr.get('evaluated')}"
+            if ((d.get("model") or {}).get("extra") or {}).get("adapter_merged"):
+                line += " (merged into the weights)"
             if tr.get("swaps"):
                 line += f"; {len(tr['swaps'])} swaps"
         elif n == "self_debias":

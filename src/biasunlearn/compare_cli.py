@@ -73,7 +73,7 @@ def _compare_cmd(a) -> int:
                       data_dir=a.data_dir, rerun=a.rerun or (), config_overrides=overrides or None,
                       baseline_batch_size=a.batch_size, dpo_pairs_per_step=a.dpo_pairs, dpo_beta=a.dpo_beta,
                       ablation_checkpoint=a.ablation_checkpoint, stereoset_intersentence=not a.no_intersentence,
-                      log=log)
+                      merge_adapter=a.merge_adapter, log=log)
     print(f"report: {res['report']}\nhtml:   {res['html']}")
     return 0
 
@@ -119,6 +119,10 @@ def register(sub) -> None:
     c.add_argument("--dpo-beta", type=float, default=0.1, help="DPO beta")
     c.add_argument("--ablation-checkpoint", default="final", choices=["final", "best"],
                    help="evaluate ablations at the final checkpoint (the paper) or at the best dev check")
+    c.add_argument("--merge-adapter", action="store_true",
+                   help="read each trained method with its adapter merged into the weights (in float32, rounded "
+                        "once to --dtype), as an export ships it: the read runs at the plain model's speed. Off by "
+                        "default: method folders read unmerged are reused as they are")
     c.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="any UnlearnConfig setting for every trained method, e.g. --set lora_r=16 (repeatable)")
     c.add_argument("--rerun", default=None, type=comma_list,

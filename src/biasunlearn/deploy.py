@@ -275,7 +275,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
     export would: in float32, rounded once to `dtype`; models.load_model), at the plain model's speed.
     Returns {"before", "after", "report", "out"}.
     """
-    from .models import load_model
+    from .models import free_device_memory, load_model
     from .report import before_after_markdown
     from .scoring import model_device
 
@@ -293,7 +293,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
     if merge_adapter:
         dev = model_device(m)
         m = None
-        _free_device_memory(dev)
+        free_device_memory(dev)
         _log(log, f"[transfer] merging the adapter into {model}'s weights for the after read "
                   f"({_merge_note(info.dtype)})")
         m, _, info_m = load_model(model, adapter=str(adapter_dir), dtype=info.dtype, device=str(dev),
@@ -378,14 +378,6 @@ def _merge_note(dtype: str) -> str:
     return f"`merge_and_unload` in float32, each merged weight then rounded once to {dtype}"
 
 
-def _free_device_memory(device) -> None:
-    import gc
-
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -412,7 +404,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
     from transformers import AutoModelForCausalLM
 
     from .evaluate import package_versions
-    from .models import load_model, resolve_dtype
+    from .models import free_device_memory, load_model, resolve_dtype
     from .scoring import model_device
 
     adapter_dir = _adapter_dir(adapter)
@@ -466,7 +458,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             _log(log, f"[export] merging the adapter in float32 and rounding the merged weights once to {info.dtype}")
             dev = model_device(m)
             m = None
-            _free_device_memory(dev)
+            free_device_memory(dev)
             merged, _, _ = load_model(model, adapter=str(adapter_dir), dtype=info.dtype, device=str(dev),
                                       merge_adapter=True)
         merged = _drop_quantization(merged)
@@ -504,7 +496,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
         if verify:
             dev = model_device(merged)
             del merged, m
-            _free_device_memory(dev)
+            free_device_memory(dev)
             torch_dtype = resolve_dtype(dtype)
             verification = _probe_check(
                 lambda: AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch_dtype), "the saved merged model",

@@ -191,6 +191,15 @@ def _set_malloc(restore: bool) -> bool:
     return done
 
 
+def free_device_memory(device=None) -> None:
+    """After a model is dropped: collect it, and hand a GPU's cached blocks back (`device` None: the one in use)."""
+    import gc
+
+    gc.collect()
+    if (torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()):
+        torch.cuda.empty_cache()
+
+
 def release_freed_memory() -> bool:
     """Hand the memory malloc holds freed back to the system (glibc's malloc_trim(0)), whatever the tuning above
     keeps: for a long-lived process that measures one block after another. Returns whether it could."""
