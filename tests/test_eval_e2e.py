@@ -390,3 +390,17 @@ def test_merge_adapter_reads_the_adapter_merged(tiny_gpt2_path, fake_data, tmp_p
                             "--runtime", "llama.cpp", "--adapter", str(adapter), "--merge-adapter"])
     assert rc == 2 and "--merge-adapter is for a transformers read, not --runtime llama.cpp" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_version_flag_names_this_package_and_its_libraries(capsys):
+    import importlib.metadata as md
+
+    import biasunlearn
+    from biasunlearn import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"biasunlearn {biasunlearn.__version__} (python ")
+    assert f"torch {md.version('torch')}" in out and f"transformers {md.version('transformers')}" in out

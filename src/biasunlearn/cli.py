@@ -64,8 +64,24 @@ def _eval_cmd(a) -> int:
     return 0
 
 
+class _Version(argparse.Action):
+    """--version: this package's version and those of the libraries a result depends on (no model is loaded)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .evaluate import package_versions
+
+        v = package_versions()
+        rest = ", ".join(f"{k} {v[k]}" for k in v if k not in ("biasunlearn", "python"))
+        print(f"biasunlearn {v['biasunlearn']} (python {v['python']}; {rest})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="biasunlearn", description="Remove social bias from causal LMs by bias unlearning.")
+    p.add_argument("--version", action=_Version, help="print the versions of biasunlearn and its libraries, and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("eval", help="measure bias: StereoSet, CrowS-Pairs, BBQ, perplexity")
