@@ -145,7 +145,8 @@ def test_compare_merge_adapter_reads_like_the_adapter_and_is_not_mixed_with_unme
     assert cost["adapter_merged"] is True and cost["plain_ms_per_sentence"] > 0
     md = (out / "report.md").read_text()
     assert "evaluated: final adapter (merged into the weights)" in md
-    assert "read with their adapters merged into the weights (in float32, rounded once to float32)" in md
+    assert "read with their adapters merged into the weights as an export ships them (`merge_and_unload`, in " \
+        "float32)." in md
 
 
 def test_compare_ablations(tmp_path, tiny_llama_path, data):

@@ -33,7 +33,8 @@ import torch
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
 from .io import atomic_write_text, comma_list, read_json, write_json
-from .models import cuda_has_native_bf16, free_device_memory, machine_info, release_freed_memory, resolve_model_path
+from .models import (cuda_has_native_bf16, free_device_memory, machine_info, merge_note, release_freed_memory,
+                     resolve_model_path)
 
 DEFAULT_METHODS = ("base", "cda", "sft", "dpo", "self_debias", "biasunlearn")
 LABELS = {"base": "Base model", "cda": "CDA", "sft": "SFT", "dpo": "DPO", "self_debias": "Self-Debias",
@@ -581,8 +582,8 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
           + (f"at most {ev['limit']} examples per benchmark (seeded sample)" if ev.get("limit") else "all examples")
           + f"; BBQ {ev.get('bbq_per_category') or 'all'} per category; perplexity on the first "
           f"{ev.get('ppl_max_tokens') or 'all'} tokens; dtype {ev.get('dtype')}"
-          + ("; the trained methods read with their adapters merged into the weights (in float32, rounded once "
-             f"to {ev.get('dtype')}), as an export ships them." if ev.get("merge_adapter") else "."),
+          + ("; the trained methods read with their adapters merged into the weights as an export ships them "
+             f"({merge_note(ev.get('dtype'))})." if ev.get("merge_adapter") else "."),
           ]
     if budget.get("config_overrides"):
         md.append(f"- Other settings: `{json.dumps(budget['config_overrides'])}`.")

@@ -31,6 +31,7 @@ from .adapters import adapter_mismatches, adapter_training_config, apply_adapter
 from .errors import BiasUnlearnError, ConfigError, ModelLoadError
 from .gguf_export import LlamaCppScorer, llama_cpp_version
 from .io import atomic_write_text, read_json, sha256_file, write_json
+from .models import merge_note
 
 # Where the built-in models come from (the card's `base_model`); both are quantised GGUF copies, dequantised.
 BUILTIN_UPSTREAM = {
@@ -295,7 +296,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
         m = None
         free_device_memory(dev)
         _log(log, f"[transfer] merging the adapter into {model}'s weights for the after read "
-                  f"({_merge_note(info.dtype)})")
+                  f"({merge_note(info.dtype)})")
         m, _, info_m = load_model(model, adapter=str(adapter_dir), dtype=info.dtype, device=str(dev),
                                   merge_adapter=True)
         info_after = cache_info(info_m, adapter_dir)
@@ -311,7 +312,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
              f"- model: `{model}` ({info.description}; resolved to `{info.resolved}`), dtype {info.dtype}, device {info.device}",
              f"- fit check: {n_mod} adapted modules, every module present and every shape equal",
              "- results: `eval_before/results.json` (model alone), `eval_after/results.json` (model + adapter"
-             + (f", merged into the weights for the read: {_merge_note(info.dtype)})" if merge_adapter else ")"),
+             + (f", merged into the weights for the read: {merge_note(info.dtype)})" if merge_adapter else ")"),
              f"- created {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}, "
              f"{time.perf_counter() - t0:.0f} s", "",
              "## Before / after", "",
@@ -369,13 +370,6 @@ def _drop_quantization(model):
                                  "(e.g. --dtype bfloat16 from the original weights) to export a merged model")
         model = plain_copy(model)
     return model
-
-
-def _merge_note(dtype: str) -> str:
-    """How an adapter was merged (export, transfer --merge-adapter), for provenance, model card and report."""
-    if dtype == "float32":
-        return "`merge_and_unload`, in float32"
-    return f"`merge_and_unload` in float32, each merged weight then rounded once to {dtype}"
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -525,7 +519,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             "base_model": info.to_dict(), "upstream": BUILTIN_UPSTREAM.get(model, (None, None))[0],
             "adapter": str(adapter_dir), "adapter_base": adapter_base_name(adapter_dir),
             "adapter_sha256": adapter_checksums(adapter_dir), "adapter_config": _adapter_config(adapter_dir),
-            "training_config": found.get("config"), "dtype": info.dtype, "merge": _merge_note(info.dtype),
+            "training_config": found.get("config"), "dtype": info.dtype, "merge": merge_note(info.dtype),
             "verification": verification,
             "results": {"before": before_src, "after": after_src}, "versions": package_versions(),
             "gguf": gguf_info,
@@ -739,7 +733,7 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
         L.append(f"- weights: the {upstream_note}, dequantised to plain tensors; scores differ slightly from the "
                  "original full-precision release")
     L += [f"- saved dtype: {base.get('dtype', '?')}; parameters: {base.get('n_params', 0):,}",
-          f"- the adapter is merged ({_merge_note(base.get('dtype', 'float32'))}); `config.json` carries no "
+          f"- the adapter is merged ({merge_note(base.get('dtype', 'float32'))}); `config.json` carries no "
           "`quantization_config`"]
     if verification and verification.get("checked"):
         L.append(f"- check at export: reloaded with `AutoModelForCausalLM.from_pretrained`, the merged model scores "

@@ -191,6 +191,13 @@ def _set_malloc(restore: bool) -> bool:
     return done
 
 
+def merge_note(dtype: str) -> str:
+    """How load_model(merge_adapter=True) and export merge an adapter, in words for reports, provenance and cards."""
+    if str(dtype).removeprefix("torch.") == "float32":
+        return "`merge_and_unload`, in float32"
+    return f"`merge_and_unload` in float32, each merged weight then rounded once to {str(dtype).removeprefix('torch.')}"
+
+
 def free_device_memory(device=None) -> None:
     """After a model is dropped: collect it, and hand a GPU's cached blocks back (`device` None: the one in use)."""
     import gc

@@ -21,7 +21,7 @@ from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions,
                         read_stereoset_predictions)
 from ..io import atomic_write_text, comma_list, read_json, write_json
-from ..models import load_model, machine_info, restore_glibc_malloc, tune_glibc_malloc
+from ..models import load_model, machine_info, merge_note, restore_glibc_malloc, tune_glibc_malloc
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig, legacy_value
 from .controller import SwapController
@@ -426,8 +426,7 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
     parts += ["", "## Training", "", f"- steps: {summary.get('steps')}, wall time {summary.get('train_wall_time_s')} s, "
               f"peak memory {summary.get('peak_memory_mb', 0):.0f} MB",
               f"- adapter/ (the one evaluated above): {summary.get('adapter', 'best dev check')}"
-              + ("; merged into the weights for the read (in float32, rounded once to "
-                 f"{(after.get('model') or {}).get('dtype')})"
+              + (f"; merged into the weights for the read: {merge_note((after.get('model') or {}).get('dtype'))}"
                  if ((after.get("model") or {}).get("extra") or {}).get("adapter_merged") else ""),
               f"- best dev check (best_adapter/): {describe_best(summary.get('best'), cfg.checkpoint_metric)}",
               f"- swaps: {len(summary.get('swaps', []))}" + "".join(
