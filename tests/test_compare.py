@@ -332,6 +332,47 @@ def test_a_model_that_is_not_there_is_refused_before_anything_is_written(tmp_pat
     assert not (tmp_path / "cmp").exists()
 
 
+def test_report_only_refuses_a_folder_that_is_not_a_comparison_and_warns_of_missing_methods(tmp_path):
+    from biasunlearn import cli
+
+    run = tmp_path / "run"  # a train run's folder: its report is not a comparison's to replace
+    for name in ("eval_before", "eval_after"):
+        (run / name).mkdir(parents=True)
+        (run / name / "results.json").write_text("{}")
+    (run / "report.md").write_text("the run's own report")
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli.main(["compare", "--out", str(run), "--report-only"]) == 2
+    assert "no method results to report" in err.getvalue() and "is it a compare --out?" in err.getvalue()
+    assert (run / "report.md").read_text() == "the run's own report"
+    out = tmp_path / "rep"
+    write_folder(out, {"base": doc("base", "base", {"overall": 60.0}, 90.0, {"overall": 55.0}, 1.0, 20.0)})
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert cli.main(["compare", "--out", str(out), "--report-only", "--methods", "cda"]) == 0
+    assert "warning: no results.json for cda" in err.getvalue()
+    assert "not finished (no results.json yet): cda" in (out / "report.md").read_text()
+
+
+def test_a_misspelt_rerun_or_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, data, tiny_llama_path):
+    from biasunlearn.compare import run_compare
+    from biasunlearn.compare_seeds import run_compare_seeds
+    from biasunlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--rerun: bas not among the methods run here \(base; or 'all'\)"):
+        run(tiny_llama_path, tmp_path / "cmp", data, methods="base", rerun="bas")
+    with pytest.raises(ConfigError, match="--rerun: sft not among the methods run here"):
+        run_compare_seeds(str(tiny_llama_path), "base,cda", tmp_path / "seeds", seeds=[1, 2], rerun="sft")
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "seeds").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ConfigError, match="--out .*afile: is a file, not a folder"):
+        run_compare(str(tiny_llama_path), methods="base", out=afile, data_dir=data, limit=2)
+    with pytest.raises(ConfigError, match="goes through .*afile, which is a file"):
+        run_compare_seeds(str(tiny_llama_path), "base", afile / "sub", seeds=[1, 2])
+    assert afile.read_text() == "mine"
+
+
 def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     from biasunlearn import cli, compare
 

@@ -475,3 +475,22 @@ def test_bench_train_report_says_which_adapter_was_read():
     assert bt._which_adapter({"adapter": "step 250 (stop_at_step)"}) == "step 250 (stop_at_step), fixed before the run"
     assert bt._which_adapter({"adapter": "best dev check"}) == "its own dev-chosen checkpoint"
     assert bt._which_adapter({}) == "its own dev-chosen checkpoint"  # runs from before the field was recorded
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_model_is_read(tiny, tmp_path, monkeypatch):
+    from biasunlearn import deploy, evaluate
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was read before --out was checked")
+
+    monkeypatch.setattr("biasunlearn.models.load_model", no_model)
+    monkeypatch.setattr(deploy, "load_model", no_model, raising=False)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(ConfigError, match="--out .*afile: is a file, not a folder"):
+        evaluate.run_eval(str(tiny["llama"]), cfg=_cfg(tiny["data"]), out_dir=afile, log=QUIET)
+    with pytest.raises(ConfigError, match="--out .*afile: is a file, not a folder"):
+        transfer(tiny["adapter"], str(tiny["variant"]), afile, cfg=_cfg(tiny["data"]), device="cpu", log=QUIET)
+    with pytest.raises(ConfigError, match="goes through .*afile, which is a file"):
+        export_merged(str(tiny["llama"]), tiny["adapter"], afile / "merged", device="cpu", log=QUIET)
+    assert afile.read_text() == "mine"

@@ -303,6 +303,24 @@ def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_i
     from biasunlearn.train_cli import holds_run
 
     assert holds_run(out) and not holds_run(tiny_llama_path)
+    # ... so it is neither resumed nor trained into: a run there would write over the model's config.json
+    model_copy = tmp_path / "model_copy"
+    shutil.copytree(tiny_llama_path, model_copy)
+    model_config = (model_copy / "config.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(model_copy)]) == 2
+    assert f"--resume {model_copy}: no run there" in capsys.readouterr().err
+    assert main(words[:1] + ["--out", str(model_copy)] + words[3:]) == 2
+    assert "is not a run's (a model's, model_type 'llama')" in capsys.readouterr().err
+    assert (model_copy / "config.json").read_bytes() == model_config
+    assert sorted(p.name for p in model_copy.iterdir()) == sorted(p.name for p in tiny_llama_path.iterdir())
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(words[:1] + ["--out", str(afile)] + words[3:]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and afile.read_text() == "mine"
+    # a run continues on the model it started on
+    assert main(["train", "--resume", str(out), "--model", str(model_copy)]) == 2
+    assert f"was started on {tiny_llama_path}, not {model_copy}" in capsys.readouterr().err
 
 
 def test_a_start_that_fails_to_load_the_model_leaves_no_empty_run_folder(tmp_path, fake_data, capsys):

@@ -32,7 +32,7 @@ import torch
 
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
-from .io import atomic_write_text, comma_list, read_json, write_json
+from .io import atomic_write_text, check_folder_path, comma_list, read_json, write_json
 from .models import (cuda_has_native_bf16, free_device_memory, machine_info, merge_note, release_freed_memory,
                      resolve_model_path)
 
@@ -397,6 +397,16 @@ class _Runner:
         return doc
 
 
+def check_rerun(rerun, names: list[str]) -> list[str]:
+    """`--rerun` as a list, each entry a method run here or 'all': a misspelt name would otherwise keep the old
+    results without a word."""
+    rerun = comma_list(rerun) if isinstance(rerun, str) else list(rerun or ())
+    stray = [r for r in rerun if r != "all" and r not in names]
+    if stray:
+        raise ConfigError(f"--rerun: {', '.join(stray)} not among the methods run here ({', '.join(names)}; or 'all')")
+    return rerun
+
+
 def resolve_methods(methods, ablations: bool) -> list[str]:
     """The methods to run, in report order; the base model always comes first (ΔLMS and Δperplexity need it)."""
     if isinstance(methods, str):
@@ -434,14 +444,13 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
     """
     from .unlearn.config import UnlearnConfig
 
-    out = Path(out)
+    out = check_folder_path(out)
     names = resolve_methods(methods, ablations)
     if ablation_checkpoint not in ("final", "best"):
         raise ConfigError(f"ablation_checkpoint {ablation_checkpoint!r}: expected final or best")
     if isinstance(benchmarks, str):
         benchmarks = tuple(comma_list(benchmarks))
-    if isinstance(rerun, str):
-        rerun = comma_list(rerun)
+    rerun = check_rerun(rerun, names)
     if dtype is None:
         dtype = "bfloat16" if cuda_has_native_bf16() else "float32"
     ecfg = EvalConfig(benchmarks=tuple(benchmarks), data_dir=str(data_dir) if data_dir is not None else None,
@@ -550,10 +559,12 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
     if not out.is_dir():
         raise ConfigError(f"{out}: no such folder (--report-only rebuilds the report of an earlier compare --out)")
     plan = plan or (read_json(out / "compare.json") if (out / "compare.json").exists() else {})
-    names = names or plan.get("methods") or [p.name for p in sorted(out.iterdir()) if (p / "results.json").exists()]
+    names = names or plan.get("methods") or [p.name for p in sorted(out.iterdir())
+                                             if p.name in KINDS and (p / "results.json").exists()]
     docs = {n: read_json(out / n / "results.json") for n in names if (out / n / "results.json").exists()}
     if not docs:
-        raise ConfigError(f"{out}: no method results to report")
+        raise ConfigError(f"{out}: no method results to report (no compare.json and no finished method folder: "
+                          f"{', '.join(names) if names else 'none named ' + ', '.join(KINDS)}); is it a compare --out?")
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
     main = [n for n in docs if n not in ABLATIONS]
@@ -696,7 +707,7 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
     text = "\n".join(md) + "\n"
     rep = atomic_write_text(out / "report.md", text)
     html = atomic_write_text(out / "report.html", R.markdown_to_html(text, base_dir=out, title="biasunlearn compare"))
-    return {"report": str(rep), "html": str(html)}
+    return {"report": str(rep), "html": str(html), "missing": missing}
 
 
 __all__ = ["run_compare", "write_compare_report", "resolve_methods", "make_method_config", "DEFAULT_METHODS",

@@ -30,6 +30,9 @@ def _compare_cmd(a) -> int:
             paths = write_seeds_report(out, seeds, names)
         else:
             paths = write_compare_report(out, names)
+        if paths.get("missing"):
+            print(f"[compare] warning: no results.json for {', '.join(paths['missing'])} in {out}: left out of the "
+                  "report", file=sys.stderr)
         print(f"report: {paths['report']}\nhtml:   {paths['html']}")
         return 0
     from .cli import check_eval_budget

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError
-from .io import atomic_write_text, comma_list, read_json, write_json
+from .io import atomic_write_text, check_folder_path, comma_list, read_json, write_json
 
 PLAN = "compare_seeds.json"
 SUMMARY = "seeds_summary.json"
@@ -63,7 +63,7 @@ def run_compare_seeds(model: str = "smollm2-135m", methods=None, out="runs/compa
     """`run_compare` once per seed into <out>/seed-<s>/ (finished methods there are reused, as by `compare`), then
     the pooled report. Keyword arguments other than these are `run_compare`'s. Returns {"seeds": [...],
     "results": {seed: {method: results document}}, "report": path, "html": path}."""
-    from .compare import TRAINED, resolve_methods, run_compare
+    from .compare import TRAINED, check_rerun, resolve_methods, run_compare
 
     seeds = parse_seeds(seeds)
     overrides = dict(config_overrides or {})
@@ -71,10 +71,8 @@ def run_compare_seeds(model: str = "smollm2-135m", methods=None, out="runs/compa
         raise ConfigError(f"--seeds {','.join(map(str, seeds))} and the setting seed={overrides['seed']} were both "
                           "given: --seeds sets each run's seed")
     names = resolve_methods(methods, ablations)
-    out = Path(out)
-    if isinstance(rerun, str):
-        rerun = comma_list(rerun)
-    rerun = list(rerun or ())
+    out = check_folder_path(out)
+    rerun = check_rerun(rerun, names)  # before any seed runs
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / PLAN, {"model": model, "methods": names, "ablations": ablations, "seeds": seeds,
                             "folders": {str(s): seed_folder(out, s).name for s in seeds},

@@ -30,7 +30,7 @@ import torch
 from .adapters import adapter_mismatches, adapter_training_config, apply_adapter
 from .errors import BiasUnlearnError, ConfigError, ModelLoadError
 from .gguf_export import LlamaCppScorer, llama_cpp_version
-from .io import atomic_write_text, read_json, sha256_file, write_json
+from .io import atomic_write_text, check_folder_path, read_json, sha256_file, write_json
 from .models import merge_note
 
 # Where the built-in models come from (the card's `base_model`); both are quantised GGUF copies, dequantised.
@@ -282,7 +282,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
 
     adapter_dir = _adapter_dir(adapter)
     cfg = _eval_cfg(cfg)
-    out = Path(out)
+    out = check_folder_path(out)
     t0 = time.perf_counter()
     m, tok, info = load_model(model, dtype=dtype, device=device)
     check_adapter_fits(m, adapter_dir, f"--model {model}")
@@ -373,6 +373,7 @@ def _drop_quantization(model):
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
+    check_folder_path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"--out {out}: folder exists and is not empty (pass --overwrite to replace it)")

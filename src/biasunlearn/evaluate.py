@@ -17,7 +17,7 @@ from . import __version__
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .data.common import check_against_sums
 from .errors import ConfigError, DataError
-from .io import read_jsonl, sha256_file, write_json, write_jsonl
+from .io import check_folder_path, read_jsonl, sha256_file, write_json, write_jsonl
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores, term_scores
 from .models import machine_info
 from .scoring import score_sequences, score_texts, score_texts_shared
@@ -304,6 +304,8 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
 
     cfg = cfg or EvalConfig()
     check_config(cfg)
+    if out_dir is not None:
+        check_folder_path(out_dir)
     if runtime is None:
         if merge_adapter and not adapter:
             raise ConfigError("--merge-adapter: there is no --adapter to merge")

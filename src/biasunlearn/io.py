@@ -10,6 +10,20 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+def check_folder_path(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be made: a file, or a path through a file."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"goes through {p}, which is a file"
+                raise ConfigError(f"{flag} {path}: {where}, not a folder")
+            break
+    return path
+
+
 def comma_list(spec: str | None) -> list[str]:
     """'a, b,,c' -> ['a', 'b', 'c']: how every comma-separated setting (benchmarks, files, methods, layers) is read."""
     return [x.strip() for x in (spec or "").split(",") if x.strip()]

@@ -63,8 +63,12 @@ def saved_run_settings(folder: Path) -> dict:
         doc = read_json(path)
     except (OSError, ValueError) as e:
         raise ConfigError(f"--resume {folder}: {path} cannot be read ({e})") from e
-    if doc.get("method", "biasunlearn") != "biasunlearn":
-        raise ConfigError(f"--resume {folder}: the run there is {doc.get('method')!r}, not a BiasUnlearn run")
+    kind = run_kind(doc)
+    if kind is None:
+        raise ConfigError(f"--resume {folder}: no run there ({path} is not a run's config.json: "
+                          f"{_what_config_is(doc)})")
+    if kind != "biasunlearn":
+        raise ConfigError(f"--resume {folder}: the run there is {kind!r}, not a BiasUnlearn run")
     if "settings" in doc:
         values = dict(doc["settings"])
     else:  # a run written before config.json kept every setting: its method settings, enums as "Enum.NAME"
@@ -76,14 +80,50 @@ def saved_run_settings(folder: Path) -> dict:
     return coerce_settings({k: v for k, v in values.items() if k not in gone}, str(path))
 
 
+def run_kind(doc) -> str | None:
+    """The method of the run whose config.json is `doc`, or None when it is not a run's (a model's, an export's).
+    A run's names its method; one written before it did keeps its settings under "config" and nothing of a
+    model's."""
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc.get("method"), str):
+        return doc["method"]
+    if isinstance(doc.get("config"), dict) and not ({"model_type", "architectures"} & set(doc)):
+        return "biasunlearn"
+    return None
+
+
+def _what_config_is(doc) -> str:
+    if isinstance(doc, dict) and ("model_type" in doc or "architectures" in doc):
+        return f"a model's, model_type {doc.get('model_type')!r}"
+    return "it names no method"
+
+
 def holds_run(folder: Path) -> bool:
     """Whether `folder` holds a BiasUnlearn run (its config.json, not, say, a model's)."""
     from .io import read_json
 
     try:
-        return read_json(Path(folder) / "config.json").get("method") == "biasunlearn"
-    except (OSError, ValueError, AttributeError):
+        return run_kind(read_json(Path(folder) / "config.json")) == "biasunlearn"
+    except (OSError, ValueError):
         return False
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse a run folder the run would damage: a file, or a folder whose config.json is not a run's (a model
+    folder: the run would write its own config.json over the model's). Other files there are left alone."""
+    from .io import check_folder_path, read_json
+
+    out = check_folder_path(out)
+    cfg = out / "config.json"
+    if cfg.is_file():
+        try:
+            doc = read_json(cfg)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--out {out}: {cfg} cannot be read ({e}); name another --out") from e
+        if run_kind(doc) is None:
+            raise ConfigError(f"--out {out}: {cfg} is not a run's ({_what_config_is(doc)}); a run there would "
+                              "write over it: name another --out")
 
 
 def parse_train_config(argv: list[str]):
@@ -103,10 +143,12 @@ def parse_train_config(argv: list[str]):
     if isinstance(own.resume, str) and own.out and Path(own.out) != Path(own.resume):
         raise ConfigError(f"--resume {own.resume} and --out {own.out} name two folders; give one")
     values: dict = {}
+    saved: dict = {}
     if resume:
         if not folder:
             raise ConfigError("--resume needs the run folder: --resume DIR (or --out DIR --resume)")
-        values = saved_run_settings(Path(folder))
+        saved = saved_run_settings(Path(folder))
+        values = dict(saved)
     if own.config:
         values.update(read_recipe(own.config))
     if folder:
@@ -124,6 +166,10 @@ def parse_train_config(argv: list[str]):
     kw = {**values, **vars(cli_ns)}
     for k, v in DEFAULTS.items():
         kw.setdefault(k, v)
+    if resume and "model" in saved and kw.get("model") != saved["model"]:
+        raise ConfigError(f"--resume {folder}: the run there was started on {saved['model']}, not {kw.get('model')}; "
+                          "a run continues on its own model (`biasunlearn transfer` puts a finished run's adapter "
+                          "on another model and measures it)")
     return make_config(**kw), resume
 
 
@@ -170,6 +216,7 @@ def _train_cmd(a, extra) -> int:
         return 0
     cfg, resume = parse_train_config(words)
     out = Path(cfg.output_dir)
+    check_out_folder(out)
     if resume and a.overwrite:
         raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: give one")
     # the main process alone looks and clears (under accelerate launch the others start later and write nothing
