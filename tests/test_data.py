@@ -1,5 +1,6 @@
 """Loaders on small files written here, including malformed ones: every DataError names the file and the row."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,17 @@ CROWS_HEADER = ["", "sent_more", "sent_less", "stereo_antistereo", "bias_type", 
                 "anon_annotators"]
 
 
-def assert_names(err: DataError, path: Path, row=None):
+def assert_names(err: DataError, path: Path, row=None, item=None):
+    """row: the 1-based line of a text file; item: the 0-based index into a JSON list, said 1-based."""
     msg = str(err)
     assert str(path) in msg
     assert err.path == str(path)
     if row is not None:
         assert f"row {row}" in msg
         assert err.row == row
+    if item is not None:
+        assert f"item {item + 1} of its list" in msg
+        assert err.item == item
 
 
 # --- StereoSet CSV -------------------------------------------------------------------------------------------------
@@ -172,24 +177,56 @@ def test_stereoset_json_malformed_items(tmp_path):
     p.write_text(json.dumps([ZJUNLP[0], no_target]))
     with pytest.raises(DataError, match="no 'target' field") as ei:
         load_stereoset_json(p)
-    assert_names(ei.value, p, row=1)  # JSON rows are list indices
+    assert_names(ei.value, p, item=1)  # said 1-based: "item 2 of its list"
 
     neither = {k: v for k, v in ZJUNLP[1].items() if k != "data"}
     p.write_text(json.dumps([neither]))
     with pytest.raises(DataError, match="neither 'sentences' nor 'data'") as ei:
         load_stereoset_json(p)
-    assert_names(ei.value, p, row=0)
+    assert_names(ei.value, p, item=0)
 
     bad_sentence = dict(ZJUNLP[0], sentences=[{"sentence": "x", "id": "1"}])
     p.write_text(json.dumps([ZJUNLP[1], ZJUNLP[1], bad_sentence]))
     with pytest.raises(DataError, match="lacks 'sentence' or 'gold_label'") as ei:
         load_stereoset_json(p)
-    assert_names(ei.value, p, row=2)
+    assert_names(ei.value, p, item=2)
 
     p.write_text(json.dumps([ZJUNLP[1], "not an object"]))
     with pytest.raises(DataError, match="not an object") as ei:
         load_stereoset_json(p)
-    assert_names(ei.value, p, row=1)
+    assert_names(ei.value, p, item=1)
+
+    # fields of the wrong type are named, not a TypeError or a silent skip
+    for bad, message in ((dict(ZJUNLP[1], data="oops"), "'data' is a str, not an object of labelled sentences"),
+                         (dict(ZJUNLP[1], data={**ZJUNLP[1]["data"], "stereotype": "text"}),
+                          "the stereotype sentence is 'text', not an object with a non-empty 'sentence'"),
+                         (dict(ZJUNLP[1], data={**ZJUNLP[1]["data"], "stereotype": {"id": "s1"}}),
+                          "the stereotype sentence is {'id': 's1'}"),
+                         (dict(ZJUNLP[1], bias_type=None), "'bias_type' is None, not a non-empty string"),
+                         (dict(ZJUNLP[0], sentences="three"), "'sentences' is a str, not a list")):
+        p.write_text(json.dumps([ZJUNLP[1], bad]))
+        with pytest.raises(DataError, match=re.escape(message)) as ei:
+            load_stereoset_json(p)
+        assert_names(ei.value, p, item=1)
+
+
+def test_data_files_that_are_not_utf8_are_named_with_the_line(tmp_path):
+    csv_path = tmp_path / "intrasentence_gender_data.csv"
+    header = "Domain,Target,Context,Unrelated Sentence,Anti-stereotype Sentence,Stereotype Sentence\n"
+    csv_path.write_bytes(header.encode() + b"gender,mother,The BLANK,The fox.,The cold mother.,The caring m\xffther.\n")
+    with pytest.raises(DataError, match=r"not UTF-8 text: byte 0xff at offset \d+") as ei:
+        load_stereoset_csv(csv_path)
+    assert_names(ei.value, csv_path, row=2)
+    bbq_path = tmp_path / "Age.jsonl"
+    bbq_path.write_bytes(b'{"a": 1}\n{"b": "\xfe"}\n')
+    with pytest.raises(DataError, match="byte 0xfe") as ei:
+        load_bbq(bbq_path)
+    assert_names(ei.value, bbq_path, row=2)
+    crows = tmp_path / "crows.csv"
+    crows.write_bytes(b"sent_more,sent_less\n\xff,b\n")
+    with pytest.raises(DataError, match="not UTF-8 text") as ei:
+        load_crows_pairs(crows)
+    assert_names(ei.value, crows, row=2)
 
 
 def test_stereoset_json_missing_gold_label_is_skipped_and_counted(tmp_path):
@@ -385,17 +422,25 @@ def test_bbq_malformed(tmp_path):
     assert_names(ei.value, p, row=3)
 
     write_jsonl(p, [good[0], dict(good[1], label="two")])
-    with pytest.raises(DataError, match="malformed field") as ei:
+    with pytest.raises(DataError, match="field label is 'two', not a whole number") as ei:
         load_bbq(p)
     assert_names(ei.value, p, row=2)
+    # a malformed field is named by its path in the line
+    write_jsonl(p, [good[0], dict(good[1], answer_info={**good[1]["answer_info"], "ans1": "grandson"})])
+    with pytest.raises(DataError, match=r"field answer_info.ans1 is a str, not a list") as ei:
+        load_bbq(p)
+    assert_names(ei.value, p, row=2)
+    write_jsonl(p, [dict(good[0], answer_info="none")])
+    with pytest.raises(DataError, match=r"field answer_info.ans0 is missing \(answer_info is a str\)"):
+        load_bbq(p)
 
     write_jsonl(p, [good[0], '{"example_id": 1, "label": ', good[1]])
-    with pytest.raises(DataError, match="invalid JSON") as ei:
+    with pytest.raises(DataError, match=r"invalid JSON: Expecting value \(character 29 of the line\)") as ei:
         load_bbq(p)
     assert_names(ei.value, p, row=2)
 
     write_jsonl(p, [{k: v for k, v in good[0].items() if k != "question"}])
-    with pytest.raises(DataError, match="missing or malformed field: 'question'") as ei:
+    with pytest.raises(DataError, match="field question is missing$") as ei:
         load_bbq(p)
     assert_names(ei.value, p, row=1)
 

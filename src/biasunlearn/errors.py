@@ -8,10 +8,12 @@ class BiasUnlearnError(Exception):
 class DataError(BiasUnlearnError):
     """A data file is missing or malformed."""
 
-    def __init__(self, path, message, row=None):
-        where = f"{path}" + (f", row {row}" if row is not None else "")
+    def __init__(self, path, message, row=None, item=None):
+        """row: a 1-based line of a text file (CSV, JSONL); item: a 0-based index into a JSON list, said 1-based."""
+        where = f"{path}" + (f", row {row}" if row is not None else "") \
+            + (f", item {item + 1} of its list" if item is not None else "")
         super().__init__(f"{where}: {message}")
-        self.path, self.row = str(path), row
+        self.path, self.row, self.item = str(path), row, item
 
 
 class ModelLoadError(BiasUnlearnError):

@@ -6,12 +6,13 @@ does not match are skipped with a counted reason. Results built on this are labe
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from .common import SkipLog
+from .common import SkipLog, read_utf8
 
 _FEMALE = {"woman", "girl", "f", "female"}
 _MALE = {"man", "boy", "m", "male"}
@@ -68,6 +69,10 @@ def _target_index(ex: dict) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def _path(keys) -> str:
+    return "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else k) for i, k in enumerate(keys))
+
+
 def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
     """One ``<Category>.jsonl`` file, or a folder of them (sorted by name)."""
     path = Path(path)
@@ -80,22 +85,47 @@ def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
     if not path.is_file():
         raise DataError(path, "file not found")
     out = []
-    with open(path, encoding="utf-8") as f:
+    with io.StringIO(read_utf8(path)) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 ex = json.loads(line)
-                answers = [ex["ans0"], ex["ans1"], ex["ans2"]]
-                tags = [ex["answer_info"][f"ans{i}"][1] for i in range(3)]
-                label = int(ex["label"])
-                polarity, condition = ex["question_polarity"], ex["context_condition"]
-                context, question, category = ex["context"], ex["question"], ex["category"]
-                eid = f"{category}-{ex['example_id']}"
             except json.JSONDecodeError as e:
-                raise DataError(path, f"invalid JSON: {e.msg}", row=line_no) from e
-            except (KeyError, TypeError, IndexError, ValueError) as e:
-                raise DataError(path, f"missing or malformed field: {e}", row=line_no) from e
+                raise DataError(path, f"invalid JSON: {e.msg} (character {e.pos + 1} of the line)", row=line_no) from e
+
+            def field(*keys, kind=str):
+                value = ex
+                for k in keys:
+                    try:
+                        value = value[k]
+                    except (KeyError, IndexError, TypeError):
+                        above = _path(keys[:keys.index(k)])
+                        why = ("" if isinstance(value, (dict, list)) or not above
+                               else f" ({above} is a {type(value).__name__})")
+                        raise DataError(path, f"field {_path(keys)} is missing{why}", row=line_no) from None
+                if kind is int:
+                    try:
+                        return int(value)
+                    except (TypeError, ValueError):
+                        raise DataError(path, f"field {_path(keys)} is {value!r}, not a whole number",
+                                        row=line_no) from None
+                if not isinstance(value, kind):
+                    raise DataError(path, f"field {_path(keys)} is a {type(value).__name__}, not a {kind.__name__}",
+                                    row=line_no)
+                return value
+
+            answers = [field(f"ans{i}") for i in range(3)]
+            infos = [field("answer_info", f"ans{i}", kind=list) for i in range(3)]
+            bad = [i for i, x in enumerate(infos) if len(x) != 2 or not all(isinstance(v, str) for v in x)]
+            if bad:
+                raise DataError(path, f"field answer_info.ans{bad[0]} is {infos[bad[0]]!r}, not [answer text, tag]",
+                                row=line_no)
+            tags = [x[1] for x in infos]
+            label = field("label", kind=int)
+            polarity, condition = field("question_polarity"), field("context_condition")
+            context, question, category = field("context"), field("question"), field("category")
+            eid = f"{category}-{field('example_id', kind=object)}"
             if label not in (0, 1, 2):
                 raise DataError(path, f"label {label} is not 0, 1 or 2", row=line_no)
             if polarity not in ("neg", "nonneg") or condition not in ("ambig", "disambig"):
@@ -103,7 +133,11 @@ def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
             if tags.count("unknown") != 1:
                 skips.skip("not exactly one 'unknown' option", eid)
                 continue
-            target = _target_index(ex)
+            try:
+                target = _target_index(ex)
+            except (AttributeError, TypeError) as e:
+                raise DataError(path, f"field additional_metadata.stereotyped_groups is malformed ({e})",
+                                row=line_no) from e
             if target is None:
                 skips.skip("stereotyped group matches no single option (bias score only)", eid)
             out.append(BBQExample(

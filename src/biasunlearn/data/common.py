@@ -64,6 +64,20 @@ def check_against_sums(root: Path, checksums: dict) -> None:
                                   "it as it is")
 
 
+def read_utf8(path: str | os.PathLike) -> str:
+    """A data file's text; bytes that are not UTF-8 are a DataError naming the file, line and byte (a file saved in
+    another encoding, or damaged), not a UnicodeDecodeError naming neither."""
+    from ..errors import DataError
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(path, f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} ({e.reason}); "
+                              "save the file as UTF-8", row=line) from e
+
+
 def resolve_data_path(relative: str, root: str | os.PathLike | None = None) -> Path:
     p = Path(relative)
     if p.is_absolute():

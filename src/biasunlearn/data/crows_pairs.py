@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from .common import SkipLog
+from .common import SkipLog, read_utf8
 
 _REQUIRED = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 
@@ -26,7 +27,7 @@ def load_crows_pairs(path, skips: SkipLog | None = None) -> list[CrowsPair]:
     if not path.is_file():
         raise DataError(path, "file not found")
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
         absent = [c for c in _REQUIRED if c not in cols]

@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from .common import SkipLog
+from .common import SkipLog, read_utf8
 
 LABELS = ("stereotype", "anti-stereotype", "unrelated")
 TASKS = ("intrasentence", "intersentence")
@@ -79,26 +80,39 @@ def split_x_word_rest(context: str, sentence: str) -> tuple[str, str, str]:
     return x, word, rest
 
 
-def _example_from_sentences(ex: dict, task: str, path: Path, row: int, skips: SkipLog) -> StereoSetExample | None:
+def _example_from_sentences(ex: dict, task: str, path: Path, item: int, skips: SkipLog) -> StereoSetExample | None:
+    """One example of a JSON list; `item` is its 0-based place in the list (errors say it 1-based)."""
     for key in ("id", "target", "bias_type", "context"):
         if key not in ex:
-            raise DataError(path, f"example has no '{key}' field", row)
+            raise DataError(path, f"example has no '{key}' field", item=item)
+        if key != "id" and not (isinstance(ex[key], str) and ex[key].strip()):
+            raise DataError(path, f"'{key}' is {ex[key]!r}, not a non-empty string", item=item)
     by_label: dict[str, dict] = {}
     if "sentences" in ex:
+        if not isinstance(ex["sentences"], list):
+            raise DataError(path, f"'sentences' is a {type(ex['sentences']).__name__}, not a list", item=item)
         for s in ex["sentences"]:
-            if "gold_label" not in s or "sentence" not in s:
-                raise DataError(path, "a sentence lacks 'sentence' or 'gold_label'", row)
+            if not isinstance(s, dict) or "gold_label" not in s or "sentence" not in s:
+                raise DataError(path, "a sentence lacks 'sentence' or 'gold_label'", item=item)
             by_label[s["gold_label"]] = {"sentence": s["sentence"], "id": s.get("id", "")}
     elif "data" in ex:
+        if not isinstance(ex["data"], dict):
+            raise DataError(path, f"'data' is a {type(ex['data']).__name__}, not an object of labelled sentences",
+                            item=item)
         for label in LABELS:
             if label in ex["data"]:
                 by_label[label] = ex["data"][label]
     else:
-        raise DataError(path, "example has neither 'sentences' nor 'data'", row)
+        raise DataError(path, "example has neither 'sentences' nor 'data'", item=item)
     missing = [lab for lab in LABELS if lab not in by_label]
     if missing:
         skips.skip(f"missing gold label(s) {','.join(missing)}", str(ex["id"]))
         return None
+    for lab in LABELS:
+        got = by_label[lab]
+        if not isinstance(got, dict) or not isinstance(got.get("sentence"), str) or not got["sentence"].strip():
+            raise DataError(path, f"the {lab} sentence is {got!r}, not an object with a non-empty 'sentence'",
+                            item=item)
     return StereoSetExample(
         id=str(ex["id"]), task=task, bias_type=ex["bias_type"], target=ex["target"], context=ex["context"],
         stereotype=by_label["stereotype"]["sentence"], anti_stereotype=by_label["anti-stereotype"]["sentence"],
@@ -114,7 +128,7 @@ def load_stereoset_json(path, task: str | None = None, skips: SkipLog | None = N
     if not path.is_file():
         raise DataError(path, "file not found")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise DataError(path, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
     groups: dict[str, list] = {}
@@ -130,7 +144,7 @@ def load_stereoset_json(path, task: str | None = None, skips: SkipLog | None = N
             continue
         for row, ex in enumerate(items):
             if not isinstance(ex, dict):
-                raise DataError(path, f"{t} item is not an object", row)
+                raise DataError(path, f"{t} item is not an object", item=row)
             e = _example_from_sentences(ex, t, path, row, skips)
             if e is not None:
                 out.append(e)
@@ -148,7 +162,7 @@ def load_stereoset_csv(path, skips: SkipLog | None = None) -> list[StereoSetExam
     if not path.is_file():
         raise DataError(path, "file not found")
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f)
         absent = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
         if absent:

@@ -4,14 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
+from .common import read_utf8
 
 
 def load_text_lines(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text ({e})") from e
+    text = read_utf8(path)
     return [line for line in text.splitlines() if line.strip()]
