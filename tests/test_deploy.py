@@ -494,3 +494,43 @@ def test_an_out_that_is_a_file_is_refused_before_any_model_is_read(tiny, tmp_pat
     with pytest.raises(ConfigError, match="goes through .*afile, which is a file"):
         export_merged(str(tiny["llama"]), tiny["adapter"], afile / "merged", device="cpu", log=QUIET)
     assert afile.read_text() == "mine"
+
+
+def test_a_missing_or_damaged_adapter_is_named_before_the_model_is_read(tiny, tmp_path, capsys):
+    import shutil
+
+    from biasunlearn.cli import main
+
+    def eval_with(adapter, model="no-such-model-dir", *more):
+        capsys.readouterr()
+        rc = main(["eval", "--model", model, "--adapter", str(adapter), "--data-dir", str(tiny["data"]),
+                   "--benchmarks", "stereoset", "--limit", "2", *more])
+        return rc, capsys.readouterr().err
+
+    # the model does not exist either: the adapter, checked first, is what the message names
+    rc, err = eval_with(tmp_path / "nowhere")
+    assert rc == 2 and f"--adapter {tmp_path / 'nowhere'}: no such folder" in err
+    run = tiny["adapter"].parent  # a training run's folder, given for the adapter inside it
+    rc, err = eval_with(run)
+    assert rc == 2 and "not a PEFT adapter folder" in err and f"--adapter {run / 'adapter'}" in err
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny["adapter"], cut)
+    data = (cut / "adapter_model.safetensors").read_bytes()
+    (cut / "adapter_model.safetensors").write_bytes(data[: len(data) // 3])
+    rc, err = eval_with(cut)
+    assert rc == 2 and "adapter_model.safetensors is damaged or cut short" in err
+    bad_cfg = tmp_path / "bad_cfg"
+    shutil.copytree(tiny["adapter"], bad_cfg)
+    (bad_cfg / "adapter_config.json").write_text('{"r": 8,')
+    rc, err = eval_with(bad_cfg)
+    assert rc == 2 and "adapter_config.json cannot be read as JSON" in err
+    # an adapter of other shapes: one line per module kind, folded over the layers, as transfer and export say it
+    rc, err = eval_with(tiny["adapter"], str(tiny["wide"]))
+    assert rc == 2 and "does not fit this model" in err and "[2 layers]" in err and "layers.0." not in err
+    # a device torch does not know
+    rc, err = eval_with(tiny["adapter"], str(tiny["llama"]), "--device", "gpu")
+    assert rc == 2 and "--device gpu: not a device torch knows" in err
+    for args in (["transfer", "--adapter", str(cut), "--model", str(tiny["variant"]), "--out", str(tmp_path / "t")],
+                 ["export", "--adapter", str(cut), "--model", str(tiny["llama"]), "--out", str(tmp_path / "e")]):
+        capsys.readouterr()
+        assert main(args) == 2 and "is damaged or cut short" in capsys.readouterr().err

@@ -352,3 +352,37 @@ def test_set_pairs_are_read_as_yaml_and_typed_as_config_values():
         settings_from_pairs(["lora_r"])
     with pytest.raises(ConfigError, match=r"--set: max_steps='ten': expected a whole number"):
         settings_from_pairs(["max_steps=ten"])
+
+
+def test_resume_passes_over_a_damaged_checkpoint_and_refuses_when_none_is_usable(tmp_path, tiny_llama_path,
+                                                                                 fake_data, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(fake_data, data)
+    (data / "pool.json").write_text(json.dumps(_pool()))
+    out = tmp_path / "run"
+    words = ["train", "--out", str(out), "--model", str(tiny_llama_path), "--data_dir", str(data),
+             "--train_pool", "pool.json", "--max_steps", "2", "--eval_every", "1", "--forget_batch_size", "2",
+             "--retain_batch_size", "4", "--unrelated_batch_size", "2", "--dev_fraction", "0.3",
+             "--min_dev_per_type", "1", "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true",
+             "--collapse_lms_drop", "101", "--skip_final_eval", "true", "--save_steps", "1",
+             "--early_stop_tolerance", "-1"]
+    assert main(words) == 0
+    assert (out / "checkpoint-1").is_dir() and (out / "checkpoint-2").is_dir()
+    (out / "train_summary.json").unlink()  # as if killed after the last save
+    weights = out / "checkpoint-2" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short by the kill
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint-2'} cannot be used (adapter_model.safetensors is damaged or cut short" in err
+    assert "resuming from checkpoint-1 instead" in err and f"resuming from {out / 'checkpoint-1'}" in err
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 2
+    # every checkpoint damaged: an error naming it, not a start from step 0 over the run's logs
+    (out / "train_summary.json").unlink()
+    for ck in out.glob("checkpoint-*"):
+        (ck / "optimizer.pt").write_bytes(b"PK\x03\x04 cut")
+    log = (out / "log.jsonl").read_bytes()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.pt is damaged or cut short" in err and "no usable checkpoint is left" in err
+    assert (out / "log.jsonl").read_bytes() == log

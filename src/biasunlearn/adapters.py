@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -84,6 +85,44 @@ def lora_config(model, cfg):
                       task_type="CAUSAL_LM", bias="none", **({"exclude_modules": outside} if outside else {}))
 
 
+def check_adapter_folder(adapter, flag: str = "--adapter") -> Path:
+    """The adapter folder, checked before any model is read: it exists, holds adapter_config.json (valid JSON) and
+    adapter_model.safetensors whose header reads (a file cut short is named, not a SafetensorError). A training run's
+    folder is pointed to the adapter inside it."""
+    p = Path(adapter).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(f"{flag} {adapter}: no such folder")
+    cfg, weights = p / "adapter_config.json", p / "adapter_model.safetensors"
+    if not cfg.is_file() or not weights.is_file():
+        inside = [d for d in ("adapter", "final_adapter", "best_adapter") if (p / d / "adapter_config.json").is_file()]
+        hint = (f"; it holds a run's adapter: {flag} {p / inside[0]}" if inside else "")
+        raise ModelLoadError(f"{flag} {adapter}: not a PEFT adapter folder (needs adapter_config.json and "
+                             f"adapter_model.safetensors){hint}")
+    try:
+        doc = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{flag} {adapter}: {cfg} cannot be read as JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{flag} {adapter}: {cfg} is not a JSON object")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            list(f.keys())
+    except Exception as e:  # SafetensorError and friends: a file cut short or not safetensors at all
+        raise ModelLoadError(f"{flag} {adapter}: {weights} is damaged or cut short ({e}); train or copy it "
+                             "again") from e
+    return p
+
+
+def group_problems(problems: list[str]) -> list[str]:
+    """Fold per-layer repeats ("layers.0.", "layers.1.", ...) into one line with a count."""
+    groups: dict[str, list[str]] = {}
+    for p in problems:
+        groups.setdefault(re.sub(r"\.\d+\.", ".*.", p), []).append(p)
+    return [ps[0] if len(ps) == 1 else f"{g}  [{len(ps)} layers]" for g, ps in groups.items()]
+
+
 def adapter_mismatches(model, adapter_dir) -> list[str]:
     """Reasons an adapter does not fit `model`: missing target modules or wrong shapes. Empty when it fits."""
     from safetensors.torch import load_file
@@ -125,11 +164,14 @@ def apply_adapter(model, adapter_dir, trainable: bool = False):
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
+    check_adapter_folder(adapter_dir, "adapter")
     problems = adapter_mismatches(model, adapter_dir)
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise ModelLoadError(f"adapter {adapter_dir} does not fit this model:\n  {shown}{more}")
+        lines = group_problems(problems)
+        shown = "\n  ".join(lines[:20])
+        more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+        raise ModelLoadError(f"adapter {adapter_dir} does not fit this model ({len(problems)} mismatch(es)):"
+                             f"\n  {shown}{more}")
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except Exception as e:

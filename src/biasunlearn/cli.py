@@ -142,6 +142,10 @@ def main(argv=None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if getattr(args, "device", None):  # a device torch does not know is named before anything loads
+            from .models import parse_device
+
+            parse_device(args.device)
         if getattr(args, "dtype", None) == "auto":  # one concrete dtype for everything the command loads
             from .models import auto_dtype, default_device
 

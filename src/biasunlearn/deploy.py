@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .adapters import adapter_mismatches, adapter_training_config, apply_adapter
+from .adapters import (adapter_mismatches, adapter_training_config, apply_adapter, check_adapter_folder,
+                       group_problems)
 from .errors import BiasUnlearnError, ConfigError, ModelLoadError
 from .gguf_export import LlamaCppScorer, llama_cpp_version
 from .io import atomic_write_text, check_folder_path, read_json, sha256_file, write_json
@@ -126,14 +127,6 @@ def _untargeted(model, adapter_dir) -> list[str]:
     return out
 
 
-def _group_problems(problems: list[str]) -> list[str]:
-    """Fold per-layer repeats ("layers.0.", "layers.1.", ...) into one line with a count."""
-    groups: dict[str, list[str]] = {}
-    for p in problems:
-        groups.setdefault(re.sub(r"\.\d+\.", ".*.", p), []).append(p)
-    return [ps[0] if len(ps) == 1 else f"{g}  [{len(ps)} layers]" for g, ps in groups.items()]
-
-
 def adapter_base_name(adapter_dir) -> str | None:
     p = Path(adapter_dir) / "adapter_config.json"
     if not p.exists():
@@ -149,7 +142,7 @@ def check_adapter_fits(model, adapter_dir, model_label: str = "the model") -> No
     problems = fit_problems(model, adapter_dir)
     if not problems:
         return
-    lines = _group_problems(problems)
+    lines = group_problems(problems)
     shown = "\n  ".join(lines[:30])
     more = f"\n  ... and {len(lines) - 30} more" if len(lines) > 30 else ""
     base = adapter_base_name(adapter_dir)
@@ -170,16 +163,6 @@ def check_adapter_fits(model, adapter_dir, model_label: str = "the model") -> No
 def _log(log, msg: str) -> None:
     if log:
         log(msg)
-
-
-def _adapter_dir(adapter) -> Path:
-    p = Path(adapter).expanduser()
-    if not p.is_dir():
-        raise ModelLoadError(f"--adapter {adapter}: no such folder")
-    if not (p / "adapter_config.json").exists() or not (p / "adapter_model.safetensors").exists():
-        raise ModelLoadError(f"--adapter {adapter}: not a PEFT adapter folder "
-                             "(needs adapter_config.json and adapter_model.safetensors)")
-    return p
 
 
 def adapter_checksums(adapter_dir) -> dict:
@@ -280,7 +263,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
     from .report import before_after_markdown
     from .scoring import model_device
 
-    adapter_dir = _adapter_dir(adapter)
+    adapter_dir = check_adapter_folder(adapter)
     cfg = _eval_cfg(cfg)
     out = check_folder_path(out)
     t0 = time.perf_counter()
@@ -402,7 +385,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
     from .models import free_device_memory, load_model, resolve_dtype
     from .scoring import model_device
 
-    adapter_dir = _adapter_dir(adapter)
+    adapter_dir = check_adapter_folder(adapter)
     out = Path(out)
     _prepare_out(out, overwrite)
     gguf_src = None

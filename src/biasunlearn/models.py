@@ -191,6 +191,16 @@ def _set_malloc(restore: bool) -> bool:
     return done
 
 
+def parse_device(device) -> torch.device:
+    """`--device` as a torch.device; a name torch does not know ("gpu") is a ConfigError, not a RuntimeError."""
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return torch.device(str(device))
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--device {device}: not a device torch knows (cpu, cuda, cuda:1, mps, ...)") from e
+
+
 def merge_note(dtype: str) -> str:
     """How load_model(merge_adapter=True) and export merge an adapter, in words for reports, provenance and cards."""
     if str(dtype).removeprefix("torch.") == "float32":
@@ -227,7 +237,7 @@ def default_device() -> torch.device:
 def auto_dtype(device: torch.device | str) -> torch.dtype:
     """The dtype 'auto' stands for on `device`: bfloat16 where it computes bf16 natively (a CUDA GPU that supports
     it; a CPU with AVX-512 BF16 or AMX), else float32, since emulated bf16 is many times slower than fp32."""
-    device = torch.device(device)
+    device = parse_device(device)
     if device.type == "cuda":
         return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float32
     if device.type == "cpu":
@@ -398,8 +408,12 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
 
     if merge_adapter and (not adapter or trainable_adapter):  # before anything is read
         raise ConfigError("merge_adapter needs an adapter, and a merged adapter cannot be trained")
+    if adapter:
+        from .adapters import check_adapter_folder
+
+        check_adapter_folder(adapter)  # a wrong or damaged adapter is named before the model is read
+    device = parse_device(device) if device else default_device()
     path, desc = resolve_model_path(spec)
-    device = torch.device(device) if device else default_device()
     torch_dtype = auto_dtype(device) if dtype == "auto" else resolve_dtype(dtype)
     if device.type == "cpu" and torch_dtype in (torch.bfloat16, torch.float16) and not cpu_has_native_bf16():
         warnings.warn(f"--dtype {dtype}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native "

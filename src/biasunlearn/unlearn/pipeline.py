@@ -34,10 +34,59 @@ def _log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def last_checkpoint(out: Path) -> Path | None:
-    cks = sorted((p for p in out.glob("checkpoint-*") if (p / "biasunlearn_state.json").exists()),
-                 key=lambda p: int(p.name.split("-")[1]))
-    return cks[-1] if cks else None
+def checkpoint_problem(ck: Path) -> str | None:
+    """What makes checkpoint `ck` unusable for a resume (a file cut short by a kill or a full disk), or None. Only
+    the files it holds are read: a sharded (FSDP, DeepSpeed) checkpoint keeps its weights in other files."""
+    for name in ("biasunlearn_state.json", "trainer_state.json"):
+        f = ck / name
+        if name == "trainer_state.json" and not f.exists():
+            return f"no {name}"
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"{name} cannot be read ({e})"
+        if not isinstance(doc, dict) or (name == "biasunlearn_state.json" and "controller" not in doc):
+            return f"{name} is not a checkpoint's state"
+    weights = ck / "adapter_model.safetensors"
+    if weights.exists():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                list(f.keys())
+        except Exception as e:
+            return f"adapter_model.safetensors is damaged or cut short ({e})"
+    import zipfile
+
+    for f in sorted([*ck.glob("*.pt"), *ck.glob("*.pth")]):  # optimizer, scheduler, RNG: torch's zip files
+        try:
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+        except (OSError, zipfile.BadZipFile) as e:
+            return f"{f.name} is damaged or cut short ({e})"
+        if bad is not None:
+            return f"{f.name} is damaged (its entry {bad} fails its checksum)"
+    return None
+
+
+def last_checkpoint(out: Path, log=None) -> Path | None:
+    """The newest usable checkpoint in `out`. A damaged one (a kill during its save) is passed over for the one
+    before it, with a warning, and left where it is; if every checkpoint is damaged that is an error, not a start
+    from step 0 over the run's logs."""
+    cks = sorted((p for p in out.glob("checkpoint-*")
+                  if (p / "biasunlearn_state.json").exists() and p.name.split("-")[1].isdigit()),
+                 key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    for i, ck in enumerate(cks):
+        problem = checkpoint_problem(ck)
+        if problem is None:
+            return ck
+        if i + 1 == len(cks):
+            raise BiasUnlearnError(f"{ck}: {problem}; no usable checkpoint is left in {out} (--overwrite starts "
+                                   "the run again)")
+        if log:
+            log(f"[resume] warning: {ck} cannot be used ({problem}); resuming from {cks[i + 1].name} instead "
+                f"(the damaged folder is left as it is)")
+    return None
 
 
 def prepare_lora(model, cfg: UnlearnConfig):
@@ -128,7 +177,7 @@ def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log) -> dict:
         log(f"[train] {out} holds a finished run ({done['steps']} steps); nothing to train (to train it further, "
             f"raise {'--stop_at_step (and --max_steps with it)' if cfg.stop_at_step else '--max_steps'})")
         return done
-    ck = last_checkpoint(out) if resume else None
+    ck = last_checkpoint(out, log) if resume else None
     if resume and ck is None:
         log(f"[train] --resume: no checkpoint in {out} yet; starting the run again from step 0")
     if cfg.process_index == 0:  # what the last start finished is not this run's: a kill from here on must not
