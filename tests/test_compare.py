@@ -363,6 +363,12 @@ def test_a_misspelt_rerun_or_an_out_that_is_a_file_is_refused_before_any_work(tm
         run(tiny_llama_path, tmp_path / "cmp", data, methods="base", rerun="bas")
     with pytest.raises(ConfigError, match="--rerun: sft not among the methods run here"):
         run_compare_seeds(str(tiny_llama_path), "base,cda", tmp_path / "seeds", seeds=[1, 2], rerun="sft")
+    with pytest.raises(ConfigError, match=r"--set / --config: unknown setting\(s\) lora_rr \(did you mean lora_r\?\)"):
+        run(tiny_llama_path, tmp_path / "cmp", data, methods="base,cda", config_overrides={"lora_rr": 16})
+    from biasunlearn.evaluate import EvalConfig, check_config
+
+    with pytest.raises(ConfigError, match="--benchmarks: names none"):
+        check_config(EvalConfig(benchmarks=(), data_dir=str(data)))
     assert not (tmp_path / "cmp").exists() and not (tmp_path / "seeds").exists()
     afile = tmp_path / "afile"
     afile.write_text("mine")

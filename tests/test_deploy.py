@@ -393,8 +393,13 @@ def test_cli_transfer_and_export(tiny, tmp_path, capsys, monkeypatch):
                str(tmp_path / "t"), "--device", "cpu", "--data-dir", str(tiny["data"]), "--merge-adapter"])
     err = capsys.readouterr().err
     assert rc == 2 and "does not fit" in err and "q_proj" in err
-    rc = main(["export", "--model", str(tiny["llama"]), "--out", str(tmp_path / "x"), "--device", "cpu"])
-    assert rc == 2 and "--adapter is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # argparse says it, and --help shows it as required
+        main(["export", "--model", str(tiny["llama"]), "--out", str(tmp_path / "x"), "--device", "cpu"])
+    assert stop.value.code == 2 and "the following arguments are required: --adapter" in capsys.readouterr().err
+    # a shortened flag is refused, as by train, instead of standing for whichever flag it begins
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "--model", str(tiny["llama"]), "--lim", "2"])
+    assert stop.value.code == 2 and "unrecognized arguments: --lim" in capsys.readouterr().err
     rc = main(["export", "--model", str(tiny["llama"]), "--adapter", str(tiny["adapter"]), "--out",
                str(tmp_path / "x"), "--device", "cpu"])
     assert rc == 0 and (tmp_path / "x" / "README.md").exists()

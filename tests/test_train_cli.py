@@ -24,8 +24,14 @@ def test_yaml_then_flags(tmp_path):
 def test_config_errors(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("learning_rat: 1e-4\n")
-    with pytest.raises(ConfigError, match="unknown setting"):
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) learning_rat \(did you mean learning_rate\?\)"):
         parse_train_config(["--config", str(y), "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="eval_benchmarks='stereoset,foo': unknown foo"):
+        parse_train_config(["--out", str(tmp_path), "--eval_benchmarks", "stereoset,foo"])
+    with pytest.raises(ConfigError, match="eval_benchmarks='': names none"):
+        parse_train_config(["--out", str(tmp_path), "--eval_benchmarks", ""])
+    cfg, _ = parse_train_config(["--out", str(tmp_path), "--eval_benchmarks", "", "--skip_final_eval", "true"])
+    assert cfg.eval_benchmarks == ""  # training alone needs none
     with pytest.raises(ConfigError, match="needs --out"):
         parse_train_config([])
     with pytest.raises(ConfigError, match="swap_mode"):
@@ -113,13 +119,19 @@ def test_dry_run_prints_what_the_recipe_and_flags_resolve_to_and_trains_nothing(
 
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--config", "smollm2-cpu", "--dry-run", "--max_steps", "300", "--npo_beta", "2.5"]) == 0
-    got = yaml.safe_load(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    got = yaml.safe_load(printed)
     recipe = yaml.safe_load(open(builtin_path("smollm2-cpu")))
     assert got["max_steps"] == 300 and got["npo_beta"] == 2.5  # the flags win
     for k, v in recipe.items():
         if k not in ("max_steps", "npo_beta"):
             assert got[k] == v, k  # the rest is the recipe
-    assert got["alpha_forget"] == 0.4 and got["output_dir"] == "(none)"
+    assert got["alpha_forget"] == 0.4 and "output_dir" not in got  # no folder was named
+    assert printed.startswith("# output_dir: not given (pass --out DIR")
+    (tmp_path / "none.yaml").write_text(printed)  # read back, it still needs a folder, as the words given did
+    with pytest.raises(ConfigError, match="train needs --out"):
+        parse_train_config(["--config", str(tmp_path / "none.yaml")])
+    (tmp_path / "none.yaml").unlink()
     assert list(tmp_path.iterdir()) == []  # nothing written
     # the run folder a real run would use: from --out, else from the YAML
     y = tmp_path / "c.yaml"

@@ -8,10 +8,11 @@ from .errors import BiasUnlearnError, ConfigError
 from .io import comma_list
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, adapter_required: bool = False) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="hub id, save_pretrained folder, .gguf file, or built-in name (smollm2-135m, gemma3-270m)")
-    p.add_argument("--adapter", default=None, help="PEFT adapter folder to apply")
+    p.add_argument("--adapter", default=None, required=adapter_required,
+                   help="PEFT adapter folder" + (", e.g. runs/smol/adapter" if adapter_required else " to apply"))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
                    help="float32 (default), bfloat16, or auto: bfloat16 where the device computes it natively "
                         "(a bf16 GPU; a CPU with AVX-512 BF16 or AMX), else float32")
@@ -80,11 +81,12 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="biasunlearn", description="Remove social bias from causal LMs by bias unlearning.")
+    p = argparse.ArgumentParser(prog="biasunlearn", description="Remove social bias from causal LMs by bias unlearning.",
+                                allow_abbrev=False)
     p.add_argument("--version", action=_Version, help="print the versions of biasunlearn and its libraries, and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("eval", help="measure bias: StereoSet, CrowS-Pairs, BBQ, perplexity")
+    e = sub.add_parser("eval", allow_abbrev=False, help="measure bias: StereoSet, CrowS-Pairs, BBQ, perplexity")
     _add_model_args(e)
     e.add_argument("--out", default=None, help="folder for results.json and predictions")
     e.add_argument("--runtime", default=None, choices=["llama.cpp"],

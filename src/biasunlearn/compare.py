@@ -442,7 +442,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
     merge_adapter: read each trained method with its adapter merged into the weights (in float32, rounded once to
     dtype), as an export ships it; its scoring cost is then timed against the model read again without it.
     """
-    from .unlearn.config import UnlearnConfig
+    from .unlearn.config import unknown_settings
 
     out = check_folder_path(out)
     names = resolve_methods(methods, ablations)
@@ -457,10 +457,9 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                       limit=limit, bbq_per_category=bbq_per_category or None, ppl_max_tokens=ppl_max_tokens or None,
                       stereoset_intersentence=stereoset_intersentence, progress=progress)
     check_config(ecfg)
-    known = set(UnlearnConfig.__dataclass_fields__)
-    bad = [k for k in (config_overrides or {}) if k not in known]
+    bad = unknown_settings(config_overrides or {})
     if bad:
-        raise ConfigError(f"unknown setting(s) {', '.join(bad)} (UnlearnConfig fields)")
+        raise ConfigError(f"--set / --config: unknown setting(s) {bad} (`biasunlearn train --settings` lists them)")
     budget = {"max_steps": max_steps, "learning_rate": learning_rate, "eval_every": eval_every}
     ref_cfg = make_method_config("_reference", out, model, data_dir, budget, config_overrides)
     splits, split_doc = None, None

@@ -85,7 +85,7 @@ def register(sub) -> None:
     from .compare import ABLATIONS, DEFAULT_METHODS, KINDS
 
     c = sub.add_parser(
-        "compare", help="baselines (CDA, SFT, DPO, Self-Debias), ablations and BiasUnlearn: one report",
+        "compare", allow_abbrev=False, help="baselines (CDA, SFT, DPO, Self-Debias), ablations and BiasUnlearn: one report",
         description="Train and evaluate debiasing methods on one model with the same split, step budget and "
                     "held-out data, and write <out>/report.md and a self-contained <out>/report.html. Finished "
                     "method runs found in --out are reused. Methods: " + ", ".join(KINDS) + ".")

@@ -4,13 +4,6 @@ from __future__ import annotations
 import sys
 
 from .cli import eval_config_from_args
-from .errors import ConfigError
-
-
-def _need_adapter(a) -> str:
-    if not a.adapter:
-        raise ConfigError(f"{a.command}: --adapter is required (a PEFT adapter folder, e.g. runs/smol/adapter)")
-    return a.adapter
 
 
 def _log(s: str) -> None:
@@ -20,7 +13,7 @@ def _log(s: str) -> None:
 def _transfer_cmd(a) -> int:
     from .deploy import transfer
 
-    res = transfer(_need_adapter(a), a.model, a.out, dtype=a.dtype, device=a.device, cfg=eval_config_from_args(a),
+    res = transfer(a.adapter, a.model, a.out, dtype=a.dtype, device=a.device, cfg=eval_config_from_args(a),
                    reuse=a.reuse, merge_adapter=a.merge_adapter, log=_log)
     print(res["report"].read_text())
     return 0
@@ -29,7 +22,7 @@ def _transfer_cmd(a) -> int:
 def _export_cmd(a) -> int:
     from .deploy import export_merged
 
-    res = export_merged(a.model, _need_adapter(a), a.out, dtype=a.dtype, device=a.device,
+    res = export_merged(a.model, a.adapter, a.out, dtype=a.dtype, device=a.device,
                         run_eval=a.eval, cfg=eval_config_from_args(a), verify=not a.no_verify, overwrite=a.overwrite,
                         gguf=a.gguf, log=_log)
     print(f"exported to {res['out']} (model card: {res['card']})")
@@ -42,11 +35,11 @@ def register(subparsers) -> None:
     from .cli import _add_model_args, add_eval_args
 
     t = subparsers.add_parser(
-        "transfer", help="apply an adapter to a fine-tuned variant of its base model and measure before/after",
+        "transfer", allow_abbrev=False, help="apply an adapter to a fine-tuned variant of its base model and measure before/after",
         description="Check that --adapter fits --model (listing every module or shape that does not), evaluate "
                     "the model alone and with the adapter, and write report.md and eval_before/, eval_after/ "
                     "results to --out.")
-    _add_model_args(t)
+    _add_model_args(t, adapter_required=True)
     t.add_argument("--out", required=True, help="folder for report.md and the before/after results")
     t.add_argument("--reuse", action="store_true",
                    help="keep results already in --out made with the same model, adapter and settings")
@@ -58,13 +51,13 @@ def register(subparsers) -> None:
     t.set_defaults(func=_transfer_cmd)
 
     e = subparsers.add_parser(
-        "export", help="merge an adapter into its base model and save a plain transformers folder + model card",
+        "export", allow_abbrev=False, help="merge an adapter into its base model and save a plain transformers folder + model card",
         description="Merge --adapter into --model (merge_and_unload; with --dtype bfloat16 the merge is done in "
                     "float32 and each weight rounded once, the model read again in float32 in host memory), save it "
                     "with save_pretrained (safetensors) "
                     "with the tokenizer and a README.md model card. The folder loads with "
                     "AutoModelForCausalLM.from_pretrained; biasunlearn is not needed to use it.")
-    _add_model_args(e)
+    _add_model_args(e, adapter_required=True)
     e.add_argument("--out", required=True, help="folder to create (e.g. dist/smollm2-135m-debiased)")
     e.add_argument("--eval", action="store_true",
                    help="run the evaluation suite on the base and merged model when the training run beside the "

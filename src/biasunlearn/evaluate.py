@@ -234,8 +234,9 @@ RUNNERS = {"stereoset": eval_stereoset, "crows_pairs": eval_crows_pairs, "bbq": 
 def check_config(cfg: EvalConfig) -> Path:
     """Fail on a bad benchmark name or data folder before any model is loaded. Returns the data folder."""
     unknown = [b for b in cfg.benchmarks if b not in RUNNERS]
-    if unknown:
-        raise ConfigError(f"--benchmarks: unknown {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
+    if unknown or not cfg.benchmarks:
+        raise ConfigError(f"--benchmarks: {'unknown ' + ', '.join(unknown) if unknown else 'names none'} "
+                          f"(choose from {', '.join(BENCHMARKS)})")
     return data_dir(cfg.data_dir)
 
 

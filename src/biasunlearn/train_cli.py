@@ -36,7 +36,7 @@ def read_recipe(value: str) -> dict:
     converted to its type."""
     import yaml
 
-    from .unlearn.config import UnlearnConfig, coerce_settings
+    from .unlearn.config import coerce_settings, unknown_settings
 
     p = config_path(value)
     try:
@@ -45,9 +45,9 @@ def read_recipe(value: str) -> dict:
         raise ConfigError(f"--config {p}: not valid YAML: {e}") from e
     if not isinstance(values, dict):
         raise ConfigError(f"--config {p}: expected a mapping of setting: value")
-    bad = [k for k in values if k not in UnlearnConfig.__dataclass_fields__]
+    bad = unknown_settings(values)
     if bad:
-        raise ConfigError(f"--config {p}: unknown setting(s) {', '.join(map(str, bad))}")
+        raise ConfigError(f"--config {p}: unknown setting(s) {bad} (`biasunlearn train --settings` lists them)")
     return coerce_settings(values, f"--config {p}")
 
 
@@ -206,13 +206,18 @@ def _train_cmd(a, extra) -> int:
     if a.dry_run:
         import yaml
 
+        folder = True
         try:
             cfg, _ = parse_train_config(words)
         except ConfigError as e:  # no run folder named anywhere: fine for a look at the settings
             if not str(e).startswith("train needs --out"):
                 raise
             cfg, _ = parse_train_config(words + ["--out", "(none)"])
-        print(yaml.safe_dump({"output_dir": cfg.output_dir, **cfg.method_dict()}, sort_keys=False), end="")
+            folder = False
+        settings = {**({"output_dir": cfg.output_dir} if folder else {}), **cfg.method_dict()}
+        if not folder:  # read back, this YAML still needs --out, as the settings given did
+            print("# output_dir: not given (pass --out DIR when training with these settings)")
+        print(yaml.safe_dump(settings, sort_keys=False), end="")
         return 0
     cfg, resume = parse_train_config(words)
     out = Path(cfg.output_dir)

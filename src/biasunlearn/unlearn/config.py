@@ -215,6 +215,15 @@ class UnlearnConfig(TrainingArguments):
             except re.error as e:
                 raise ConfigError(f"train_exclude_pattern={self.train_exclude_pattern!r}: not a regular expression "
                                   f"({e})") from e
+        from ..evaluate import BENCHMARKS
+        from ..io import comma_list
+
+        named = comma_list(self.eval_benchmarks)
+        unknown = [b for b in named if b not in BENCHMARKS]
+        if unknown or (not named and not self.skip_final_eval):
+            raise ConfigError(f"eval_benchmarks={self.eval_benchmarks!r}: "
+                              + (f"unknown {', '.join(unknown)}" if unknown else "names none")
+                              + f" (choose from {', '.join(BENCHMARKS)}; skip_final_eval=true trains without them)")
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")
@@ -444,3 +453,18 @@ def make_config(**overrides) -> UnlearnConfig:
     if not torch.cuda.is_available():
         kw.setdefault("use_cpu", True)
     return UnlearnConfig(**kw)
+
+
+def unknown_settings(names) -> str:
+    """`names` that are not settings, each with the nearest setting names when there are any ("lora_rr (did you
+    mean lora_r?)"), for an error message; '' when every name is a setting."""
+    import difflib
+
+    known = list(UnlearnConfig.__dataclass_fields__)
+    out = []
+    for n in names:
+        if n in known:
+            continue
+        near = difflib.get_close_matches(str(n), known, n=2, cutoff=0.75)
+        out.append(f"{n}" + (f" (did you mean {' or '.join(near)}?)" if near else ""))
+    return ", ".join(out)
