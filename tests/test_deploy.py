@@ -539,3 +539,15 @@ def test_a_missing_or_damaged_adapter_is_named_before_the_model_is_read(tiny, tm
                  ["export", "--adapter", str(cut), "--model", str(tiny["llama"]), "--out", str(tmp_path / "e")]):
         capsys.readouterr()
         assert main(args) == 2 and "is damaged or cut short" in capsys.readouterr().err
+
+
+def test_a_model_folder_without_a_tokenizer_is_named(tiny, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny["llama"], bare)
+    for f in bare.iterdir():
+        if "token" in f.name or f.name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+            f.unlink()
+    with pytest.raises(ModelLoadError, match=r"--model .*bare: no tokenizer in the folder \(none of tokenizer.json"):
+        load_model(str(bare), device="cpu")

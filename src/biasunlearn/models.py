@@ -361,6 +361,11 @@ def ensure_pad_token(tokenizer) -> None:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    folder = Path(path)
+    files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+    if folder.is_dir() and not any((folder / f).exists() for f in files):
+        raise ModelLoadError(f"--model {path}: no tokenizer in the folder (none of {', '.join(files)}); save the "
+                             "tokenizer beside the weights (tokenizer.save_pretrained(folder))")
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:
