@@ -240,17 +240,22 @@ def test_dry_run_output_reads_back_as_a_config(tmp_path, capsys, monkeypatch):
     assert again.method_dict()["lr_scheduler_type"] == "linear"
 
 
-def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_is_or_overwritten(
-        tmp_path, tiny_llama_path, fake_data, capsys):
+def _tiny_run_words(tmp_path, out, model, fake_data) -> list[str]:
+    """`train` words for a 2-step run of `model` on a copy of the fake data with a small train pool."""
     data = tmp_path / "data"
     shutil.copytree(fake_data, data)
     (data / "pool.json").write_text(json.dumps(_pool()))
+    return ["train", "--out", str(out), "--model", str(model), "--data_dir", str(data),
+            "--train_pool", "pool.json", "--max_steps", "2", "--eval_every", "1", "--forget_batch_size", "2",
+            "--retain_batch_size", "4", "--unrelated_batch_size", "2", "--dev_fraction", "0.3",
+            "--min_dev_per_type", "1", "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true",
+            "--collapse_lms_drop", "101", "--skip_final_eval", "true"]
+
+
+def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_is_or_overwritten(
+        tmp_path, tiny_llama_path, fake_data, capsys):
     out = tmp_path / "run"
-    words = ["train", "--out", str(out), "--model", str(tiny_llama_path), "--data_dir", str(data),
-             "--train_pool", "pool.json", "--max_steps", "2", "--eval_every", "1", "--forget_batch_size", "2",
-             "--retain_batch_size", "4", "--unrelated_batch_size", "2", "--dev_fraction", "0.3",
-             "--min_dev_per_type", "1", "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true",
-             "--collapse_lms_drop", "101", "--skip_final_eval", "true"]
+    words = _tiny_run_words(tmp_path, out, tiny_llama_path, fake_data)
     assert main(words) == 0
     summary = (out / "train_summary.json").read_bytes()
     log = (out / "log.jsonl").read_bytes()
@@ -368,16 +373,9 @@ def test_set_pairs_are_read_as_yaml_and_typed_as_config_values():
 
 def test_resume_passes_over_a_damaged_checkpoint_and_refuses_when_none_is_usable(tmp_path, tiny_llama_path,
                                                                                  fake_data, capsys):
-    data = tmp_path / "data"
-    shutil.copytree(fake_data, data)
-    (data / "pool.json").write_text(json.dumps(_pool()))
     out = tmp_path / "run"
-    words = ["train", "--out", str(out), "--model", str(tiny_llama_path), "--data_dir", str(data),
-             "--train_pool", "pool.json", "--max_steps", "2", "--eval_every", "1", "--forget_batch_size", "2",
-             "--retain_batch_size", "4", "--unrelated_batch_size", "2", "--dev_fraction", "0.3",
-             "--min_dev_per_type", "1", "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true",
-             "--collapse_lms_drop", "101", "--skip_final_eval", "true", "--save_steps", "1",
-             "--early_stop_tolerance", "-1"]
+    words = _tiny_run_words(tmp_path, out, tiny_llama_path, fake_data) + ["--save_steps", "1",
+                                                                          "--early_stop_tolerance", "-1"]
     assert main(words) == 0
     assert (out / "checkpoint-1").is_dir() and (out / "checkpoint-2").is_dir()
     (out / "train_summary.json").unlink()  # as if killed after the last save
