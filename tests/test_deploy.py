@@ -195,6 +195,25 @@ def test_model_card_degrades_when_nothing_was_recorded(tiny, tmp_path):
     for bench in ("StereoSet", "CrowS-Pairs", "BBQ", "Perplexity"):
         assert f"{bench}: not measured" in ev
     assert "Training config: not recorded" in card and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "with a LoRA adapter (how it was trained is not recorded beside it) merged" in card
+    assert "bias-unlearning" not in card
+
+
+def test_model_card_names_the_method_that_trained_the_adapter_and_says_when_its_numbers_are_a_sample(tiny):
+    before, after = _tiny.results_doc("tiny", None, 62.0, 20.0), _tiny.results_doc("tiny", "a", 51.0, 21.0)
+    for d in (before, after):
+        d["eval_config"]["limit"] = 3
+    base = {"spec": "tiny", "description": "x", "dtype": "float32", "n_params": 10}
+    card = model_card(base=base, adapter_dir=tiny["adapter"], training_config={"method": "cda", "config": {}},
+                      before=before, after=after, name="x")
+    assert "with a LoRA adapter of the CDA baseline of `biasunlearn compare`" in card
+    assert "not a bias-unlearning one" in card and "- bias-unlearning" not in card.split("---", 2)[1]
+    assert "**A quick look, not a measurement: at most 3 examples per benchmark" in card
+    card = model_card(base=base, adapter_dir=tiny["adapter"], training_config={"method": "biasunlearn"},
+                      before=_tiny.results_doc("tiny", None, 62.0, 20.0), after=_tiny.results_doc("tiny", "a", 51.0, 21.0),
+                      name="x")
+    assert "with a bias-unlearning LoRA adapter (BiasUnlearn, Liu et al., EMNLP 2025) merged" in card
+    assert "- bias-unlearning" in card.split("---", 2)[1] and "A quick look" not in card
 
 
 def test_export_eval_flag_measures_when_run_has_no_results(tiny, tmp_path):
@@ -352,8 +371,13 @@ def test_transfer_writes_report_and_before_after_results(tiny, tmp_path):
     assert json.loads((out / "eval_before" / "results.json").read_text())["created"] == stamp
     cfg2 = _cfg(tiny["data"])
     cfg2.limit = 2
-    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=cfg2, device="cpu", reuse=True, log=QUIET)
+    lines = []
+    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=cfg2, device="cpu", reuse=True, log=lines.append)
     assert json.loads((out / "eval_before" / "results.json").read_text())["created"] != stamp
+    # the progress says which read is which; the report says its numbers are a sample
+    assert f"[eval] eval_before: {tiny['variant']} alone" in lines
+    assert f"[eval] eval_after: {tiny['variant']} + {tiny['adapter']}" in lines
+    assert "**A quick look, not a measurement: at most 2 examples per benchmark" in (out / "report.md").read_text()
 
 
 def test_transfer_merge_adapter_reads_like_the_adapter_and_is_not_reused_as_unmerged(tiny, tmp_path):
@@ -416,7 +440,7 @@ def test_before_after_markdown_deltas_and_gaps():
     md = before_after_markdown(b, a)
     assert "| gender | 60.00 | 52.00 | -8.00 |" in md
     assert "| 10.000 | 11.000 | +1.000 | +10.00% | 100 |" in md
-    assert "### BBQ\n\nnot measured (after)" in md
+    assert "### BBQ\n\nnot measured (in the after read)" in md
     assert "different settings (limit)" in md
     assert "not measured" not in before_after_markdown(b, b)
     # which benchmarks ran is not a setting difference: the missing section says "not measured" itself

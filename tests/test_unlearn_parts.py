@@ -1072,7 +1072,7 @@ def test_describe_best_puts_the_kept_dev_check_in_words():
     from biasunlearn.unlearn.pipeline import describe_best
 
     assert describe_best([[0, [5.980392157, 2.403404344, 2.3]], 150]) == \
-        "step 150, largest |dev SS - 50| over the bias types 5.98 (then 2.40, 2.30), within the LMS guard"
+        "step 150, largest |dev SS - 50| over the bias types 5.98 (the other types' 2.40, 2.30, which break ties), within the LMS guard"
     assert describe_best(((0, (0.01234,)), 10), "margin") == \
         "step 10, largest |dev margin| over the bias types 0.0123, within the LMS guard"
     assert describe_best([[1, [3.2]], 50]).startswith("step 50; no check stayed within the LMS guard")
@@ -1242,3 +1242,29 @@ def test_glibc_malloc_tuning_sets_what_the_environment_does_not(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", no_glibc)  # e.g. macOS or musl
     assert models.tune_glibc_malloc() is False
+
+
+def test_loss_plot_of_a_short_run_shows_its_points_on_whole_steps(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from biasunlearn import plots
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps({"step": s, "loss_forget": 1.0 / s, "loss_retain": 2.0, "loss_kl": 0.1})
+                             for s in (1, 2)) + "\n" + json.dumps({"step": 2, "train_runtime": 3.0}) + "\n")
+    seen = {}
+    real_finish = plots._finish
+
+    def finish(fig, ax, out_png, xlabel, ylabel, title):
+        path = real_finish(fig, ax, out_png, xlabel, ylabel, title)
+        seen.update(markers=[line.get_marker() for line in ax.get_lines()], title=ax.get_title(),
+                    ticks=[t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
+        return path
+
+    monkeypatch.setattr(plots, "_finish", finish)
+    png = plots.plot_losses(log, tmp_path / "losses.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert seen["markers"] == [".", ".", "."]  # two logged steps: drawn as points, not an empty line
+    assert "2 logged steps: logging_steps sets how often" in seen["title"].replace("\n", " ")
+    assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"])

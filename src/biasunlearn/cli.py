@@ -10,7 +10,8 @@ from .io import comma_list
 
 def _add_model_args(p: argparse.ArgumentParser, adapter_required: bool = False) -> None:
     p.add_argument("--model", default="smollm2-135m",
-                   help="hub id, save_pretrained folder, .gguf file, or built-in name (smollm2-135m, gemma3-270m)")
+                   help="hub id, save_pretrained folder, .gguf file, or built-in name (smollm2-135m, gemma3-270m); "
+                        "default: smollm2-135m")
     p.add_argument("--adapter", default=None, required=adapter_required,
                    help="PEFT adapter folder" + (", e.g. runs/smol/adapter" if adapter_required else " to apply"))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],

@@ -89,7 +89,8 @@ def register(sub) -> None:
         description="Train and evaluate debiasing methods on one model with the same split, step budget and "
                     "held-out data, and write <out>/report.md and a self-contained <out>/report.html. Finished "
                     "method runs found in --out are reused. Methods: " + ", ".join(KINDS) + ".")
-    c.add_argument("--model", default="smollm2-135m", help="hub id, save_pretrained folder, .gguf file or built-in name")
+    c.add_argument("--model", default="smollm2-135m",
+                   help="hub id, save_pretrained folder, .gguf file or built-in name (default: smollm2-135m)")
     c.add_argument("--methods", default=None,
                    help=f"comma-separated (default: {','.join(DEFAULT_METHODS)}; with --ablations alone: base). "
                         "The base model is always evaluated.")
@@ -113,8 +114,9 @@ def register(sub) -> None:
     c.add_argument("--limit", type=int, default=None, help="at most N examples per benchmark (seeded sample)")
     c.add_argument("--bbq-per-category", type=int, default=200, help="BBQ examples per category (0 = all)")
     c.add_argument("--ppl-max-tokens", type=int, default=32768, help="perplexity on the first N tokens (0 = all)")
-    c.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                   help="evaluation dtype (default: bfloat16 on a GPU, float32 on a CPU)")
+    c.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "auto"],
+                   help="evaluation dtype (default: bfloat16 on a GPU that computes it, else float32; auto: also "
+                        "bfloat16 on a CPU with AVX-512 BF16 or AMX)")
     c.add_argument("--data-dir", default=None, help="benchmark data folder (default: $BIASUNLEARN_DATA or ../shared/data)")
     c.add_argument("--batch-size", type=int, default=None,
                    help="CDA/SFT sentences per step (default: forget + retain batch of BiasUnlearn)")

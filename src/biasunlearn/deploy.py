@@ -219,9 +219,9 @@ def cache_info(info, adapter_dir=None) -> dict:
     return d
 
 
-def evaluate_cached(model, tok, cfg, info: dict, out_dir, reuse: bool = True, log=print) -> dict:
+def evaluate_cached(model, tok, cfg, info: dict, out_dir, reuse: bool = True, log=print, label: str = "") -> dict:
     """evaluate.evaluate_model into `out_dir`, unless (with `reuse`) a results.json there was made from the same
-    model, adapter and settings (see cache_info)."""
+    model, adapter and settings (see cache_info). `label` says in the progress lines what is read."""
     from .evaluate import evaluate_model
 
     out_dir = Path(out_dir)
@@ -230,19 +230,17 @@ def evaluate_cached(model, tok, cfg, info: dict, out_dir, reuse: bool = True, lo
         if doc is not None:
             _log(log, f"[deploy] reusing {out_dir / 'results.json'} (same model, adapter and settings)")
             return doc
+    if label:
+        _log(log, f"[eval] {out_dir.name}: {label}")
     return evaluate_model(model, tok, cfg, info, out_dir, log)
 
 
 def _eval_cfg(cfg):
     """The evaluation config (default: the full suite), checked before any model is loaded."""
-    from .data import data_dir
-    from .evaluate import RUNNERS, EvalConfig
+    from .evaluate import EvalConfig, check_config
 
     cfg = cfg if cfg is not None else EvalConfig()
-    unknown = [b for b in cfg.benchmarks if b not in RUNNERS]
-    if unknown:
-        raise ConfigError(f"--benchmarks: unknown {', '.join(unknown)} (choose from {', '.join(RUNNERS)})")
-    data_dir(cfg.data_dir)
+    check_config(cfg)
     return cfg
 
 
@@ -273,7 +271,7 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
     _log(log, f"[transfer] adapter {adapter_dir} fits {model}: {n_mod} adapted modules, all shapes match")
     sums = adapter_checksums(adapter_dir)
     info_before = cache_info(info)
-    before = evaluate_cached(m, tok, cfg, info_before, out / "eval_before", reuse, log)
+    before = evaluate_cached(m, tok, cfg, info_before, out / "eval_before", reuse, log, label=f"{model} alone")
     if merge_adapter:
         dev = model_device(m)
         m = None
@@ -287,7 +285,8 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
         m = apply_adapter(m, adapter_dir)
         m.eval()
         info_after = dict(cache_info(info, adapter_dir), n_params=sum(p.numel() for p in m.parameters()))
-    after = evaluate_cached(m, tok, cfg, info_after, out / "eval_after", reuse, log)
+    after = evaluate_cached(m, tok, cfg, info_after, out / "eval_after", reuse, log,
+                            label=f"{model} + {adapter_dir}" + (" (merged)" if merge_adapter else ""))
     base = adapter_base_name(adapter_dir)
     lines = [f"# Transfer: adapter onto {model}", "",
              f"- adapter: `{adapter_dir}`" + (f" (trained on `{base}`)" if base else ""),
@@ -415,6 +414,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             from .evaluate import evaluate_model
 
             _log(log, "[export] no before/after results beside the adapter: running the evaluation suite")
+            _log(log, f"[eval] before: {model} alone")
             before = evaluate_model(m, tok, cfg, info.to_dict(), tmp / "evaluation" / "before", log)
             before_src = "evaluation/before/results.json"
         probe_base = None
@@ -460,6 +460,7 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
                          "verification": {"checked": False}}
         if evaluate_now:
             info_after = dict(info.to_dict(), adapter=str(adapter_dir), extra={"merged": True})
+            _log(log, f"[eval] after: {model} with {adapter_dir} merged")
             after = evaluate_model(merged, tok, cfg, info_after, tmp / "evaluation" / "after", log)
             after_src = "evaluation/after/results.json"
         merged.config.use_cache = True
@@ -608,7 +609,7 @@ def _flatten(obj, prefix="") -> list[tuple[str, str]]:
         else:
             rows.append((prefix, f"list of {len(obj)} items"))
     else:
-        rows.append((prefix, str(obj)))
+        rows.append((prefix, "(none)" if obj is None else str(obj)))
     return rows
 
 
@@ -660,6 +661,18 @@ def _bbq_coverage(*docs) -> str:
     return text + ", with bias scores from approximate target labels (the official target_loc file is missing)."
 
 
+# the method named in a run's config.json -> (how the card says the adapter was trained, its tag)
+TRAINED_BY = {
+    "biasunlearn": ("a bias-unlearning LoRA adapter (BiasUnlearn, Liu et al., EMNLP 2025)", "bias-unlearning"),
+    "cda": ("a LoRA adapter of the CDA baseline of `biasunlearn compare` (fine-tuned on the anti-stereotype "
+            "sentences of the train pool), not a bias-unlearning one", None),
+    "sft": ("a LoRA adapter of the SFT baseline of `biasunlearn compare` (fine-tuned on stereotype and "
+            "anti-stereotype sentences at 1:1), not a bias-unlearning one", None),
+    "dpo": ("a LoRA adapter of the DPO baseline of `biasunlearn compare` (anti-stereotype preferred over "
+            "stereotype), not a bias-unlearning one", "dpo"),
+}
+
+
 def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, training_config: dict | None = None,
                splits=None, before: dict | None = None, after: dict | None = None, verification: dict | None = None,
                name: str = "debiased-model", results_sources=(None, None), splits_source: str | None = None,
@@ -672,13 +685,16 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
     upstream, upstream_note = BUILTIN_UPSTREAM.get(spec, (None, None))
     if upstream is None and base.get("description") == "Hugging Face hub id":
         upstream = spec
+    method = (training_config or {}).get("method") if training_config else None
+    what, tag = TRAINED_BY.get(method, (f"a LoRA adapter (trained by {method!r})" if method else
+                                        "a LoRA adapter (how it was trained is not recorded beside it)", None))
     meta = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-            "tags:", "- debiasing", "- bias-unlearning", "- lora", "- merged"]
+            "tags:", "- debiasing"] + ([f"- {tag}"] if tag else []) + ["- lora", "- merged"]
     if upstream:
         meta += [f"base_model: {upstream}", "base_model_relation: finetune"]
     meta.append("---")
     L = meta + ["", f"# {name}", "",
-                f"`{spec}` with a bias-unlearning LoRA adapter (BiasUnlearn, Liu et al., EMNLP 2025) merged into its "
+                f"`{spec}` with {what} merged into its "
                 "weights. This folder is a plain `transformers` model: it loads without biasunlearn or peft.", "",
                 "```python",
                 "from transformers import AutoModelForCausalLM, AutoTokenizer",

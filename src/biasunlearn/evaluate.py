@@ -17,7 +17,7 @@ from . import __version__
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .data.common import check_against_sums
 from .errors import ConfigError, DataError
-from .io import check_folder_path, read_jsonl, sha256_file, write_json, write_jsonl
+from .io import check_folder_path, comma_list, read_jsonl, sha256_file, write_json, write_jsonl
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores, term_scores
 from .models import machine_info
 from .scoring import score_sequences, score_texts, score_texts_shared
@@ -48,6 +48,12 @@ class EvalConfig:
     ppl_max_tokens: int | None = 32768  # first N tokens of the text; None = all
     max_tokens: int | None = None  # scoring batch budget in padded tokens (None: 256 on CPU, 8192 on CUDA)
     progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.benchmarks, str):  # "stereoset,crows_pairs", as on the command line
+            self.benchmarks = tuple(comma_list(self.benchmarks))
+        else:
+            self.benchmarks = tuple(self.benchmarks)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

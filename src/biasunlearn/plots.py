@@ -14,11 +14,16 @@ def _read_jsonl(path) -> list[dict]:
 
 def _finish(fig, ax, out_png, xlabel, ylabel, title) -> Path:
     """Labels, legend and grid, then save the PNG and free the figure."""
+    import textwrap
+
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=10)  # a long title wraps instead of being cut
+    if xlabel == "step":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 0.25 on a short run
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -39,17 +44,11 @@ def plot_losses(log_path, out_png, title="BiasUnlearn losses") -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("loss_forget", "forget (NPO)"), ("loss_retain", "retain (CE)"), ("loss_kl", "KL to original")):
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+        if pts:  # few logged steps (a short run, a long logging_steps) still show as points
+            ax.plot(*zip(*pts), label=label, marker="." if len(pts) <= 30 else None)
+    if len(rows) < 3:
+        title += f" ({len(rows)} logged step{'s' if len(rows) != 1 else ''}: logging_steps sets how often)"
+    return _finish(fig, ax, out_png, "step", "loss", title)
 
 
 def plot_dev_ss(dev_log, out_png, swaps=None, title="Dev SS per bias type") -> Path | None:

@@ -8,11 +8,29 @@ def _f(v, nd=2):
     return "–" if v is None else f"{v:.{nd}f}"
 
 
+def _overall_last(keys) -> list:
+    """Row names sorted, "overall" last, as the before/after tables order them."""
+    return sorted(k for k in keys if k != "overall") + (["overall"] if "overall" in keys else [])
+
+
+def sample_note(*docs) -> str | None:
+    """A warning when any of the results documents read only a sample of each benchmark (`--limit`, eval_limit):
+    its figures are a quick look, far less precise than a full read, and a table of them must say so."""
+    limits = sorted({(d.get("eval_config") or {}).get("limit") for d in docs if d} - {None, 0})
+    if not limits:
+        return None
+    return (f"**A quick look, not a measurement: at most {' / '.join(map(str, limits))} examples per benchmark (a "
+            "seeded sample: --limit, eval_limit), so every figure below is far less precise than a full read.**")
+
+
 def eval_markdown(doc: dict) -> str:
     """One results document as markdown tables, one per benchmark present."""
     lines = []
     m = doc.get("model", {})
     lines.append(f"## Evaluation: {m.get('spec', '?')}" + (f" + adapter {m['adapter']}" if m.get("adapter") else ""))
+    note = sample_note(doc)
+    if note:
+        lines += ["", note]
     b = doc.get("benchmarks", {})
     if "stereoset" in b:
         for task, mets in b["stereoset"]["metrics"].items():
@@ -32,13 +50,15 @@ def eval_markdown(doc: dict) -> str:
         mets = b["crows_pairs"]["metrics"]
         lines += ["", "### CrowS-Pairs (% preferring sent_more, → 50)", "",
                   "| bias type | length-normalised | summed log-prob | pairs |", "|---|---|---|---|"]
-        for k, r in mets["length_normalised"].items():
+        for k in _overall_last(mets["length_normalised"]):
+            r = mets["length_normalised"][k]
             lines.append(f"| {k} | {_f(r['score'])} | {_f(mets['summed_logprob'][k]['score'])} | {r['n']} |")
     if "bbq" in b:
         lines += ["", "### BBQ (accuracy %, bias scores x100, approximate targets)", "",
                   "| category | acc | acc ambig | acc disambig | bias disambig | bias ambig | n |",
                   "|---|---|---|---|---|---|---|"]
-        for k, r in b["bbq"]["metrics"].items():
+        for k in _overall_last(b["bbq"]["metrics"]):
+            r = b["bbq"]["metrics"][k]
             lines.append(f"| {k} | {_f(r['acc'])} | {_f(r['acc_ambig'])} | {_f(r['acc_disambig'])} | "
                          f"{_f(r['bias_disambig'])} | {_f(r['bias_ambig'])} | {r['n']} |")
     if "perplexity" in b:
@@ -111,7 +131,9 @@ def before_after_markdown(before: dict, after: dict, before_label: str = "before
     because then the two columns are not comparable.
     """
     h = "#" * heading_level
-    lines = [f"- {before_label}: {_model_label(before)}", f"- {after_label}: {_model_label(after)}"]
+    note = sample_note(before, after)
+    lines = ([note, ""] if note else []) + [f"- {before_label}: {_model_label(before)}",
+                                            f"- {after_label}: {_model_label(after)}"]
     diff_cfg = _config_differences(before, after)
     if diff_cfg:
         lines.append(f"- **warning:** the two evaluations used different settings ({', '.join(diff_cfg)}); "
@@ -126,7 +148,8 @@ def before_after_markdown(before: dict, after: dict, before_label: str = "before
     for name in ("stereoset", "crows_pairs", "bbq", "perplexity"):
         if name not in bb or name not in ab:
             if not_measured:
-                which = "either" if name not in bb and name not in ab else (before_label if name not in bb else after_label)
+                which = ("in neither read" if name not in bb and name not in ab
+                         else f"in the {before_label if name not in bb else after_label} read")
                 lines += ["", f"{h} {_BENCH_TITLES[name]}", "", f"not measured ({which})"]
             continue
         if name == "stereoset":
@@ -149,7 +172,7 @@ def before_after_markdown(before: dict, after: dict, before_label: str = "before
                       f"| bias type | length-normalised {head} | summed log-prob {head} | pairs |",
                       f"|---|{sep3}|{sep3}|---|"]
             types = list(ma.get("length_normalised", {}) or mb.get("length_normalised", {}))
-            types = sorted(t for t in types if t != "overall") + (["overall"] if "overall" in types else [])
+            types = _overall_last(types)
             for t in types:
                 nb, na = _get(mb, "length_normalised", t, "score"), _get(ma, "length_normalised", t, "score")
                 sb, sa = _get(mb, "summed_logprob", t, "score"), _get(ma, "summed_logprob", t, "score")
@@ -160,7 +183,7 @@ def before_after_markdown(before: dict, after: dict, before_label: str = "before
             lines += ["", f"{h} BBQ (accuracy %, bias scores ×100 → 0, approximate targets)", "",
                       "| category | " + " | ".join(f"{lab} {head}" for _, lab in BBQ_COLUMNS) + " | n |",
                       "|---|" + "|".join(sep3 for _ in BBQ_COLUMNS) + "|---|"]
-            cats = sorted(c for c in set(ma) | set(mb) if c != "overall") + (["overall"] if "overall" in ma or "overall" in mb else [])
+            cats = _overall_last(set(ma) | set(mb))
             for c in cats:
                 rb, ra = mb.get(c, {}), ma.get(c, {})
                 cells = " | ".join(_trio(rb.get(k), ra.get(k)) for k, _ in BBQ_COLUMNS)

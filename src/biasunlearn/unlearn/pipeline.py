@@ -451,7 +451,8 @@ def describe_best(best, metric: str = "ss") -> str:
     if guard:
         return f"step {step}; no check stayed within the LMS guard, this one dropped least ({crit[0]:.2f} points)"
     what, nd = ("|dev margin|", 4) if metric == "margin" else ("|dev SS - 50|", 2)
-    rest = f" (then {', '.join(f'{c:.{nd}f}' for c in crit[1:])})" if len(crit) > 1 else ""
+    rest = (f" (the other types' {', '.join(f'{c:.{nd}f}' for c in crit[1:])}, which break ties)"
+            if len(crit) > 1 else "")
     return f"step {step}, largest {what} over the bias types {crit[0]:.{nd}f}{rest}, within the LMS guard"
 
 
@@ -462,10 +463,7 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
              "All figures below are on held-out data: StereoSet test = StereoSet dev intrasentence (target terms "
              "disjoint from the train pool), CrowS-Pairs, BBQ and WikiText-2 were never trained on. Checkpoint choice "
              "and swapping used only the dev slice of the train pool.", ""]
-    if cfg.eval_limit:
-        parts += [f"**A quick look, not a measurement: at most {cfg.eval_limit} examples per benchmark (a seeded "
-                  "sample, eval_limit), so every figure below is far less precise than a full read.**", ""]
-    parts.append(report.before_after_markdown(before, after))
+    parts.append(report.before_after_markdown(before, after))  # it says so when the reads were a sample
     rows = [_stereoset_rows(out / name) for name in ("eval_before", "eval_after")]
     if all(rows):
         try:
