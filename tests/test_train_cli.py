@@ -77,8 +77,13 @@ def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
                "--train_pool", "pool.json", "--max_steps", "2", "--eval_every", "1", "--forget_batch_size", "2",
                "--retain_batch_size", "4", "--unrelated_batch_size", "2", "--dev_fraction", "0.3",
                "--min_dev_per_type", "1", "--use_cpu", "true", "--bf16", "false", "--disable_tqdm", "true",
-               "--eval_dtype", "float32", "--collapse_lms_drop", "101", "--eval_bbq_per_category", "0"])
+               "--eval_dtype", "float32", "--collapse_lms_drop", "101", "--eval_bbq_per_category", "0",
+               "--logging_steps", "1"])
     assert rc == 0
+    printed = capsys.readouterr()
+    # stdout holds the results alone; the Trainer's own log lines go to stderr with the rest of the progress
+    assert printed.out.lstrip().startswith("## Evaluation:") and "'loss_forget'" not in printed.out
+    assert "'loss_forget'" in printed.err and "'train_runtime'" in printed.err
     report = (out / "report.md").read_text()
     assert "held-out" in report and "StereoSet" in report
     assert "How precise the StereoSet SS is" in report  # from the two reads' stereoset_scores.jsonl.gz
@@ -95,7 +100,7 @@ def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
     assert before["model"]["adapter"] is None and after["model"]["adapter"] == str(out / "adapter")
     assert before["model"]["extra"] == {} and after["model"]["extra"] == {"adapter_merged": True}
     assert set(after["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
-    assert "StereoSet intrasentence" in capsys.readouterr().out
+    assert "StereoSet intrasentence" in printed.out
 
 
 def test_settings_lists_every_biasunlearn_setting_with_its_default(capsys):

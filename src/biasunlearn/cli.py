@@ -137,6 +137,19 @@ def _underscores_as_hyphens(parser: argparse.ArgumentParser, argv: list[str]) ->
     return out
 
 
+def _quiet_deepspeed_on_cpu() -> None:
+    """DeepSpeed, when installed, is imported by transformers and, finding no GPU, prints a warning to stdout each
+    time it looks for one. Where torch sees no CUDA, tell it the accelerator is the CPU (what it picks anyway), so
+    stdout keeps only a command's results. A value already set wins."""
+    import os
+
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv=None) -> int:
     _register_optional()
     parser = build_parser()
@@ -144,6 +157,7 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _quiet_deepspeed_on_cpu()
     try:
         if getattr(args, "device", None):  # a device torch does not know is named before anything loads
             from .models import parse_device

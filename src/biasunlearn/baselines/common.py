@@ -201,7 +201,7 @@ class LoraFineTune:
 
     def train(self) -> dict:
         from ..unlearn.pipeline import prepare_lora
-        from ..unlearn.trainer import JsonlLogCallback
+        from ..unlearn.trainer import JsonlLogCallback, route_logs_to_stderr
 
         model, tok, info, splits = self._start()
         texts = self.training_texts(splits.train)
@@ -215,6 +215,7 @@ class LoraFineTune:
         dev_cb = DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log)
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
+        route_logs_to_stderr(trainer)
         self.log(f"[{self.name}] {len(seqs)} training sentences, {self.cfg.max_steps} steps of {self.batch_size}")
         t0 = time.time()
         trainer.train()

@@ -77,7 +77,7 @@ class DPO(LoraFineTune):
         from datasets import Dataset
         from trl import DPOConfig
 
-        from ..unlearn.trainer import JsonlLogCallback
+        from ..unlearn.trainer import JsonlLogCallback, route_logs_to_stderr
 
         model, tok, info, splits = self._start()
         rows = self.encode_pairs(tok, preference_pairs(splits.train))
@@ -90,6 +90,7 @@ class DPO(LoraFineTune):
         dev_cb = DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log)
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
+        route_logs_to_stderr(trainer)
         self.log(f"[dpo] {len(rows)} preference pairs, {self.cfg.max_steps} steps of {self.batch_size} pairs")
         t0 = time.time()
         trainer.train()

@@ -27,7 +27,7 @@ from .config import UnlearnConfig, legacy_value
 from .controller import SwapController
 from .generated import load_or_sample
 from .sets import UnlearnSets
-from .trainer import BiasUnlearnTrainer, DevCheckCallback, JsonlLogCallback, recover_folder
+from .trainer import BiasUnlearnTrainer, DevCheckCallback, JsonlLogCallback, recover_folder, route_logs_to_stderr
 
 
 def _log(msg):
@@ -274,6 +274,7 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     dev_cb = DevCheckCallback(trainer, splits.dev, out, log=log)
     trainer.add_callback(dev_cb)
     trainer.add_callback(JsonlLogCallback(out / "log.jsonl"))
+    route_logs_to_stderr(trainer)
     if ck is not None:
         dev_cb.restore(ck)
         log(f"[train] resuming from {ck}")

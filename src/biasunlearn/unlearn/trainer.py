@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -498,6 +499,44 @@ class DevCheckCallback(TrainerCallback):
         self.trainer.controller.load_state_dict(st["controller"])
         self.start_lms = st["start_lms"]
         self.best = ((int(st["best"][0][0]), tuple(st["best"][0][1])), st["best"][1]) if st["best"] else None
+
+
+def _log_line(logs: dict) -> str:
+    return str({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items() if k != "total_flos"})
+
+
+class _StderrPrinter(TrainerCallback):
+    """transformers' PrinterCallback (used when tqdm is off), writing to stderr instead of stdout."""
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if state.is_local_process_zero and logs:
+            print(_log_line(logs), file=sys.stderr, flush=True)
+
+
+def _stderr_progress_class():
+    from transformers.trainer_callback import ProgressCallback
+
+    class StderrProgress(ProgressCallback):
+        """transformers' ProgressCallback, its log lines written beside its bar on stderr, not to stdout."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                from tqdm.auto import tqdm
+
+                tqdm.write(_log_line(logs), file=sys.stderr)
+
+    return StderrProgress
+
+
+def route_logs_to_stderr(trainer) -> None:
+    """The Trainer's own log lines ({'loss': ...}) go to stderr with the rest of the progress, so that stdout holds
+    only a command's results (the tables `train` prints, which a user may redirect to a file)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    if trainer.pop_callback(PrinterCallback) is not None:
+        trainer.add_callback(_StderrPrinter())
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_stderr_progress_class()())
 
 
 class JsonlLogCallback(TrainerCallback):
