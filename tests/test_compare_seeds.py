@@ -79,6 +79,22 @@ def test_seeds_report_by_hand(tmp_path):
     assert html.startswith("<!DOCTYPE html>") and html.count("<table>") == 4 and paths["summary"].endswith("seeds_summary.json")
 
 
+def test_seeds_report_of_stereoset_alone_says_what_was_not_measured(tmp_path):
+    from biasunlearn.compare_seeds import write_seeds_report
+
+    out = tmp_path / "cmp"
+    for s, (bu, cda) in {42: (50.8, 55.0), 7: (49.0, 53.0)}.items():
+        docs = seed_docs(bu, 91.9, 20.1, cda)
+        for d in docs.values():
+            d["benchmarks"] = {"stereoset": d["benchmarks"]["stereoset"]}
+        write_folder(out / f"seed-{s}", docs, logs=False)
+    write_seeds_report(out, [42, 7], ["base", "cda", "biasunlearn"])
+    md = (out / "report.md").read_text()
+    assert "## CrowS-Pairs, BBQ and perplexity\n\nnot measured (not in --benchmarks)" in md
+    assert "SS overall / ICAT per seed." in md
+    assert "| CDA | 55.00 / 85.50 | 53.00 / 89.30 |" in md  # two numbers a cell (ICAT 95 * 45 / 50), as the heading says
+
+
 def test_seeds_report_warns_when_a_seed_used_another_budget_and_names_missing_folders(tmp_path):
     from biasunlearn.compare_seeds import write_seeds_report
     from biasunlearn.errors import ConfigError

@@ -276,15 +276,21 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
                 same[n] = twin
     md += [""] + [f"- {label_of(n)}: the same settings as {label_of(t)} under this config, so the same runs."
                   for n, t in same.items()] if same else []
-    md += ["", "## CrowS-Pairs, BBQ and perplexity", "",
-           "| Method | seeds | CrowS-Pairs (→ 50) | BBQ bias ambig (→ 0) | BBQ bias disambig (→ 0) | perplexity | "
-           "Δ perplexity |", "|---|---|---|---|---|---|---|"]
-    for m in order:
+    measured = {b for s in seeds for d in docs[s].values() for b in (d.get("benchmarks") or {})}
+    md += ["", "## CrowS-Pairs, BBQ and perplexity", ""]
+    if not measured & {"crows_pairs", "bbq", "perplexity"}:
+        md.append("not measured (not in --benchmarks)")
+    else:
+        md += ["| Method | seeds | CrowS-Pairs (→ 50) | BBQ bias ambig (→ 0) | BBQ bias disambig (→ 0) | perplexity | "
+               "Δ perplexity |", "|---|---|---|---|---|---|---|"]
+    for m in (order if measured & {"crows_pairs", "bbq", "perplexity"} else []):
         dp = "–" if m == "base" else _ms(P[m].get("ppl_change_pct"), signed=True) + ("%" if P[m].get(
             "ppl_change_pct", {}).get("mean") is not None else "")
         md.append(f"| {label_of(m)} | {n_of(m)} | {_ms(P[m].get('crows'))} | {_ms(P[m].get('bbq_bias_ambig'))} | "
                   f"{_ms(P[m].get('bbq_bias_disambig'))} | {_ms(P[m].get('ppl'), 3)} | {dp} |")
-    md += ["", "## Each seed", "", "SS overall / ICAT / perplexity change per seed.", "",
+    with_ppl = "perplexity" in measured
+    md += ["", "## Each seed", "", "SS overall / ICAT" + (" / perplexity change (the base model: SS and ICAT)"
+                                                         if with_ppl else "") + " per seed.", "",
            "| Method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for m in order:
         cells = []
@@ -294,7 +300,7 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
                 cells.append("not run")
                 continue
             cell = f"{R._cell(h.get('ss_overall'), False)} / {R._cell(h.get('icat'), False)}"
-            if m != "base":
+            if m != "base" and with_ppl:
                 cell += f" / {R._cell(h.get('ppl_change_pct'), False, signed=True)}%" if h.get("ppl_change_pct") is not None else " / –"
             cells.append(cell)
         md.append(f"| {label_of(m)} | " + " | ".join(cells) + " |")
