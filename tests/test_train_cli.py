@@ -88,6 +88,8 @@ def test_train_cli_end_to_end(tmp_path, tiny_llama_path, fake_data, capsys):
     assert "held-out" in report and "StereoSet" in report
     assert "How precise the StereoSet SS is" in report  # from the two reads' stereoset_scores.jsonl.gz
     assert "Which target terms each domain's SS comes from" in report
+    for png in ("losses.png", "dev_ss.png", "dev_margin.png"):  # every plot the run wrote is in the report
+        assert (out / png).exists() and f"]({png})" in report
     assert "- adapter/ (the one evaluated above): best dev check; merged into the weights for the read: " \
         "`merge_and_unload`, in float32\n" in report
     summary = json.loads((out / "train_summary.json").read_text())

@@ -480,7 +480,9 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
               f"- swaps: {len(summary.get('swaps', []))}" + "".join(
                   f"\n  - step {e['step']}: {e['bias_type']} dev SS {e['ss']:.1f} -> direction {e['direction']:+d}"
                   for e in summary.get("swaps", [])),
-              "", "![losses](losses.png)", "", "![dev SS](dev_ss.png)", ""]
+              ""] + [f"![{alt}]({png})\n" for alt, png in (("losses", "losses.png"), ("dev SS", "dev_ss.png"),
+                                                                   ("dev margin", "dev_margin.png"))
+                     if (out / png).exists()]
     return atomic_write_text(out / "report.md", "\n".join(parts))
 
 
