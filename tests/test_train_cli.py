@@ -338,6 +338,11 @@ def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_i
     assert "is not a run's (a model's, model_type 'llama')" in capsys.readouterr().err
     assert (model_copy / "config.json").read_bytes() == model_config
     assert sorted(p.name for p in model_copy.iterdir()) == sorted(p.name for p in tiny_llama_path.iterdir())
+    cda = tmp_path / "cda"  # another method's run (a compare folder)
+    cda.mkdir()
+    (cda / "config.json").write_text(json.dumps({"method": "cda", "config": {}}))
+    assert main(words[:1] + ["--out", str(cda)] + words[3:]) == 2
+    assert "holds a 'cda' run (from `biasunlearn compare`?), not a BiasUnlearn one" in capsys.readouterr().err
     afile = tmp_path / "afile"
     afile.write_text("mine")
     assert main(words[:1] + ["--out", str(afile)] + words[3:]) == 2

@@ -110,8 +110,8 @@ def holds_run(folder: Path) -> bool:
 
 
 def check_out_folder(out: Path) -> None:
-    """Refuse a run folder the run would damage: a file, or a folder whose config.json is not a run's (a model
-    folder: the run would write its own config.json over the model's). Other files there are left alone."""
+    """Refuse a run folder the run would damage: a file, a folder whose config.json is not a run's (a model folder:
+    the run would write its own config.json over the model's), or another method's run. Other files are left alone."""
     from .io import check_folder_path, read_json
 
     out = check_folder_path(out)
@@ -121,9 +121,13 @@ def check_out_folder(out: Path) -> None:
             doc = read_json(cfg)
         except (OSError, ValueError) as e:
             raise ConfigError(f"--out {out}: {cfg} cannot be read ({e}); name another --out") from e
-        if run_kind(doc) is None:
+        kind = run_kind(doc)
+        if kind is None:
             raise ConfigError(f"--out {out}: {cfg} is not a run's ({_what_config_is(doc)}); a run there would "
                               "write over it: name another --out")
+        if kind != "biasunlearn":
+            raise ConfigError(f"--out {out}: it holds a {kind!r} run (from `biasunlearn compare`?), not a BiasUnlearn "
+                              "one: name another --out")
 
 
 def parse_train_config(argv: list[str]):
