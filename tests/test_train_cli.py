@@ -335,7 +335,8 @@ def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_i
     assert main(["train", "--resume", str(model_copy)]) == 2
     assert f"--resume {model_copy}: no run there" in capsys.readouterr().err
     assert main(words[:1] + ["--out", str(model_copy)] + words[3:]) == 2
-    assert "is not a run's (a model's, model_type 'llama')" in capsys.readouterr().err
+    assert f"--out {model_copy}: a run there would write over it ({model_copy / 'config.json'} is not a run's: " \
+        "a model's, model_type 'llama'); name another --out" in capsys.readouterr().err
     assert (model_copy / "config.json").read_bytes() == model_config
     assert sorted(p.name for p in model_copy.iterdir()) == sorted(p.name for p in tiny_llama_path.iterdir())
     cda = tmp_path / "cda"  # another method's run (a compare folder)
@@ -343,6 +344,8 @@ def test_a_folder_holding_a_run_is_refused_resumed_when_finished_is_left_as_it_i
     (cda / "config.json").write_text(json.dumps({"method": "cda", "config": {}}))
     assert main(words[:1] + ["--out", str(cda)] + words[3:]) == 2
     assert "holds a 'cda' run (from `biasunlearn compare`?), not a BiasUnlearn one" in capsys.readouterr().err
+    assert main(["train", "--resume", str(cda)]) == 2
+    assert f"--resume {cda}: it holds a 'cda' run" in capsys.readouterr().err
     afile = tmp_path / "afile"
     afile.write_text("mine")
     assert main(words[:1] + ["--out", str(afile)] + words[3:]) == 2

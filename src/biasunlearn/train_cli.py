@@ -53,22 +53,12 @@ def read_recipe(value: str) -> dict:
 
 def saved_run_settings(folder: Path) -> dict:
     """The settings a run in `folder` started with (its config.json), for `--resume`."""
-    from .io import read_json
     from .unlearn.config import UnlearnConfig, coerce_settings, legacy_value
 
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ConfigError(f"--resume {folder}: no run there (no config.json); to start a run in it, use --out {folder}")
-    try:
-        doc = read_json(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--resume {folder}: {path} cannot be read ({e})") from e
-    kind = run_kind(doc)
-    if kind is None:
-        raise ConfigError(f"--resume {folder}: no run there ({path} is not a run's config.json: "
-                          f"{_what_config_is(doc)})")
-    if kind != "biasunlearn":
-        raise ConfigError(f"--resume {folder}: the run there is {kind!r}, not a BiasUnlearn run")
+    doc = _biasunlearn_run_config(path, f"--resume {folder}", "no run there")
     if "settings" in doc:
         values = dict(doc["settings"])
     else:  # a run written before config.json kept every setting: its method settings, enums as "Enum.NAME"
@@ -112,22 +102,30 @@ def holds_run(folder: Path) -> bool:
 def check_out_folder(out: Path) -> None:
     """Refuse a run folder the run would damage: a file, a folder whose config.json is not a run's (a model folder:
     the run would write its own config.json over the model's), or another method's run. Other files are left alone."""
-    from .io import check_folder_path, read_json
+    from .io import check_folder_path
 
     out = check_folder_path(out)
-    cfg = out / "config.json"
-    if cfg.is_file():
-        try:
-            doc = read_json(cfg)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--out {out}: {cfg} cannot be read ({e}); name another --out") from e
-        kind = run_kind(doc)
-        if kind is None:
-            raise ConfigError(f"--out {out}: {cfg} is not a run's ({_what_config_is(doc)}); a run there would "
-                              "write over it: name another --out")
-        if kind != "biasunlearn":
-            raise ConfigError(f"--out {out}: it holds a {kind!r} run (from `biasunlearn compare`?), not a BiasUnlearn "
-                              "one: name another --out")
+    if (out / "config.json").is_file():
+        _biasunlearn_run_config(out / "config.json", f"--out {out}", "a run there would write over it",
+                                "; name another --out")
+
+
+def _biasunlearn_run_config(path: Path, where: str, not_a_run: str, advice: str = "") -> dict:
+    """The config.json at `path` of a BiasUnlearn run. A file that cannot be read, that is not a run's (`not_a_run`
+    says what that means for the flag `where` names), or that is another method's run is a ConfigError."""
+    from .io import read_json
+
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}: {path} cannot be read ({e}){advice}") from e
+    kind = run_kind(doc)
+    if kind is None:
+        raise ConfigError(f"{where}: {not_a_run} ({path} is not a run's: {_what_config_is(doc)}){advice}")
+    if kind != "biasunlearn":
+        raise ConfigError(f"{where}: it holds a {kind!r} run (from `biasunlearn compare`?), not a BiasUnlearn "
+                          f"one{advice}")
+    return doc
 
 
 def parse_train_config(argv: list[str]):
