@@ -283,11 +283,11 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
     else:
         md += ["| Method | seeds | CrowS-Pairs (→ 50) | BBQ bias ambig (→ 0) | BBQ bias disambig (→ 0) | perplexity | "
                "Δ perplexity |", "|---|---|---|---|---|---|---|"]
-    for m in (order if measured & {"crows_pairs", "bbq", "perplexity"} else []):
-        dp = "–" if m == "base" else _ms(P[m].get("ppl_change_pct"), signed=True) + ("%" if P[m].get(
-            "ppl_change_pct", {}).get("mean") is not None else "")
-        md.append(f"| {label_of(m)} | {n_of(m)} | {_ms(P[m].get('crows'))} | {_ms(P[m].get('bbq_bias_ambig'))} | "
-                  f"{_ms(P[m].get('bbq_bias_disambig'))} | {_ms(P[m].get('ppl'), 3)} | {dp} |")
+        for m in order:
+            dp = "–" if m == "base" else _ms(P[m].get("ppl_change_pct"), signed=True) + ("%" if P[m].get(
+                "ppl_change_pct", {}).get("mean") is not None else "")
+            md.append(f"| {label_of(m)} | {n_of(m)} | {_ms(P[m].get('crows'))} | {_ms(P[m].get('bbq_bias_ambig'))} | "
+                      f"{_ms(P[m].get('bbq_bias_disambig'))} | {_ms(P[m].get('ppl'), 3)} | {dp} |")
     with_ppl = "perplexity" in measured
     md += ["", "## Each seed", "", "SS overall / ICAT" + (" / perplexity change (the base model: SS and ICAT)"
                                                          if with_ppl else "") + " per seed.", "",

@@ -237,12 +237,20 @@ def eval_perplexity(model, tok, cfg: EvalConfig, path: Path) -> dict:
 RUNNERS = {"stereoset": eval_stereoset, "crows_pairs": eval_crows_pairs, "bbq": eval_bbq, "perplexity": eval_perplexity}
 
 
+def benchmark_names_problem(names) -> str | None:
+    """What is wrong with a list of benchmark names ("unknown foo", "names none"), with the choices, or None."""
+    unknown = [b for b in names if b not in BENCHMARKS]
+    if unknown or not names:
+        return (f"{'unknown ' + ', '.join(unknown) if unknown else 'names none'} "
+                f"(choose from {', '.join(BENCHMARKS)})")
+    return None
+
+
 def check_config(cfg: EvalConfig) -> Path:
     """Fail on a bad benchmark name or data folder before any model is loaded. Returns the data folder."""
-    unknown = [b for b in cfg.benchmarks if b not in RUNNERS]
-    if unknown or not cfg.benchmarks:
-        raise ConfigError(f"--benchmarks: {'unknown ' + ', '.join(unknown) if unknown else 'names none'} "
-                          f"(choose from {', '.join(BENCHMARKS)})")
+    problem = benchmark_names_problem(cfg.benchmarks)
+    if problem:
+        raise ConfigError(f"--benchmarks: {problem}")
     return data_dir(cfg.data_dir)
 
 

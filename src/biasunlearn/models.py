@@ -203,9 +203,10 @@ def parse_device(device) -> torch.device:
 
 def merge_note(dtype: str) -> str:
     """How load_model(merge_adapter=True) and export merge an adapter, in words for reports, provenance and cards."""
-    if str(dtype).removeprefix("torch.") == "float32":
+    name = str(dtype).removeprefix("torch.")
+    if name == "float32":
         return "`merge_and_unload`, in float32"
-    return f"`merge_and_unload` in float32, each merged weight then rounded once to {str(dtype).removeprefix('torch.')}"
+    return f"`merge_and_unload` in float32, each merged weight then rounded once to {name}"
 
 
 def free_device_memory(device=None) -> None:

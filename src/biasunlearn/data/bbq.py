@@ -73,6 +73,28 @@ def _path(keys) -> str:
     return "".join(f"[{k}]" if isinstance(k, int) else (f".{k}" if i else k) for i, k in enumerate(keys))
 
 
+def _field(ex, at: tuple, *keys, kind=str):
+    """ex[keys[0]][keys[1]]... of one BBQ line, of type `kind` (int: converted); a DataError naming the field's
+    path in the line when it is missing or of another type. `at`: (file, line number)."""
+    path, line_no = at
+    value = ex
+    for i, k in enumerate(keys):
+        try:
+            value = value[k]
+        except (KeyError, IndexError, TypeError):
+            above = _path(keys[:i])
+            why = "" if isinstance(value, (dict, list)) or not above else f" ({above} is a {type(value).__name__})"
+            raise DataError(path, f"field {_path(keys)} is missing{why}", row=line_no) from None
+    if kind is int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise DataError(path, f"field {_path(keys)} is {value!r}, not a whole number", row=line_no) from None
+    if not isinstance(value, kind):
+        raise DataError(path, f"field {_path(keys)} is a {type(value).__name__}, not a {kind.__name__}", row=line_no)
+    return value
+
+
 def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
     """One ``<Category>.jsonl`` file, or a folder of them (sorted by name)."""
     path = Path(path)
@@ -93,39 +115,18 @@ def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
                 ex = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(path, f"invalid JSON: {e.msg} (character {e.pos + 1} of the line)", row=line_no) from e
-
-            def field(*keys, kind=str):
-                value = ex
-                for k in keys:
-                    try:
-                        value = value[k]
-                    except (KeyError, IndexError, TypeError):
-                        above = _path(keys[:keys.index(k)])
-                        why = ("" if isinstance(value, (dict, list)) or not above
-                               else f" ({above} is a {type(value).__name__})")
-                        raise DataError(path, f"field {_path(keys)} is missing{why}", row=line_no) from None
-                if kind is int:
-                    try:
-                        return int(value)
-                    except (TypeError, ValueError):
-                        raise DataError(path, f"field {_path(keys)} is {value!r}, not a whole number",
-                                        row=line_no) from None
-                if not isinstance(value, kind):
-                    raise DataError(path, f"field {_path(keys)} is a {type(value).__name__}, not a {kind.__name__}",
-                                    row=line_no)
-                return value
-
-            answers = [field(f"ans{i}") for i in range(3)]
-            infos = [field("answer_info", f"ans{i}", kind=list) for i in range(3)]
+            at = (path, line_no)
+            answers = [_field(ex, at, f"ans{i}") for i in range(3)]
+            infos = [_field(ex, at, "answer_info", f"ans{i}", kind=list) for i in range(3)]
             bad = [i for i, x in enumerate(infos) if len(x) != 2 or not all(isinstance(v, str) for v in x)]
             if bad:
                 raise DataError(path, f"field answer_info.ans{bad[0]} is {infos[bad[0]]!r}, not [answer text, tag]",
                                 row=line_no)
             tags = [x[1] for x in infos]
-            label = field("label", kind=int)
-            polarity, condition = field("question_polarity"), field("context_condition")
-            context, question, category = field("context"), field("question"), field("category")
-            eid = f"{category}-{field('example_id', kind=object)}"
+            label = _field(ex, at, "label", kind=int)
+            polarity, condition = _field(ex, at, "question_polarity"), _field(ex, at, "context_condition")
+            context, question, category = (_field(ex, at, k) for k in ("context", "question", "category"))
+            eid = f"{category}-{_field(ex, at, 'example_id', kind=object)}"
             if label not in (0, 1, 2):
                 raise DataError(path, f"label {label} is not 0, 1 or 2", row=line_no)
             if polarity not in ("neg", "nonneg") or condition not in ("ambig", "disambig"):

@@ -215,15 +215,14 @@ class UnlearnConfig(TrainingArguments):
             except re.error as e:
                 raise ConfigError(f"train_exclude_pattern={self.train_exclude_pattern!r}: not a regular expression "
                                   f"({e})") from e
-        from ..evaluate import BENCHMARKS
+        from ..evaluate import benchmark_names_problem
         from ..io import comma_list
 
         named = comma_list(self.eval_benchmarks)
-        unknown = [b for b in named if b not in BENCHMARKS]
-        if unknown or (not named and not self.skip_final_eval):
-            raise ConfigError(f"eval_benchmarks={self.eval_benchmarks!r}: "
-                              + (f"unknown {', '.join(unknown)}" if unknown else "names none")
-                              + f" (choose from {', '.join(BENCHMARKS)}; skip_final_eval=true trains without them)")
+        problem = benchmark_names_problem(named)
+        if problem and (named or not self.skip_final_eval):  # training alone needs no benchmark
+            raise ConfigError(f"eval_benchmarks={self.eval_benchmarks!r}: {problem}; skip_final_eval=true trains "
+                              "without them")
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..errors import BiasUnlearnError, ConfigError
 from ..evaluate import stereoset_records
@@ -513,30 +514,23 @@ class _StderrPrinter(TrainerCallback):
             print(_log_line(logs), file=sys.stderr, flush=True)
 
 
-def _stderr_progress_class():
-    from transformers.trainer_callback import ProgressCallback
+class _StderrProgress(ProgressCallback):
+    """transformers' ProgressCallback, its log lines written beside its bar on stderr, not to stdout."""
 
-    class StderrProgress(ProgressCallback):
-        """transformers' ProgressCallback, its log lines written beside its bar on stderr, not to stdout."""
+    def on_log(self, args, state, control, logs=None, **kw):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            from tqdm.auto import tqdm
 
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.is_world_process_zero and self.training_bar is not None and logs:
-                from tqdm.auto import tqdm
-
-                tqdm.write(_log_line(logs), file=sys.stderr)
-
-    return StderrProgress
+            tqdm.write(_log_line(logs), file=sys.stderr)
 
 
 def route_logs_to_stderr(trainer) -> None:
     """The Trainer's own log lines ({'loss': ...}) go to stderr with the rest of the progress, so that stdout holds
     only a command's results (the tables `train` prints, which a user may redirect to a file)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     if trainer.pop_callback(PrinterCallback) is not None:
         trainer.add_callback(_StderrPrinter())
     if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_stderr_progress_class()())
+        trainer.add_callback(_StderrProgress())
 
 
 class JsonlLogCallback(TrainerCallback):
