@@ -105,6 +105,22 @@ def make_tokenizer():
                                    pad_token="<pad>")
 
 
+def make_legacy_sp_tokenizer(words=("The", "mother", "was", "very", "caring", "strict", "father")):
+    """A fast tokenizer that behaves as a SentencePiece tokenizer in its legacy mode (Llama 2, Mistral 7B v0.1):
+    "▁" is put in front of the text and every space becomes "▁", so " caring." tokenized alone starts with a lone
+    "▁" that the whole sentence "The mother was very caring." does not have."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", "▁", "."] + ["▁" + w for w in words])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("▁", behavior="merged_with_next"),
+                                                pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+
+
 def make_model(folder: Path, arch: str = "llama", hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """Save a tiny random model (llama or gpt2 shapes) with the tokenizer to `folder`."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig

@@ -110,6 +110,15 @@ def test_dpo_pairs_prompt_chosen_rejected(tmp_path, tiny_llama_path, train_data)
     assert rows[0]["prompt_ids"][0] == start_token_id(tok)
     assert rows[0]["prompt_ids"].count(start_token_id(tok)) == 1  # our start token only, no second BOS
     assert rows[0]["chosen_ids"] == tok(p["chosen"], add_special_tokens=False)["input_ids"]
+    # a legacy SentencePiece tokenizer: the completions are split from the whole sentences' tokens, without the
+    # lone "▁" that " caring." tokenized alone starts with
+    from _tiny import make_legacy_sp_tokenizer
+
+    sp = make_legacy_sp_tokenizer()
+    ids = sp.convert_tokens_to_ids
+    (row,) = DPO(cfg).encode_pairs(sp, [{"x": "The mother was", "chosen": " very strict.", "rejected": " very caring."}])
+    assert row == {"prompt_ids": [start_token_id(sp)] + ids(["▁The", "▁mother", "▁was"]),
+                   "chosen_ids": ids(["▁very", "▁strict", "."]), "rejected_ids": ids(["▁very", "▁caring", "."])}
 
 
 def test_dpo_trains_against_adapter_disabled_reference(tmp_path, tiny_llama_path, train_data):

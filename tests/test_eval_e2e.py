@@ -63,7 +63,12 @@ def test_results_document_has_every_benchmark(cli_run, tiny_gpt2_path, fake_data
     bbq = doc["benchmarks"]["bbq"]
     assert set(bbq["metrics"]) == {"Gender_identity", "Nationality", "overall"}
     assert bbq["metrics"]["overall"]["n"] == 6 and bbq["metrics"]["overall"]["n_ambig"] == 3
-    assert "approximate" in bbq["note"]
+    assert "approximate" in bbq["note"] and "before any sampling" in bbq["note"]
+    # how each benchmark was scored is recorded, so another tool can reproduce the scores
+    assert "'{context}\\nQuestion: {question}\\nAnswer:'" in bbq["scoring"]
+    assert "' ' + candidate after the start token and the context" in doc["benchmarks"]["stereoset"]["scoring"][
+        "intersentence"]
+    assert "mean (length_normalised) and the sum" in doc["benchmarks"]["crows_pairs"]["scoring"]
     ppl = doc["benchmarks"]["perplexity"]
     assert ppl["metrics"]["perplexity"] == pytest.approx(math.exp(ppl["metrics"]["nll_per_token"]))
     assert ppl["metrics"]["tokens_scored"] == ppl["metrics"]["tokens_in_file"] - 1  # the whole (tiny) file

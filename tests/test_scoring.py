@@ -570,3 +570,30 @@ def test_model_spec_resolution_and_a_mistyped_built_in_name(tmp_path):
         resolve_model_path(str(tmp_path / "empty"))
     with pytest.raises(ModelLoadError, match="no such file or folder"):
         resolve_model_path(str(tmp_path / "missing"))
+
+
+def test_tokenize_parts_splits_the_whole_sentences_tokens_where_parts_tokenize_otherwise_apart():
+    """A legacy SentencePiece tokenizer gives " caring." alone a lone "▁" token in front; training must see the
+    tokens the evaluation scores (the whole sentence's), split where the scored part begins."""
+    from _tiny import make_legacy_sp_tokenizer, make_tokenizer
+
+    from biasunlearn.scoring import tokenize_parts
+
+    tok = make_legacy_sp_tokenizer()
+    ids = lambda *ts: tok.convert_tokens_to_ids(list(ts))  # noqa: E731
+    assert tok(" caring.", add_special_tokens=False)["input_ids"] == ids("▁", "▁caring", ".")  # the trap
+    whole = tok("The mother was very caring.", add_special_tokens=False)["input_ids"]
+    parts, used_whole = tokenize_parts(tok, ("The mother was very", " caring.", ""))
+    assert used_whole and parts == [ids("▁The", "▁mother", "▁was", "▁very"), ids("▁caring", "."), []]
+    assert sum(parts, []) == whole
+    # three parts (score_span 'word'): the filled word alone is y
+    parts, used_whole = tokenize_parts(tok, ("The mother was very", " caring", "."))
+    assert used_whole and parts == [ids("▁The", "▁mother", "▁was", "▁very"), ids("▁caring"), ids(".")]
+    # one part (a KL text): tokenized as it is
+    assert tokenize_parts(tok, ("", " caring.", "")) == ([[], ids("▁", "▁caring", "."), []], False)
+    # a tokenizer whose parts tokenize apart as whole keeps them apart (no offsets needed)
+    plain = make_tokenizer()
+    parts, used_whole = tokenize_parts(plain, ("The river", " runs past", " the city ."))
+    assert not used_whole
+    assert parts == [plain(t, add_special_tokens=False)["input_ids"] for t in ("The river", " runs past", " the city .")]
+

@@ -119,8 +119,10 @@ def test_controller_pause_stops_training_a_type_past_level_instead_of_reversing_
     # race is below 48: paused (0), not swapped (-1); religion is inside the dead band and keeps training
     assert d == {"gender": 1, "race": 0, "religion": 1} and not stop
     d, _ = c.update(10, {"gender": 58, "race": 51.9, "religion": 47.0})
-    assert d == {"gender": 1, "race": 0, "religion": 0}  # race resumes only at 52 or above
-    d, _ = c.update(20, {"gender": 56, "race": 52.0, "religion": 45.0})
+    assert d == {"gender": 1, "race": 0, "religion": 0}  # race resumes only above 52
+    d, _ = c.update(15, {"gender": 57, "race": 52.0, "religion": 46.0})
+    assert d == {"gender": 1, "race": 0, "religion": 0}  # 52.0 is the band's edge: still paused
+    d, _ = c.update(20, {"gender": 56, "race": 52.1, "religion": 45.0})
     assert d == {"gender": 1, "race": 1, "religion": 0}
     assert [(e["step"], e["bias_type"], e["direction"]) for e in c.events] == \
         [(0, "race", 0), (10, "religion", 0), (20, "race", 1)]
@@ -468,16 +470,20 @@ def test_controller_swap_margin_is_a_dead_band():
     c = SwapController(["gender", "race"], mode="swap", margin=2.0)
     d, _ = c.update(0, {"gender": 49.5, "race": 47.9})  # gender inside the band keeps +1; race below 48 swaps
     assert d == {"gender": 1, "race": -1}
-    d, _ = c.update(10, {"gender": 48.0, "race": 51.9})  # 48.0 is not below 48; race back only at 52 or above
+    d, _ = c.update(10, {"gender": 48.0, "race": 52.0})  # 48.0 is not below 48; race back only above 52
     assert d == {"gender": 1, "race": -1}
-    d, _ = c.update(20, {"gender": 47.0, "race": 52.0})
+    d, _ = c.update(20, {"gender": 47.0, "race": 52.1})
     assert d == {"gender": -1, "race": 1}
     assert [(e["step"], e["bias_type"], e["direction"]) for e in c.events] == \
         [(0, "race", -1), (20, "gender", -1), (20, "race", 1)]
-    # margin 0 is the paper's rule: below 50 swapped, 50 or above normal
+    # margin 0 is the paper's rule: swapped below 50, swapped back above 50; at 50 exactly a type keeps its
+    # direction (a swapped type at level is not sent back to forgetting its stereotypes)
     p = SwapController(["gender"], mode="swap")
-    assert p.update(0, {"gender": 49.9})[0] == {"gender": -1}
-    assert p.update(10, {"gender": 50.0})[0] == {"gender": 1}
+    assert p.update(0, {"gender": 50.0})[0] == {"gender": 1}
+    assert p.update(5, {"gender": 49.9})[0] == {"gender": -1}
+    assert p.update(10, {"gender": 50.0})[0] == {"gender": -1}
+    assert p.update(15, {"gender": 50.1})[0] == {"gender": 1}
+    assert [(e["step"], e["direction"]) for e in p.events] == [(5, -1), (15, 1)]
     with pytest.raises(ValueError, match="margin"):
         SwapController(["gender"], margin=-1)
 
@@ -490,10 +496,12 @@ def test_controller_margin_signal_swaps_on_margin_not_ss():
     assert d == {"gender": 1, "race": -1} and stop is False
     d, _ = c.update(10, {"gender": 50.0, "race": 50.0}, 90.0, dev_margin={"gender": -0.019, "race": 0.019})
     assert d == {"gender": 1, "race": -1}  # both inside the +-0.02 band: directions kept
-    d, stop = c.update(20, {"gender": 51.0, "race": 49.0}, 90.0, dev_margin={"gender": -0.05, "race": 0.02})
+    d, _ = c.update(15, {"gender": 50.0, "race": 50.0}, 90.0, dev_margin={"gender": 0.0, "race": 0.02})
+    assert d == {"gender": 1, "race": -1}  # race at the band's edge: still swapped
+    d, stop = c.update(20, {"gender": 51.0, "race": 49.0}, 90.0, dev_margin={"gender": -0.05, "race": 0.021})
     assert d == {"gender": -1, "race": 1} and stop is True  # early stop still reads SS (all within 50 +- 2)
     assert [(e["step"], e["bias_type"], e["direction"], e["margin"], e["ss"]) for e in c.events] == \
-        [(0, "race", -1, -0.03, 51.0), (20, "gender", -1, -0.05, 51.0), (20, "race", 1, 0.02, 49.0)]
+        [(0, "race", -1, -0.03, 51.0), (20, "gender", -1, -0.05, 51.0), (20, "race", 1, 0.021, 49.0)]
     assert c.history[0]["margin"] == {"gender": 0.19, "race": -0.03}
     with pytest.raises(ValueError, match="needs the dev margins"):
         c.update(30, {"gender": 50.0, "race": 50.0})
@@ -1268,3 +1276,30 @@ def test_loss_plot_of_a_short_run_shows_its_points_on_whole_steps(tmp_path, monk
     assert seen["markers"] == [".", ".", "."]  # two logged steps: drawn as points, not an empty line
     assert "2 logged steps: logging_steps sets how often" in seen["title"].replace("\n", " ")
     assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"])
+
+
+def test_trainer_trains_on_the_whole_sentences_tokens_and_says_so_once(caplog):
+    """With a tokenizer whose parts tokenize apart otherwise than whole (legacy SentencePiece: " caring." alone gets
+    a lone "▁"), a training sentence is encoded as the evaluation scores it: the whole sentence's tokens, y scored
+    from where it begins; a warning says so once, and the count is kept."""
+    import logging
+    from types import SimpleNamespace
+
+    from _tiny import make_legacy_sp_tokenizer
+
+    from biasunlearn.unlearn.sets import Item
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    sp = make_legacy_sp_tokenizer()
+    ns = SimpleNamespace(tok=sp, _ids={}, args=SimpleNamespace(unrelated_max_tokens=256), _start=1, retokenized=0)
+    ns._note_retokenized = lambda item: BiasUnlearnTrainer._note_retokenized(ns, item)
+    with caplog.at_level(logging.WARNING):
+        ids, first, end = BiasUnlearnTrainer._encode(ns, Item(key="a", bias_type="gender", x="The mother was very",
+                                                              y=" caring."))
+        BiasUnlearnTrainer._encode(ns, Item(key="b", bias_type="gender", x="The father was very", y=" strict."))
+        BiasUnlearnTrainer._encode(ns, Item(key="a", bias_type="gender", x="The mother was very", y=" caring."))
+    assert ids == [1] + sp.convert_tokens_to_ids(["▁The", "▁mother", "▁was", "▁very", "▁caring", "."])
+    assert (first, end) == (5, 7)  # y = "▁caring", "." (no lone "▁")
+    assert ns.retokenized == 2  # each sentence once (the second "a" is cached)
+    assert sum("tokenized apart" in r.getMessage() for r in caplog.records) == 1
+

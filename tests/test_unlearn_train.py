@@ -632,6 +632,46 @@ def test_packed_step_gives_the_padded_step_losses_and_is_decided_once(arch, extr
     assert losses[True]["loss_kl"] > 1e-4  # the adapter moved the policy: the KL is really compared
 
 
+def test_reference_passes_run_without_the_models_own_dropout(tmp_path, tiny_model_paths, train_data, monkeypatch):
+    """GPT-2 has dropout of its own (resid/embd/attn_pdrop 0.1), which switching the adapter off does not remove. The
+    reference passes must run in eval mode: the cached forget log-probs and the KL's reference rows are the original
+    model's, the same at every step whatever the dropout draw, while the policy pass keeps training's dropout.
+    Before, both reference passes ran in training mode, so the cache kept one random draw for the whole run."""
+    from biasunlearn.unlearn import trainer as trainer_mod
+
+    cfg = _cfg(tmp_path, tiny_model_paths["gpt2"], train_data, lora_dropout=0.0, forget_batch_size=3,
+               retain_batch_size=4, unrelated_batch_size=4, adversarial_share=0.0)
+    model, sets, tr = _step_trainer(cfg)
+    inner = tr.accelerator.unwrap_model(model)
+    assert inner.config.resid_pdrop > 0  # the point of the test: a model with dropout of its own
+    seen = []
+    real_kl = trainer_mod.forward_kl_rows
+    monkeypatch.setattr(trainer_mod, "forward_kl_rows", lambda ref, pol, *a: seen.append(ref.clone())
+                        or real_kl(ref, pol, *a))
+    asked = []
+    real_ref = tr._ref_logp
+    tr._ref_logp = lambda m, items, *a, **k: asked.extend(items) or real_ref(m, items, *a, **k)
+    model.train()
+    caches = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        tr._ref_cache = {}
+        tr.state.global_step = 1
+        tr.compute_loss(model, {"step_index": torch.tensor([1])})
+        assert model.training  # the training mode is back after the reference passes
+        caches.append(dict(tr._ref_cache))
+    assert seen[0].shape == seen[1].shape and torch.equal(seen[0], seen[1])
+    assert caches[0].keys() == caches[1].keys() and caches[0]
+    assert all(caches[0][k][0] == caches[1][k][0] for k in caches[0])
+    # and they are the original model's numbers: the adapter off, in eval mode
+    items = asked[:2]
+    model.eval()
+    with torch.no_grad(), inner.disable_adapter():
+        sb = tr._forward(model, items, torch.device("cpu"), packed=bool(tr._packed))
+    for k, it in enumerate(items):
+        assert float((sb.tok_lp[k] * sb.scored[k]).sum()) == pytest.approx(caches[0][it.key][0], abs=1e-4)
+
+
 def test_packing_check_is_not_fooled_by_bf16_mixed_precision(tmp_path, tiny_model_paths, train_data):
     """Under bf16 mixed precision (train's default where the CPU or GPU has bf16) packed and padded scoring differ by
     rounding alone, so the packing check must run in full precision to pass on a model that packs correctly. It

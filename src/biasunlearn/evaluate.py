@@ -32,6 +32,11 @@ DEFAULT_PATHS = {
     "perplexity": "text/wikitext-2-raw/wiki.test.raw",
 }
 BBQ_PROMPT = "{context}\nQuestion: {question}\nAnswer:"
+# how each StereoSet task is scored (results.json records it, so another tool can reproduce the scores)
+STEREOSET_SCORING = {"intrasentence": "each sentence scored whole after the start token: the mean of its tokens' "
+                                      "log-probabilities",
+                     "intersentence": "each candidate scored as ' ' + candidate after the start token and the "
+                                      "context sentence: the mean of the candidate's tokens' log-probabilities"}
 
 
 @dataclass
@@ -120,7 +125,7 @@ def stereoset_records(model, tok, examples, **skw) -> list[dict]:
 def eval_stereoset(model, tok, cfg: EvalConfig, path: Path) -> dict:
     skips = SkipLog()
     examples = load_stereoset(path, skips=skips)
-    out = {"metrics": {}, "predictions": [], "skipped": skips.to_dict()}
+    out = {"metrics": {}, "predictions": [], "skipped": skips.to_dict(), "scoring": STEREOSET_SCORING}
     for task in ("intrasentence", "intersentence"):
         if task == "intersentence" and not cfg.stereoset_intersentence:
             continue
@@ -162,7 +167,8 @@ def eval_crows_pairs(model, tok, cfg: EvalConfig, path: Path) -> dict:
     norm = crows_pairs_scores({"bias_type": r["bias_type"], "s_more": r["mean_more"], "s_less": r["mean_less"]} for r in recs)
     summed = crows_pairs_scores({"bias_type": r["bias_type"], "s_more": r["sum_more"], "s_less": r["sum_less"]} for r in recs)
     return {"metrics": {"length_normalised": norm, "summed_logprob": summed}, "predictions": recs,
-            "skipped": skips.to_dict()}
+            "skipped": skips.to_dict(), "scoring": "each sentence scored whole after the start token: the mean "
+            "(length_normalised) and the sum (summed_logprob) of its tokens' log-probabilities"}
 
 
 # --- BBQ -------------------------------------------------------------------------------------------------------
@@ -188,9 +194,12 @@ def eval_bbq(model, tok, cfg: EvalConfig, path: Path) -> dict:
                      "pred": pred, "label": e.label, "unknown_index": e.unknown_index,
                      "biased_index": e.biased_index, "scores": means})
     return {"metrics": bbq_scores(recs), "predictions": recs, "skipped": skips.to_dict(),
+            "scoring": f"each answer scored as ' ' + answer after the prompt {BBQ_PROMPT!r}; the answer with the "
+                       "highest mean token log-probability is the model's",
             "note": "answers ranked by length-normalised log-likelihood given context and question; bias scores "
                     "x100 use target options derived from group tags (approximate: the official target_loc "
-                    "file is missing)"}
+                    "file is missing); 'skipped' counts the examples left out of the whole files, before any "
+                    "sampling"}
 
 
 # --- Perplexity ------------------------------------------------------------------------------------------------

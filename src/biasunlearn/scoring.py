@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import weakref
 from dataclasses import dataclass
 from typing import Sequence
@@ -55,6 +56,33 @@ def encode_for_scoring(tokenizer, texts: Sequence[str], prefixes: Sequence[str] 
         seqs.append([start] + p + t)
         score_from.append(1 + len(p))
     return seqs, score_from
+
+
+def tokenize_parts(tokenizer, parts: Sequence[str]) -> tuple[list[list[int]], bool]:
+    """The token ids of a text made of consecutive parts (x, y, z: only y is trained on), split where the parts meet.
+
+    Each part is tokenized on its own, which is what the whole text gives with most tokenizers. Where it is not (a
+    SentencePiece tokenizer in its legacy mode gives " caring." alone a lone "▁" token in front, which the whole
+    sentence does not have), a fast tokenizer's whole-text tokens are used instead, split at the parts' character
+    offsets (a token reaching over a boundary goes to the later part), so training sees the tokens the evaluation
+    scores. Returns (ids per part, whether the whole text's tokens were used)."""
+    alone = [tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t in parts]
+    if sum(1 for t in parts if t) < 2 or not getattr(tokenizer, "is_fast", False):
+        return alone, False
+    text = "".join(parts)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    if ids == [i for a in alone for i in a]:
+        return alone, False
+    ends = list(itertools.accumulate(len(t) for t in parts))
+    cuts = [0]
+    for end in ends[:-1]:  # the first token that reaches past this part's end starts the next part
+        cuts.append(next((k for k in range(cuts[-1], len(ids)) if enc["offset_mapping"][k][1] > end), len(ids)))
+    cuts.append(len(ids))
+    split = [ids[a:b] for a, b in zip(cuts, cuts[1:])]
+    if any(t and not piece for t, piece in zip(parts, split)):  # a part lost all its tokens: keep them apart
+        return alone, False
+    return split, True
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import time
 from ..data.stereoset import split_x_y
 from ..errors import ConfigError
 from ..models import start_token_id
+from ..scoring import tokenize_parts
 from ..io import write_json
 from ..adapters import lora_config
 from .common import DevSSCallback, LoraFineTune, _log, training_arguments
@@ -66,9 +67,14 @@ class DPO(LoraFineTune):
         start = start_token_id(tok)
         rows = []
         for p in pairs:
-            x = tok(p["x"], add_special_tokens=False)["input_ids"] if p["x"] else []
-            c = tok(p["chosen"], add_special_tokens=False)["input_ids"]
-            r = tok(p["rejected"], add_special_tokens=False)["input_ids"]
+            # each completion split from its prompt as the whole sentence tokenizes (as BiasUnlearn's trainer
+            # does); the two sentences share one prompt, so where their splits give it different tokens, all three
+            # are tokenized apart
+            (x, c), _ = tokenize_parts(tok, (p["x"], p["chosen"]))
+            (xr, r), _ = tokenize_parts(tok, (p["x"], p["rejected"]))
+            if xr != x:
+                x, c, r = (tok(t, add_special_tokens=False)["input_ids"] if t else []
+                           for t in (p["x"], p["chosen"], p["rejected"]))
             if c and r:
                 rows.append({"prompt_ids": [start] + x, "chosen_ids": c, "rejected_ids": r})
         return rows

@@ -152,19 +152,19 @@ class UnlearnConfig(TrainingArguments):
     swap_mode: str = _f("swap", "'swap': swap forget/retain of a type whose dev SS falls below 50 (the paper); "
                                 "'focus_worst': after the first round train only the type farthest from 50 "
                                 "(the released code); 'pause': stop training a type whose dev SS falls below 50 instead of "
-                                "training it toward its stereotypes, and train it again once it is back at 50 (the "
+                                "training it toward its stereotypes, and train it again once it is back above 50 (the "
                                 "run stops if every type is paused); 'none': never swap (ablation). swap_margin and "
                                 "swap_signal apply to 'swap' and 'pause'.")
     swap_margin: float = _f(0.0, "Dead band for swapping: a type is swapped when its dev SS falls below 50 - margin "
-                                 "and swapped back when it reaches 50 + margin; inside the band it keeps its "
-                                 "direction. 0 = the paper's rule (swap below 50, back at 50 or above). "
+                                 "and swapped back when it rises above 50 + margin; inside the band, its edges included, "
+                                 "it keeps its direction. 0 = the paper's rule (swap below 50, back above 50). "
                                  "Used with swap_signal 'ss'.")
     swap_signal: str = _f("ss", "What the swap rule reads per bias type: 'ss' (dev SS against 50, the paper) or "
                                 "'margin' (the mean dev margin s(stereo) - s(anti) in nats per token against 0). "
                                 "On a small dev slice SS moves by whole examples, so one example can swap a type "
                                 "whose stereotypes are still clearly preferred; the margin is continuous.")
     swap_margin_nats: float = _f(0.0, "Dead band for swap_signal 'margin', in nats per token: swapped below "
-                                      "-band, swapped back at +band or above.")
+                                      "-band, swapped back above +band.")
     eval_every: int = _f(20, "Dev check (and checkpoint) every this many steps.")
     early_stop_tolerance: float = _f(2.0, "Stop when every type's dev SS is within 50 +- this.")
     lms_guard: float = _f(1.0, "Best checkpoint: only dev checks whose LMS is at most this many points below the "

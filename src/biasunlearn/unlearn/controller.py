@@ -18,7 +18,7 @@ class SwapController:
     mode: str = "swap"  # swap (the paper) | focus_worst (the released code) | pause | none
     target: float = 50.0
     tolerance: float = 2.0  # early stop when every type's dev SS is within target +- tolerance
-    margin: float = 0.0  # hysteresis: swap below target - margin, swap back at target + margin or above (0 = the paper)
+    margin: float = 0.0  # hysteresis: swap below target - margin, swap back above target + margin (0 = the paper)
     signal: str = "ss"  # what the swap rule reads: "ss" (dev SS against target) or "margin" (dev margin against 0)
     directions: dict = field(default_factory=dict)
     events: list = field(default_factory=list)  # every swap: {step, bias_type, ss, direction[, margin]}
@@ -75,14 +75,15 @@ class SwapController:
         return dict(self.directions), stop
 
     def _want(self, b: str, x: float, target: float) -> int:
-        """The paper's rule (the signal below its target: swapped, else normal), with a dead band of +-margin around
-        the target inside which a type keeps its current direction, so a dev score that wobbles around the target
+        """The paper's rule: a type whose signal falls below its target is swapped, and swapped back once it rises
+        above it again; at the target exactly a type keeps its direction. A dead band of +-margin around the target
+        widens that: inside it a type keeps its current direction, so a dev score that wobbles around the target
         does not flip the training direction at every check."""
-        if self.margin <= 0 or self.directions.get(b, 1) == 0:
+        if self.directions.get(b, 1) == 0:  # left out by focus_worst: taken up again by the plain rule
             return -1 if x < target else 1
         if self.directions[b] > 0:
             return -1 if x < target - self.margin else 1
-        return 1 if x >= target + self.margin else -1
+        return 1 if x > target + self.margin else -1
 
     def _record(self, step: int, b: str, direction: int, dev_ss: dict, dev_margin: dict | None) -> None:
         """Set type b's new direction and log the change as an event."""
@@ -94,10 +95,10 @@ class SwapController:
 
     def _want_pause(self, b: str, x: float, target: float) -> int:
         """'pause': a type whose signal falls below target - margin is no longer trained (0) instead of being
-        trained toward its stereotypes, and is trained again (+1) once it is back at target + margin or above."""
+        trained toward its stereotypes, and is trained again (+1) once it is back above target + margin."""
         if self.directions.get(b, 1) > 0:
             return 0 if x < target - self.margin else 1
-        return 1 if x >= target + self.margin else 0
+        return 1 if x > target + self.margin else 0
 
     @staticmethod
     def criterion(dev_ss: dict, target: float = 50.0) -> tuple:

@@ -6,6 +6,7 @@ each unrelated batch, computed without gradients.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -24,7 +25,7 @@ from ..io import write_json
 from ..metrics import mean_margins as dev_margins  # one name here, so a test can stand in for it
 from ..metrics import ss_standard_error, stereoset_scores
 from ..models import start_token_id
-from ..scoring import forward_params, model_device, pack_batch, pad_batch, score_mask
+from ..scoring import forward_params, model_device, pack_batch, pad_batch, score_mask, tokenize_parts
 from .controller import SwapController
 from .losses import forward_kl_rows, npo_loss, npo_loss_token_mean, retention_loss, twin_margins
 from .sets import Item, UnlearnSets
@@ -118,6 +119,21 @@ def check_zero3_gathers(trainer) -> None:
                           "DeepSpeed config (with `accelerate launch --use_deepspeed`: --zero3_save_16bit_model true)")
 
 
+@contextlib.contextmanager
+def _reference_pass(model, unwrapped):
+    """The original model for a reference pass: the adapter off, no gradient, and in eval mode, so the model's own
+    dropout (GPT-2's resid/embd/attn_pdrop, 0.1 each) does not make the reference noisy (a cached forget log-prob
+    would keep one dropout draw for the whole run, and the KL would not be 0 at step 0). The training mode is
+    restored after."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), unwrapped.disable_adapter():
+            yield
+    finally:
+        model.train(was)
+
+
 def recover_folder(path) -> None:
     """Finish a replacement that `BiasUnlearnTrainer.save_adapter` left half done: `path` renamed to `path`.old and
     the process killed before the new folder took its place. The old folder comes back."""
@@ -144,6 +160,7 @@ class BiasUnlearnTrainer(Trainer):
         self._ids: dict[str, tuple[list[int], int]] = {}
         self._ref_cache: dict[str, tuple[float, list[float]]] = {}
         self._parts: dict[str, list[float]] = {}
+        self.retokenized = 0  # sentences trained on their whole tokens, split at the scored part (tokenize_parts)
         self._packed: bool | None = None  # pack_sequences, once checked on the first step (_use_packing)
         self.packing_check: dict | None = None
         self._micro = (-1, 0)  # (optimizer step, micro-batch within it): with gradient accumulation each differs
@@ -163,14 +180,25 @@ class BiasUnlearnTrainer(Trainer):
     def _encode(self, item: Item) -> tuple[list[int], int, int]:
         """(token ids, first scored position, end of the scored positions): start + x + y + z, y scored."""
         if item.key not in self._ids:
-            x = self.tok(item.x, add_special_tokens=False)["input_ids"] if item.x else []
-            y = self.tok(item.y, add_special_tokens=False)["input_ids"]
-            z = self.tok(item.z, add_special_tokens=False)["input_ids"] if item.z else []
+            (x, y, z), whole = tokenize_parts(self.tok, (item.x, item.y, item.z))
+            if whole:
+                self._note_retokenized(item)
             cap = self.args.unrelated_max_tokens
             if not item.bias_type and cap and len(x) + len(y) + len(z) > cap:  # a KL text (no bias type): capped
                 x, y, z = [], (x + y + z)[:cap], []
             self._ids[item.key] = ([self._start] + x + y + z, 1 + len(x), 1 + len(x) + len(y))
         return self._ids[item.key]
+
+    def _note_retokenized(self, item: Item) -> None:
+        """Count the sentences whose parts tokenize apart otherwise than whole (`tokenize_parts`); say so once."""
+        self.retokenized += 1
+        if self.retokenized == 1:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "this tokenizer splits a sentence's parts otherwise when they are tokenized apart (%r + %r); "
+                "training uses the whole sentence's tokens, split where the scored part begins, as the evaluation "
+                "scores them", item.x, item.y)
 
     @staticmethod
     def _masks(enc, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,7 +344,7 @@ class BiasUnlearnTrainer(Trainer):
         l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction, floor)
         # KL over every real prediction of the unrelated sentences (token 1.. of each), in the same rows and order
         # for the reference (adapter off, no gradient) as for the policy
-        with torch.no_grad(), unwrapped.disable_adapter():
+        with _reference_pass(ref_model, unwrapped):
             ref_rows = self._forward(ref_model, chunk["unrelated"], device, packed,
                                      score=slice(0, 0)).logit_rows(slice(None))
         l_kl = forward_kl_rows(ref_rows, sb.logit_rows(u), len(chunk["unrelated"]), a.kl_reduction)
@@ -356,7 +384,7 @@ class BiasUnlearnTrainer(Trainer):
             self._ref_cache = {}
         missing = [it for it in items if it.key not in self._ref_cache]
         if missing:
-            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+            with _reference_pass(model, self.accelerator.unwrap_model(model)):
                 sb = self._forward(model, missing, device, packed=bool(self._packed))
             for k, it in enumerate(missing):
                 n = int(sb.real[k].sum())
