@@ -1303,3 +1303,12 @@ def test_trainer_trains_on_the_whole_sentences_tokens_and_says_so_once(caplog):
     assert ns.retokenized == 2  # each sentence once (the second "a" is cached)
     assert sum("tokenized apart" in r.getMessage() for r in caplog.records) == 1
 
+
+def test_learning_rate_note_above_one_billion_parameters():
+    from biasunlearn.unlearn.pipeline import learning_rate_note
+
+    assert learning_rate_note(8_030_000_000, 5e-5) == ("learning_rate 5e-05 on a model of 8.0B parameters: the paper "
+                                                       "trained its 7B-8B models at 2e-5 (--learning_rate 2e-5)")
+    assert learning_rate_note(8_030_000_000, 2e-5) == ""
+    assert learning_rate_note(134_515_008, 5e-4) == ""  # SmolLM2's recipe: small models train faster
+

@@ -201,12 +201,24 @@ def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log) -> dict:
             restore_glibc_malloc()
 
 
+def learning_rate_note(n_params: int, learning_rate: float) -> str:
+    """A word when a model above 1B parameters is trained faster than the paper trained its 7B-8B models (2e-5;
+    5e-5, the default, is the paper's rate for small models); empty otherwise."""
+    if n_params > 1e9 and learning_rate > 2e-5:
+        return (f"learning_rate {learning_rate:g} on a model of {n_params / 1e9:.1f}B parameters: the paper trained "
+                "its 7B-8B models at 2e-5 (--learning_rate 2e-5)")
+    return ""
+
+
 def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
     # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
     device = "cpu" if cfg.use_cpu or cfg.engine_places_model() else cfg.device
     model, tok, info = load_model(cfg.model, dtype=cfg.load_dtype(), device=device)
     model.train()
+    note = learning_rate_note(info.n_params, cfg.learning_rate)
+    if note:
+        log(f"[train] {note}")
     from transformers import set_seed
 
     set_seed(cfg.seed)  # the LoRA initialisation draws from the RNG: same seed, same adapter start
