@@ -1,7 +1,8 @@
 """Forget, retain, adversarial and unrelated sets per bias type, and the deterministic chunk drawn at each step.
 
 For each bias type with direction +1 (normal): forget = its stereotype sentences plus the adversarial share of its
-anti-stereotype sentences; retain = its anti-stereotype sentences. Direction -1 (swapped) exchanges the roles;
+anti-stereotype sentences; retain = its anti-stereotype sentences. Direction -1 (swapped) exchanges the roles, the
+mirror image: forget = its anti-stereotypes plus the adversarial share of its stereotypes, retain = its stereotypes;
 direction 0 leaves the type out. A step's chunk is a pure function of (seed, step, rank, directions): one forget
 batch and one n-times larger retain batch, drawn cyclically from seeded permutations, plus an unrelated batch (with
 neutral_anchor, followed by train sentences with their group taken out).
