@@ -111,6 +111,37 @@ def test_compare_trained_adapter_is_evaluated_without_retraining(tmp_path, tiny_
     res = run(tiny_llama_path, out, data, methods="base,cda", benchmarks="stereoset")
     assert (out / "cda" / "results.json").exists() and res["results"]["cda"]["method"]["train"]["steps"] == 2
     assert compare.resolve_methods("cda", False) == ["base", "cda"]  # the base model always comes first
+    # a baseline killed while training (its settings written, no measure yet) trains again, and says so
+    monkeypatch.undo()
+    (out / "cda" / "results.json").unlink()
+    (out / "cda" / "train_measure.json").unlink()
+    log = []
+    run(tiny_llama_path, out, data, methods="base,cda", benchmarks="stereoset", log=log.append)
+    assert ("[compare] cda: an earlier start did not finish; the baselines keep no checkpoints, so it trains again "
+            "from step 0") in log
+    assert (out / "cda" / "train_measure.json").exists()
+
+
+def test_compare_reads_again_from_changed_data_and_keeps_the_trained_adapter(tmp_path, tiny_llama_path, data,
+                                                                              monkeypatch):
+    """A method's results made from data files that changed since are not reused (its report would call them the
+    same files for every method): each method is read again, a trained adapter kept."""
+    own = tmp_path / "data"
+    shutil.copytree(data, own)
+    out = tmp_path / "cmp"
+    first = run(tiny_llama_path, out, own, methods="base,cda", benchmarks="crows_pairs")
+    crows = own / "crows_pairs" / "crows_pairs_anonymized.csv"
+    crows.write_text("".join(crows.read_text().splitlines(keepends=True)[:-1]))
+    monkeypatch.setattr("biasunlearn.baselines.common.LoraFineTune.train",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    log = []
+    res = run(tiny_llama_path, out, own, methods="base,cda", benchmarks="crows_pairs", log=log.append)
+    for m in ("base", "cda"):
+        assert f"[compare] {m}: {out / m / 'results.json'} was read from other data (crows_pairs: " \
+               f"crows_pairs_anonymized.csv changed since): evaluating again" in log
+        n = lambda r: r["results"][m]["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"]  # noqa: E731
+        assert n(res) == n(first) - 1
+    assert res["results"]["cda"]["method"]["train"]["steps"] == 2  # the adapter trained before
 
 
 def test_compare_merge_adapter_reads_like_the_adapter_and_is_not_mixed_with_unmerged_reads(

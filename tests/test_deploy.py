@@ -380,6 +380,39 @@ def test_transfer_writes_report_and_before_after_results(tiny, tmp_path):
     assert "**A quick look, not a measurement: at most 2 examples per benchmark" in (out / "report.md").read_text()
 
 
+def test_transfer_reuse_reads_again_when_a_data_file_changed(tiny, tmp_path):
+    """--reuse keeps a read only if it was made from the data files as they are now: a CrowS-Pairs row removed
+    since (a data folder without SHA256SUMS does not stop that) makes both reads run again, and says why."""
+    import shutil
+
+    from biasunlearn.deploy import transfer
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny["data"], data)
+    cfg = _cfg(data)
+    cfg.benchmarks = ("crows_pairs",)
+    out = tmp_path / "t"
+    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=cfg, device="cpu", log=QUIET)
+    old = json.loads((out / "eval_before" / "results.json").read_text())
+    crows = data / "crows_pairs" / "crows_pairs_anonymized.csv"
+    lines = crows.read_text().splitlines(keepends=True)
+    crows.write_text("".join(lines[:-1]))
+    log = []
+    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=cfg, device="cpu", reuse=True, log=log.append)
+    new = json.loads((out / "eval_before" / "results.json").read_text())
+    assert new["created"] != old["created"]
+    n_old = old["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"]
+    assert new["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"] == n_old - 1
+    sha = new["benchmarks"]["crows_pairs"]["data"]["sha256"]["crows_pairs_anonymized.csv"]
+    assert sha != old["benchmarks"]["crows_pairs"]["data"]["sha256"]["crows_pairs_anonymized.csv"]
+    said = [x for x in log if "was read from other data (crows_pairs: crows_pairs_anonymized.csv changed since)" in x]
+    assert len(said) == 2  # the variant alone, and with the adapter
+    # as they are now, the new reads are reused
+    log = []
+    transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=cfg, device="cpu", reuse=True, log=log.append)
+    assert json.loads((out / "eval_before" / "results.json").read_text())["created"] == new["created"]
+
+
 def test_transfer_merge_adapter_reads_like_the_adapter_and_is_not_reused_as_unmerged(tiny, tmp_path):
     """transfer(merge_adapter=True) reads the variant with the adapter merged: the same scores as the adapter
     applied (float32), marked as merged, and an unmerged after read in the folder is not taken for it (the before

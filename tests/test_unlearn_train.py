@@ -955,3 +955,25 @@ def test_the_step_loss_is_the_weighted_sum_of_its_three_logged_parts(tmp_path, t
         assert r["loss"] == pytest.approx(want, rel=2e-3, abs=2e-4), r
     assert steps[-1]["loss_kl"] > 1e-4
     assert abs(steps[-1]["loss_retain"] - steps[-1]["loss_kl"]) > 0.1  # a retain/KL weight swap would show
+
+
+def test_resume_refuses_a_train_pool_changed_since_the_start(tmp_path, tiny_llama_path, train_data):
+    """The steps after a resume must train on the data the steps before did: a pool file changed since the run
+    started (its sha256 in splits.json) stops --resume with the file named; the same pool resumes."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn import pipeline
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=2, save_steps=2)
+    pipeline.train_adapter(cfg, log=lambda s: None)
+    before = json.loads((tmp_path / "run" / "splits.json").read_text())
+    pool = json.loads((train_data / "pool.json").read_text())
+    (train_data / "pool.json").write_text(json.dumps(pool[:-1]))  # one item fewer
+    more = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=4, save_steps=2)
+    with pytest.raises(ConfigError, match=r"train pool changed since this run started \(pool.json: sha256"):
+        pipeline.train_adapter(more, resume=True, log=lambda s: None)
+    assert json.loads((tmp_path / "run" / "splits.json").read_text()) == before  # nothing rewritten
+    assert not (tmp_path / "run" / "checkpoint-4").exists()
+    (train_data / "pool.json").write_text(json.dumps(pool))
+    pipeline.train_adapter(more, resume=True, log=lambda s: None)
+    assert (tmp_path / "run" / "checkpoint-4").exists()
+

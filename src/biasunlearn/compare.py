@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .errors import BiasUnlearnError, ConfigError
-from .evaluate import BENCHMARKS, EvalConfig, check_config, evaluate_model, package_versions
+from .evaluate import BENCHMARKS, EvalConfig, check_config, data_changes, evaluate_model, package_versions
 from .io import atomic_write_text, check_folder_path, comma_list, read_json, write_json
 from .models import (cuda_has_native_bf16, free_device_memory, machine_info, merge_note, release_freed_memory,
                      resolve_model_path)
@@ -286,8 +286,14 @@ class _Runner:
             if diffs:
                 raise ConfigError(f"{res} was made with other settings ({'; '.join(diffs[:6]) or 'unknown'}); pass "
                                   f"--rerun {name} (or all) to recompute it, or use another --out")
-            self.log(f"[compare] {name}: reusing {res}")
-            return doc
+            changed = data_changes(doc, self.ecfg)
+            if not changed:
+                self.log(f"[compare] {name}: reusing {res}")
+                return doc
+            # a trained adapter is kept (the train pool is checked when its run resumes); only the read is redone
+            self.log(f"[compare] {name}: {res} was read from other data ({', '.join(changed[:4])}"
+                     f"{', ...' if len(changed) > 4 else ''} changed since): evaluating again")
+            res.unlink()
         d.mkdir(parents=True, exist_ok=True)
         train_info = None
         if name in TRAINED:
@@ -313,6 +319,9 @@ class _Runner:
                 self.log(f"[compare] {name}: {d} holds files of an unknown run; starting it afresh")
                 shutil.rmtree(d)
                 d.mkdir(parents=True)
+            elif ms.exists() and trainer is not None:
+                self.log(f"[compare] {name}: an earlier start did not finish; the baselines keep no checkpoints, "
+                         "so it trains again from step 0")
             write_json(ms, {"train": settings["train"]})
             self.log(f"[compare] {name}: training ({cfg.max_steps} steps) into {d}")
             with Measure() as m:

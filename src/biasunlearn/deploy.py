@@ -183,9 +183,12 @@ def _normalised(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def read_results(path: Path, cfg) -> dict | None:
-    """The results document at `path` if it was made with the evaluation settings `cfg` (speed settings aside),
-    else None (also when it is missing or unreadable)."""
+def read_results(path: Path, cfg, log=None) -> dict | None:
+    """The results document at `path` if it was made with the evaluation settings `cfg` (speed settings aside) from
+    the data files as they are now, else None (also when it is missing or unreadable). A read whose data files
+    have changed since is said so in `log`."""
+    from .evaluate import data_changes
+
     if not Path(path).exists():
         return None
     try:
@@ -195,12 +198,19 @@ def read_results(path: Path, cfg) -> dict | None:
     ignore = {"progress", "max_tokens"}
     a = {k: v for k, v in (doc.get("eval_config") or {}).items() if k not in ignore}
     b = {k: v for k, v in _normalised(cfg.to_dict()).items() if k not in ignore}
-    return doc if a == b else None
+    if a != b:
+        return None
+    changed = data_changes(doc, cfg)
+    if changed:
+        _log(log, f"[eval] {path} was read from other data ({', '.join(changed[:4])}"
+                  f"{', ...' if len(changed) > 4 else ''} changed since): reading again")
+        return None
+    return doc
 
 
-def _reusable(path: Path, cfg, info: dict) -> dict | None:
-    """A results document at `path` made with the same settings, model and adapter, or None."""
-    doc = read_results(path, cfg)
+def _reusable(path: Path, cfg, info: dict, log=None) -> dict | None:
+    """A results document at `path` made with the same settings, data, model and adapter, or None."""
+    doc = read_results(path, cfg, log)
     if doc is None:
         return None
     m = doc.get("model") or {}
@@ -226,7 +236,7 @@ def evaluate_cached(model, tok, cfg, info: dict, out_dir, reuse: bool = True, lo
 
     out_dir = Path(out_dir)
     if reuse:
-        doc = _reusable(out_dir / "results.json", cfg, info)
+        doc = _reusable(out_dir / "results.json", cfg, info, log)
         if doc is not None:
             _log(log, f"[deploy] reusing {out_dir / 'results.json'} (same model, adapter and settings)")
             return doc

@@ -269,6 +269,20 @@ def check_data(cfg: EvalConfig) -> dict:
     return _checked_data(cfg)[1]
 
 
+def data_changes(doc: dict, cfg: EvalConfig) -> list[str]:
+    """The data files of `cfg`'s benchmarks whose sha256 differs from what the results document `doc` recorded
+    (a file changed, added or removed since that read), as "benchmark: file"; empty when every file is as it was.
+    A read made from other data is not to be reused as this data's (a data folder without SHA256SUMS does not stop
+    a file from changing)."""
+    out = []
+    for name, (_, sums) in check_data(cfg).items():
+        old = ((doc.get("benchmarks") or {}).get(name) or {}).get("data", {}).get("sha256")
+        if old is None:
+            continue  # not measured in that read: nothing to compare (its settings check decides)
+        out += [f"{name}: {f}" for f in sorted(set(old) | set(sums)) if old.get(f) != sums.get(f)]
+    return out
+
+
 def _checked_data(cfg: EvalConfig) -> tuple[Path, dict]:
     root = check_config(cfg)
     out, every = {}, {}

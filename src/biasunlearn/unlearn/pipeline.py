@@ -201,6 +201,29 @@ def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log) -> dict:
             restore_glibc_malloc()
 
 
+def check_same_pool(path: Path, splits, log=_log) -> None:
+    """A run resumes on the train pool it started with: a pool file changed since (its sha256 in the run's
+    splits.json) is refused, since the steps to come would train on other data than the steps done. A split that
+    differs only through a changed setting (seed, dev_fraction, train_exclude_pattern) is said in the log: the
+    setting was named in the warning about changed settings."""
+    if not path.exists():
+        return
+    try:
+        old = read_json(path)
+    except (json.JSONDecodeError, OSError):
+        return  # a damaged splits.json is rewritten below; the checkpoint's own state decides the rest
+    before, now = old.get("sources") or {}, splits.sources
+    changed = sorted(f for f in set(before) | set(now) if before.get(f) != now.get(f))
+    if changed:
+        raise ConfigError(f"--resume: the train pool changed since this run started ({', '.join(changed)}: sha256 "
+                          f"{str(before.get(changed[0]))[:12]}… then, {str(now.get(changed[0]))[:12]}… now); the "
+                          f"rest of the run would train on other data. Restore the file(s), or start a new run "
+                          f"(--overwrite, or another --out)")
+    if old.get("checksum") != splits.to_dict()["checksum"]:
+        log(f"[train] warning: the train/dev split differs from the one this run started with ({path}): the "
+            "steps to come train on the new split")
+
+
 def learning_rate_note(n_params: int, learning_rate: float) -> str:
     """A word when a model above 1B parameters is trained faster than the paper trained its 7B-8B models (2e-5;
     5e-5, the default, is the paper's rate for small models); empty otherwise."""
@@ -271,6 +294,8 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     if unknown:
         raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "
                           f"({', '.join(sets.bias_types)})")
+    if ck is not None:
+        check_same_pool(out / "splits.json", splits, log)
     if cfg.process_index == 0:
         write_json(out / "splits.json", {**splits.to_dict(), "test": {"path": cfg.test_set, "n": len(test)},
                                          "overlap_with_test": overlap,
@@ -414,7 +439,7 @@ def before_after(cfg: UnlearnConfig, adapter_dir: Path, out: Path, log=_log) -> 
         res = out / name / "results.json"
         weights = sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter else None
         merge = bool(adapter) and cfg.eval_merge_adapter
-        doc = read_results(res, ecfg)
+        doc = read_results(res, ecfg, log)
         read = (doc or {}).get("model") or {}
         if (doc is not None and read.get("adapter_sha256") == weights
                 and bool((read.get("extra") or {}).get("adapter_merged")) == merge):
