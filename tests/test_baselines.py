@@ -79,6 +79,30 @@ def test_sentence_baselines_train_write_adapter_and_evaluate(name, tmp_path, tin
     assert doc["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"] == 3
 
 
+def test_a_baseline_rerun_starts_its_logs_again_and_a_failed_plot_loses_no_summary(tmp_path, tiny_llama_path,
+                                                                                   train_data, monkeypatch):
+    from biasunlearn import plots
+    from biasunlearn.baselines import CDA
+
+    cfg = small_config(tmp_path / "cda", tiny_llama_path, train_data)
+    CDA(cfg, log=lambda s: None).train()
+    first = read_jsonl(tmp_path / "cda" / "dev_log.jsonl")
+
+    def no_plot(*a, **kw):
+        raise ValueError("no display")
+
+    monkeypatch.setattr(plots, "plot_dev_ss", no_plot)
+    (tmp_path / "cda" / "dev_ss.png").unlink()
+    said = []
+    summary = CDA(cfg, log=said.append).train()  # a baseline does not resume: the same folder again starts afresh
+    again = read_jsonl(tmp_path / "cda" / "dev_log.jsonl")
+    assert [d["step"] for d in again] == [0, 2, 3]  # not appended to the first run's rows
+    assert [d["ss"] for d in again] == [d["ss"] for d in first]  # the same seed: the same run
+    assert json.loads((tmp_path / "cda" / "train_summary.json").read_text())["steps"] == summary["steps"] == 3
+    assert f"[cda] warning: {tmp_path / 'cda' / 'dev_ss.png'} not drawn (ValueError: no display)" in said
+    assert not (tmp_path / "cda" / "dev_ss.png").exists()
+
+
 def test_training_texts_cda_anti_only_sft_one_to_one(tmp_path, tiny_llama_path, train_data):
     from biasunlearn.baselines import CDA, SFT
     from biasunlearn.data.splits import checked_splits

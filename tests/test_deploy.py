@@ -186,6 +186,45 @@ def test_model_card_reads_the_training_run(tiny, tmp_path):
     assert prov["training_config"]["steps"] == 300 and prov["adapter_sha256"]["adapter_model.safetensors"]
 
 
+def test_the_card_describes_the_adapter_when_a_later_start_rewrote_the_runs_config(tiny, tmp_path):
+    import shutil
+
+    from biasunlearn.deploy import run_files
+
+    run = tmp_path / "run"
+    adapter = run / "adapter"
+    shutil.copytree(tiny["adapter"], adapter)
+    settings = {"max_steps": 200, "learning_rate": 5e-5, "seed": 0}
+    (adapter / "biasunlearn_config.json").write_text(json.dumps({
+        "method": "biasunlearn", "config": settings, "base_model": {"spec": "tiny"}, "splits_checksum": "e" * 64}))
+    # the same settings in both: the run's config.json, which holds more (versions, the run's settings), is read
+    (run / "config.json").write_text(json.dumps({"method": "biasunlearn", "config": settings,
+                                                 "settings": {"max_steps": 200}, "versions": {"torch": "2.x"}}))
+    found = run_files(adapter)
+    assert found["config"]["versions"] == {"torch": "2.x"} and found["config_path"] == str(run / "config.json")
+    assert "config_note" not in found
+    # a baseline's adapter record nests its settings one deeper; the same settings still read as the same
+    (adapter / "biasunlearn_config.json").write_text(json.dumps({
+        "method": "sft", "config": {"method": "sft", "batch_size": 6, "config": settings}}))
+    (run / "config.json").write_text(json.dumps({"method": "sft", "batch_size": 6, "config": settings}))
+    assert run_files(adapter)["config_path"] == str(run / "config.json")
+    # train --resume F --max_steps 400, stopped at step 250: config.json is that start's, the adapter still step 200's
+    (adapter / "biasunlearn_config.json").write_text(json.dumps({
+        "method": "biasunlearn", "config": settings, "base_model": {"spec": "tiny"}, "splits_checksum": "e" * 64}))
+    (run / "config.json").write_text(json.dumps({"method": "biasunlearn", "config": {**settings, "max_steps": 400},
+                                                 "settings": {"max_steps": 400}}))
+    out = tmp_path / "dist" / "tiny-debiased"
+    export_merged(str(tiny["llama"]), adapter, out, device="cpu", log=QUIET)
+    card = (out / "README.md").read_text()
+    prov = json.loads((out / "biasunlearn_export.json").read_text())
+    assert prov["training_config"]["config"]["max_steps"] == 200
+    assert prov["training_config"]["splits_checksum"] == "e" * 64
+    assert prov["training_config_source"] == str(adapter / "biasunlearn_config.json")
+    assert '"max_steps": 200' in card and '"max_steps": 400' not in card
+    assert ("Training config (resolved, from `biasunlearn_config.json`, written with the adapter; the run's "
+            "`config.json` differs: a later start of the run rewrote it):") in card
+
+
 def test_model_card_degrades_when_nothing_was_recorded(tiny, tmp_path):
     card = model_card(base={"spec": "smollm2-135m", "description": "x", "dtype": "float32", "n_params": 10},
                       adapter_dir=tiny["adapter"], adapter_config={}, name="x")

@@ -1278,6 +1278,56 @@ def test_loss_plot_of_a_short_run_shows_its_points_on_whole_steps(tmp_path, monk
     assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"])
 
 
+def test_a_log_line_cut_short_by_a_kill_is_skipped_with_its_file_and_line_named(tmp_path, monkeypatch, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from biasunlearn import plots
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss_forget": 1.0 / s, "loss_retain": 2.0, "loss_kl": 0.1}) + "\n"
+                           for s in (1, 2, 3)) + '{"step": 4, "grad_n')
+    assert [r["step"] for r in plots._read_jsonl(log)] == [1, 2, 3]
+    err = capsys.readouterr().err
+    assert f"[log] warning: {log}, line 4: not JSON (Unterminated string" in err and "its last line" in err
+    drawn = {}
+    real_finish = plots._finish
+
+    def finish(fig, ax, out_png, *a):
+        drawn["x"] = [list(line.get_xdata()) for line in ax.get_lines()]
+        return real_finish(fig, ax, out_png, *a)
+
+    monkeypatch.setattr(plots, "_finish", finish)
+    png = plots.plot_losses(log, tmp_path / "losses.png")  # was a JSONDecodeError naming no file
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and drawn["x"] == [[1, 2, 3]] * 3
+    assert f"{log}, line 4: not JSON" in capsys.readouterr().err
+    dev = tmp_path / "dev_log.jsonl"
+    dev.write_text('{"step": 0, "ss_overall": 60.0}\n[1, 2]\n{"step": 2, "ss_overall": 55.0}\n')
+    assert plots._read_jsonl(dev) == [{"step": 0, "ss_overall": 60.0}, {"step": 2, "ss_overall": 55.0}]
+    err = capsys.readouterr().err
+    assert f"{dev}, line 2: not a JSON object; skipped" in err and "its last line" not in err
+
+
+def test_a_resume_keeps_the_log_rows_up_to_its_checkpoint(tmp_path):
+    from biasunlearn.unlearn.pipeline import truncate_logs
+
+    rows = [{"step": s, "loss": 0.5 + s} for s in range(1, 8)] + [{"step": 4, "loss": 9.0}]  # 5..7 and 4 again
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 8, "lo')
+    dev = [{"step": s, "ss_overall": 60.0 - s} for s in (0, 2, 4, 4)]  # a kill between the check of 4 and its save
+    (tmp_path / "dev_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
+    said = []
+    assert truncate_logs(tmp_path, 2, said.append) == {"log.jsonl": 7, "dev_log.jsonl": 2}
+    assert [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()] == rows[:2]
+    assert [json.loads(x) for x in (tmp_path / "dev_log.jsonl").read_text().splitlines()] == dev[:2]
+    assert said[0].startswith(f"[resume] {tmp_path / 'log.jsonl'}: 6 rows after step 2 dropped (those steps run "
+                              "again), and 1 unreadable line (") and "line 9: not JSON" in said[0]
+    assert said[0].endswith("; 2 kept")
+    assert said[1] == (f"[resume] {tmp_path / 'dev_log.jsonl'}: 2 rows after step 2 dropped (those steps run "
+                       "again); 2 kept")
+    assert truncate_logs(tmp_path, 2, said.append) == {} and len(said) == 2  # nothing left to drop: not rewritten
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no temp file left
+
+
 def test_trainer_trains_on_the_whole_sentences_tokens_and_says_so_once(caplog):
     """With a tokenizer whose parts tokenize apart otherwise than whole (legacy SentencePiece: " caring." alone gets
     a lone "▁"), a training sentence is encoded as the evaluation scores it: the whole sentence's tokens, y scored

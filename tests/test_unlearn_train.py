@@ -196,6 +196,61 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_llama_path, 
     assert ja["step"] == jb["step"] == sa["best"][1]
 
 
+def test_a_resume_logs_each_step_once_and_a_cut_short_line_or_a_failed_plot_loses_no_summary(
+        tmp_path, tiny_llama_path, train_data, monkeypatch):
+    from biasunlearn.deploy import run_files
+    from biasunlearn.unlearn import pipeline, trainer
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=6, save_steps=2)
+    run = tmp_path / "run"
+    real = trainer.DevCheckCallback.on_step_end
+
+    def killed_after_the_check_of_step_4(self, args, state, control, **kw):
+        out = real(self, args, state, control, **kw)
+        if state.global_step == 4:  # its row is in dev_log.jsonl; checkpoint-4 is saved after this callback
+            raise KeyboardInterrupt("killed")
+        return out
+
+    monkeypatch.setattr(trainer.DevCheckCallback, "on_step_end", killed_after_the_check_of_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_adapter(cfg, log=lambda s: None)
+    monkeypatch.setattr(trainer.DevCheckCallback, "on_step_end", real)
+    def read(path):  # every line whole JSON
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    dev_before, log_before = read(run / "dev_log.jsonl"), read(run / "log.jsonl")
+    assert [r["step"] for r in dev_before] == [0, 2, 4] and [r["step"] for r in log_before] == [1, 2, 3]
+    assert (run / "checkpoint-2").exists() and not (run / "checkpoint-4").exists()
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 611, "grad_n')  # a line cut short by a kill
+
+    def no_plot(*a, **kw):
+        raise ValueError("no display")
+
+    monkeypatch.setattr(pipeline, "plot_dev_margin", no_plot)
+    said = []
+    summary = pipeline.train_adapter(cfg, resume=True, log=said.append)
+    # each step once (steps 3 and 4 were logged again after the resume from checkpoint-2), the line cut short gone
+    dev, log = read(run / "dev_log.jsonl"), read(run / "log.jsonl")
+    assert [r["step"] for r in dev] == [0, 2, 4, 6]
+    assert [r["step"] for r in log if "loss_forget" in r] == [1, 2, 3, 4, 5, 6]
+    assert "611" not in (run / "log.jsonl").read_text()
+    # the resume continues exactly: the rows run again equal those of before the kill
+    assert dev[2]["ss"] == pytest.approx(dev_before[2]["ss"]) and dev[2]["lms"] == pytest.approx(dev_before[2]["lms"])
+    assert log[2]["loss_forget"] == pytest.approx(log_before[2]["loss_forget"], rel=1e-5)
+    assert f"[resume] {run / 'dev_log.jsonl'}: 1 row after step 2 dropped (those steps run again); 2 kept" in said
+    cut = [m for m in said if m.startswith(f"[resume] {run / 'log.jsonl'}: 1 row after step 2 dropped")]
+    assert len(cut) == 1 and "and 1 unreadable line" in cut[0] and "line 4: not JSON" in cut[0]
+    # a plot that fails is a warning: the summary is written, the other plots drawn
+    assert summary["steps"] == 6 and json.loads((run / "train_summary.json").read_text())["steps"] == 6
+    assert any(m.startswith(f"[train] warning: {run / 'dev_margin.png'} not drawn") and "no display" in m
+               for m in said)
+    assert (run / "losses.png").exists() and (run / "dev_ss.png").exists() and not (run / "dev_margin.png").exists()
+    # the adapter's own record agrees with the config.json of the start that wrote it: the card reads config.json
+    found = run_files(run / "adapter")
+    assert found["config_path"] == str(run / "config.json") and "config_note" not in found
+
+
 def test_nan_loss_stops_with_clear_message(tmp_path, tiny_llama_path, train_data, monkeypatch):
     from biasunlearn.unlearn import pipeline, trainer
 
@@ -825,8 +880,12 @@ def test_pooled_dev_curve_weights_folds_by_terms_and_examples_by_hand(tmp_path):
     part = pooled_dev_curve([f0], allow_partial=True)  # one fold alone: its own numbers
     assert part["missing_folds"] == [1] and part["rows"][0]["ss"] == {"gender": 100.0, "race": 40.0}
     assert part["rows"][0]["ss_se"]["race"] == 6.0
-    (f1 / "dev_log.jsonl").write_text('{"step": 0}\nnot json\n')
-    with pytest.raises(ConfigError, match=r"dev_log.jsonl, line 2: not a dev check row"):
+    with (f1 / "dev_log.jsonl").open("a") as f:
+        f.write('{"step": 20, "ss": {"gend')  # fold 1's run killed while writing its check of step 20
+    cut = pooled_dev_curve([f0, f1])  # that line skipped: pooled as before, not a failure
+    assert cut["steps"] == [0, 10] and cut["rows"] == c["rows"] and cut["dropped_steps"] == {str(f0): [20]}
+    (f1 / "dev_log.jsonl").write_text('{"step": 0}\n{"ss": {}}\n')
+    with pytest.raises(ConfigError, match=r'dev_log.jsonl: not a dev check row \(no whole-number step\): {"ss": {}}'):
         pooled_dev_curve([f0, f1])
 
 

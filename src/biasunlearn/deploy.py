@@ -339,11 +339,34 @@ def run_files(adapter_dir) -> dict:
                 out[key + "_path"] = str(p)
             except (json.JSONDecodeError, OSError):
                 pass
+    own = Path(adapter_dir) / "biasunlearn_config.json"
+    if "config" in out and own.exists():
+        # The run's config.json is rewritten by every start of the run: one that trains a finished run further
+        # and is stopped before its end leaves the settings of that start (a later max_steps) beside the adapter of
+        # the earlier end. The record written with the adapter describes the adapter.
+        try:
+            record = read_json(own)
+        except (json.JSONDecodeError, OSError):
+            record = None
+        if isinstance(record, dict) and _trained_settings(record) != _trained_settings(out["config"]):
+            out.update(config=record, config_path=str(own),
+                       config_note=f"`{own.name}`, written with the adapter; the run's `config.json` differs: a "
+                                   "later start of the run rewrote it")
     if "config" not in out:
         cfg = adapter_training_config(adapter_dir)
         if cfg:
             out["config"] = cfg
     return out
+
+
+def _trained_settings(doc: dict) -> tuple:
+    """(method, training settings) of a run's config.json or an adapter's biasunlearn_config.json, comparable across
+    the two: both keep the settings under "config", except a baseline adapter's record, which nests its method's
+    settings (batch size, beta, ...) over them."""
+    settings = doc.get("config")
+    if isinstance(settings, dict) and isinstance(settings.get("config"), dict):  # a baseline adapter's record
+        settings = settings["config"]
+    return doc.get("method"), json.loads(json.dumps(settings, default=str))
 
 
 def _score_probes(model, tok) -> list[float]:
@@ -514,14 +537,16 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
             "base_model": info.to_dict(), "upstream": BUILTIN_UPSTREAM.get(model, (None, None))[0],
             "adapter": str(adapter_dir), "adapter_base": adapter_base_name(adapter_dir),
             "adapter_sha256": adapter_checksums(adapter_dir), "adapter_config": _adapter_config(adapter_dir),
-            "training_config": found.get("config"), "dtype": info.dtype, "merge": merge_note(info.dtype),
+            "training_config": found.get("config"), "training_config_source": found.get("config_path"),
+            "dtype": info.dtype, "merge": merge_note(info.dtype),
             "verification": verification,
             "results": {"before": before_src, "after": after_src}, "versions": package_versions(),
             "gguf": gguf_info,
         }
         write_json(tmp / "biasunlearn_export.json", provenance)
         card = model_card(base=info.to_dict(), adapter_dir=adapter_dir, adapter_config=_adapter_config(adapter_dir),
-                          training_config=found.get("config"), splits=found.get("splits"), before=before, after=after,
+                          training_config=found.get("config"), training_config_note=found.get("config_note"),
+                          splits=found.get("splits"), before=before, after=after,
                           verification=verification, name=out.name, results_sources=(before_src, after_src),
                           splits_source=found.get("splits_path"), gguf=gguf_info)
         atomic_write_text(tmp / "README.md", card)
@@ -684,9 +709,9 @@ TRAINED_BY = {
 
 
 def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, training_config: dict | None = None,
-               splits=None, before: dict | None = None, after: dict | None = None, verification: dict | None = None,
-               name: str = "debiased-model", results_sources=(None, None), splits_source: str | None = None,
-               gguf: dict | None = None) -> str:
+               training_config_note: str | None = None, splits=None, before: dict | None = None,
+               after: dict | None = None, verification: dict | None = None, name: str = "debiased-model",
+               results_sources=(None, None), splits_source: str | None = None, gguf: dict | None = None) -> str:
     """The README.md model card of a merged export (markdown with a Hugging Face metadata header)."""
     from .report import before_after_markdown, eval_markdown
 
@@ -758,7 +783,7 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
     else:
         L += ["LoRA adapter config: not recorded.", ""]
     if training_config:
-        L += ["Training config (resolved, from the training run):", "", "```json",
+        L += [f"Training config (resolved, from {training_config_note or 'the training run'}):", "", "```json",
               json.dumps(training_config, indent=2, ensure_ascii=False, default=str)[:6000], "```", ""]
     else:
         L += ["Training config: not recorded (no `config.json` beside the adapter).", ""]

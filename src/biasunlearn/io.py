@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -108,4 +109,33 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise DataError(path, f"not JSON ({e.msg})", row=i) from None
+    return rows
+
+
+def _warn_stderr(msg: str) -> None:
+    print(f"[log] warning: {msg}", file=sys.stderr, flush=True)
+
+
+def read_log_jsonl(path: str | os.PathLike, warn=_warn_stderr) -> list[dict]:
+    """The rows of a training log (log.jsonl, dev_log.jsonl), [] when there is none. A log is appended to a line at
+    a time, so a kill can cut its last line short: a line that is not a JSON object is skipped, and `warn` is told
+    (the file and the 1-based line), rather than an error that loses the plots and the summary after a whole run."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    lines = p.read_text(encoding="utf-8", errors="replace").split("\n")
+    last = max((i for i, line in enumerate(lines, 1) if line.strip()), default=0)
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            why = "not a JSON object"
+        except json.JSONDecodeError as e:
+            row, why = None, f"not JSON ({e.msg})"
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            warn(f"{p}, line {i}: {why}; skipped" + (" (its last line: cut short by a kill?)" if i == last else ""))
     return rows

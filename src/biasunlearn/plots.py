@@ -1,15 +1,15 @@
 """PNG plots from the run logs (no model needed)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .io import read_log_jsonl
 
 
 def _read_jsonl(path) -> list[dict]:
-    p = Path(path)
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    """A run log's rows; a line a kill cut short is skipped with a warning naming the file and line (a plot of the
+    rows that were written, not a traceback)."""
+    return read_log_jsonl(path)
 
 
 def _finish(fig, ax, out_png, xlabel, ylabel, title) -> Path:

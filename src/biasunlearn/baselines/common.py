@@ -187,12 +187,16 @@ class LoraFineTune:
         write_json(final / "biasunlearn_config.json", {"method": self.name, "config": self.settings(),
                                                        "base_model": info.to_dict(),
                                                        "splits_checksum": splits.to_dict()["checksum"]})
-        plot_dev_ss(self.out / "dev_log.jsonl", self.out / "dev_ss.png", title=f"{self.name}: dev SS per bias type")
         summary = {"method": self.name, "train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
                    "batch_size": self.batch_size, "dev_checks": len(dev_cb.history),
                    "last_dev": dev_cb.history[-1] if dev_cb.history else None, "peak_memory_mb": peak_memory_mb(),
                    "splits_checksum": splits.to_dict()["checksum"], "kept": "final adapter (no checkpoint choice)"}
-        write_json(self.out / "train_summary.json", summary)
+        write_json(self.out / "train_summary.json", summary)  # before the plot: a plot that fails loses no run
+        try:
+            plot_dev_ss(self.out / "dev_log.jsonl", self.out / "dev_ss.png",
+                        title=f"{self.name}: dev SS per bias type")
+        except Exception as e:
+            self.log(f"[{self.name}] warning: {self.out / 'dev_ss.png'} not drawn ({type(e).__name__}: {e})")
         return summary
 
     def encode(self, tok, texts: list[str]) -> list[list[int]]:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io import read_log_jsonl
 from ..metrics import mean_margins, ss_standard_error, stereoset_scores
 
 
@@ -93,13 +94,11 @@ def pooled_dev_curve(run_dirs, allow_partial: bool = False) -> dict:
         if not p.exists():
             raise ConfigError(f"{p}: missing (the run made no dev check yet)")
         rows = {}
-        for i, line in enumerate(p.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    r = json.loads(line)
-                    rows[int(r["step"])] = r
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ConfigError(f"{p}, line {i}: not a dev check row ({e})") from None
+        for r in read_log_jsonl(p):  # a line a kill cut short is skipped with a warning (the run can resume)
+            try:
+                rows[int(r["step"])] = r
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError(f"{p}: not a dev check row (no whole-number step): {json.dumps(r)[:80]}") from None
         logs.append(rows)
     common = sorted(set.intersection(*(set(rows) for rows in logs)))
     if not common:

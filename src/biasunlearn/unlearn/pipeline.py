@@ -20,7 +20,7 @@ from ..data.splits import checked_splits, coarse_dev_types
 from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions,
                         read_stereoset_predictions)
-from ..io import atomic_write_text, comma_list, read_json, write_json
+from ..io import atomic_write_text, comma_list, read_json, read_log_jsonl, write_json, write_jsonl
 from ..models import load_model, machine_info, merge_note, restore_glibc_malloc, tune_glibc_malloc
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig, legacy_value
@@ -69,13 +69,46 @@ def checkpoint_problem(ck: Path) -> str | None:
     return None
 
 
+def checkpoint_step(ck: Path) -> int:
+    """The step a checkpoint folder (checkpoint-<step>) was saved at."""
+    return int(Path(ck).name.split("-")[1])
+
+
+RUN_LOGS = ("log.jsonl", "dev_log.jsonl")
+
+
+def truncate_logs(out: Path, step: int, log=_log) -> dict[str, int]:
+    """On a resume from the checkpoint of `step`: the run's logs keep only their rows up to that step, rewritten
+    atomically. The steps after it are trained, logged and dev-checked again, so their rows from before the kill
+    would each appear twice (in the logs, the plots and compare's Figure 4); a kill between a dev check and its
+    checkpoint leaves such a row too. A line the kill cut short goes as well: the rows appended after it would
+    otherwise continue it into one unreadable line. Returns {log name: rows dropped}."""
+    dropped = {}
+    for name in RUN_LOGS:
+        path = out / name
+        if not path.exists():
+            continue
+        bad = []
+        rows = read_log_jsonl(path, warn=bad.append)
+        kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step]
+        if len(kept) == len(rows) and not bad:
+            continue
+        write_jsonl(path, kept)
+        dropped[name] = len(rows) - len(kept) + len(bad)
+        log(f"[resume] {path}: {len(rows) - len(kept)} row{'' if len(rows) - len(kept) == 1 else 's'} after step "
+            f"{step} dropped (those steps run again)"
+            + (f", and {len(bad)} unreadable line{'' if len(bad) == 1 else 's'} ({'; '.join(bad)})" if bad else "")
+            + f"; {len(kept)} kept")
+    return dropped
+
+
 def last_checkpoint(out: Path, log=None) -> Path | None:
     """The newest usable checkpoint in `out`. A damaged one (a kill during its save) is passed over for the one
     before it, with a warning, and left where it is; if every checkpoint is damaged that is an error, not a start
     from step 0 over the run's logs."""
     cks = sorted((p for p in out.glob("checkpoint-*")
                   if (p / "biasunlearn_state.json").exists() and p.name.split("-")[1].isdigit()),
-                 key=lambda p: int(p.name.split("-")[1]), reverse=True)
+                 key=checkpoint_step, reverse=True)
     for i, ck in enumerate(cks):
         problem = checkpoint_problem(ck)
         if problem is None:
@@ -186,8 +219,10 @@ def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log) -> dict:
     if ck is not None:
         _warn_changed_settings(out / "config.json", cfg, log)
         recover_folder(out / "best_adapter")  # a save killed half way (see save_adapter)
+        if cfg.process_index == 0:
+            truncate_logs(out, checkpoint_step(ck), log)
     if ck is None:  # a fresh start: nothing of an earlier start may mix into this run's logs
-        for stale in ("log.jsonl", "dev_log.jsonl"):
+        for stale in RUN_LOGS:
             (out / stale).unlink(missing_ok=True)
         for stale in BEST_FOLDERS:
             shutil.rmtree(out / stale, ignore_errors=True)
@@ -329,18 +364,28 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
         write_json(final / "biasunlearn_config.json", {"method": "biasunlearn", "config": cfg.method_dict(),
                                                        "base_model": info.to_dict(), "splits_checksum":
                                                        splits.to_dict()["checksum"]})
-        plot_losses(out / "log.jsonl", out / "losses.png")
-        plot_dev_ss(out / "dev_log.jsonl", out / "dev_ss.png", controller.events)
-        plot_dev_margin(out / "dev_log.jsonl", out / "dev_margin.png", controller.events)
     summary = {"train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
                "swaps": controller.events, "best": dev_cb.best,
                "adapter": f"step {trainer.state.global_step} (stop_at_step)" if cfg.stop_at_step else "best dev check",
                "peak_memory_mb": _peak_mem_mb(), "packing": trainer.packing_check}
     if trainer.is_world_process_zero():
-        write_json(out / "train_summary.json", summary)
+        write_json(out / "train_summary.json", summary)  # before the plots: a plot that fails loses no run
+        draw_plots(out, controller.events, log)
     del trainer, model
     gc.collect()
     return summary
+
+
+def draw_plots(out: Path, swaps, log=_log) -> None:
+    """losses.png, dev_ss.png and dev_margin.png from the run's logs. A plot that fails is a warning: the adapter
+    and train_summary.json are written already, and the plots can be drawn again from the logs."""
+    for draw, src, png, extra in ((plot_losses, "log.jsonl", "losses.png", ()),
+                                  (plot_dev_ss, "dev_log.jsonl", "dev_ss.png", (swaps,)),
+                                  (plot_dev_margin, "dev_log.jsonl", "dev_margin.png", (swaps,))):
+        try:
+            draw(out / src, out / png, *extra)
+        except Exception as e:
+            log(f"[train] warning: {out / png} not drawn from {out / src} ({type(e).__name__}: {e})")
 
 
 # settings that change nothing a resumed run computes (speed, memory, what is read afterwards)
