@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from . import __version__, interrupt
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .data.common import check_against_sums
 from .errors import ConfigError, DataError
@@ -294,6 +294,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
     all_preds = []
     official = {"intrasentence": [], "intersentence": []}
     for name in cfg.benchmarks:
+        interrupt.check()  # a Ctrl-C swallowed during the last benchmark (or the model's load) stops here
         path, checksums = checked[name]
         t0 = time.perf_counter()
         res = RUNNERS[name](model, tok, cfg, path)
