@@ -59,9 +59,10 @@ def _eval_cmd(a) -> int:
     from .report import eval_markdown
 
     cfg = eval_config_from_args(a)
-    doc = run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr),
-                   runtime=a.runtime, merge_adapter=a.merge_adapter)
-    print(eval_markdown(doc))
+    # the tables are printed before the files are written: a write that fails still leaves the numbers on screen
+    run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr),
+             runtime=a.runtime, merge_adapter=a.merge_adapter,
+             before_write=lambda doc: print(eval_markdown(doc), flush=True))
     if a.out:
         print(f"results written to {a.out}/results.json", file=sys.stderr)
     return 0
@@ -165,6 +166,15 @@ def _resume_hint(args) -> str:
     return f"; `biasunlearn train --resume {shlex.quote(str(folder))}` continues from its last checkpoint"
 
 
+def _os_error_text(e: OSError) -> str:
+    """'Permission denied: runs/x/log.jsonl': what failed, on which file (both files of a failed rename)."""
+    if not e.strerror:
+        return str(e) or type(e).__name__
+    if e.filename is None:
+        return e.strerror
+    return f"{e.strerror}: {e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+
+
 def _run(args, extra) -> int:
     try:
         if getattr(args, "device", None):  # a device torch does not know is named before anything loads
@@ -181,6 +191,9 @@ def _run(args, extra) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # a folder made read-only, removed or full while the command ran: one line, not a traceback
+        print(f"biasunlearn: error: {_os_error_text(e)}{_resume_hint(args)}", file=sys.stderr)
+        return 2
 
 
 def main(argv=None) -> int:
