@@ -284,3 +284,18 @@ def tiny_model(request, tiny_model_paths):
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory) -> Path:
     return write_fake_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def read_only_folder(tmp_path, monkeypatch) -> Path:
+    """A folder no file can be written in (mode 555). Root writes anywhere, and os.access says so: under root,
+    os.access answers for this folder as it would for another user."""
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *a, **kw: real(p, mode, *a, **kw)
+                            and not (Path(p) == ro and mode & os.W_OK))
+    yield ro
+    ro.chmod(0o755)  # for pytest's own clean-up

@@ -409,3 +409,42 @@ def test_version_flag_names_this_package_and_its_libraries(capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"biasunlearn {biasunlearn.__version__} (python ")
     assert f"torch {md.version('torch')}" in out and f"transformers {md.version('transformers')}" in out
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_the_model_loads(read_only_folder, fake_data, tmp_path):
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.io import check_folder_path
+
+    ro = read_only_folder
+    # the model path is bad too: the folder is checked first, so the message is about it
+    rc, out, err = run_cli(["eval", "--model", str(tmp_path / "nope"), "--data-dir", str(fake_data),
+                            "--out", str(ro / "ev")])
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [f"biasunlearn: error: --out {ro / 'ev'}: {ro}, where it would be made, is not "
+                                "writable (no permission, or a read-only file system); name another folder"]
+    with pytest.raises(ConfigError, match=r"--out .*read-only: the folder is not writable"):
+        check_folder_path(ro)
+    with pytest.raises(ConfigError, match=r"read-only/a/b: .*read-only, where it would be made, is not writable"):
+        check_folder_path(ro / "a" / "b")
+    assert check_folder_path(tmp_path / "a" / "b") == tmp_path / "a" / "b"  # a writable ancestor: fine
+
+
+def test_a_write_that_fails_prints_the_tables_then_one_line(tiny_gpt2_path, fake_data, tmp_path, monkeypatch):
+    """The folder made read-only (or removed) while the suite ran: the numbers are on stdout, and the error is one
+    line naming the file, not a traceback."""
+    import errno
+
+    from biasunlearn import evaluate
+
+    out = tmp_path / "ev"
+
+    def write_jsonl(path, rows):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(evaluate, "write_jsonl", write_jsonl)
+    rc, stdout, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--out",
+                               str(out), "--device", "cpu", "--benchmarks", "crows_pairs", "--limit", "2"])
+    assert rc == 2
+    assert "### CrowS-Pairs" in stdout and "| overall |" in stdout
+    assert err.splitlines()[-1] == f"biasunlearn: error: Permission denied: {out / 'predictions.jsonl'}"
+    assert "Traceback" not in err and "results written" not in err

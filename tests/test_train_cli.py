@@ -411,3 +411,31 @@ def test_resume_passes_over_a_damaged_checkpoint_and_refuses_when_none_is_usable
     err = capsys.readouterr().err
     assert "optimizer.pt is damaged or cut short" in err and "no usable checkpoint is left" in err
     assert (out / "log.jsonl").read_bytes() == log
+
+
+def test_a_disk_error_mid_run_is_one_line_that_says_how_to_continue(tmp_path, tiny_llama_path, fake_data, capsys,
+                                                                     monkeypatch, read_only_folder):
+    import argparse
+    import errno
+
+    from biasunlearn import cli
+    from biasunlearn.unlearn.trainer import JsonlLogCallback
+
+    out = tmp_path / "run"
+
+    def on_log(self, *a, **kw):  # the run folder made read-only after the run began
+        raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
+
+    monkeypatch.setattr(JsonlLogCallback, "on_log", on_log)
+    assert main(_tiny_run_words(tmp_path, out, tiny_llama_path, fake_data) + ["--logging_steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"biasunlearn: error: Permission denied: {out / 'log.jsonl'}; `biasunlearn "
+                                    f"train --resume {out}` continues from its last checkpoint")
+    assert "Traceback" not in err
+    # a run folder removed (no run left to continue): no such advice
+    assert cli._resume_hint(argparse.Namespace(run_folder=tmp_path / "gone")) == ""
+    # a read-only --out is refused before anything loads
+    assert main(["train", "--out", str(read_only_folder / "run"), "--model", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"biasunlearn: error: --out {read_only_folder / 'run'}: {read_only_folder}, where it would be made, is not "
+        "writable (no permission, or a read-only file system); name another folder"]

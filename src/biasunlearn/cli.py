@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import interrupt
 from .errors import BiasUnlearnError, ConfigError
 from .io import comma_list
 
@@ -58,9 +59,10 @@ def _eval_cmd(a) -> int:
     from .report import eval_markdown
 
     cfg = eval_config_from_args(a)
-    doc = run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr),
-                   runtime=a.runtime, merge_adapter=a.merge_adapter)
-    print(eval_markdown(doc))
+    # the tables are printed before the files are written: a write that fails still leaves the numbers on screen
+    run_eval(a.model, a.adapter, a.dtype, cfg, a.out, a.device, log=lambda s: print(s, file=sys.stderr),
+             runtime=a.runtime, merge_adapter=a.merge_adapter,
+             before_write=lambda doc: print(eval_markdown(doc), flush=True))
     if a.out:
         print(f"results written to {a.out}/results.json", file=sys.stderr)
     return 0
@@ -150,14 +152,30 @@ def _quiet_deepspeed_on_cpu() -> None:
             os.environ["DS_ACCELERATOR"] = "cpu"
 
 
-def main(argv=None) -> int:
-    _register_optional()
-    parser = build_parser()
-    argv = _underscores_as_hyphens(parser, list(sys.argv[1:] if argv is None else argv))
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    _quiet_deepspeed_on_cpu()
+def _resume_hint(args) -> str:
+    """For a `train` stopped after its run folder began (its config.json written): how to continue it."""
+    folder = getattr(args, "run_folder", None)
+    if folder is None:
+        return ""
+    import shlex
+
+    from .train_cli import holds_run
+
+    if not holds_run(folder):
+        return ""
+    return f"; `biasunlearn train --resume {shlex.quote(str(folder))}` continues from its last checkpoint"
+
+
+def _os_error_text(e: OSError) -> str:
+    """'Permission denied: runs/x/log.jsonl': what failed, on which file (both files of a failed rename)."""
+    if not e.strerror:
+        return str(e) or type(e).__name__
+    if e.filename is None:
+        return e.strerror
+    return f"{e.strerror}: {e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+
+
+def _run(args, extra) -> int:
     try:
         if getattr(args, "device", None):  # a device torch does not know is named before anything loads
             from .models import parse_device
@@ -172,8 +190,29 @@ def main(argv=None) -> int:
         print(f"biasunlearn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("biasunlearn: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a folder made read-only, removed or full while the command ran: one line, not a traceback
+        print(f"biasunlearn: error: {_os_error_text(e)}{_resume_hint(args)}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None) -> int:
+    _register_optional()
+    parser = build_parser()
+    argv = _underscores_as_hyphens(parser, list(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _quiet_deepspeed_on_cpu()
+    with interrupt.recording():
+        rc = _run(args, extra)
+        # a Ctrl-C whose KeyboardInterrupt was swallowed after the last check (in a weakref callback, say) still
+        # ends the command as interrupted: its caller must not take the run for a whole one
+        if rc == 130 or interrupt.interrupted():
+            # on a line of its own: a progress bar's line does not end until the bar closes
+            print(f"\nbiasunlearn: interrupted{_resume_hint(args)}", file=sys.stderr)
+            rc = 130
+    return rc
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from . import interrupt
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, data_changes, evaluate_model, package_versions
 from .io import atomic_write_text, check_folder_path, comma_list, read_json, write_json
@@ -510,6 +511,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                      split_doc["checksum"] if split_doc else None, log, merge_adapter=merge_adapter)
     results = {}
     for name in names:
+        interrupt.check()  # a Ctrl-C swallowed during the last method stops here, before the next one starts
         twin = runner.same_run_as(name, names)
         results[name] = runner.alias(name, twin, results[twin]) if twin else runner.run(name)
     paths = write_compare_report(out, names, plan)

@@ -23,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from . import interrupt
 from .errors import ConfigError
 from .io import atomic_write_text, check_folder_path, comma_list, read_json, write_json
 
@@ -80,6 +81,7 @@ def run_compare_seeds(model: str = "smollm2-135m", methods=None, out="runs/compa
     untrained = [n for n in names if n not in TRAINED]
     results = {}
     for i, s in enumerate(seeds):
+        interrupt.check()  # a Ctrl-C swallowed during the last seed stops here, before the next one starts
         sub = seed_folder(out, s)
         sub_rerun = rerun
         if i > 0:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from . import __version__, interrupt
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .data.common import check_against_sums
 from .errors import ConfigError, DataError
@@ -298,8 +298,11 @@ def _checked_data(cfg: EvalConfig) -> tuple[Path, dict]:
     return root, out
 
 
-def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print) -> dict:
-    """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir."""
+def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print, *,
+                   before_write=None) -> dict:
+    """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir.
+    `before_write(doc)`, when given, is called with the results before any file is written (the CLI prints its
+    tables there: a folder that cannot be written then does not lose the numbers of the whole run)."""
     root, checked = _checked_data(cfg)
     doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
            "model": model_info or {}, "versions": package_versions(), "machine": machine_info(),
@@ -308,6 +311,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
     all_preds = []
     official = {"intrasentence": [], "intersentence": []}
     for name in cfg.benchmarks:
+        interrupt.check()  # a Ctrl-C swallowed during the last benchmark (or the model's load) stops here
         path, checksums = checked[name]
         t0 = time.perf_counter()
         res = RUNNERS[name](model, tok, cfg, path)
@@ -320,6 +324,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
         doc["benchmarks"][name] = res
         if log:
             log(f"[eval] {name} done in {wall:.1f}s")
+    if before_write is not None:
+        before_write(doc)
     if out_dir is not None:
         out = Path(out_dir)
         write_jsonl(out / "predictions.jsonl", all_preds)
@@ -334,10 +340,11 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
 
 
 def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg: EvalConfig | None = None,
-             out_dir=None, device=None, log=print, runtime: str | None = None, merge_adapter: bool = False) -> dict:
+             out_dir=None, device=None, log=print, runtime: str | None = None, merge_adapter: bool = False,
+             before_write=None) -> dict:
     """Load a model and run the suite. `runtime="llama.cpp"` runs a GGUF file in llama.cpp instead of transformers
     (models.load_llama_cpp): the deployed file, read with the same benchmarks and metrics. `merge_adapter` folds
-    the adapter into the weights first (models.load_model)."""
+    the adapter into the weights first (models.load_model). `before_write` is evaluate_model's."""
     from .models import load_llama_cpp, load_model
 
     cfg = cfg or EvalConfig()
@@ -348,7 +355,7 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
         if merge_adapter and not adapter:
             raise ConfigError("--merge-adapter: there is no --adapter to merge")
         m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device, merge_adapter=merge_adapter)
-        return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
+        return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write)
     if runtime != "llama.cpp":
         raise ConfigError(f"--runtime {runtime}: expected llama.cpp")
     if merge_adapter:
@@ -358,7 +365,7 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
                           f"--dtype {dtype} / --device {device} do not apply (leave them out)")
     m, tok, info = load_llama_cpp(model, adapter, n_ctx=max(1024, cfg.ppl_window + 8))
     try:
-        return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log)
+        return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write)
     finally:
         m.close()
 

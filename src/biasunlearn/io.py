@@ -12,7 +12,9 @@ from typing import Any, Iterable
 
 
 def check_folder_path(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output folder that cannot be made: a file, or a path through a file."""
+    """Refuse, before any work, an output folder that cannot be made or written in: a file, a path through a file,
+    or one whose nearest existing folder is read-only (else a whole evaluation or training run would end in an
+    error at its first write)."""
     from .errors import ConfigError
 
     path = Path(path)
@@ -21,6 +23,11 @@ def check_folder_path(path: str | os.PathLike, flag: str = "--out") -> Path:
             if not p.is_dir():
                 where = "is a file" if p == path else f"goes through {p}, which is a file"
                 raise ConfigError(f"{flag} {path}: {where}, not a folder")
+            # writing a file or making a folder in p needs both (search, then add an entry)
+            if not os.access(p, os.W_OK | os.X_OK):
+                where = "the folder" if p == path else f"{p}, where it would be made,"
+                raise ConfigError(f"{flag} {path}: {where} is not writable (no permission, or a read-only file "
+                                  "system); name another folder")
             break
     return path
 

@@ -236,6 +236,7 @@ def _train_cmd(a, extra) -> int:
 
         print(f"[train] --overwrite: removed the run in {out}: {', '.join(clear_run(out)) or 'nothing'}",
               file=sys.stderr)
+    a.run_folder = out  # main's message, should the run stop (Ctrl-C, a disk error), says how to continue it
     res = run_training(cfg, resume=resume)
     if "after" in res:
         from .report import eval_markdown

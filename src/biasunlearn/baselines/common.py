@@ -205,7 +205,7 @@ class LoraFineTune:
 
     def train(self) -> dict:
         from ..unlearn.pipeline import prepare_lora
-        from ..unlearn.trainer import JsonlLogCallback, route_logs_to_stderr
+        from ..unlearn.trainer import InterruptCheck, JsonlLogCallback, route_logs_to_stderr
 
         model, tok, info, splits = self._start()
         texts = self.training_texts(splits.train)
@@ -216,6 +216,7 @@ class LoraFineTune:
         args = training_arguments(self.cfg, self.batch_size)
         trainer = Trainer(model=model, args=args, train_dataset=SentenceDataset(seqs),
                           data_collator=SentenceCollator(tok.pad_token_id or 0))
+        trainer.add_callback(InterruptCheck())
         dev_cb = DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log)
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))

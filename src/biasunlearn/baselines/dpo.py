@@ -83,7 +83,7 @@ class DPO(LoraFineTune):
         from datasets import Dataset
         from trl import DPOConfig
 
-        from ..unlearn.trainer import JsonlLogCallback, route_logs_to_stderr
+        from ..unlearn.trainer import InterruptCheck, JsonlLogCallback, route_logs_to_stderr
 
         model, tok, info, splits = self._start()
         rows = self.encode_pairs(tok, preference_pairs(splits.train))
@@ -93,6 +93,7 @@ class DPO(LoraFineTune):
                                   precompute_ref_log_probs=False)
         trainer = _dpo_trainer_class()(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
                                        processing_class=tok, peft_config=lora_config(model, self.cfg))
+        trainer.add_callback(InterruptCheck())
         dev_cb = DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log)
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))

@@ -27,7 +27,8 @@ from .config import UnlearnConfig, legacy_value
 from .controller import SwapController
 from .generated import load_or_sample
 from .sets import UnlearnSets
-from .trainer import BiasUnlearnTrainer, DevCheckCallback, JsonlLogCallback, recover_folder, route_logs_to_stderr
+from .trainer import (BiasUnlearnTrainer, DevCheckCallback, InterruptCheck, JsonlLogCallback, recover_folder,
+                      route_logs_to_stderr)
 
 
 def _log(msg):
@@ -343,6 +344,7 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
                                 signal=cfg.swap_signal,
                                 margin=cfg.swap_margin_nats if cfg.swap_signal == "margin" else cfg.swap_margin)
     trainer = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=controller, tokenizer=tok)
+    trainer.add_callback(InterruptCheck())
     dev_cb = DevCheckCallback(trainer, splits.dev, out, log=log)
     trainer.add_callback(dev_cb)
     trainer.add_callback(JsonlLogCallback(out / "log.jsonl"))

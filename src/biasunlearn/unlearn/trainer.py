@@ -19,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from .. import interrupt
 from ..errors import BiasUnlearnError, ConfigError
 from ..evaluate import stereoset_records
 from ..io import write_json
@@ -559,6 +560,15 @@ def route_logs_to_stderr(trainer) -> None:
         trainer.add_callback(_StderrPrinter())
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(_StderrProgress())
+
+
+class InterruptCheck(TrainerCallback):
+    """Ends training after the step in which a Ctrl-C came whose KeyboardInterrupt was swallowed (raised inside a
+    weakref or garbage-collection callback, where Python drops it) instead of letting it run every step left. Added
+    before the dev check, so that step's check is not run either."""
+
+    def on_step_end(self, args, state, control, **kw):
+        interrupt.check()
 
 
 class JsonlLogCallback(TrainerCallback):
