@@ -143,6 +143,96 @@ def test_export_refuses_to_overwrite_and_mismatched_model(tiny, tmp_path):
                   overwrite=True, log=QUIET)
 
 
+# an export run in another process and SIGKILLed at a chosen moment
+KILLED_EXPORT = textwrap.dedent("""
+    import os, shutil, signal, sys
+    from pathlib import Path
+    from transformers import PreTrainedModel
+    from biasunlearn import cli
+
+    when, words = sys.argv[1], sys.argv[2:]
+    out = Path(words[words.index("--out") + 1]).resolve()
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+
+    def save_pretrained(self, folder, *a, **k):  # killed half way through writing the model's shards
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def replace(src, dst):  # the new folder moving into place
+        if when == "before the move in" and Path(dst).resolve() == out:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+
+    def rmtree(path, *a, **k):  # the earlier export, deleted once the new one is in place
+        if when == "before the old one is deleted" and Path(path).name == f".{out.name}.old":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_rmtree(path, *a, **k)
+
+    if when == "writing shards":
+        PreTrainedModel.save_pretrained = save_pretrained
+    os.replace, shutil.rmtree = replace, rmtree
+    sys.exit(cli.main(words))
+""")
+
+
+def test_what_a_killed_export_leaves_is_cleared_and_overwrite_never_loses_the_old_export(tiny, tmp_path):
+    import signal
+
+    dist = tmp_path / "dist"
+    e1 = dist / "e1"
+    words = ["export", "--model", str(tiny["llama"]), "--adapter", str(tiny["adapter"]), "--device", "cpu",
+             "--no-verify", "--out", str(e1)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+
+    def killed(when, *more):
+        proc = subprocess.run([sys.executable, "-c", KILLED_EXPORT, when, *words, *more], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+    def export(log, overwrite=False):
+        return export_merged(str(tiny["llama"]), tiny["adapter"], e1, device="cpu", verify=False, overwrite=overwrite,
+                             log=log.append)
+
+    # killed writing the model: its unfinished, owner-only folder is left beside, and no export
+    killed("writing shards")
+    staged = [p for p in dist.iterdir() if p.is_dir()]
+    assert len(staged) == 1 and staged[0].name.startswith(".e1.") and staged[0].stat().st_mode & 0o777 == 0o700
+    assert (staged[0] / "model.safetensors").read_bytes() == b"half" and not e1.exists()
+    # the next export removes it, and says so; folders of like names are not the staging folders it makes
+    keep = [".e1.keep", ".e1.abcdefghi", ".e1x.abcdefgh", ".e10.abcdefgh", ".e1.ABCDEFGH", "e1.old"]
+    for name in keep:
+        (dist / name).mkdir()
+    log = []
+    export(log)
+    assert log[0] == (f"[export] removing {staged[0]}: the unfinished folder of an export into {e1} that was killed "
+                      "before it finished")
+    assert not staged[0].exists() and all((dist / name).is_dir() for name in keep)
+    first = (e1 / "biasunlearn_export.json").read_bytes()
+
+    # --overwrite killed between moving the old export aside and moving the new one in: the next start puts the
+    # old one back (here refused then, without --overwrite, with the export as it was)
+    killed("before the move in", "--overwrite")
+    assert not e1.exists() and (dist / ".e1.old" / "biasunlearn_export.json").read_bytes() == first
+    log = []
+    with pytest.raises(ConfigError, match="not empty"):
+        export(log)
+    assert log[0] == (f"[export] put {e1} back from {dist / '.e1.old'}: an --overwrite export was killed before its "
+                      "new folder took the old one's place")
+    assert log[1].startswith("[export] removing ") and "the unfinished folder of an export" in log[1]
+    assert (e1 / "biasunlearn_export.json").read_bytes() == first and not (dist / ".e1.old").exists()
+
+    # killed with the new export in place, before the old one was deleted: the next start deletes the old copy
+    killed("before the old one is deleted", "--overwrite")
+    assert (dist / ".e1.old" / "biasunlearn_export.json").read_bytes() == first
+    assert json.loads((e1 / "biasunlearn_export.json").read_text())["adapter"] == str(tiny["adapter"])
+    log = []
+    export(log, overwrite=True)
+    assert log[0] == (f"[export] removing {dist / '.e1.old'}: the export that {e1} replaced (the process was killed "
+                      "before it removed it)")
+    # nothing of the killed exports is left (their lock file beside the folder included)
+    assert sorted(p.name for p in dist.iterdir()) == sorted(["e1", *keep])
+
+
 # --- model card --------------------------------------------------------------------------------------------------
 
 CARD_SECTIONS = ("## Base model", "## Adapter and training config", "## Data and splits",

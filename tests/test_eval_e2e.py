@@ -448,3 +448,102 @@ def test_a_write_that_fails_prints_the_tables_then_one_line(tiny_gpt2_path, fake
     assert "### CrowS-Pairs" in stdout and "| overall |" in stdout
     assert err.splitlines()[-1] == f"biasunlearn: error: Permission denied: {out / 'predictions.jsonl'}"
     assert "Traceback" not in err and "results written" not in err
+
+
+def test_a_rerun_with_fewer_benchmarks_leaves_no_file_of_the_earlier_read(gpt2, fake_data, tmp_path):
+    model, tok = gpt2
+    out = tmp_path / "ev1"
+    full = EvalConfig(benchmarks=("stereoset", "crows_pairs"), data_dir=str(fake_data), progress=False)
+    evaluate_model(model, tok, full, {"spec": "tiny"}, out, log=None)
+    (out / "notes.txt").write_text("mine")  # what a user keeps there, and another command's folder
+    (out / "eval_before").mkdir()
+    (out / "eval_before" / "results.json").write_text("{}")
+    assert {"stereoset_predictions.json", "stereoset_scores.jsonl.gz"} <= {p.name for p in out.iterdir()}
+    doc = evaluate_model(model, tok, EvalConfig(benchmarks=("crows_pairs",), data_dir=str(fake_data), progress=False),
+                         {"spec": "tiny"}, out, log=None)
+    assert sorted(p.name for p in out.iterdir()) == ["eval_before", "notes.txt", "predictions.jsonl", "results.json"]
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(doc))
+    assert set(doc["benchmarks"]) == {"crows_pairs"}
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["benchmark"] for r in rows] == ["crows_pairs"] * len(CROWS)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "eval_before" / "results.json").read_text() == "{}"
+
+
+# an eval run in another process and SIGKILLed at a chosen moment: "staged" once the new read's files are all
+# written (before any has moved into --out), "move N" as its N-th file moves in
+KILLED_READ = """
+import os, signal, sys
+from pathlib import Path
+import biasunlearn.evaluate as ev
+from biasunlearn import cli
+
+when, words = sys.argv[1], sys.argv[2:]
+out = Path(words[words.index("--out") + 1]).resolve()
+real_replace, moves = os.replace, []
+
+def replace(src, dst):
+    if Path(dst).resolve().parent == out:
+        moves.append(dst)
+        if when == f"move {len(moves)}":
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst)
+
+real_write = ev.write_json
+
+def write_json(path, obj):
+    done = real_write(path, obj)
+    if when == "staged" and Path(path).name == "results.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+
+os.replace, ev.write_json = replace, write_json
+sys.exit(cli.main(words))
+"""
+
+
+def test_a_killed_read_never_leaves_a_results_json_beside_another_reads_files(tiny_gpt2_path, fake_data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import _tiny
+    from biasunlearn.io import LOCK_FILE
+
+    adapter = _tiny.make_adapter(tiny_gpt2_path, tmp_path / "run" / "adapter")
+    out = tmp_path / "ev4"
+    words = ["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--device", "cpu",
+             "--benchmarks", "stereoset,crows_pairs,perplexity", "--ppl-max-tokens", "64", "--out", str(out)]
+    assert run_cli(words)[0] == 0  # the base model's read
+    base = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert json.loads(base["results.json"])["model"]["adapter"] is None
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+    def killed(when):
+        proc = subprocess.run([sys.executable, "-c", KILLED_READ, when, *words, "--adapter", str(adapter)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        return proc.stderr
+
+    # killed with the adapter's read written but not moved in: the base read stands, every byte of it
+    killed("staged")
+    staging = [p for p in out.iterdir() if p.name.startswith(".biasunlearn-read-")]
+    assert len(staging) == 1 and (out / LOCK_FILE).is_file()  # what a SIGKILL leaves: no cleanup runs
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != LOCK_FILE} == base
+    # killed after the adapter's predictions moved in: no results.json at all, rather than the base model's; the
+    # read cleared what the one before it left (the killed process's lock file locks nothing), and said so
+    err = killed("move 2")
+    assert f"[eval] removing {staging[0]}: the files of a read into {out} that was killed before it finished" in err
+    assert not (out / "results.json").exists()
+    assert (out / "predictions.jsonl").read_bytes() != base["predictions.jsonl"]
+    assert json.loads((out / "predictions.jsonl").read_text().splitlines()[0])["s_stereo"] != \
+        json.loads(base["predictions.jsonl"].decode().splitlines()[0])["s_stereo"]
+    staging = [p for p in out.iterdir() if p.name.startswith(".biasunlearn-read-")]
+    assert len(staging) == 1
+    rc, _, err = run_cli(words + ["--adapter", str(adapter)])
+    assert rc == 0 and err.count("[eval] removing ") == 1 and f"removing {staging[0]}: " in err
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.jsonl", "results.json", "stereoset_predictions.json",
+                                                      "stereoset_scores.jsonl.gz"]
+    assert json.loads((out / "results.json").read_text())["model"]["adapter"] == str(adapter)

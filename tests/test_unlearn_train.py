@@ -313,7 +313,7 @@ def test_gradient_accumulation_draws_a_new_chunk_for_each_micro_batch(tmp_path, 
 def test_a_half_done_adapter_replacement_is_undone(tmp_path):
     """save_adapter renames the old folder aside before the new one takes its place: a process killed in between
     leaves `best_adapter.old` alone, and recover_folder puts it back; with both present nothing moves."""
-    from biasunlearn.unlearn.trainer import recover_folder
+    from biasunlearn.io import recover_folder
 
     old = tmp_path / "best_adapter.old"
     old.mkdir()

@@ -33,7 +33,7 @@ import torch
 from . import interrupt
 from .errors import BiasUnlearnError, ConfigError
 from .evaluate import BENCHMARKS, EvalConfig, check_config, data_changes, evaluate_model, package_versions
-from .io import atomic_write_text, check_folder_path, comma_list, read_json, write_json
+from .io import atomic_write_text, check_folder_path, comma_list, folder_entries, folder_lock, read_json, write_json
 from .models import (cuda_has_native_bf16, free_device_memory, machine_info, merge_note, release_freed_memory,
                      resolve_model_path)
 
@@ -316,7 +316,7 @@ class _Runner:
             self.log(f"[compare] {name}: reusing the trained adapter in {d}")
             info = read_json(d / "train_measure.json")
         else:
-            if not ms.exists() and any(d.iterdir()):
+            if not ms.exists() and folder_entries(d):  # a lock file a killed run left is no one's files
                 self.log(f"[compare] {name}: {d} holds files of an unknown run; starting it afresh")
                 shutil.rmtree(d)
                 d.mkdir(parents=True)
@@ -483,40 +483,42 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
             raise
         log(f"[compare] no train/dev split ({e}); fine: no method here trains")
     resolve_model_path(model)  # a model that is not there is named before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    plan = _plain({"model": model, "methods": names, "ablations": ablations, "out": str(out),
-                   "budget": {"max_steps": ref_cfg.max_steps, "learning_rate": ref_cfg.learning_rate,
-                              "lr_scheduler_type": ref_cfg.lr_scheduler_type, "warmup_steps": ref_cfg.warmup_steps,
-                              "optim": ref_cfg.optim, "eval_every": ref_cfg.eval_every,
-                              "forget_batch_size": ref_cfg.forget_batch_size,
-                              "retain_batch_size": ref_cfg.retain_batch_size,
-                              "unrelated_batch_size": ref_cfg.unrelated_batch_size,
-                              "baseline_batch_size": baseline_batch_size or ref_cfg.forget_batch_size + ref_cfg.retain_batch_size,
-                              "dpo_pairs_per_step": dpo_pairs_per_step or max(1, (ref_cfg.forget_batch_size + ref_cfg.retain_batch_size) // 2),
-                              "dpo_beta": dpo_beta, "lora_r": ref_cfg.lora_r, "lora_alpha": ref_cfg.lora_alpha,
-                              "seed": ref_cfg.seed, "ablation_checkpoint": ablation_checkpoint,
-                              "config_overrides": config_overrides or {}},
-                   "eval": {**_eval_settings(ecfg, dtype)["eval_config"], "dtype": dtype,
-                            **({"merge_adapter": True} if merge_adapter else {})},
-                   "splits": {k: split_doc[k] for k in ("checksum", "seed", "dev_fraction", "sources", "counts", "test")}
-                   if split_doc else None,
-                   "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
-                   "versions": package_versions(), "machine": machine_info(),
-                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
-    write_json(out / "compare.json", plan)
-    if split_doc:
-        write_json(out / "splits.json", split_doc)
-    runner = _Runner(model, out, budget, config_overrides, data_dir, ecfg, dtype, rerun, baseline_batch_size,
-                     dpo_pairs_per_step, dpo_beta, ablation_checkpoint, _cost_texts(splits, cost_sentences),
-                     split_doc["checksum"] if split_doc else None, log, merge_adapter=merge_adapter)
-    results = {}
-    for name in names:
-        interrupt.check()  # a Ctrl-C swallowed during the last method stops here, before the next one starts
-        twin = runner.same_run_as(name, names)
-        results[name] = runner.alias(name, twin, results[twin]) if twin else runner.run(name)
-    paths = write_compare_report(out, names, plan)
-    log(f"[compare] report: {paths['report']} and {paths['html']}")
-    return {"results": results, **paths}
+    # one compare at a time in a folder: a second would train and write the same method folders
+    with folder_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        plan = _plain({"model": model, "methods": names, "ablations": ablations, "out": str(out),
+                       "budget": {"max_steps": ref_cfg.max_steps, "learning_rate": ref_cfg.learning_rate,
+                                  "lr_scheduler_type": ref_cfg.lr_scheduler_type, "warmup_steps": ref_cfg.warmup_steps,
+                                  "optim": ref_cfg.optim, "eval_every": ref_cfg.eval_every,
+                                  "forget_batch_size": ref_cfg.forget_batch_size,
+                                  "retain_batch_size": ref_cfg.retain_batch_size,
+                                  "unrelated_batch_size": ref_cfg.unrelated_batch_size,
+                                  "baseline_batch_size": baseline_batch_size or ref_cfg.forget_batch_size + ref_cfg.retain_batch_size,
+                                  "dpo_pairs_per_step": dpo_pairs_per_step or max(1, (ref_cfg.forget_batch_size + ref_cfg.retain_batch_size) // 2),
+                                  "dpo_beta": dpo_beta, "lora_r": ref_cfg.lora_r, "lora_alpha": ref_cfg.lora_alpha,
+                                  "seed": ref_cfg.seed, "ablation_checkpoint": ablation_checkpoint,
+                                  "config_overrides": config_overrides or {}},
+                       "eval": {**_eval_settings(ecfg, dtype)["eval_config"], "dtype": dtype,
+                                **({"merge_adapter": True} if merge_adapter else {})},
+                       "splits": {k: split_doc[k] for k in ("checksum", "seed", "dev_fraction", "sources", "counts", "test")}
+                       if split_doc else None,
+                       "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+                       "versions": package_versions(), "machine": machine_info(),
+                       "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+        write_json(out / "compare.json", plan)
+        if split_doc:
+            write_json(out / "splits.json", split_doc)
+        runner = _Runner(model, out, budget, config_overrides, data_dir, ecfg, dtype, rerun, baseline_batch_size,
+                         dpo_pairs_per_step, dpo_beta, ablation_checkpoint, _cost_texts(splits, cost_sentences),
+                         split_doc["checksum"] if split_doc else None, log, merge_adapter=merge_adapter)
+        results = {}
+        for name in names:
+            interrupt.check()  # a Ctrl-C swallowed during the last method stops here, before the next one starts
+            twin = runner.same_run_as(name, names)
+            results[name] = runner.alias(name, twin, results[twin]) if twin else runner.run(name)
+        paths = write_compare_report(out, names, plan)
+        log(f"[compare] report: {paths['report']} and {paths['html']}")
+        return {"results": results, **paths}
 
 
 # --- the report ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import interrupt
 from .errors import ConfigError
-from .io import atomic_write_text, check_folder_path, comma_list, read_json, write_json
+from .io import atomic_write_text, check_folder_path, comma_list, folder_lock, read_json, write_json
 
 PLAN = "compare_seeds.json"
 SUMMARY = "seeds_summary.json"
@@ -74,33 +74,35 @@ def run_compare_seeds(model: str = "smollm2-135m", methods=None, out="runs/compa
     names = resolve_methods(methods, ablations)
     out = check_folder_path(out)
     rerun = check_rerun(rerun, names)  # before any seed runs
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / PLAN, {"model": model, "methods": names, "ablations": ablations, "seeds": seeds,
-                            "folders": {str(s): seed_folder(out, s).name for s in seeds},
-                            "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
-    untrained = [n for n in names if n not in TRAINED]
-    results = {}
-    for i, s in enumerate(seeds):
-        interrupt.check()  # a Ctrl-C swallowed during the last seed stops here, before the next one starts
-        sub = seed_folder(out, s)
-        sub_rerun = rerun
-        if i > 0:
-            # the first seed's evaluation of a method that does not train stands for every seed
-            first = seed_folder(out, seeds[0])
-            for n in untrained:
-                if (first / n / "results.json").exists():
-                    sub.mkdir(parents=True, exist_ok=True)
-                    shutil.rmtree(sub / n, ignore_errors=True)
-                    shutil.copytree(first / n, sub / n)
-            trained_here = [n for n in names if n in TRAINED]
-            sub_rerun = [n for n in (trained_here if "all" in rerun else rerun) if n not in untrained]
-        log(f"[compare] seed {s} ({i + 1} of {len(seeds)}) -> {sub}")
-        res = run_compare(model, names, sub, ablations=False, config_overrides={**overrides, "seed": s},
-                          rerun=sub_rerun, log=log, **kw)
-        results[s] = res["results"]
-    paths = write_seeds_report(out, seeds, names)
-    log(f"[compare] report over seeds {', '.join(map(str, seeds))}: {paths['report']} and {paths['html']}")
-    return {"seeds": seeds, "results": results, **paths}
+    # one comparison at a time in a folder (each seed's run_compare also holds its own seed folder)
+    with folder_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / PLAN, {"model": model, "methods": names, "ablations": ablations, "seeds": seeds,
+                                "folders": {str(s): seed_folder(out, s).name for s in seeds},
+                                "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+        untrained = [n for n in names if n not in TRAINED]
+        results = {}
+        for i, s in enumerate(seeds):
+            interrupt.check()  # a Ctrl-C swallowed during the last seed stops here, before the next one starts
+            sub = seed_folder(out, s)
+            sub_rerun = rerun
+            if i > 0:
+                # the first seed's evaluation of a method that does not train stands for every seed
+                first = seed_folder(out, seeds[0])
+                for n in untrained:
+                    if (first / n / "results.json").exists():
+                        sub.mkdir(parents=True, exist_ok=True)
+                        shutil.rmtree(sub / n, ignore_errors=True)
+                        shutil.copytree(first / n, sub / n)
+                trained_here = [n for n in names if n in TRAINED]
+                sub_rerun = [n for n in (trained_here if "all" in rerun else rerun) if n not in untrained]
+            log(f"[compare] seed {s} ({i + 1} of {len(seeds)}) -> {sub}")
+            res = run_compare(model, names, sub, ablations=False, config_overrides={**overrides, "seed": s},
+                              rerun=sub_rerun, log=log, **kw)
+            results[s] = res["results"]
+        paths = write_seeds_report(out, seeds, names)
+        log(f"[compare] report over seeds {', '.join(map(str, seeds))}: {paths['report']} and {paths['html']}")
+        return {"seeds": seeds, "results": results, **paths}
 
 
 # --- numbers --------------------------------------------------------------------------------------------------

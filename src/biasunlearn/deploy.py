@@ -31,7 +31,8 @@ from .adapters import (adapter_mismatches, adapter_training_config, apply_adapte
                        group_problems)
 from .errors import BiasUnlearnError, ConfigError, ModelLoadError
 from .gguf_export import LlamaCppScorer, llama_cpp_version
-from .io import atomic_write_text, check_folder_path, read_json, sha256_file, write_json
+from .io import (atomic_write_text, check_folder_path, folder_entries, folder_lock, mkdtemp_pattern, read_json,
+                 recover_folder, sha256_file, write_json)
 from .models import merge_note
 
 # Where the built-in models come from (the card's `base_model`); both are quantised GGUF copies, dequantised.
@@ -267,13 +268,20 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
     export would: in float32, rounded once to `dtype`; models.load_model), at the plain model's speed.
     Returns {"before", "after", "report", "out"}.
     """
+    adapter_dir = check_adapter_folder(adapter)
+    cfg = _eval_cfg(cfg)
+    out = check_folder_path(out)
+    with folder_lock(out):  # one transfer at a time in a folder: two would write the same reads and report
+        return _transfer(adapter_dir, model, out, dtype=dtype, device=device, cfg=cfg, reuse=reuse,
+                         merge_adapter=merge_adapter, log=log)
+
+
+def _transfer(adapter_dir: Path, model: str, out: Path, *, dtype, device, cfg, reuse: bool, merge_adapter: bool,
+              log) -> dict:
     from .models import free_device_memory, load_model
     from .report import before_after_markdown
     from .scoring import model_device
 
-    adapter_dir = check_adapter_folder(adapter)
-    cfg = _eval_cfg(cfg)
-    out = check_folder_path(out)
     t0 = time.perf_counter()
     m, tok, info = load_model(model, dtype=dtype, device=device)
     check_adapter_fits(m, adapter_dir, f"--model {model}")
@@ -387,9 +395,49 @@ def _drop_quantization(model):
     return model
 
 
+def export_lock_file(out: Path) -> Path:
+    """An export's lock (io.folder_lock), beside its folder: the folder itself is replaced whole at the end, and a
+    lock inside it would go with the old one."""
+    return out.parent / f".{out.name}.biasunlearn.lock"
+
+
+def _aside(out: Path) -> Path:
+    """Where --overwrite keeps the earlier export until the new one is in place (hidden: not a user's `out.old`)."""
+    return out.parent / f".{out.name}.old"
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}."  # the new export is written in mkdtemp(prefix=this) beside `out`, then renamed
+
+
+def clear_interrupted_export(out: Path, log=print) -> None:
+    """Put right what an export into `out` that was killed part way left beside it. Called under the export's lock,
+    so none of it belongs to a running export. An --overwrite killed between moving the earlier export aside and
+    moving the new one in left only the aside copy: it comes back as `out`. One killed after the new one was in
+    place left both: the aside copy goes. A staging folder (`.<name>.` and mkdtemp's 8 characters; as large as the
+    model, owner-only) goes."""
+    aside = _aside(out)
+    if aside.is_dir():
+        if out.exists():
+            _log(log, f"[export] removing {aside}: the export that {out} replaced (the process was killed before "
+                      "it removed it)")
+            shutil.rmtree(aside)
+        else:
+            recover_folder(out, aside)
+            _log(log, f"[export] put {out} back from {aside}: an --overwrite export was killed before its new "
+                      "folder took the old one's place")
+    if out.parent.is_dir():
+        staged = mkdtemp_pattern(_staging_prefix(out))
+        for p in sorted(out.parent.iterdir()):
+            if p.is_dir() and staged.fullmatch(p.name):
+                _log(log, f"[export] removing {p}: the unfinished folder of an export into {out} that was killed "
+                          "before it finished")
+                shutil.rmtree(p)
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     check_folder_path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and folder_entries(out):
         if not overwrite:
             raise ConfigError(f"--out {out}: folder exists and is not empty (pass --overwrite to replace it)")
         if not (out / "biasunlearn_export.json").exists():
@@ -410,15 +458,26 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
     also holds gguf/<out name>.gguf: the source file with every tensor the adapter changed replaced (biasunlearn.gguf_export),
     checked like the folder when `verify`.
     Returns {"out", "card", "verification", "before", "after", "gguf"}.
+    A folder already at `out` (with `overwrite`) is moved aside, the new one moved in, and only then the old one
+    deleted; the next export puts right what a kill part way leaves (clear_interrupted_export).
     """
+    adapter_dir = check_adapter_folder(adapter)
+    out = check_folder_path(out)
+    # one export at a time into a folder; and under its lock, what a killed export left beside it is no one's
+    with folder_lock(out, export_lock_file(out)):
+        clear_interrupted_export(out, log)
+        return _export(model, adapter_dir, out, dtype=dtype, device=device, run_eval=run_eval, cfg=cfg,
+                       verify=verify, overwrite=overwrite, gguf=gguf, log=log)
+
+
+def _export(model: str, adapter_dir: Path, out: Path, *, dtype, device, run_eval: bool, cfg, verify: bool,
+            overwrite: bool, gguf: str | None, log) -> dict:
     from transformers import AutoModelForCausalLM
 
     from .evaluate import package_versions
     from .models import free_device_memory, load_model, resolve_dtype
     from .scoring import model_device
 
-    adapter_dir = check_adapter_folder(adapter)
-    out = Path(out)
     _prepare_out(out, overwrite)
     gguf_src = None
     if gguf:
@@ -437,7 +496,8 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
     m, tok, info = load_model(model, dtype=dtype, device=device)
     check_adapter_fits(m, adapter_dir, f"--model {model}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_staging_prefix(out)))
+    aside = _aside(out)
     try:
         before, after = found.get("before"), found.get("after")
         before_src = found.get("before_path")
@@ -553,11 +613,13 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
         os.chmod(tmp, 0o755)  # mkdtemp/mkstemp make owner-only files; a model folder is meant to be shared
         for f in tmp.rglob("*"):
             os.chmod(f, 0o755 if f.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # the earlier export (or an empty folder) kept aside until the new one is in place
+            out.rename(aside)
         os.replace(tmp, out)
+        shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        recover_folder(out, aside)  # a failed move in: the earlier export comes back
         raise
     _log(log, f"[export] merged model, tokenizer and model card written to {out}")
     return {"out": out, "card": out / "README.md", "verification": verification, "before": before, "after": after,

@@ -7,9 +7,13 @@ data file, and the config and wall time of each benchmark.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import random
+import shutil
+import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +21,18 @@ from . import __version__, interrupt
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .data.common import check_against_sums
 from .errors import ConfigError, DataError
-from .io import check_folder_path, comma_list, read_jsonl, sha256_file, write_json, write_jsonl
+from .io import (check_folder_path, comma_list, folder_lock, mkdtemp_pattern, read_jsonl, sha256_file, write_json,
+                 write_jsonl)
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores, term_scores
 from .models import machine_info
 from .scoring import score_sequences, score_texts, score_texts_shared
 
 SE_RESAMPLES = 1000  # bootstrap resamples of the SS standard error in every StereoSet result
 STEREOSET_SCORES = "stereoset_scores.jsonl.gz"  # the StereoSet rows of predictions.jsonl, compressed, kept with results
+# every file one read writes in its folder (results.json last: it says the others are whole and of this read)
+READ_FILES = ("predictions.jsonl", "stereoset_predictions.json", STEREOSET_SCORES, "results.json")
+STAGING_PREFIX = ".biasunlearn-read-"  # a read is written whole in a folder of this name in its own, then moved
+# (no dot after it: an export named anything stages in ".<name>.<8 characters>", which this never matches)
 BENCHMARKS = ("stereoset", "crows_pairs", "bbq", "perplexity")
 DEFAULT_PATHS = {
     "stereoset": "stereoset/ano1-yu__stereoset_adaptation",
@@ -300,9 +309,10 @@ def _checked_data(cfg: EvalConfig) -> tuple[Path, dict]:
 
 def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print, *,
                    before_write=None) -> dict:
-    """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir.
-    `before_write(doc)`, when given, is called with the results before any file is written (the CLI prints its
-    tables there: a folder that cannot be written then does not lose the numbers of the whole run)."""
+    """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir, in
+    place of an earlier read there (_write_read). `before_write(doc)`, when given, is called with the results before
+    any file is written (the CLI prints its tables there: a folder that cannot be written then does not lose the
+    numbers of the whole run)."""
     root, checked = _checked_data(cfg)
     doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
            "model": model_info or {}, "versions": package_versions(), "machine": machine_info(),
@@ -327,16 +337,43 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
     if before_write is not None:
         before_write(doc)
     if out_dir is not None:
-        out = Path(out_dir)
-        write_jsonl(out / "predictions.jsonl", all_preds)
-        if "stereoset" in cfg.benchmarks:
-            write_json(out / "stereoset_predictions.json", official)
+        _write_read(Path(out_dir), doc, all_preds, official if "stereoset" in cfg.benchmarks else None, log)
+    return doc
+
+
+def _write_read(out: Path, doc: dict, all_preds: list, official: dict | None, log=print) -> None:
+    """Put one read's files in `out` in place of an earlier read's, so that a results.json there always goes with
+    the files beside it: they are written whole into a staging folder first; then the old results.json goes, with
+    every file of the old read that this one does not write (a read without StereoSet leaves no StereoSet files of
+    another beside it), the new files move in, and results.json last. A kill before the moves leaves the old read
+    as it was; a kill during them leaves no results.json. Nothing else in `out` is touched. The caller holds the
+    folder (io.folder_lock: eval --out, train, transfer, compare), so a staging folder found there is one a killed
+    read left."""
+    out.mkdir(parents=True, exist_ok=True)
+    staged = mkdtemp_pattern(STAGING_PREFIX)
+    for p in out.iterdir():
+        if p.is_dir() and staged.fullmatch(p.name):
+            if log:
+                log(f"[eval] removing {p}: the files of a read into {out} that was killed before it finished")
+            shutil.rmtree(p, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX))
+    try:
+        write_jsonl(stage / "predictions.jsonl", all_preds)
+        if official is not None:
+            write_json(stage / "stereoset_predictions.json", official)
             # the StereoSet scores alone, compressed and small enough to keep beside results.json (about 75 kB for
             # the 2106 test examples): what a later paired comparison of two reads needs (bench/ss_precision.py)
-            write_jsonl(out / STEREOSET_SCORES, [{k: v for k, v in p.items() if k != "sentence_ids"}
-                                                 for p in all_preds if p["benchmark"] == "stereoset"])
-        write_json(out / "results.json", doc)
-    return doc
+            write_jsonl(stage / STEREOSET_SCORES, [{k: v for k, v in p.items() if k != "sentence_ids"}
+                                                   for p in all_preds if p["benchmark"] == "stereoset"])
+        write_json(stage / "results.json", doc)
+        (out / "results.json").unlink(missing_ok=True)  # first: from here the folder holds no whole read
+        for name in READ_FILES:
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+            elif (out / name).is_file():
+                (out / name).unlink()
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg: EvalConfig | None = None,
@@ -354,20 +391,24 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
     if runtime is None:
         if merge_adapter and not adapter:
             raise ConfigError("--merge-adapter: there is no --adapter to merge")
-        m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device, merge_adapter=merge_adapter)
-        return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write)
-    if runtime != "llama.cpp":
-        raise ConfigError(f"--runtime {runtime}: expected llama.cpp")
-    if merge_adapter:
-        raise ConfigError("--merge-adapter is for a transformers read, not --runtime llama.cpp (leave it out)")
-    if dtype not in (None, "float32") or (device is not None and str(device) != "cpu"):
-        raise ConfigError(f"--runtime llama.cpp runs the file's weights as stored, on the CPU build of llama.cpp: "
-                          f"--dtype {dtype} / --device {device} do not apply (leave them out)")
-    m, tok, info = load_llama_cpp(model, adapter, n_ctx=max(1024, cfg.ppl_window + 8))
-    try:
-        return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write)
-    finally:
-        m.close()
+    else:
+        if runtime != "llama.cpp":
+            raise ConfigError(f"--runtime {runtime}: expected llama.cpp")
+        if merge_adapter:
+            raise ConfigError("--merge-adapter is for a transformers read, not --runtime llama.cpp (leave it out)")
+        if dtype not in (None, "float32") or (device is not None and str(device) != "cpu"):
+            raise ConfigError(f"--runtime llama.cpp runs the file's weights as stored, on the CPU build of llama.cpp: "
+                              f"--dtype {dtype} / --device {device} do not apply (leave them out)")
+    # one read at a time in a folder: two would write their files over each other's
+    with folder_lock(out_dir) if out_dir is not None else nullcontext():
+        if runtime is None:
+            m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device, merge_adapter=merge_adapter)
+            return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write)
+        m, tok, info = load_llama_cpp(model, adapter, n_ctx=max(1024, cfg.ppl_window + 8))
+        try:
+            return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write)
+        finally:
+            m.close()
 
 
 def read_stereoset_predictions(path, task: str = "intrasentence") -> list[dict]:

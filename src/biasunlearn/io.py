@@ -1,14 +1,19 @@
-"""Atomic file writes and checksums: a crash never leaves a half-written results file behind."""
+"""Atomic file writes and checksums: a crash never leaves a half-written results file behind. Folder locks: two
+processes never write into one output folder at once."""
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
+
+LOCK_FILE = ".biasunlearn.lock"  # folder_lock's file in a folder; one a killed process left holds no lock
 
 
 def check_folder_path(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -146,3 +151,99 @@ def read_log_jsonl(path: str | os.PathLike, warn=_warn_stderr) -> list[dict]:
         else:
             warn(f"{p}, line {i}: {why}; skipped" + (" (its last line: cut short by a kill?)" if i == last else ""))
     return rows
+
+
+def mkdtemp_pattern(prefix: str) -> re.Pattern:
+    """The names `tempfile.mkdtemp(prefix=prefix)` makes (the prefix and eight characters of
+    tempfile._RandomNameSequence): how a staging folder a killed process left is told from anything else."""
+    return re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
+
+
+def folder_entries(folder: str | os.PathLike) -> list[Path]:
+    """What `folder` holds, a lock file (folder_lock's, or one a killed process left) aside: the checks that ask
+    whether a folder is empty or holds someone's files must not count it."""
+    return [p for p in Path(folder).iterdir() if p.name != LOCK_FILE]
+
+
+def recover_folder(path: str | os.PathLike, aside: str | os.PathLike | None = None) -> None:
+    """Finish a replacement of the folder `path` that a kill left half done: `path` renamed to `aside` (default
+    `path`.old) and the process killed before the new folder took its place. The old folder comes back."""
+    path = Path(path)
+    old = Path(aside) if aside is not None else path.with_name(path.name + ".old")
+    if old.exists() and not path.exists():
+        old.rename(path)
+
+
+_HELD: set[str] = set()  # the lock files (absolute paths) this process holds
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | None = None):
+    """Hold `folder` for this process alone while the block runs: an exclusive, non-blocking `flock` on
+    <folder>/.biasunlearn.lock (or `lock_file`, for a folder that is replaced whole), created as needed. When another
+    process holds it, a ConfigError naming the folder. Re-entrant within a process (train holds its run folder, and
+    train_adapter inside it takes it again). On release the lock file, and any folder the lock had to create that is
+    still empty, are removed. The kernel drops a killed process's lock: the file it leaves locks nothing. Where
+    there is no fcntl (Windows) it does nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    from .errors import ConfigError
+
+    lock = Path(lock_file) if lock_file is not None else Path(folder) / LOCK_FILE
+    key = os.path.abspath(lock)
+    if key in _HELD:  # held by an outer block of this process, which lets it go
+        yield
+        return
+    made = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # deepest first
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder went away between the two (a holder letting go removes it)
+            continue
+        except OSError as e:
+            raise ConfigError(f"{folder}: cannot create the lock file {lock} ({e.strerror})") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise ConfigError(f"another biasunlearn process{f' (pid {holder})' if holder.isdigit() else ''} is "
+                              f"writing to {folder} (it holds {lock}); wait for it to finish, or name another "
+                              "folder") from None
+        except OSError:  # a file system that takes no locks (some network mounts): unguarded, as without fcntl
+            os.close(fd)
+            fd = None
+            break
+        # the holder before may have removed the file as it let go (see below): a lock on a file no longer at
+        # `lock` keeps no one out, so it is taken again on the file there now
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    if fd is None:
+        yield
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())  # for the message another process gives
+    _HELD.add(key)
+    try:
+        yield
+    finally:
+        _HELD.discard(key)
+        try:  # removed while still locked: a process that opened it meanwhile finds it gone once it has the lock
+            os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
+        for p in made:  # a start that failed before writing anything leaves no empty folder behind
+            try:
+                p.rmdir()
+            except OSError:  # not empty, or already gone
+                break

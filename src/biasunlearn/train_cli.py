@@ -226,18 +226,24 @@ def _train_cmd(a, extra) -> int:
     check_out_folder(out)
     if resume and a.overwrite:
         raise ConfigError("--resume continues the run in the folder and --overwrite replaces it: give one")
-    # the main process alone looks and clears (under accelerate launch the others start later and write nothing
-    # in the folder before it does)
-    if not resume and cfg.process_index == 0 and holds_run(out):
-        if not a.overwrite:
-            raise ConfigError(f"{out} holds a run already: --resume continues it (a finished run is only evaluated "
-                              "and reported again), --overwrite starts a new one in its place, or name another --out")
-        from .unlearn.pipeline import clear_run
+    from .unlearn.pipeline import run_lock
 
-        print(f"[train] --overwrite: removed the run in {out}: {', '.join(clear_run(out)) or 'nothing'}",
-              file=sys.stderr)
-    a.run_folder = out  # main's message, should the run stop (Ctrl-C, a disk error), says how to continue it
-    res = run_training(cfg, resume=resume)
+    # held from the look below to the report: a second train into this folder is refused before it clears or
+    # writes anything (the main process holds it for every process of an accelerate launch)
+    with run_lock(cfg):
+        # the main process alone looks and clears (under accelerate launch the others start later and write
+        # nothing in the folder before it does)
+        if not resume and cfg.process_index == 0 and holds_run(out):
+            if not a.overwrite:
+                raise ConfigError(f"{out} holds a run already: --resume continues it (a finished run is only "
+                                  "evaluated and reported again), --overwrite starts a new one in its place, or name "
+                                  "another --out")
+            from .unlearn.pipeline import clear_run
+
+            print(f"[train] --overwrite: removed the run in {out}: {', '.join(clear_run(out)) or 'nothing'}",
+                  file=sys.stderr)
+        a.run_folder = out  # main's message, should the run stop (Ctrl-C, a disk error), says how to continue it
+        res = run_training(cfg, resume=resume)
     if "after" in res:
         from .report import eval_markdown
 

@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -20,15 +20,15 @@ from ..data.splits import checked_splits, coarse_dev_types
 from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions,
                         read_stereoset_predictions)
-from ..io import atomic_write_text, comma_list, read_json, read_log_jsonl, write_json, write_jsonl
+from ..io import (atomic_write_text, comma_list, folder_lock, read_json, read_log_jsonl, recover_folder,
+                  write_json, write_jsonl)
 from ..models import load_model, machine_info, merge_note, restore_glibc_malloc, tune_glibc_malloc
 from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig, legacy_value
 from .controller import SwapController
 from .generated import load_or_sample
 from .sets import UnlearnSets
-from .trainer import (BiasUnlearnTrainer, DevCheckCallback, InterruptCheck, JsonlLogCallback, recover_folder,
-                      route_logs_to_stderr)
+from .trainer import BiasUnlearnTrainer, DevCheckCallback, InterruptCheck, JsonlLogCallback, route_logs_to_stderr
 
 
 def _log(msg):
@@ -187,13 +187,21 @@ def drop_term_texts(texts: list[str], terms) -> tuple[list[str], int]:
     return kept, len(texts) - len(kept)
 
 
+def run_lock(cfg: UnlearnConfig):
+    """The run folder held for this run alone (io.folder_lock): a second `train --out` into it is refused, rather
+    than both writing every log row and each other's config. Taken by the main process only: under accelerate
+    launch the other processes write into the same folder as part of the same run."""
+    return folder_lock(cfg.output_dir) if cfg.process_index == 0 else nullcontext()
+
+
 def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     """Train the BiasUnlearn adapter; returns a summary. Writes adapter/, splits.json, config.json, logs, plots."""
     out = Path(cfg.output_dir)
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this start creates, deepest first
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _train_in(cfg, out, resume, log)
+        with run_lock(cfg):
+            return _train_in(cfg, out, resume, log)
     except BaseException:
         # a start that failed before writing anything (a model that does not load, ...) leaves no empty run
         # folder behind to be mistaken for a run; a folder that holds anything is kept
@@ -574,12 +582,13 @@ def run_training(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
     out = Path(cfg.output_dir)
     if not cfg.skip_final_eval:
         check_data(eval_config_for(cfg))  # the report's data, checked before an hour of training rather than after
-    summary = train_adapter(cfg, resume=resume, log=log)
-    if cfg.skip_final_eval or not cfg.process_index == 0:
-        return {"summary": summary}
-    loads_unpartitioned()
-    before, after = before_after(cfg, out / "adapter", out, log=log)
-    write_report(out, before, after, summary, cfg)
+    with run_lock(cfg):  # training, the before/after reads and the report: one run's, start to end
+        summary = train_adapter(cfg, resume=resume, log=log)
+        if cfg.skip_final_eval or not cfg.process_index == 0:
+            return {"summary": summary}
+        loads_unpartitioned()
+        before, after = before_after(cfg, out / "adapter", out, log=log)
+        write_report(out, before, after, summary, cfg)
     log(f"[done] report: {out / 'report.md'}")
     return {"summary": summary, "before": before, "after": after}
 

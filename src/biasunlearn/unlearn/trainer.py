@@ -135,15 +135,6 @@ def _reference_pass(model, unwrapped):
         model.train(was)
 
 
-def recover_folder(path) -> None:
-    """Finish a replacement that `BiasUnlearnTrainer.save_adapter` left half done: `path` renamed to `path`.old and
-    the process killed before the new folder took its place. The old folder comes back."""
-    path = Path(path)
-    old = path.with_name(path.name + ".old")
-    if old.exists() and not path.exists():
-        old.rename(path)
-
-
 def _collate(rows):
     return {"step_index": torch.tensor([r["step_index"] for r in rows])}
 
@@ -401,7 +392,7 @@ class BiasUnlearnTrainer(Trainer):
     def save_adapter(self, path, extra: dict | None = None) -> None:
         """Write the LoRA adapter (and `extra` {file name: JSON object}) to the folder `path`, replacing it whole:
         written beside it first, then renamed; a crash between the two renames leaves `path`.old, which
-        `recover_folder` puts back when the run is resumed (a fresh run removes it). Call it on every process:
+        `io.recover_folder` puts back when the run is resumed (a fresh run removes it). Call it on every process:
         under FSDP or ZeRO-3 the adapter's weights are sharded, and gathering them takes every process (the main
         process writes)."""
         path = Path(path)
