@@ -446,7 +446,11 @@ def test_a_write_that_fails_prints_the_tables_then_one_line(tiny_gpt2_path, fake
                                str(out), "--device", "cpu", "--benchmarks", "crows_pairs", "--limit", "2"])
     assert rc == 2
     assert "### CrowS-Pairs" in stdout and "| overall |" in stdout
-    assert err.splitlines()[-1] == f"biasunlearn: error: Permission denied: {out / 'predictions.jsonl'}"
+    # the file named is the one that failed: the read's files are written aside in --out first (_write_read)
+    last = err.splitlines()[-1]
+    assert last.startswith(f"biasunlearn: error: Permission denied: {out}/.biasunlearn-read-") and \
+        last.endswith("/predictions.jsonl")
+    assert not out.exists()  # the staging folder went with the failure, and the folder the read made for it
     assert "Traceback" not in err and "results written" not in err
 
 
