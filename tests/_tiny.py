@@ -193,3 +193,17 @@ def load_bench(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def run_cli(argv):
+    """`biasunlearn ARGV` in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from biasunlearn import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+

@@ -13,14 +13,8 @@ from biasunlearn.evaluate import BBQ_PROMPT, EvalConfig, evaluate_model
 from biasunlearn.metrics import crows_pairs_scores, stereoset_scores
 from biasunlearn.scoring import score_texts
 
+from _tiny import run_cli
 from conftest import CROWS, WIKI_LINES
-
-
-def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def sha256(path):

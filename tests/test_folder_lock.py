@@ -3,7 +3,6 @@ compare); a lock file a killed process left locks nothing and counts as no one's
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from biasunlearn import cli
+from _tiny import run_cli
+
 from biasunlearn.errors import ConfigError
 from biasunlearn.io import LOCK_FILE, folder_entries, folder_lock
 
@@ -59,13 +59,6 @@ def held_elsewhere(folder, lock_file=None):
 def _try_elsewhere(folder) -> str:
     return subprocess.run([sys.executable, "-c", TRY, str(folder)], capture_output=True, text=True, env=_env(),
                           timeout=60).stdout.strip()
-
-
-def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_a_folder_another_process_holds_is_refused_with_its_name_and_pid(tmp_path):

@@ -1,8 +1,6 @@
 """Ctrl-C is never lost: a SIGINT whose KeyboardInterrupt Python swallows (raised inside a weakref or
 garbage-collection callback) still stops the next method, seed, benchmark or training step, and the command exits
 130 with a message on a line of its own."""
-import contextlib
-import io
 import json
 import os
 import signal
@@ -13,7 +11,9 @@ import weakref
 
 import pytest
 
-from biasunlearn import cli, interrupt
+from _tiny import run_cli
+
+from biasunlearn import interrupt
 
 
 @pytest.fixture
@@ -41,13 +41,6 @@ def ctrl_c_in_a_weakref_callback():
     obj = Obj()
     ref = weakref.ref(obj, lambda r: os.kill(os.getpid(), signal.SIGINT))  # noqa: F841  (kept alive until del obj)
     del obj  # the callback runs here, and the handler inside it
-
-
-def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli.main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_a_swallowed_ctrl_c_is_recorded_and_raised_again_by_check(sigint):
