@@ -540,6 +540,14 @@ def test_transfer_reuse_reads_again_when_a_data_file_changed(tiny, tmp_path):
     log = []
     transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=cfg, device="cpu", reuse=True, log=log.append)
     assert json.loads((out / "eval_before" / "results.json").read_text())["created"] == new["created"]
+    # the data moved away: nothing can be compared, so the read is kept as recorded, and the log says so
+    from biasunlearn.deploy import read_results
+
+    shutil.move(str(data), str(tmp_path / "elsewhere"))
+    log = []
+    assert read_results(out / "eval_before" / "results.json", cfg, log.append)["created"] == new["created"]
+    assert len(log) == 1 and log[0].startswith("[eval] the data files could not be checked against the read's (")
+    assert log[0].endswith("its results are kept as recorded")
 
 
 def test_transfer_merge_adapter_reads_like_the_adapter_and_is_not_reused_as_unmerged(tiny, tmp_path):

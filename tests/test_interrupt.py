@@ -194,3 +194,14 @@ def test_compare_seeds_process_exits_130_on_a_swallowed_ctrl_c(tmp_path):
     assert "[child] seed 1" in proc.stderr and "[child] seed 2" not in proc.stderr
     assert "Exception ignored" in proc.stderr and "KeyboardInterrupt" in proc.stderr  # it was swallowed
     assert proc.stderr.endswith("\n\nbiasunlearn: interrupted\n")
+
+
+def test_the_flag_does_not_outlive_the_command(sigint):
+    """A Ctrl-C recorded while `main` ran ends that command, not the next API call in the same process (a
+    notebook, a test): the flag is cleared when the recording block ends."""
+    with interrupt.recording():
+        interrupt.mark()
+        assert interrupt.interrupted()
+    assert not interrupt.interrupted()
+    interrupt.check()  # no KeyboardInterrupt
+

@@ -1025,12 +1025,15 @@ def test_resume_refuses_a_train_pool_changed_since_the_start(tmp_path, tiny_llam
     cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=2, save_steps=2)
     pipeline.train_adapter(cfg, log=lambda s: None)
     before = json.loads((tmp_path / "run" / "splits.json").read_text())
+    kept = {n: (tmp_path / "run" / n).read_bytes() for n in ("train_summary.json", "log.jsonl", "dev_log.jsonl")}
     pool = json.loads((train_data / "pool.json").read_text())
     (train_data / "pool.json").write_text(json.dumps(pool[:-1]))  # one item fewer
     more = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=4, save_steps=2)
     with pytest.raises(ConfigError, match=r"train pool changed since this run started \(pool.json: sha256"):
         pipeline.train_adapter(more, resume=True, log=lambda s: None)
     assert json.loads((tmp_path / "run" / "splits.json").read_text()) == before  # nothing rewritten
+    # refused before anything of the run is touched: it still reads as the finished run it was
+    assert {n: (tmp_path / "run" / n).read_bytes() for n in kept} == kept
     assert not (tmp_path / "run" / "checkpoint-4").exists()
     (train_data / "pool.json").write_text(json.dumps(pool))
     pipeline.train_adapter(more, resume=True, log=lambda s: None)

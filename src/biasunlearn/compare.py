@@ -287,11 +287,12 @@ class _Runner:
             if diffs:
                 raise ConfigError(f"{res} was made with other settings ({'; '.join(diffs[:6]) or 'unknown'}); pass "
                                   f"--rerun {name} (or all) to recompute it, or use another --out")
-            changed = data_changes(doc, self.ecfg)
+            changed = data_changes(doc, self.ecfg, self.log)
             if not changed:
                 self.log(f"[compare] {name}: reusing {res}")
                 return doc
-            # a trained adapter is kept (the train pool is checked when its run resumes); only the read is redone
+            # only the read is redone, a trained adapter kept (a changed train pool shows in the report's check of
+            # the split checksum across methods)
             self.log(f"[compare] {name}: {res} was read from other data ({', '.join(changed[:4])}"
                      f"{', ...' if len(changed) > 4 else ''} changed since): evaluating again")
             res.unlink()

@@ -201,7 +201,7 @@ def read_results(path: Path, cfg, log=None) -> dict | None:
     b = {k: v for k, v in _normalised(cfg.to_dict()).items() if k not in ignore}
     if a != b:
         return None
-    changed = data_changes(doc, cfg)
+    changed = data_changes(doc, cfg, log)
     if changed:
         _log(log, f"[eval] {path} was read from other data ({', '.join(changed[:4])}"
                   f"{', ...' if len(changed) > 4 else ''} changed since): reading again")

@@ -278,13 +278,21 @@ def check_data(cfg: EvalConfig) -> dict:
     return _checked_data(cfg)[1]
 
 
-def data_changes(doc: dict, cfg: EvalConfig) -> list[str]:
+def data_changes(doc: dict, cfg: EvalConfig, log=None) -> list[str]:
     """The data files of `cfg`'s benchmarks whose sha256 differs from what the results document `doc` recorded
     (a file changed, added or removed since that read), as "benchmark: file"; empty when every file is as it was.
     A read made from other data is not to be reused as this data's (a data folder without SHA256SUMS does not stop
-    a file from changing)."""
+    a file from changing). Where the data cannot be read (moved away, or refused by its SHA256SUMS), nothing can be
+    compared: the read is kept as recorded, and `log` says so (a reread would fail on the same data)."""
+    try:
+        checked = check_data(cfg)
+    except (ConfigError, DataError) as e:
+        if log:
+            log(f"[eval] the data files could not be checked against the read's ({e}); its results are kept as "
+                "recorded")
+        return []
     out = []
-    for name, (_, sums) in check_data(cfg).items():
+    for name, (_, sums) in checked.items():
         old = ((doc.get("benchmarks") or {}).get(name) or {}).get("data", {}).get("sha256")
         if old is None:
             continue  # not measured in that read: nothing to compare (its settings check decides)

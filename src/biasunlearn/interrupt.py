@@ -39,7 +39,10 @@ def recording():
     _seen.clear()  # main may run more than once in a process
     previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     if not callable(previous):
-        yield
+        try:
+            yield
+        finally:
+            _seen.clear()
         return
 
     def handler(signum, frame):
@@ -51,3 +54,4 @@ def recording():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        _seen.clear()  # read inside the block (main): an API call after it in the process must not find it set

@@ -222,15 +222,19 @@ def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log) -> dict:
     ck = last_checkpoint(out, log) if resume else None
     if resume and ck is None:
         log(f"[train] --resume: no checkpoint in {out} yet; starting the run again from step 0")
+    if ck is not None:  # refused before anything of the run is touched: a refusal must leave the run as it was
+        check_same_pool(out / "splits.json", checked_splits(cfg)[0], log)
+    # the main process alone clears (under accelerate launch the others may start before its lock refuses a second
+    # run into the folder, and must not remove that run's files)
     if cfg.process_index == 0:  # what the last start finished is not this run's: a kill from here on must not
         (out / "train_summary.json").unlink(missing_ok=True)  # leave it looking finished, nor its after-read
         shutil.rmtree(out / "eval_after", ignore_errors=True)  # beside a new adapter
     if ck is not None:
         _warn_changed_settings(out / "config.json", cfg, log)
-        recover_folder(out / "best_adapter")  # a save killed half way (see save_adapter)
         if cfg.process_index == 0:
+            recover_folder(out / "best_adapter")  # a save killed half way (see save_adapter)
             truncate_logs(out, checkpoint_step(ck), log)
-    if ck is None:  # a fresh start: nothing of an earlier start may mix into this run's logs
+    if ck is None and cfg.process_index == 0:  # a fresh start: nothing of an earlier start may mix into its logs
         for stale in RUN_LOGS:
             (out / stale).unlink(missing_ok=True)
         for stale in BEST_FOLDERS:
@@ -338,8 +342,6 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     if unknown:
         raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "
                           f"({', '.join(sets.bias_types)})")
-    if ck is not None:
-        check_same_pool(out / "splits.json", splits, log)
     if cfg.process_index == 0:
         write_json(out / "splits.json", {**splits.to_dict(), "test": {"path": cfg.test_set, "n": len(test)},
                                          "overlap_with_test": overlap,
