@@ -32,7 +32,8 @@ import torch
 
 from . import interrupt
 from .errors import BiasUnlearnError, ConfigError
-from .evaluate import BENCHMARKS, EvalConfig, check_config, data_changes, evaluate_model, package_versions
+from .evaluate import (BENCHMARKS, EvalConfig, check_config, data_changes, evaluate_model, other_data_note,
+                       package_versions)
 from .io import atomic_write_text, check_folder_path, comma_list, folder_entries, folder_lock, read_json, write_json
 from .models import (cuda_has_native_bf16, free_device_memory, machine_info, merge_note, release_freed_memory,
                      resolve_model_path)
@@ -293,8 +294,7 @@ class _Runner:
                 return doc
             # only the read is redone, a trained adapter kept (a changed train pool shows in the report's check of
             # the split checksum across methods)
-            self.log(f"[compare] {name}: {res} was read from other data ({', '.join(changed[:4])}"
-                     f"{', ...' if len(changed) > 4 else ''} changed since): evaluating again")
+            self.log(f"[compare] {name}: {other_data_note(res, changed)}: evaluating again")
             res.unlink()
         d.mkdir(parents=True, exist_ok=True)
         train_info = None

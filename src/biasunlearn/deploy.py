@@ -188,7 +188,7 @@ def read_results(path: Path, cfg, log=None) -> dict | None:
     """The results document at `path` if it was made with the evaluation settings `cfg` (speed settings aside) from
     the data files as they are now, else None (also when it is missing or unreadable). A read whose data files
     have changed since is said so in `log`."""
-    from .evaluate import data_changes
+    from .evaluate import data_changes, other_data_note
 
     if not Path(path).exists():
         return None
@@ -203,8 +203,7 @@ def read_results(path: Path, cfg, log=None) -> dict | None:
         return None
     changed = data_changes(doc, cfg, log)
     if changed:
-        _log(log, f"[eval] {path} was read from other data ({', '.join(changed[:4])}"
-                  f"{', ...' if len(changed) > 4 else ''} changed since): reading again")
+        _log(log, f"[eval] {other_data_note(path, changed)}: reading again")
         return None
     return doc
 

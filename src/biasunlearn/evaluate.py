@@ -300,6 +300,12 @@ def data_changes(doc: dict, cfg: EvalConfig, log=None) -> list[str]:
     return out
 
 
+def other_data_note(path, changed: list[str]) -> str:
+    """'<path> was read from other data (<the first files data_changes named> changed since)', for the log."""
+    more = ", ..." if len(changed) > 4 else ""
+    return f"{path} was read from other data ({', '.join(changed[:4])}{more} changed since)"
+
+
 def _checked_data(cfg: EvalConfig) -> tuple[Path, dict]:
     root = check_config(cfg)
     out, every = {}, {}

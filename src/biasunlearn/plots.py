@@ -12,6 +12,16 @@ def _read_jsonl(path) -> list[dict]:
     return read_log_jsonl(path)
 
 
+def draw_or_warn(draw, src, out_png, *args, log, tag: str, **kw) -> None:
+    """draw(src, out_png, *args, **kw), where a plot that fails is a warning in `log` ("[tag] warning: ... not
+    drawn"), not an error: it comes after a run's adapter and summary are written, and can be drawn again from
+    the logs."""
+    try:
+        draw(src, out_png, *args, **kw)
+    except Exception as e:
+        log(f"[{tag}] warning: {out_png} not drawn ({type(e).__name__}: {e})")
+
+
 def _finish(fig, ax, out_png, xlabel, ylabel, title) -> Path:
     """Labels, legend and grid, then save the PNG and free the figure."""
     import textwrap

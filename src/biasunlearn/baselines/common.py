@@ -179,7 +179,7 @@ class LoraFineTune:
         return model, tok, info, splits
 
     def _finish(self, trainer, model, info, splits, dev_cb, wall: float) -> dict:
-        from ..plots import plot_dev_ss
+        from .. import plots
 
         final = self.out / "adapter"
         shutil.rmtree(final, ignore_errors=True)
@@ -192,11 +192,8 @@ class LoraFineTune:
                    "last_dev": dev_cb.history[-1] if dev_cb.history else None, "peak_memory_mb": peak_memory_mb(),
                    "splits_checksum": splits.to_dict()["checksum"], "kept": "final adapter (no checkpoint choice)"}
         write_json(self.out / "train_summary.json", summary)  # before the plot: a plot that fails loses no run
-        try:
-            plot_dev_ss(self.out / "dev_log.jsonl", self.out / "dev_ss.png",
-                        title=f"{self.name}: dev SS per bias type")
-        except Exception as e:
-            self.log(f"[{self.name}] warning: {self.out / 'dev_ss.png'} not drawn ({type(e).__name__}: {e})")
+        plots.draw_or_warn(plots.plot_dev_ss, self.out / "dev_log.jsonl", self.out / "dev_ss.png", log=self.log,
+                           tag=self.name, title=f"{self.name}: dev SS per bias type")
         return summary
 
     def encode(self, tok, texts: list[str]) -> list[list[int]]:

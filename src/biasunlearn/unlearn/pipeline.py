@@ -23,7 +23,7 @@ from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model
 from ..io import (atomic_write_text, comma_list, folder_lock, read_json, read_log_jsonl, recover_folder,
                   write_json, write_jsonl)
 from ..models import load_model, machine_info, merge_note, restore_glibc_malloc, tune_glibc_malloc
-from ..plots import plot_dev_margin, plot_dev_ss, plot_losses
+from ..plots import draw_or_warn, plot_dev_margin, plot_dev_ss, plot_losses
 from .config import UnlearnConfig, legacy_value
 from .controller import SwapController
 from .generated import load_or_sample
@@ -391,13 +391,9 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
 def draw_plots(out: Path, swaps, log=_log) -> None:
     """losses.png, dev_ss.png and dev_margin.png from the run's logs. A plot that fails is a warning: the adapter
     and train_summary.json are written already, and the plots can be drawn again from the logs."""
-    for draw, src, png, extra in ((plot_losses, "log.jsonl", "losses.png", ()),
-                                  (plot_dev_ss, "dev_log.jsonl", "dev_ss.png", (swaps,)),
-                                  (plot_dev_margin, "dev_log.jsonl", "dev_margin.png", (swaps,))):
-        try:
-            draw(out / src, out / png, *extra)
-        except Exception as e:
-            log(f"[train] warning: {out / png} not drawn from {out / src} ({type(e).__name__}: {e})")
+    draw_or_warn(plot_losses, out / "log.jsonl", out / "losses.png", log=log, tag="train")
+    draw_or_warn(plot_dev_ss, out / "dev_log.jsonl", out / "dev_ss.png", swaps, log=log, tag="train")
+    draw_or_warn(plot_dev_margin, out / "dev_log.jsonl", out / "dev_margin.png", swaps, log=log, tag="train")
 
 
 # settings that change nothing a resumed run computes (speed, memory, what is read afterwards)
