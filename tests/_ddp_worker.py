@@ -135,10 +135,11 @@ def main(model_path, data_dir, out_dir, bf16="0", nan_on_rank="", engine="ddp", 
 
     kept = keep_trainer(Watch())
     cfg = make_config(output_dir=out_dir, model=model_path, data_dir=data_dir, train_pool="pool.json", max_steps=4,
-                      eval_every=2, save_steps=2, forget_batch_size=2, retain_batch_size=2, unrelated_batch_size=2,
-                      learning_rate=5e-2, warmup_steps=0, logging_steps=1, dev_fraction=0.3, min_dev_per_type=1,
-                      bf16=bf16 == "1", disable_tqdm=True, seed=0, collapse_lms_drop=101.0, ddp_backend="gloo",
-                      **{"use_cpu": True, "skip_final_eval": True, **engine_args, **json.loads(settings)})
+                      eval_every=2, save_steps=2, learning_rate=5e-2, warmup_steps=0, logging_steps=1,
+                      dev_fraction=0.3, min_dev_per_type=1, bf16=bf16 == "1", disable_tqdm=True, seed=0,
+                      collapse_lms_drop=101.0,
+                      **{"ddp_backend": "gloo", "use_cpu": True, "skip_final_eval": True, "forget_batch_size": 2, "retain_batch_size": 2,
+                         "unrelated_batch_size": 2, **engine_args, **json.loads(settings)})
     try:
         run_training(cfg, resume=resume == "1", log=lambda s: None)
     except TrainingCollapse as e:

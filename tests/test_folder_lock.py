@@ -141,7 +141,8 @@ def test_every_writing_command_refuses_a_folder_another_process_holds(tmp_path, 
                      ["eval", *model, "--benchmarks", "crows_pairs", "--out", str(cc)],
                      ["transfer", *model, "--adapter", str(adapter), "--benchmarks", "crows_pairs", "--out", str(cc)],
                      ["compare", "--model", str(tiny_llama_path), "--data-dir", str(fake_data), "--methods", "base",
-                      "--benchmarks", "crows_pairs", "--out", str(cc)]):
+                      "--benchmarks", "crows_pairs", "--out", str(cc)],
+                     ["compare", "--out", str(cc), "--report-only"]):
             rc, _, err = run_cli(argv)
             assert (rc, err.strip().splitlines()[-1]) == (2, refused), argv[0]
         assert sorted(p.name for p in cc.iterdir()) == [LOCK_FILE, "config.json"]  # nothing cleared or written
@@ -162,3 +163,20 @@ def test_every_writing_command_refuses_a_folder_another_process_holds(tmp_path, 
                                            f"writing to {dist / 'e1'} (it holds {lock}); wait for it to finish, or "
                                            "name another folder")
     assert staged.is_dir() and not (dist / "e1").exists()
+
+
+def test_a_file_system_without_locks_runs_unguarded_and_says_so(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    folder = tmp_path / "nfs"
+    with folder_lock(folder):
+        (folder / "x.txt").write_text("written")
+    assert (folder / "x.txt").read_text() == "written"
+    err = capsys.readouterr().err
+    assert err.strip() == (f"[biasunlearn] warning: {folder}: its file system takes no lock (No locks available), "
+                           "so another biasunlearn process writing there at the same time is not kept out")

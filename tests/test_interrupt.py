@@ -205,3 +205,33 @@ def test_the_flag_does_not_outlive_the_command(sigint):
     assert not interrupt.interrupted()
     interrupt.check()  # no KeyboardInterrupt
 
+
+
+def test_scoring_stops_at_the_next_batch_after_a_swallowed_ctrl_c(sigint, tiny_gpt2_path, monkeypatch):
+    """Inside a benchmark: the scoring loop checks at each batch, so a Ctrl-C swallowed there stops the read after
+    the batch it landed in, not at the end of the benchmark."""
+    from transformers import AutoModelForCausalLM
+
+    from biasunlearn import scoring
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_path)
+    seqs = [[1, 2, 3, 4, 5]] * 6
+    batches = []
+    real = scoring._batch_full
+
+    def one_batch(*a):
+        batches.append(1)
+        if len(batches) == 2 and mark:
+            interrupt.mark()  # as the handler does when the KeyboardInterrupt itself is swallowed
+        return real(*a)
+
+    monkeypatch.setattr(scoring, "_batch_full", one_batch)
+    mark = False
+    sums, counts = scoring.score_sequences(model, seqs, [1] * 6, max_batch=2, direct=False)
+    assert len(batches) == 3 and counts.tolist() == [4] * 6
+    batches.clear()
+    mark = True
+    with interrupt.recording():
+        with pytest.raises(KeyboardInterrupt):
+            scoring.score_sequences(model, seqs, [1] * 6, max_batch=2, direct=False)
+    assert len(batches) == 2  # stopped after the batch the Ctrl-C came in; the third never ran

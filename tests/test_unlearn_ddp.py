@@ -61,3 +61,63 @@ def test_a_nan_loss_on_one_process_stops_both(tmp_path, tiny_llama_path, fake_da
     r1 = (out / "rank1_collapse.txt").read_text()
     assert r1.startswith("loss is nan at step 1 ") and "another process" not in r1
     assert "at step 1 " in r0 and "not finite on another process" in r0
+
+
+def _adapter(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "adapter" / "adapter_model.safetensors"))
+
+
+def test_global_batch_two_processes_train_what_one_process_trains(tmp_path, tiny_llama_path, fake_data):
+    """With global_batch the batch sizes are per optimizer step: two processes each draw half of the step's
+    sentences, so (losses averaged per sentence, no dropout) they train the adapter one process trains with the
+    whole batch. Per process (the default) the two train twice the sentences, and the adapter differs."""
+    data = tmp_path / "data"
+    shutil.copytree(fake_data, data)
+    (data / "pool.json").write_text(json.dumps(_pool()))
+    common = {"forget_batch_size": 4, "retain_batch_size": 4, "unrelated_batch_size": 4, "lora_dropout": 0.0,
+              "retain_reduction": "sequence", "kl_reduction": "sequence", "max_grad_norm": 0.0}
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    one = subprocess.run([sys.executable, str(WORKER), str(tiny_llama_path), str(data), str(tmp_path / "one"), "0",
+                          "", "ddp", "", "0", "", json.dumps({**common, "ddp_backend": None})], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert json.loads((tmp_path / "one" / "rank0.json").read_text())["world"] == 1
+    launch_workers(29534, tiny_llama_path, data, tmp_path / "two", "0", "", "ddp", "", "0", "",
+                   json.dumps({**common, "global_batch": True}))
+    launch_workers(29535, tiny_llama_path, data, tmp_path / "per_process", "0", "", "ddp", "", "0", "",
+                   json.dumps(common))
+    # the logged loss (averaged over the processes) and the gradient norm of every step: the same step
+    logs = {n: [r for r in map(json.loads, (tmp_path / n / "log.jsonl").read_text().splitlines())
+                if "grad_norm" in r] for n in ("one", "two", "per_process")}
+    assert [r["step"] for r in logs["one"]] == [r["step"] for r in logs["two"]] == [1, 2, 3, 4]
+    for a, b in zip(logs["one"], logs["two"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert logs["per_process"][1]["grad_norm"] != pytest.approx(logs["one"][1]["grad_norm"], rel=1e-2)
+    # the adapters: the same up to float rounding, which Adam's first steps (updates of about the learning rate
+    # for the tiniest gradients) magnify; per process, a different adapter
+    ref, two, per = (_adapter(tmp_path / n) for n in ("one", "two", "per_process"))
+    assert ref.keys() == two.keys()
+    gap = max(float((ref[k] - two[k]).abs().max()) for k in ref)
+    other = max(float((ref[k] - per[k]).abs().max()) for k in ref)
+    assert gap < 0.02 * other, (gap, other)
+
+
+def test_global_batch_refuses_sizes_that_do_not_share_out(tmp_path, tiny_llama_path):
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.config import make_config
+
+    cfg = make_config(output_dir=str(tmp_path / "r"), model=str(tiny_llama_path), global_batch=True,
+                      forget_batch_size=4, retain_batch_size=6, unrelated_batch_size=8, gradient_accumulation_steps=4,
+                      use_cpu=True)
+    with pytest.raises(ConfigError, match=r"retain_batch_size=6.*divide by 4"):
+        cfg.step_batch_sizes()
+    cfg = make_config(output_dir=str(tmp_path / "r"), model=str(tiny_llama_path), global_batch=True,
+                      forget_batch_size=4, retain_batch_size=8, unrelated_batch_size=12, gradient_accumulation_steps=4,
+                      neutral_anchor_batch_size=4, use_cpu=True)
+    assert cfg.step_batch_sizes() == (1, 2, 3, 1)
+    cfg = make_config(output_dir=str(tmp_path / "r"), model=str(tiny_llama_path), forget_batch_size=3,
+                      gradient_accumulation_steps=4, use_cpu=True)
+    assert cfg.step_batch_sizes() == (3, 28, 28, 0)

@@ -1,6 +1,8 @@
 """The BiasUnlearn parts without a model: losses (hand-computed), the swap controller, the sets and chunks."""
 import json
 import math
+import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -1362,3 +1364,72 @@ def test_learning_rate_note_above_one_billion_parameters():
     assert learning_rate_note(8_030_000_000, 2e-5) == ""
     assert learning_rate_note(134_515_008, 5e-4) == ""  # SmolLM2's recipe: small models train faster
 
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_shares_of_a_global_batch_make_up_the_one_process_chunk(balance):
+    """global_batch: W processes x k accumulation micro-batches, each drawing size/(W*k) at chunk index step*k + m
+    (as the trainer asks), together draw the sentences one process draws for the step with the whole sizes."""
+    train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(10 + i, "race", "Kenyan") for i in range(6)]
+    s = UnlearnSets(train, adversarial_share=0.25, seed=3)
+    dirs = {"gender": 1, "race": 1}
+    for step in (0, 3):
+        whole = s.chunk(step, dirs, 8, 8, 8, balance_types=balance)
+        world, ga = 2, 2
+        parts = [s.chunk(step * ga + m, dirs, 2, 2, 2, rank=r, world=world, balance_types=balance)
+                 for m in range(ga) for r in range(world)]
+        for key in ("forget", "retain", "unrelated"):
+            assert sorted(i.key for p in parts for i in p[key]) == sorted(i.key for i in whole[key]), (step, key)
+
+
+def test_balance_valence_deals_each_type_evenly_over_the_valence_of_its_pairs():
+    """gender has 6 pairs whose stereotype is the more negative sentence and 2 whose stereotype is the more
+    positive one: with balance_valence each gender draw alternates between the groups (sorted: negative,
+    positive), so over 8 draws each group is drawn 4 times; a counterfactual's key ('e10~cf:...') takes its
+    pair's group; without it, the negative pairs take 6 of 8. It needs balance_types and excludes balance_terms."""
+    from biasunlearn.unlearn.config import make_config
+
+    train = [_ex(i, "gender", "father") for i in range(8)] + [_ex(20 + i, "race", "Kenyan") for i in range(4)]
+    valence = {f"e{i}": "negative" for i in range(6)} | {"e6": "positive", "e7": "positive"}
+    s = UnlearnSets(train, adversarial_share=0.0, seed=3, valence=valence)
+    dirs = {"gender": 1, "race": 1}
+    gender = [i for step in range(4)
+              for i in s.chunk(step, dirs, 4, 4, 1, balance_types=True, balance_valence=True)["forget"]
+              if i.bias_type == "gender"]
+    assert [valence[i.key.split(":")[0]] for i in gender] == ["negative", "positive"] * 4
+    assert sorted(i.key for i in gender if i.key in ("e6:stereotype", "e7:stereotype")) == \
+        ["e6:stereotype", "e6:stereotype", "e7:stereotype", "e7:stereotype"]
+    plain = [i for step in range(4) for i in s.chunk(step, dirs, 4, 4, 1, balance_types=True)["forget"]
+             if i.bias_type == "gender"]
+    assert sum(valence[i.key.split(":")[0]] == "negative" for i in plain) == 6
+    assert s._valence_of(replace(gender[1], key="e7~cf:stereotype")) == "positive"
+    assert s._valence_of(replace(gender[1], key="e99:stereotype")) == "same"  # not in the map
+    # race has no valence entries: one group ('same'), read cyclically, each pair once in 4 draws
+    race = [i.key for step in range(2)
+            for i in s.chunk(step, dirs, 4, 4, 1, balance_types=True, balance_valence=True)["forget"]
+            if i.bias_type == "race"]
+    assert sorted(race) == [f"e{20 + i}:stereotype" for i in range(4)]
+    with pytest.raises(ConfigError, match="balance_valence=true needs balance_types=true and balance_terms=false"):
+        make_config(balance_valence=True)
+    with pytest.raises(ConfigError, match="balance_valence=true needs"):
+        make_config(balance_valence=True, balance_types=True, balance_terms=True)
+
+
+def test_pair_valence_from_vader_and_the_missing_package_named(monkeypatch):
+    from biasunlearn.unlearn import valence as V
+
+    pytest.importorskip("vaderSentiment")
+    exs = [StereoSetExample(id=f"v{i}", task="intrasentence", bias_type=b, target="father",
+                            context="The father was BLANK today.", stereotype=f"The father was {s} today.",
+                            anti_stereotype=f"The father was {a} today.", unrelated="x")
+           for i, (b, s, a) in enumerate([("gender", "lazy", "busy"), ("gender", "strong", "gentle"),
+                                          ("race", "rich", "poor"), ("race", "tall", "short")])]
+    # VADER's compounds: lazy -0.3612, busy 0, strong 0.5106, gentle 0.4404, rich 0.5574, poor -0.4767, tall/short 0
+    groups = V.pair_valence(exs)
+    assert groups == {"v0": "negative", "v1": "positive", "v2": "positive", "v3": "same"}
+    assert V.pair_valence(exs[1:2], margin=0.08) == {"v1": "same"}  # 0.0702 within a wider band
+    assert V.group_counts(exs, groups) == {"gender": {"negative": 1, "same": 0, "positive": 1},
+                                           "race": {"negative": 0, "same": 1, "positive": 1}}
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"balance_valence needs the vaderSentiment package \(pip install"):
+        V.sentence_scorer()

@@ -1039,3 +1039,39 @@ def test_resume_refuses_a_train_pool_changed_since_the_start(tmp_path, tiny_llam
     pipeline.train_adapter(more, resume=True, log=lambda s: None)
     assert (tmp_path / "run" / "checkpoint-4").exists()
 
+
+
+def test_balance_valence_reaches_the_trainer_and_logs_the_groups(tmp_path, tiny_llama_path, train_data,
+                                                                 monkeypatch):
+    """The pool's words by VADER: lazy/busy (stereotype more negative), strong/gentle and rich/poor (more
+    positive): the log counts each type's train pairs so, and every step deals a type's forget draws over the two
+    groups in turn."""
+    pytest.importorskip("vaderSentiment")
+    from biasunlearn.unlearn import pipeline
+    from biasunlearn.unlearn.sets import UnlearnSets
+
+    drawn, logs = [], []
+    chunk = UnlearnSets.chunk
+
+    def spy(self, step, directions, *a, **kw):
+        out = chunk(self, step, directions, *a, **kw)
+        drawn.append((kw.get("balance_valence"), [it.y for it in out["forget"]]))
+        return out
+
+    monkeypatch.setattr(UnlearnSets, "chunk", spy)
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, balance_types=True, balance_valence=True, max_steps=2,
+               forget_batch_size=4, adversarial_share=0.0)
+    pipeline.train_adapter(cfg, log=logs.append)
+    train_ids = set(json.loads((tmp_path / "run" / "splits.json").read_text())["train_ids"])
+    pool = [e for e in _pool() if e["id"] in train_ids]
+    want = {}
+    for b in ("gender", "race"):
+        words = [e["data"]["stereotype"]["sentence"].split()[-2] for e in pool if e["bias_type"] == b]
+        want[b] = f"{b} {words.count('lazy')}/0/{len(words) - words.count('lazy')}"
+    assert any(m.startswith("[train] balance_valence: train pairs by valence") and f"{want['gender']}; "
+               f"{want['race']}" in m for m in logs), logs
+    assert drawn and all(flag is True for flag, _ in drawn)
+    # draws go to the types in turn (gender, race, gender, race), and each type's draws to its groups in turn
+    # (negative: lazy; positive: strong or rich)
+    for _, ys in drawn:
+        assert [y.split()[0] == "lazy" for y in ys] == [True, True, False, False], ys

@@ -22,14 +22,19 @@ def _compare_cmd(a) -> int:
 
         from .compare import resolve_methods
         from .compare_seeds import PLAN, write_seeds_report
+        from .errors import ConfigError
+        from .io import folder_lock
 
         # --methods / --ablations pick the folders reported (a folder assembled from several runs); else the plan's
         names = resolve_methods(a.methods, a.ablations) if a.methods or a.ablations else None
         out = Path(a.out)
-        if seeds or ((out / PLAN).exists() and not (out / "compare.json").exists()):
-            paths = write_seeds_report(out, seeds, names)
-        else:
-            paths = write_compare_report(out, names)
+        if not out.is_dir():  # checked before the lock, which would make the folder
+            raise ConfigError(f"{out}: no such folder (--report-only rebuilds the report of an earlier compare --out)")
+        with folder_lock(out):  # not while a compare still writes there: its report would mix two states
+            if seeds or ((out / PLAN).exists() and not (out / "compare.json").exists()):
+                paths = write_seeds_report(out, seeds, names)
+            else:
+                paths = write_compare_report(out, names)
         if paths.get("missing"):
             print(f"[compare] warning: no results.json for {', '.join(paths['missing'])} in {out}: left out of the "
                   "report", file=sys.stderr)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import interrupt
 from .errors import BiasUnlearnError, ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
@@ -276,6 +277,7 @@ class LlamaCppScorer:
         sums, counts = np.zeros(len(sequences), dtype=np.float64), np.zeros(len(sequences), dtype=np.int64)
         for i, (seq, start) in enumerate(tqdm(list(zip(sequences, score_from)), desc=progress, unit="seq",
                                                disable=progress is None, leave=False, mininterval=1.0)):
+            interrupt.check()  # a Ctrl-C swallowed meanwhile stops the read here, not at the benchmark's end
             if len(seq) - start > 0 and start >= 1:
                 part = self._logprobs(seq)[start - 1:]
                 sums[i], counts[i] = float(part.sum()), len(part)

@@ -214,9 +214,11 @@ def folder_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | None =
             raise ConfigError(f"another biasunlearn process{f' (pid {holder})' if holder.isdigit() else ''} is "
                               f"writing to {folder} (it holds {lock}); wait for it to finish, or name another "
                               "folder") from None
-        except OSError:  # a file system that takes no locks (some network mounts): unguarded, as without fcntl
+        except OSError as e:  # a file system that takes no locks (some network mounts): unguarded, as without fcntl
             os.close(fd)
             fd = None
+            print(f"[biasunlearn] warning: {folder}: its file system takes no lock ({e.strerror or e}), so another "
+                  "biasunlearn process writing there at the same time is not kept out", file=sys.stderr)
             break
         # the holder before may have removed the file as it let go (see below): a lock on a file no longer at
         # `lock` keeps no one out, so it is taken again on the file there now

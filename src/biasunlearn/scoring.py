@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import interrupt
 from .models import start_token_id
 
 
@@ -258,6 +259,18 @@ def _default_budget(device: torch.device, max_tokens: int | None) -> int:
     return max_tokens if max_tokens is not None else (8192 if device.type == "cuda" else 256)
 
 
+class _Progress:
+    """A scoring loop's progress bar, which also stops the loop at its next batch after a Ctrl-C that something
+    swallowed (interrupt.check), instead of at the end of the benchmark."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, n: int) -> None:
+        interrupt.check()
+        self.bar.update(n)
+
+
 @contextlib.contextmanager
 def _scoring(model, n: int, progress: str | None):
     """Eval mode and no autograd for the duration (the training mode is restored after), with a progress bar. A model
@@ -272,7 +285,7 @@ def _scoring(model, n: int, progress: str | None):
     bar = tqdm(total=n, desc=progress, unit="seq", disable=progress is None, leave=False, mininterval=1.0)
     try:
         with torch.no_grad() if was_training else torch.inference_mode():
-            yield bar
+            yield _Progress(bar)
     finally:
         bar.close()
         if was_training:

@@ -73,11 +73,23 @@ class UnlearnConfig(TrainingArguments):
     forget_batch_size: int = _f(4, "Forget examples per step and device (the paper's global batch is 4).")
     retain_batch_size: int = _f(28, "Retain examples per step and device (1:n with n = 7, the paper's 28).")
     unrelated_batch_size: int = _f(28, "Unrelated examples per step and device for the KL term.")
+    global_batch: bool = _f(False, "Read forget_batch_size, retain_batch_size, unrelated_batch_size and "
+                                   "neutral_anchor_batch_size per optimizer step over every process and "
+                                   "accumulation step (the paper's 4 + 28 + 28 per step), instead of per process "
+                                   "and micro-batch: each process draws its share of the step's sentences, so a run "
+                                   "on N processes trains the sentences a one-process run trains. Each size must "
+                                   "divide by world size x gradient_accumulation_steps.")
     balance_types: bool = _f(False, "Deal each forget and retain batch evenly over the bias types (round-robin) "
                                     "instead of drawing from the pooled sets, where the largest type dominates.")
     balance_terms: bool = _f(False, "With balance_types: deal each type's share of a batch evenly over its target "
                                     "terms (round-robin, each term's examples read cyclically) instead of over its "
                                     "examples, so that the few terms with many examples do not dominate.")
+    balance_valence: bool = _f(False, "With balance_types: deal each type's share of a batch evenly over three groups "
+                                      "of its pairs: the stereotype more negative than its anti-stereotype, about as "
+                                      "positive, or more positive (VADER's compound valence of the two sentences; "
+                                      "needs the vaderSentiment package). Adapters trained without it lowered the "
+                                      "unflattering stereotypes past level and left the flattering ones (BENCHMARKS.md, "
+                                      "session 36). How many pairs fall in each group is logged.")
     gender_counterfactual: bool = _f(False, "Add a pair for each gender stereotype that names a gendered word: the "
                                             "stereotype is forgotten against its counterfactual (the same sentence "
                                             "with he/she, father/mother, ... exchanged, the filled-in word kept), "
@@ -226,6 +238,10 @@ class UnlearnConfig(TrainingArguments):
         if self.balance_terms and not self.balance_types:
             raise ConfigError("balance_terms=true needs balance_types=true (it deals each bias type's share of a "
                               "batch over that type's target terms)")
+        if self.balance_valence and (not self.balance_types or self.balance_terms):
+            raise ConfigError("balance_valence=true needs balance_types=true and balance_terms=false (it deals each "
+                              "bias type's share of a batch over the valence groups of its pairs, instead of over "
+                              "its target terms)")
         for name in ("unrelated_max_tokens", "eval_limit", "swap_margin", "swap_margin_nats", "retain_floor_margin",
                      "neutral_anchor_batch_size", "gender_term_variants"):
             if getattr(self, name) < 0:
@@ -282,6 +298,22 @@ class UnlearnConfig(TrainingArguments):
         env = any(os.environ.get(k, "").lower() in ("1", "true")
                   for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
         return bool(self.fsdp or self.deepspeed or env)
+
+    def step_batch_sizes(self) -> tuple[int, int, int, int]:
+        """(forget, retain, unrelated, neutral anchor) sentences one process draws for one micro-batch: the set
+        sizes, or with global_batch their share of the optimizer step. Raises ConfigError naming the setting when a
+        size does not divide by world size x gradient_accumulation_steps."""
+        names = ("forget_batch_size", "retain_batch_size", "unrelated_batch_size", "neutral_anchor_batch_size")
+        sizes = tuple(getattr(self, n) for n in names)
+        if not self.global_batch:
+            return sizes
+        world, ga = max(self.world_size, 1), max(self.gradient_accumulation_steps, 1)
+        bad = [f"{n}={v}" for n, v in zip(names, sizes) if v % (world * ga)]
+        if bad:
+            raise ConfigError(f"global_batch: {', '.join(bad)} cannot be shared evenly by {world} process"
+                              f"{'' if world == 1 else 'es'} x gradient_accumulation_steps {ga}: each batch size "
+                              f"must divide by {world * ga} (or leave global_batch off: sizes per process)")
+        return tuple(v // (world * ga) for v in sizes)
 
     def type_weight_map(self) -> dict[str, int]:
         """type_weights parsed: {bias type: slots}. Raises ConfigError naming the setting when it is malformed."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import interrupt
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..models import start_token_id
@@ -59,6 +60,7 @@ def sample_texts(model, tokenizer, n: int, tokens: int, seed: int, batch_size: i
                     if text:
                         out.append(text)
                 bar.update(k)
+                interrupt.check()  # a Ctrl-C swallowed in generate() stops the sampling here
     finally:
         bar.close()
         model.train(was_training)

@@ -285,6 +285,11 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
     # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
     device = "cpu" if cfg.use_cpu or cfg.engine_places_model() else cfg.device
+    sizes = cfg.step_batch_sizes()  # sizes that cannot be shared out are refused before the model loads
+    if cfg.global_batch and sizes[0] != cfg.forget_batch_size:
+        log(f"[train] global_batch: each of {cfg.world_size} process(es) draws {sizes[0]} forget + {sizes[1]} retain "
+            f"+ {sizes[2] + sizes[3]} KL sentences per micro-batch, {cfg.forget_batch_size} + "
+            f"{cfg.retain_batch_size} + {cfg.unrelated_batch_size + cfg.neutral_anchor_batch_size} per optimizer step")
     model, tok, info = load_model(cfg.model, dtype=cfg.load_dtype(), device=device)
     model.train()
     note = learning_rate_note(info.n_params, cfg.learning_rate)
@@ -318,10 +323,18 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
             raise ConfigError(f"unrelated_drop_terms=true left no text for the KL term (all {len(pool)} "
                               f"{cfg.unrelated_source} texts name a target term of the train split)")
     held_out = {e.target for e in splits.dev + test}
+    valence = None
+    if cfg.balance_valence:
+        from .valence import group_counts, pair_valence
+
+        valence = pair_valence(train)
+        log("[train] balance_valence: train pairs by valence (stereotype more negative / about the same / more "
+            "positive): " + "; ".join(f"{b} {'/'.join(str(n) for n in c.values())}"
+                                      for b, c in group_counts(train, valence).items()))
     sets = UnlearnSets(train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed, gender_counterfactual=cfg.gender_counterfactual, blocked_terms=held_out,
                        neutral_anchor=cfg.neutral_anchor_batch_size > 0,
-                       gender_term_variants=cfg.gender_term_variants)
+                       gender_term_variants=cfg.gender_term_variants, valence=valence)
     if cfg.neutral_anchor_batch_size > 0:
         if not sets.neutral:
             raise ConfigError("neutral_anchor_batch_size > 0, but no train pair names its target term before the "

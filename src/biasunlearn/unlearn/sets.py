@@ -51,10 +51,12 @@ class UnlearnSets:
     def __init__(self, train: list[StereoSetExample], unrelated: list[str] | None = None, *,
                  adversarial_share: float = 0.25, score_span: str = "y", seed: int = 0,
                  gender_counterfactual: bool = False, blocked_terms: set[str] | frozenset = frozenset(),
-                 neutral_anchor: bool = False, gender_term_variants: int = 0):
+                 neutral_anchor: bool = False, gender_term_variants: int = 0,
+                 valence: dict[str, str] | None = None):
         if score_span not in SCORE_SPANS:
             raise ValueError(f"score_span {score_span!r}: expected one of {', '.join(SCORE_SPANS)}")
         self.seed = seed
+        self.valence = dict(valence or {})  # example id -> valence group (balance_valence; valence.py)
         self._perms: dict[tuple[int, str], list[int]] = {}
         self.bias_types = sorted({e.bias_type for e in train})
         self.stereo = {b: [make_item(e, "stereotype", score_span) for e in train if e.bias_type == b] for b in self.bias_types}
@@ -162,32 +164,37 @@ class UnlearnSets:
         order = self._perm(len(pool), tag)
         return [pool[order[(start + j) % len(pool)]] for j in range(k)]
 
-    @staticmethod
-    def _term_groups(pool: list[Item]) -> dict[str, list[Item]]:
-        """One type's pool split by target term."""
-        by_term: dict[str, list[Item]] = {}
+    def _valence_of(self, it: Item) -> str:
+        """The valence group of an item's pair (its example id: the key before ':', a counterfactual's or term
+        variant's '~...' suffix dropped); 'same' for a pair not in the map."""
+        return self.valence.get(it.key.rpartition(":")[0].split("~")[0], "same")
+
+    def _groups(self, pool: list[Item], by: str) -> dict[str, list[Item]]:
+        """One type's pool split by target term (by 'term') or by its pairs' valence group (by 'valence')."""
+        out: dict[str, list[Item]] = {}
         for it in pool:
-            by_term.setdefault(it.term, []).append(it)
-        return by_term
+            out.setdefault(it.term if by == "term" else self._valence_of(it), []).append(it)
+        return out
 
     def _balanced(self, pools: dict[str, list[Item]], tag: str, start: int, k: int,
-                  weights: dict | None = None, terms: bool = False) -> list[Item]:
+                  weights: dict | None = None, by: str = "") -> list[Item]:
         """k items dealt round-robin over the types, each type's pool read cyclically. One cycle holds w_b slots
         of type b (weights, default 1 each), interleaved round by round in sorted type order: with weights
         {a: 2, b: 1} the cycle is a, b, a. Draw number g overall takes slot g mod L of the cycle (L its length);
         if that is type b's j-th slot in the cycle, it is b's (g div L) * w_b + j-th draw. With every weight 1
-        this is draw g going to type g mod T as its (g div T)-th draw. With terms, each type's draws are dealt
+        this is draw g going to type g mod T as its (g div T)-th draw. With by 'term', each type's draws are dealt
         the same way, one slot per target term (this method again, over the type's pool split by term), so every
-        term is drawn equally often however many examples it has, each term's items read cyclically."""
+        term is drawn equally often however many examples it has, each term's items read cyclically; with by
+        'valence', one slot per valence group of its pairs (balance_valence)."""
         types = [b for b in sorted(pools) if pools[b]]
         if not types:
             return []
         w = {b: (weights or {}).get(b, 1) for b in types}
         cycle = [b for r in range(max(w.values())) for b in types if w[b] > r]
         nth = [cycle[:c].count(b) for c, b in enumerate(cycle)]  # slot c is type cycle[c]'s nth[c]-th in the cycle
-        # with terms, each type's pool is split by term once per call, not once per draw
-        sources = {b: self._term_groups(pools[b]) for b in types} if terms else pools
-        draw = self._balanced if terms else self._cyclic
+        # each type's pool is split by term (or valence) once per call, not once per draw
+        sources = {b: self._groups(pools[b], by) for b in types} if by else pools
+        draw = self._balanced if by else self._cyclic
         out = []
         for g in range(start, start + k):
             q, c = divmod(g, len(cycle))
@@ -220,15 +227,17 @@ class UnlearnSets:
     def chunk(self, step: int, directions: dict[str, int], forget_bs: int, retain_bs: int, unrelated_bs: int,
               rank: int = 0, world: int = 1, balance_types: bool = False,
               pair_retain: bool = False, type_weights: dict | None = None,
-              balance_terms: bool = False, neutral_bs: int = 0) -> dict[str, list[Item]]:
+              balance_terms: bool = False, neutral_bs: int = 0,
+              balance_valence: bool = False) -> dict[str, list[Item]]:
         tag = ",".join(f"{b}{directions.get(b, 1)}" for b in self.bias_types)
         slot = step * world + rank
         if balance_types:
             tp = self.type_pools(directions)
+            by = "term" if balance_terms else "valence" if balance_valence else ""
             forget = self._balanced({b: v[0] for b, v in tp.items()}, "forget" + tag, slot * forget_bs, forget_bs,
-                                    type_weights, balance_terms)
+                                    type_weights, by)
             retain = self._balanced({b: v[1] for b, v in tp.items()}, "retain" + tag, slot * retain_bs, retain_bs,
-                                    type_weights, balance_terms)
+                                    type_weights, by)
         else:
             fg, rt = self.pools(directions)
             forget = self._cyclic(fg, "forget" + tag, slot * forget_bs, forget_bs)

@@ -148,6 +148,7 @@ class BiasUnlearnTrainer(Trainer):
         super().__init__(processing_class=tokenizer, **kw)
         self.sets, self.controller, self.tok = sets, controller, tokenizer
         self._type_weights = self.args.type_weight_map()  # parsed once, not at every step
+        self._sizes = self.args.step_batch_sizes()  # per process and micro-batch (global_batch: a share of the step)
         self._start = start_token_id(tokenizer)
         self._ids: dict[str, tuple[list[int], int]] = {}
         self._ref_cache: dict[str, tuple[float, list[float]]] = {}
@@ -282,11 +283,10 @@ class BiasUnlearnTrainer(Trainer):
         micro = self._micro[1] if self._micro[0] == step else 0
         ga = max(a.gradient_accumulation_steps, 1)
         chunk = self.sets.chunk(step * ga + micro % ga,
-                                self.controller.directions, a.forget_batch_size, a.retain_batch_size,
-                                a.unrelated_batch_size, rank=a.process_index, world=a.world_size,
-                                balance_types=a.balance_types, pair_retain=a.pair_retain,
+                                self.controller.directions, *self._sizes[:3], rank=a.process_index,
+                                world=a.world_size, balance_types=a.balance_types, pair_retain=a.pair_retain,
                                 type_weights=self._type_weights, balance_terms=a.balance_terms,
-                                neutral_bs=a.neutral_anchor_batch_size)
+                                neutral_bs=self._sizes[3], balance_valence=a.balance_valence)
         device = inputs["step_index"].device
         # A switched-off term (alpha 0, an ablation) is still computed and logged, so its curve can be compared,
         # but it adds nothing to the loss.
