@@ -57,7 +57,7 @@ def term_mix(examples, by_id: dict, terms: dict[str, set[str]]) -> dict:
 
 def main(argv=None) -> int:
     from ss_precision import read_named
-    from word_crossover import group_ss
+    from word_crossover import group_ss, print_group_table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--read", action="append", required=True, metavar="NAME=PATH",
@@ -87,12 +87,7 @@ def main(argv=None) -> int:
     except (BiasUnlearnError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = list(reads)
-    print("| bias type | stereotype's valence | n | " + " | ".join(names) + " |\n|---|---|---|" + "---|" * len(names))
-    for b, gs in table.items():
-        for g, row in gs.items():
-            cells = " | ".join("–" if row[n] is None else f"{row[n]:.2f}" for n in names)
-            print(f"| {b} | {g} | {row['n']} | {cells} |")
+    print_group_table(table, list(reads), "stereotype's valence")
     mix = term_mix(test, by_id, terms)
     for name, counts in mix.items():
         print(f"{name}: " + ", ".join(f"{g} {c}" for g, c in counts.items()))

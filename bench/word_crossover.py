@@ -73,6 +73,15 @@ def group_ss(groups: dict, reads: dict[str, list[dict]]) -> dict:
     return out
 
 
+def print_group_table(table: dict, names: list[str], group_header: str = "group") -> None:
+    """group_ss's table as markdown: a row per bias type and group, a column of SS per read."""
+    print(f"| bias type | {group_header} | n | " + " | ".join(names) + " |\n|---|---|---|" + "---|" * len(names))
+    for b, gs in table.items():
+        for g, row in gs.items():
+            cells = " | ".join("–" if row[n] is None else f"{row[n]:.2f}" for n in names)
+            print(f"| {b} | {g} | {row['n']} | {cells} |")
+
+
 def main(argv=None) -> int:
     from ss_precision import read_named
 
@@ -94,12 +103,7 @@ def main(argv=None) -> int:
     except (BiasUnlearnError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = list(reads)
-    print("| bias type | group | n | " + " | ".join(names) + " |\n|---|---|---|" + "---|" * len(names))
-    for b, gs in table.items():
-        for g, row in gs.items():
-            cells = " | ".join("–" if row[n] is None else f"{row[n]:.2f}" for n in names)
-            print(f"| {b} | {g} | {row['n']} | {cells} |")
+    print_group_table(table, list(reads))
     if a.out:
         write_json(a.out, {"seed": a.seed, "reads": paths, "groups": table})
     return 0

@@ -888,6 +888,31 @@ def test_word_crossover_groups_by_the_words_trained_the_other_way():
         mod.group_ss(groups, {"run": reads["run"][:4]})
 
 
+def test_valence_bench_groups_test_examples_and_counts_named_terms(capsys):
+    """bench/valence.py with a hand-made scorer: a pair goes to 'stereotype more negative' when its stereotype
+    sentence scores more than the margin below its anti-stereotype; examples not in the reads are left out; the
+    named terms' examples are counted per group, in any case."""
+    mod = load_bench("valence")
+    score = {"lazy": -0.4, "busy": 0.0, "kind": 0.5, "cruel": -0.6, "tall": 0.02}.get
+
+    def ex(i, b, t, s, a):
+        return StereoSetExample(id=i, task="intrasentence", bias_type=b, target=t, context=f"The {t} was BLANK.",
+                                stereotype=f"The {t} was {s}.", anti_stereotype=f"The {t} was {a}.", unrelated="x")
+
+    test = [ex("g1", "gender", "mother", "kind", "cruel"), ex("g2", "gender", "father", "lazy", "busy"),
+            ex("g3", "gender", "Mother", "tall", "busy"), ex("r1", "race", "Kenyan", "lazy", "kind"),
+            ex("r2", "race", "Kenyan", "kind", "busy")]
+    groups, by_id = mod.valence_groups(test, lambda text: score(text.split()[-1].rstrip("."), 0.0), 0.05,
+                                       {"g1", "g2", "g3", "r1"})
+    assert groups == {"gender": {"stereotype more negative": ["g2"], "about the same": ["g3"],
+                                 "stereotype more positive": ["g1"]},
+                      "race": {"stereotype more negative": ["r1"], "about the same": [],
+                               "stereotype more positive": []}}
+    assert mod.term_mix(test, by_id, {"fem": {"mother"}}) == {"fem": {"stereotype more negative": 0,
+                                                                    "about the same": 1,
+                                                                    "stereotype more positive": 1}}
+
+
 def test_neutral_words_takes_the_group_out_and_averages_changes_by_hand():
     mod = load_bench("neutral_words")
     assert mod.neutral_prefix("The father was", "father") == "Someone was"
