@@ -206,7 +206,6 @@ def test_the_flag_does_not_outlive_the_command(sigint):
     interrupt.check()  # no KeyboardInterrupt
 
 
-
 def test_scoring_stops_at_the_next_batch_after_a_swallowed_ctrl_c(sigint, tiny_gpt2_path, monkeypatch):
     """Inside a benchmark: the scoring loop checks at each batch, so a Ctrl-C swallowed there stops the read after
     the batch it landed in, not at the end of the benchmark."""
