@@ -77,25 +77,26 @@ def test_global_batch_two_processes_train_what_one_process_trains(tmp_path, tiny
     shutil.copytree(fake_data, data)
     (data / "pool.json").write_text(json.dumps(_pool()))
     common = {"forget_batch_size": 4, "retain_batch_size": 4, "unrelated_batch_size": 4, "lora_dropout": 0.0,
-              "retain_reduction": "sequence", "kl_reduction": "sequence", "max_grad_norm": 0.0}
+              "retain_reduction": "sequence", "kl_reduction": "sequence"}
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
     one = subprocess.run([sys.executable, str(WORKER), str(tiny_llama_path), str(data), str(tmp_path / "one"), "0",
-                          "", "ddp", "", "0", "", json.dumps({**common, "ddp_backend": None})], env=env, capture_output=True, text=True,
-                         timeout=300)
+                          "", "ddp", "", "0", "", json.dumps({**common, "ddp_backend": None})], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     assert json.loads((tmp_path / "one" / "rank0.json").read_text())["world"] == 1
     launch_workers(29534, tiny_llama_path, data, tmp_path / "two", "0", "", "ddp", "", "0", "",
                    json.dumps({**common, "global_batch": True}))
     launch_workers(29535, tiny_llama_path, data, tmp_path / "per_process", "0", "", "ddp", "", "0", "",
                    json.dumps(common))
-    # the logged loss (averaged over the processes) and the gradient norm of every step: the same step
+    # the logged loss (averaged over the processes) and the gradient norm (before clipping) of every step: the
+    # same step; per process, another loss
     logs = {n: [r for r in map(json.loads, (tmp_path / n / "log.jsonl").read_text().splitlines())
-                if "grad_norm" in r] for n in ("one", "two", "per_process")}
+                if "loss" in r and "train_runtime" not in r] for n in ("one", "two", "per_process")}
     assert [r["step"] for r in logs["one"]] == [r["step"] for r in logs["two"]] == [1, 2, 3, 4]
     for a, b in zip(logs["one"], logs["two"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    assert logs["per_process"][1]["grad_norm"] != pytest.approx(logs["one"][1]["grad_norm"], rel=1e-2)
+        assert a.get("grad_norm") == pytest.approx(b.get("grad_norm"), rel=1e-4)
+    assert logs["per_process"][1]["loss"] != pytest.approx(logs["one"][1]["loss"], rel=1e-3)
     # the adapters: the same up to float rounding, which Adam's first steps (updates of about the learning rate
     # for the tiniest gradients) magnify; per process, a different adapter
     ref, two, per = (_adapter(tmp_path / n) for n in ("one", "two", "per_process"))
