@@ -69,8 +69,8 @@ def group_change(ids_by_term: dict, ref: dict, run: dict, names: tuple[str, str]
             "se": round(float(draws.std(ddof=1)), 2)}
 
 
-def parse_groups(specs: list[str], terms: dict) -> dict:
-    """--group NAME=TERM,TERM values -> {name: {term: ids}}; a term is matched without regard to case and must be
+def parse_groups(specs: list[str], terms: dict, flag: str = "--group") -> dict:
+    """`flag` NAME=TERM,TERM values -> {name: {term: ids}}; a term is matched without regard to case and must be
     a test term of the reference read (of the bias types kept); a malformed value stops with a message naming it."""
     known = {t.lower(): (t, ids) for ts in terms.values() for t, ids in ts.items()}
     out: dict = {}
@@ -78,12 +78,12 @@ def parse_groups(specs: list[str], terms: dict) -> dict:
         name, sep, rest = spec.partition("=")
         wanted = [w.strip() for w in rest.split(",") if w.strip()]
         if not sep or not name or not wanted:
-            raise SystemExit(f"--group {spec!r}: expected NAME=TERM,TERM,...")
+            raise SystemExit(f"{flag} {spec!r}: expected NAME=TERM,TERM,...")
         if name in out:
-            raise SystemExit(f"--group {spec!r}: the name {name!r} is given twice")
+            raise SystemExit(f"{flag} {spec!r}: the name {name!r} is given twice")
         unknown = [w for w in wanted if w.lower() not in known]
         if unknown:
-            raise SystemExit(f"--group {spec!r}: not a test target term of the types kept: {', '.join(unknown)}")
+            raise SystemExit(f"{flag} {spec!r}: not a test target term of the types kept: {', '.join(unknown)}")
         out[name] = dict(known[w.lower()] for w in wanted)
     return out
 

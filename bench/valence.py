@@ -43,20 +43,22 @@ def valence_groups(examples, score, margin: float, ids: set[str]) -> tuple[dict,
     return dict(sorted(groups.items())), by_id
 
 
-def term_mix(examples, by_id: dict, terms: dict[str, set[str]]) -> dict:
-    """{name: {group label: count}} for each named set of target terms (lower case)."""
+def term_mix(by_id: dict, groups: dict[str, dict[str, list[str]]]) -> dict:
+    """{name: {group label: count}} for each named set of target terms ({name: {term: example ids}}, as
+    term_moves.parse_groups gives it)."""
     out = {}
-    for name, ts in terms.items():
+    for name, terms in groups.items():
         counts = dict.fromkeys(LABELS.values(), 0)
-        for e in examples:
-            if e.id in by_id and e.target.lower() in ts:
-                counts[LABELS[by_id[e.id]]] += 1
+        for ids in terms.values():
+            for i in ids:
+                counts[LABELS[by_id[i]]] += 1
         out[name] = counts
     return out
 
 
 def main(argv=None) -> int:
     from ss_precision import read_named
+    from term_moves import parse_groups, term_ids
     from word_crossover import group_ss, print_group_table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
                     help="a score file of the evaluation suite (stereoset_scores.jsonl.gz or predictions.jsonl); "
                          "the first is the reference (normally the base model)")
     ap.add_argument("--terms", action="append", default=[], metavar="NAME=TERM,TERM",
-                    help="a named set of target terms whose examples' valence groups are counted")
+                    help="a named set of test target terms (any case) whose examples' valence groups are counted")
     ap.add_argument("--margin", type=float, default=MARGIN,
                     help="valence differences within this are 'about the same' (VADER's own neutral band)")
     ap.add_argument("--test-set", default="stereoset/ano1-yu__stereoset_adaptation")
@@ -72,28 +74,23 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON file for the tables")
     a = ap.parse_args(argv)
     reads, paths = read_named(a.read)
-    terms = {}
-    for spec in a.terms:
-        name, sep, value = spec.partition("=")
-        if not sep or not value.strip():
-            print(f"error: --terms {spec!r}: expected NAME=TERM,TERM", file=sys.stderr)
-            return 2
-        terms[name] = {t.strip().lower() for t in value.split(",") if t.strip()}
+    first = next(iter(reads.values()))
+    terms = parse_groups(a.terms, term_ids(first), "--terms")  # {name: {term: ids}}: each term a test term of the first read
     try:
         test = load_stereoset(data_dir(a.data_dir) / a.test_set, task="intrasentence")
-        ids = {r["id"] for r in next(iter(reads.values()))}
+        ids = {r["id"] for r in first}
         groups, by_id = valence_groups(test, sentence_scorer(), a.margin, ids)
         table = group_ss(groups, reads)
     except (BiasUnlearnError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_group_table(table, list(reads), "stereotype's valence")
-    mix = term_mix(test, by_id, terms)
+    mix = term_mix(by_id, terms)
     for name, counts in mix.items():
         print(f"{name}: " + ", ".join(f"{g} {c}" for g, c in counts.items()))
     if a.out:
         write_json(a.out, {"reads": paths, "margin": a.margin, "scorer": "vaderSentiment compound, whole sentence",
-                           "groups": table, "terms": {n: sorted(t) for n, t in terms.items()}, "term_mix": mix})
+                           "groups": table, "terms": {n: list(t) for n, t in terms.items()}, "term_mix": mix})
     return 0
 
 

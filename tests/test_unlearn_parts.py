@@ -891,7 +891,7 @@ def test_word_crossover_groups_by_the_words_trained_the_other_way():
 def test_valence_bench_groups_test_examples_and_counts_named_terms(capsys):
     """bench/valence.py with a hand-made scorer: a pair goes to 'stereotype more negative' when its stereotype
     sentence scores more than the margin below its anti-stereotype; examples not in the reads are left out; the
-    named terms' examples are counted per group, in any case."""
+    named terms' examples are counted per group."""
     mod = load_bench("valence")
     score = {"lazy": -0.4, "busy": 0.0, "kind": 0.5, "cruel": -0.6, "tall": 0.02}.get
 
@@ -908,9 +908,8 @@ def test_valence_bench_groups_test_examples_and_counts_named_terms(capsys):
                                  "stereotype more positive": ["g1"]},
                       "race": {"stereotype more negative": ["r1"], "about the same": [],
                                "stereotype more positive": []}}
-    assert mod.term_mix(test, by_id, {"fem": {"mother"}}) == {"fem": {"stereotype more negative": 0,
-                                                                    "about the same": 1,
-                                                                    "stereotype more positive": 1}}
+    assert mod.term_mix(by_id, {"fem": {"mother": ["g1"], "Mother": ["g3"]}}) == {
+        "fem": {"stereotype more negative": 0, "about the same": 1, "stereotype more positive": 1}}
 
 
 def test_neutral_words_takes_the_group_out_and_averages_changes_by_hand():
@@ -1086,6 +1085,8 @@ def test_term_moves_by_hand(tmp_path, capsys):
         mod.parse_groups(["g=Kenyan"], terms)
     with pytest.raises(SystemExit, match="expected NAME=TERM"):
         mod.parse_groups(["g="], terms)
+    with pytest.raises(SystemExit, match="^--terms 'g=Kenyan': not a test target term"):  # bench/valence.py's flag
+        mod.parse_groups(["g=Kenyan"], terms, "--terms")
     with pytest.raises(SystemExit, match="--resamples 1: must be 2 or more"):
         mod.main(["--read", "a=x", "--read", "b=y", "--resamples", "1"])
     with pytest.raises(ValueError, match="read 'r1' lacks 1 test examples"):
