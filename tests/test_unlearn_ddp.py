@@ -13,15 +13,32 @@ from test_unlearn_train import _pool
 WORKER = Path(__file__).parent / "_ddp_worker.py"
 
 
+def extensions_dir():
+    """Where torch builds the ops DeepSpeed compiles at start-up (its shared-memory collectives on CPU processes): the
+    folder the user names in TORCH_EXTENSIONS_DIR, else one inside this environment. torch's build lock is a bare
+    file, so a build killed midway (a test run stopped in the middle) leaves it behind, and every later build in that
+    folder waits on it for ever: in torch's default folder, shared by every environment of the user, one stopped run
+    made the next run's DeepSpeed tests hang. A fresh environment builds afresh (about a minute, once)."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
+
+
 def launch_workers(port, model, data, out, *args, launcher=(), ok=True, timeout=300):
     """Two processes of tests/_ddp_worker.py (its arguments: model, data, out, *args), started by torchrun or, with
     launcher (its flags), by `accelerate launch`. With ok, a failure fails the test with the end of its log."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent),
+               TORCH_EXTENSIONS_DIR=str(extensions_dir()))
     start = (["-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--main_process_port", str(port), "--dynamo_backend", "no", *launcher] if launcher else
              ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)])
     cmd = [sys.executable, *start, str(WORKER), str(model), str(data), str(out), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        locks = sorted(str(f) for f in extensions_dir().rglob("lock"))
+        if locks:
+            pytest.fail(f"the processes ran past {timeout} s while torch's extension build lock {locks[0]} was held: "
+                        "a build stopped midway leaves it behind; if no build is running, remove it")
+        raise
     if ok:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
