@@ -1,6 +1,7 @@
 """Two processes on the CPU (gloo): both must take the same swap decisions."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,27 @@ def test_global_batch_refuses_sizes_that_do_not_share_out(tmp_path, tiny_llama_p
     cfg = make_config(output_dir=str(tmp_path / "r"), model=str(tiny_llama_path), forget_batch_size=3,
                       gradient_accumulation_steps=4, use_cpu=True)
     assert cfg.step_batch_sizes() == (3, 28, 28, 0)
+
+
+def test_a_run_past_its_time_names_a_build_lock_left_behind(tmp_path, monkeypatch):
+    """The launcher builds in TORCH_EXTENSIONS_DIR (the environment's own folder unless named). When the processes
+    run past their time while a build lock lies there (torch's lock is a bare file, left by a build killed midway, on
+    which every later build waits), the failure names the file; without one, the timeout itself is raised."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    seen = {}
+
+    def timed_out(cmd, env, **kw):
+        seen["dir"] = env["TORCH_EXTENSIONS_DIR"]
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(subprocess, "run", timed_out)
+    with pytest.raises(subprocess.TimeoutExpired):
+        launch_workers(29599, tmp_path, tmp_path, tmp_path / "out", timeout=7)
+    assert seen["dir"] == str(tmp_path / "ext")
+    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    with pytest.raises(pytest.fail.Exception, match=re.escape(f"past 7 s while torch's extension build lock {lock} was held")):
+        launch_workers(29599, tmp_path, tmp_path, tmp_path / "out", timeout=7)
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    assert extensions_dir() == Path(sys.prefix) / "torch_extensions"
