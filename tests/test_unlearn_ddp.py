@@ -160,7 +160,8 @@ def test_a_run_past_its_time_names_a_build_lock_left_behind(tmp_path, monkeypatc
     lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"
     lock.parent.mkdir(parents=True)
     lock.touch()
-    with pytest.raises(pytest.fail.Exception, match=re.escape(f"past 7 s while torch's extension build lock {lock} was held")):
+    message = f"past 7 s while torch's extension build lock {lock} was held"
+    with pytest.raises(pytest.fail.Exception, match=re.escape(message)):
         launch_workers(29599, tmp_path, tmp_path, tmp_path / "out", timeout=7)
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
     assert extensions_dir() == Path(sys.prefix) / "torch_extensions"
