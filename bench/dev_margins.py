@@ -16,6 +16,11 @@ Per type it prints dev SS with its bootstrap standard error over target terms an
 stereotype lost ground to its twin), and the change of s(stereo) - s(unrel) and s(anti) - s(unrel) (how the
 meaningful sentences moved against the unrelated one: what LMS counts).
 
+With --by-valence each bias type is split by the valence of its pairs (`biasunlearn.unlearn.valence`: the stereotype
+more negative than its anti-stereotype, about the same, more positive; needs vaderSentiment), as `bench/valence.py`
+splits the test reads: on the train split it shows whether a group the test read left in place was learned on the
+pairs the run trained on and did not carry over to unseen terms, or was not learned at all.
+
 Only the run's own train and dev splits are read; nothing here touches the held-out test set.
 """
 from __future__ import annotations
@@ -60,6 +65,19 @@ def dev_examples(run: Path):
     return split_examples(run, "dev")
 
 
+def by_valence(recs, groups: dict[str, str]) -> list[dict]:
+    """The records with each bias type split by its pair's valence group ("gender/positive")."""
+    return [dict(r, bias_type=f"{r['bias_type']}/{groups[r['id']]}") for r in recs]
+
+
+def summarise_by_valence(recs, groups: dict[str, str], base=None) -> dict:
+    """summarise() per bias type and valence group ("gender/positive"), and overall as without the split (SS is a
+    mean over a type's target terms, so a term split over two groups would otherwise count twice)."""
+    out = summarise(by_valence(recs, groups), None if base is None else by_valence(base, groups))
+    out["overall"] = summarise(recs, base)["overall"]
+    return out
+
+
 def summarise(recs, base=None) -> dict:
     """Per bias type and overall: SS, LMS, and the mean margins in nats per token (changes against `base`)."""
     summary = pooled_summary(recs)
@@ -86,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON file for the results (default: RUN/dev_margins.json); with "
                                                "more than one split, {split: {adapter: ...}}")
     ap.add_argument("--model", default=None, help="base model (default: the run's)")
+    ap.add_argument("--by-valence", action="store_true", help="split each bias type by the valence of its pairs "
+                                                               "(needs vaderSentiment)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (only fast on CPUs with native bf16)")
     a = ap.parse_args(argv)
@@ -95,6 +115,14 @@ def main(argv=None) -> int:
     splits = comma_list(a.split)
     data = {s: split_examples(run, s) for s in splits}
     model_name = a.model or data[splits[0]][1]
+    groups = None
+    if a.by_valence:
+        from biasunlearn.errors import ConfigError
+        from biasunlearn.unlearn.valence import pair_valence
+        try:
+            groups = {s: pair_valence(data[s][0]) for s in splits}
+        except ConfigError as e:
+            raise SystemExit(f"--by-valence: {e}") from e
     results: dict = {s: {} for s in splits}
     base: dict = {}
     for name in ["base"] + comma_list(a.adapters):
@@ -103,7 +131,9 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 recs = stereoset_records(model, tok, data[split][0])
             base.setdefault(split, recs)
-            row = results[split][name] = summarise(recs, None if name == "base" else base[split])
+            against = None if name == "base" else base[split]
+            row = results[split][name] = summarise(recs, against) if groups is None else \
+                summarise_by_valence(recs, groups[split], against)
             print(f"{name} ({split}):", flush=True)
             for b, v in row.items():
                 extra = "" if "d_margin" not in v else (f"  d_margin {v['d_margin']:+.4f}  d(stereo-unrel) "

@@ -1459,3 +1459,31 @@ def test_pair_valence_from_vader_and_the_missing_package_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"balance_valence needs the vaderSentiment package \(pip install"):
         V.sentence_scorer()
+
+
+def test_dev_margins_by_valence_splits_each_type_by_its_pairs_valence():
+    """bench/dev_margins.py --by-valence: each record's bias type becomes TYPE/GROUP, so SS and the margin are
+    summarised per valence group, hand-computed here; the overall row is unchanged by the split."""
+    mod = load_bench("dev_margins")
+
+    def rec(i, target, s, a):
+        return {"id": i, "task": "intrasentence", "bias_type": "gender", "target": target, "s_stereo": s,
+                "s_anti": a, "s_unrel": -9.0, "sentence_ids": {}}
+
+    recs = [rec("e1", "mother", -1.0, -2.0), rec("e2", "mother", -3.0, -2.0), rec("e3", "sister", -1.0, -1.5)]
+    groups = {"e1": "negative", "e2": "positive", "e3": "positive"}
+    split = mod.by_valence(recs, groups)
+    assert [r["bias_type"] for r in split] == ["gender/negative", "gender/positive", "gender/positive"]
+    assert recs[0]["bias_type"] == "gender"  # the records given are left as they were
+    out = mod.summarise_by_valence(recs, groups)
+    assert out["gender/negative"]["SS"] == 100.0 and out["gender/negative"]["n"] == 1
+    # SS is a mean over target terms: mother 0 of 1, sister 1 of 1
+    assert out["gender/positive"]["SS"] == 50.0 and out["gender/positive"]["terms"] == 2
+    assert out["gender/positive"]["margin"] == pytest.approx((-1.0 + 0.5) / 2)
+    # overall as without the split: mother 1 of 2, sister 1 of 1 (split, mother would count twice: 66.67)
+    assert out["overall"]["SS"] == 75.0 and mod.summarise(recs)["gender"]["n"] == 3
+    # against a base read: the margin's change per group
+    moved = [dict(r, s_stereo=r["s_stereo"] - 1.0) for r in recs]
+    out = mod.summarise_by_valence(moved, groups, base=recs)
+    assert out["gender/positive"]["d_margin"] == pytest.approx(-1.0)
+    assert out["overall"]["d_margin"] == pytest.approx(-1.0)
