@@ -19,8 +19,14 @@ def extensions_dir():
     folder the user names in TORCH_EXTENSIONS_DIR, else one inside this environment. torch's build lock is a bare
     file, so a build killed midway (a test run stopped in the middle) leaves it behind, and every later build in that
     folder waits on it for ever: in torch's default folder, shared by every environment of the user, one stopped run
-    made the next run's DeepSpeed tests hang. A fresh environment builds afresh (about a minute, once)."""
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
+    made the next run's DeepSpeed tests hang. A fresh environment builds afresh (about a minute, once). An
+    environment the user cannot write to (a system Python) keeps torch's default folder."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    if os.access(sys.prefix, os.W_OK):
+        return Path(sys.prefix) / "torch_extensions"
+    from torch.utils.cpp_extension import get_default_build_root
+    return Path(get_default_build_root())
 
 
 def launch_workers(port, model, data, out, *args, launcher=(), ok=True, timeout=300):
@@ -165,3 +171,5 @@ def test_a_run_past_its_time_names_a_build_lock_left_behind(tmp_path, monkeypatc
         launch_workers(29599, tmp_path, tmp_path, tmp_path / "out", timeout=7)
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
     assert extensions_dir() == Path(sys.prefix) / "torch_extensions"
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # an environment the user cannot write to
+    assert extensions_dir() != Path(sys.prefix) / "torch_extensions" and extensions_dir().name == "torch_extensions"
