@@ -29,11 +29,17 @@ def extensions_dir():
     return Path(get_default_build_root())
 
 
+def worker_env() -> dict:
+    """The environment of tests/_ddp_worker.py processes: one thread each, the tests folder importable, and
+    extensions built in extensions_dir()."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent),
+                TORCH_EXTENSIONS_DIR=str(extensions_dir()))
+
+
 def launch_workers(port, model, data, out, *args, launcher=(), ok=True, timeout=300):
     """Two processes of tests/_ddp_worker.py (its arguments: model, data, out, *args), started by torchrun or, with
     launcher (its flags), by `accelerate launch`. With ok, a failure fails the test with the end of its log."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent),
-               TORCH_EXTENSIONS_DIR=str(extensions_dir()))
+    env = worker_env()
     start = (["-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--main_process_port", str(port), "--dynamo_backend", "no", *launcher] if launcher else
              ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)])
@@ -41,7 +47,7 @@ def launch_workers(port, model, data, out, *args, launcher=(), ok=True, timeout=
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        locks = sorted(str(f) for f in extensions_dir().rglob("lock"))
+        locks = sorted(str(f) for f in Path(env["TORCH_EXTENSIONS_DIR"]).rglob("lock"))
         if locks:
             pytest.fail(f"the processes ran past {timeout} s while torch's extension build lock {locks[0]} was held: "
                         "a build stopped midway leaves it behind; if no build is running, remove it")
@@ -102,9 +108,8 @@ def test_global_batch_two_processes_train_what_one_process_trains(tmp_path, tiny
     (data / "pool.json").write_text(json.dumps(_pool()))
     common = {"forget_batch_size": 4, "retain_batch_size": 4, "unrelated_batch_size": 4, "lora_dropout": 0.0,
               "retain_reduction": "sequence", "kl_reduction": "sequence"}
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
     one = subprocess.run([sys.executable, str(WORKER), str(tiny_llama_path), str(data), str(tmp_path / "one"), "0",
-                          "", "ddp", "", "0", "", json.dumps({**common, "ddp_backend": None})], env=env,
+                          "", "ddp", "", "0", "", json.dumps({**common, "ddp_backend": None})], env=worker_env(),
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     assert json.loads((tmp_path / "one" / "rank0.json").read_text())["world"] == 1
