@@ -3,8 +3,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,25 @@ def worker_env() -> dict:
                 TORCH_EXTENSIONS_DIR=str(extensions_dir()))
 
 
+def run_group(cmd, env, timeout):
+    """cmd run to its end like subprocess.run (output captured as text), in a process group of its own. A launcher
+    (torchrun, `accelerate launch`) starts its workers as children: past the timeout, subprocess.run kills the
+    launcher alone, and the workers live on (holding the port and the CPU). Here the whole group is killed first,
+    then TimeoutExpired is raised as subprocess.run raises it."""
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def launch_workers(port, model, data, out, *args, launcher=(), ok=True, timeout=300):
     """Two processes of tests/_ddp_worker.py (its arguments: model, data, out, *args), started by torchrun or, with
     launcher (its flags), by `accelerate launch`. With ok, a failure fails the test with the end of its log."""
@@ -45,7 +66,7 @@ def launch_workers(port, model, data, out, *args, launcher=(), ok=True, timeout=
              ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)])
     cmd = [sys.executable, *start, str(WORKER), str(model), str(data), str(out), *args]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = run_group(cmd, env, timeout)
     except subprocess.TimeoutExpired:
         locks = sorted(str(f) for f in Path(env["TORCH_EXTENSIONS_DIR"]).rglob("lock"))
         if locks:
@@ -160,11 +181,11 @@ def test_a_run_past_its_time_names_a_build_lock_left_behind(tmp_path, monkeypatc
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     seen = {}
 
-    def timed_out(cmd, env, **kw):
+    def timed_out(cmd, env, timeout):
         seen["dir"] = env["TORCH_EXTENSIONS_DIR"]
-        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+        raise subprocess.TimeoutExpired(cmd, timeout)
 
-    monkeypatch.setattr(subprocess, "run", timed_out)
+    monkeypatch.setattr(sys.modules[__name__], "run_group", timed_out)
     with pytest.raises(subprocess.TimeoutExpired):
         launch_workers(29599, tmp_path, tmp_path, tmp_path / "out", timeout=7)
     assert seen["dir"] == str(tmp_path / "ext")
@@ -178,3 +199,38 @@ def test_a_run_past_its_time_names_a_build_lock_left_behind(tmp_path, monkeypatc
     assert extensions_dir() == Path(sys.prefix) / "torch_extensions"
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # an environment the user cannot write to
     assert extensions_dir() != Path(sys.prefix) / "torch_extensions" and extensions_dir().name == "torch_extensions"
+
+
+LAUNCHER = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+open(sys.argv[1], "w").write(str(child.pid))
+time.sleep(120)
+"""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a killed child not yet reaped by its (killed) parent is a zombie: gone for every purpose here
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_a_launcher_past_its_time_takes_its_workers_with_it(tmp_path):
+    """A launcher that runs past its time is killed with the workers it started (one sleeping child here, its output
+    not tied to the launcher's, so that a child left alive cannot hold the test up), which would otherwise live on; a launcher that ends in time returns its output and exit status."""
+    pid_file = tmp_path / "child.pid"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_group([sys.executable, "-c", LAUNCHER, str(pid_file)], dict(os.environ), timeout=8)
+    child = int(pid_file.read_text())
+    for _ in range(50):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child)
+    done = run_group([sys.executable, "-c", "import sys; print('out'); sys.exit(3)"], dict(os.environ), timeout=60)
+    assert (done.returncode, done.stdout) == (3, "out\n")
