@@ -1075,3 +1075,47 @@ def test_balance_valence_reaches_the_trainer_and_logs_the_groups(tmp_path, tiny_
     # (negative: lazy; positive: strong or rich)
     for _, ys in drawn:
         assert [y.split()[0] == "lazy" for y in ys] == [True, True, False, False], ys
+
+
+def test_train_on_dev_trains_every_pool_pair_and_keeps_no_dev_choice(tmp_path, tiny_llama_path, train_data,
+                                                                      monkeypatch):
+    """train_on_dev: the dev pairs join the train pairs (the sets are built from both), the dev checks are marked as
+    read on trained data and choose nothing (no best adapter), and the adapter is the fixed step's. Without a
+    schedule fixed beforehand, or with swaps (which read dev), the setting is refused."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn import pipeline
+    from biasunlearn.unlearn.sets import UnlearnSets
+
+    seen, logs = {}, []
+    init = UnlearnSets.__init__
+
+    def spy(self, train, *a, **kw):
+        seen["ids"] = sorted(e.id for e in train)
+        init(self, train, *a, **kw)
+
+    monkeypatch.setattr(UnlearnSets, "__init__", spy)
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, train_on_dev=True, swap_mode="none", max_steps=4,
+               stop_at_step=4, early_stop_tolerance=-1.0)
+    summary = pipeline.train_adapter(cfg, log=logs.append)
+    run = tmp_path / "run"
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["dev_ids"] and splits["dev_trained_on"] is True
+    assert seen["ids"] == sorted(splits["train_ids"] + splits["dev_ids"]) == sorted(e["id"] for e in _pool())
+    n_dev = len(splits["dev_ids"])
+    assert any(m.startswith(f"[train] train_on_dev: the {n_dev} dev pairs") for m in logs), logs
+    checks = [json.loads(x) for x in (run / "dev_log.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checks] == [0, 2, 4] and all(c["trained_on"] is True for c in checks)
+    assert any(m.startswith("[dev, trained on] step 2: SS") for m in logs)
+    assert summary["best"] is None and not (run / "best_adapter").exists()
+    a, last = _lora(run / "adapter"), _lora(run / "final_adapter")
+    assert all(torch.equal(a[k], last[k]) for k in a)
+    # without the setting, the same run trains the train split alone and keeps a best adapter
+    plain = _cfg(tmp_path / "plain", tiny_llama_path, train_data, swap_mode="none", max_steps=4, stop_at_step=4)
+    pipeline.train_adapter(plain, log=lambda s: None)
+    assert seen["ids"] == sorted(splits["train_ids"])
+    assert (tmp_path / "plain" / "run" / "best_adapter").exists()
+    assert "trained_on" not in (tmp_path / "plain" / "run" / "dev_log.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"train_on_dev=true with stop_at_step=0, swap_mode='none'"):
+        _cfg(tmp_path / "bad", tiny_llama_path, train_data, train_on_dev=True, swap_mode="none")
+    with pytest.raises(ConfigError, match=r"train_on_dev=true with stop_at_step=4, swap_mode='swap'"):
+        _cfg(tmp_path / "bad", tiny_llama_path, train_data, train_on_dev=True, stop_at_step=4)

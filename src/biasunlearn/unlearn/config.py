@@ -51,6 +51,10 @@ class UnlearnConfig(TrainingArguments):
                            "into K folds of about equal size and dev is fold dev_fold (dev_fraction is then unused); "
                            "K runs, one per fold, hold out every term once. 0: the default dev slice.")
     dev_fold: int = _f(0, "Which fold is dev when dev_folds >= 2 (0 .. dev_folds - 1).")
+    train_on_dev: bool = _f(False, "Train on the dev slice too (every term of the train pool), for a schedule fixed "
+                                   "beforehand only: it needs stop_at_step and swap_mode 'none', since no decision "
+                                   "may read data the run trains on. The dev checks still run as a collapse guard "
+                                   "(dev LMS), marked trained_on in dev_log.jsonl; no best adapter is kept.")
     unrelated_source: str = _f("stereoset", "Text for the KL term: 'stereoset' (unrelated sentences of the train pool), "
                                             "'wikitext' (WikiText-2 raw test lines; perplexity is then left out of "
                                             "the report) or 'generated' (texts sampled once from the original model, "
@@ -277,6 +281,11 @@ class UnlearnConfig(TrainingArguments):
         for name in ("alpha_forget", "alpha_retain", "alpha_kl", "adversarial_share"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
+        if self.train_on_dev and (not self.stop_at_step or self.swap_mode != "none"):
+            raise ConfigError(f"train_on_dev=true with stop_at_step={self.stop_at_step}, swap_mode="
+                              f"{self.swap_mode!r}: training on the dev slice needs a schedule fixed beforehand "
+                              "(stop_at_step set, swap_mode 'none'), since swaps, early stopping and the checkpoint "
+                              "choice read the dev slice")
         if self.adversarial_share > 1 or not 0 < self.dev_fraction < 1:
             raise ConfigError(f"adversarial_share={self.adversarial_share}, dev_fraction={self.dev_fraction}: a share "
                               "of 0 to 1, and a fraction above 0 and below 1")

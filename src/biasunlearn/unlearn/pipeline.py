@@ -307,12 +307,17 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
             + " is a mean over fewer than 5 target terms: it moves by whole examples between checks and its "
               "standard error (ss_se in dev_log.jsonl) is large; dev_folds cross-validates a recipe over every "
               "term of the pool")
-    train, excluded = exclude_train_pairs(splits.train, cfg.train_exclude_pattern)
+    pairs = splits.train + splits.dev if cfg.train_on_dev else splits.train
+    if cfg.train_on_dev:
+        log(f"[train] train_on_dev: the {len(splits.dev)} dev pairs ({len({e.target for e in splits.dev})} target "
+            f"terms) train too, {len(pairs)} pairs in all; the dev checks below read trained data and serve only "
+            "as a collapse guard")
+    train, excluded = exclude_train_pairs(pairs, cfg.train_exclude_pattern)
     if cfg.train_exclude_pattern:
         by_type = Counter(e.bias_type for e in excluded)
-        log(f"[train] train_exclude_pattern: {len(excluded)} of {len(splits.train)} train pairs left out ("
+        log(f"[train] train_exclude_pattern: {len(excluded)} of {len(pairs)} train pairs left out ("
             + (", ".join(f"{b} {n}" for b, n in sorted(by_type.items())) or "none matched")
-            + "); the dev slice and the test set are as before")
+            + ("); the test set is as before" if cfg.train_on_dev else "); the dev slice and the test set are as before"))
     unrelated = unrelated_texts(cfg, model, tok, out, info.resolved, write=cfg.process_index == 0, log=log)
     if cfg.unrelated_drop_terms:
         pool = unrelated if unrelated is not None else [e.unrelated for e in train]
@@ -356,7 +361,8 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
         raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "
                           f"({', '.join(sets.bias_types)})")
     if cfg.process_index == 0:
-        write_json(out / "splits.json", {**splits.to_dict(), "test": {"path": cfg.test_set, "n": len(test)},
+        write_json(out / "splits.json", {**splits.to_dict(), "dev_trained_on": bool(cfg.train_on_dev),
+                                         "test": {"path": cfg.test_set, "n": len(test)},
                                          "overlap_with_test": overlap,
                                          "excluded_train_ids": [e.id for e in excluded]})
         write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(),
@@ -368,7 +374,7 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
                                 margin=cfg.swap_margin_nats if cfg.swap_signal == "margin" else cfg.swap_margin)
     trainer = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=controller, tokenizer=tok)
     trainer.add_callback(InterruptCheck())
-    dev_cb = DevCheckCallback(trainer, splits.dev, out, log=log)
+    dev_cb = DevCheckCallback(trainer, splits.dev, out, log=log, trained_on=cfg.train_on_dev)
     trainer.add_callback(dev_cb)
     trainer.add_callback(JsonlLogCallback(out / "log.jsonl"))
     route_logs_to_stderr(trainer)
@@ -565,8 +571,10 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
 
     parts = [f"# BiasUnlearn run: {cfg.model}", "",
              "All figures below are on held-out data: StereoSet test = StereoSet dev intrasentence (target terms "
-             "disjoint from the train pool), CrowS-Pairs, BBQ and WikiText-2 were never trained on. Checkpoint choice "
-             "and swapping used only the dev slice of the train pool.", ""]
+             "disjoint from the train pool), CrowS-Pairs, BBQ and WikiText-2 were never trained on. "
+             + ("The dev slice trained too (train_on_dev): the schedule was fixed beforehand, and no choice read "
+                "the dev checks, which serve only as a collapse guard." if cfg.train_on_dev else
+                "Checkpoint choice and swapping used only the dev slice of the train pool."), ""]
     parts.append(report.before_after_markdown(before, after))  # it says so when the reads were a sample
     rows = [_stereoset_rows(out / name) for name in ("eval_before", "eval_after")]
     if all(rows):
@@ -579,7 +587,8 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
               f"- adapter/ (the one evaluated above): {summary.get('adapter', 'best dev check')}"
               + (f"; merged into the weights for the read: {merge_note((after.get('model') or {}).get('dtype'))}"
                  if ((after.get("model") or {}).get("extra") or {}).get("adapter_merged") else ""),
-              f"- best dev check (best_adapter/): {describe_best(summary.get('best'), cfg.checkpoint_metric)}",
+              ("- best dev check: none kept (the dev slice trained: train_on_dev)" if cfg.train_on_dev else
+               f"- best dev check (best_adapter/): {describe_best(summary.get('best'), cfg.checkpoint_metric)}"),
               f"- swaps: {len(summary.get('swaps', []))}" + "".join(
                   f"\n  - step {e['step']}: {e['bias_type']} dev SS {e['ss']:.1f} -> direction {e['direction']:+d}"
                   for e in summary.get("swaps", [])),

@@ -427,8 +427,9 @@ class DevCheckCallback(TrainerCallback):
     """Every eval_every steps: dev SS per bias type and dev LMS through the one scoring path; the controller decides
     swaps and early stopping; the best adapter by the dev criterion is kept. Also the collapse guard and logs."""
 
-    def __init__(self, trainer: BiasUnlearnTrainer, dev_examples, out_dir, log=print):
+    def __init__(self, trainer: BiasUnlearnTrainer, dev_examples, out_dir, log=print, trained_on=False):
         self.trainer, self.dev, self.out = trainer, dev_examples, Path(out_dir)
+        self.trained_on = trained_on  # train_on_dev: the checks read trained data (a collapse guard, no choice)
         self.log = log
         self.start_lms = None
         self.best = None  # (criterion, step)
@@ -459,11 +460,11 @@ class DevCheckCallback(TrainerCallback):
         entry = {"step": step, "ss": ss, "ss_overall": overall, "ss_se": {b: round(v, 2) for b, v in se.items()},
                  "lms": lms, "margin": margins,
                  "directions": directions,
-                 "elapsed_s": round(time.time() - self.t0, 1)}
+                 "elapsed_s": round(time.time() - self.t0, 1), **({"trained_on": True} if self.trained_on else {})}
         if self.trainer.is_world_process_zero():
             with open(self.out / "dev_log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
-        self.log(f"[dev] step {step}: SS " + " ".join(f"{b}={v:.1f}±{se[b]:.0f}" for b, v in ss.items())
+        self.log(f"[dev{', trained on' if self.trained_on else ''}] step {step}: SS " + " ".join(f"{b}={v:.1f}±{se[b]:.0f}" for b, v in ss.items())
                  + f" overall={overall:.1f}±{se['overall']:.0f} LMS={lms:.1f} margin={margins.get('overall', 0):+.4f} "
                  f"directions={directions}")
         if self.start_lms - lms > args.collapse_lms_drop:
@@ -476,7 +477,7 @@ class DevCheckCallback(TrainerCallback):
             crit = SwapController.criterion(ss)
         drop = self.start_lms - lms
         score = (0, crit) if drop <= args.lms_guard else (1, (drop,))
-        if step > 0 and (self.best is None or score < self.best[0]):
+        if step > 0 and not self.trained_on and (self.best is None or score < self.best[0]):
             self.best = (score, step)
             self.trainer.save_adapter(self.out / "best_adapter", {"dev_check.json": entry})
         return stop
