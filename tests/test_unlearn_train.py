@@ -1111,7 +1111,11 @@ def test_train_on_dev_trains_every_pool_pair_and_keeps_no_dev_choice(tmp_path, t
     assert all(torch.equal(a[k], last[k]) for k in a)
     # without the setting, the same run trains the train split alone and keeps a best adapter
     plain = _cfg(tmp_path / "plain", tiny_llama_path, train_data, swap_mode="none", max_steps=4, stop_at_step=4)
-    pipeline.train_adapter(plain, log=lambda s: None)
+    plain_logs = []
+    pipeline.train_adapter(plain, log=plain_logs.append)
+    # the note on a dev SS of few terms speaks of a choice: none is made on trained dev checks
+    coarse = [m for m in plain_logs if "is a mean over fewer than 5 target terms" in m]
+    assert coarse and not any("is a mean over fewer than 5 target terms" in m for m in logs)
     assert seen["ids"] == sorted(splits["train_ids"])
     assert (tmp_path / "plain" / "run" / "best_adapter").exists()
     assert "trained_on" not in (tmp_path / "plain" / "run" / "dev_log.jsonl").read_text()

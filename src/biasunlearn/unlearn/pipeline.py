@@ -301,7 +301,8 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     model = prepare_lora(model, cfg)
     splits, test, overlap = checked_splits(cfg)
     coarse = coarse_dev_types(splits.dev)
-    if coarse and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "", cfg.checkpoint_metric):
+    if coarse and not cfg.train_on_dev and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "",
+                                                    cfg.checkpoint_metric):
         log("[train] note: the dev SS of " + ", ".join(f"{b} ({n} examples, {t} target term{'' if t == 1 else 's'})"
                                                       for b, (n, t) in coarse.items())
             + " is a mean over fewer than 5 target terms: it moves by whole examples between checks and its "
