@@ -216,13 +216,17 @@ def _alive(pid):
     except ProcessLookupError:
         return False
     # a killed child not yet reaped by its (killed) parent is a zombie: gone for every purpose here
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:  # no /proc (not Linux), or the process went in between
+        return os.path.exists(f"/proc/{pid}") or not os.path.exists("/proc")
+    return state != "Z"
 
 
 def test_a_launcher_past_its_time_takes_its_workers_with_it(tmp_path):
     """A launcher that runs past its time is killed with the workers it started (one sleeping child here, its output
-    not tied to the launcher's, so that a child left alive cannot hold the test up), which would otherwise live on; a launcher that ends in time returns its output and exit status."""
+    not tied to the launcher's, so that a child left alive cannot hold the test up), which would otherwise live on;
+    a launcher that ends in time returns its output and exit status."""
     pid_file = tmp_path / "child.pid"
     with pytest.raises(subprocess.TimeoutExpired):
         run_group([sys.executable, "-c", LAUNCHER, str(pid_file)], dict(os.environ), timeout=8)

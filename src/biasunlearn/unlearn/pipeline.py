@@ -318,7 +318,8 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
         by_type = Counter(e.bias_type for e in excluded)
         log(f"[train] train_exclude_pattern: {len(excluded)} of {len(pairs)} train pairs left out ("
             + (", ".join(f"{b} {n}" for b, n in sorted(by_type.items())) or "none matched")
-            + ("); the test set is as before" if cfg.train_on_dev else "); the dev slice and the test set are as before"))
+            + ("); the test set is as before" if cfg.train_on_dev
+               else "); the dev slice and the test set are as before"))
     unrelated = unrelated_texts(cfg, model, tok, out, info.resolved, write=cfg.process_index == 0, log=log)
     if cfg.unrelated_drop_terms:
         pool = unrelated if unrelated is not None else [e.unrelated for e in train]

@@ -464,7 +464,8 @@ class DevCheckCallback(TrainerCallback):
         if self.trainer.is_world_process_zero():
             with open(self.out / "dev_log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
-        self.log(f"[dev{', trained on' if self.trained_on else ''}] step {step}: SS " + " ".join(f"{b}={v:.1f}±{se[b]:.0f}" for b, v in ss.items())
+        self.log(f"[dev{', trained on' if self.trained_on else ''}] step {step}: SS "
+                 + " ".join(f"{b}={v:.1f}±{se[b]:.0f}" for b, v in ss.items())
                  + f" overall={overall:.1f}±{se['overall']:.0f} LMS={lms:.1f} margin={margins.get('overall', 0):+.4f} "
                  f"directions={directions}")
         if self.start_lms - lms > args.collapse_lms_drop:
