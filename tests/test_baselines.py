@@ -299,3 +299,29 @@ def test_self_debias_scores_through_the_evaluation_suite(tiny_gpt2_path, fake_da
     assert p1["perplexity"] != pytest.approx(p0["perplexity"], rel=1e-9)
     cost = scoring_cost(model, SelfDebias(model, tok), tok, ["The river flows past the village."] * 6)
     assert cost["forward_passes_per_batch"] == 4 and cost["ratio"] > 0
+
+
+@pytest.mark.parametrize("name", ["sft", "dpo"])
+def test_a_baseline_trains_on_the_dev_slice_too_when_the_recipe_does(name, tmp_path, tiny_llama_path, train_data,
+                                                                     monkeypatch):
+    """With train_on_dev a baseline trains on the pairs BiasUnlearn trains on (train and dev): SFT's sentences and
+    DPO's preference pairs are made from both; its dev log says it reads trained data."""
+    import biasunlearn.baselines.dpo as dpo_mod
+    from biasunlearn.baselines import DPO, SFT
+
+    seen = []
+    if name == "sft":
+        texts = SFT.training_texts
+        monkeypatch.setattr(SFT, "training_texts", lambda self, exs: seen.append(sorted(e.id for e in exs))
+                            or texts(self, exs))
+    else:
+        pairs = dpo_mod.preference_pairs
+        monkeypatch.setattr(dpo_mod, "preference_pairs", lambda exs: seen.append(sorted(e.id for e in exs))
+                            or pairs(exs))
+    cfg = small_config(tmp_path / name, tiny_llama_path, train_data, train_on_dev=True, swap_mode="none",
+                       stop_at_step=3)
+    {"sft": SFT, "dpo": DPO}[name](cfg, log=lambda s: None).train()
+    splits = json.loads((tmp_path / name / "splits.json").read_text())
+    assert splits["dev_ids"] and splits["dev_trained_on"] is True
+    assert seen == [sorted(splits["train_ids"] + splits["dev_ids"])]
+    assert all(d["trained_on"] is True for d in read_jsonl(tmp_path / name / "dev_log.jsonl"))

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ..data.splits import checked_splits
+from ..data.splits import checked_splits, training_pairs
 from ..errors import ConfigError
 from ..evaluate import package_versions, stereoset_records
 from ..io import write_json
@@ -63,10 +63,13 @@ def training_arguments(cfg, batch_size: int, cls=TrainingArguments, **extra):
 class DevSSCallback(TrainerCallback):
     """Every `eval_every` steps (and at step 0 and at the last step): dev StereoSet SS per bias type and LMS through
     the one scoring path, appended to dev_log.jsonl in BiasUnlearn's format. It only records: a baseline has no
-    swapping, early stopping or checkpoint choice."""
+    swapping, early stopping or checkpoint choice. With trained_on (train_on_dev) each entry says that it reads
+    trained data."""
 
-    def __init__(self, tokenizer, dev_examples, out_dir, eval_every: int, bf16: bool = False, log=_log):
+    def __init__(self, tokenizer, dev_examples, out_dir, eval_every: int, bf16: bool = False, log=_log,
+                 trained_on: bool = False):
         self.tok, self.dev, self.out = tokenizer, dev_examples, Path(out_dir)
+        self.trained_on = trained_on
         self.eval_every, self.bf16, self.log = max(int(eval_every), 1), bf16, log
         self.t0 = time.time()
         self.done: set[int] = set()
@@ -79,12 +82,12 @@ class DevSSCallback(TrainerCallback):
         m = stereoset_scores(recs)
         entry = {"step": step, "ss": {b: v["SS"] for b, v in m.items() if b != "overall"},
                  "ss_overall": m["overall"]["SS"], "lms": m["overall"]["LMS"],
-                 "elapsed_s": round(time.time() - self.t0, 1)}
+                 "elapsed_s": round(time.time() - self.t0, 1), **({"trained_on": True} if self.trained_on else {})}
         with open(self.out / "dev_log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         self.done.add(step)
         self.history.append(entry)
-        self.log(f"[dev] step {step}: SS " + " ".join(f"{b}={v:.1f}" for b, v in entry["ss"].items())
+        self.log(f"[dev{', trained on' if self.trained_on else ''}] step {step}: SS " + " ".join(f"{b}={v:.1f}" for b, v in entry["ss"].items())
                  + f" overall={entry['ss_overall']:.1f} LMS={entry['lms']:.1f}")
         return entry
 
@@ -172,11 +175,17 @@ class LoraFineTune:
         model.train()
         set_seed(self.cfg.seed)
         splits, test, overlap = checked_splits(self.cfg)
-        write_json(self.out / "splits.json", {**splits.to_dict(), "test": {"path": self.cfg.test_set, "n": len(test)},
+        write_json(self.out / "splits.json", {**splits.to_dict(), "dev_trained_on": bool(self.cfg.train_on_dev),
+                                              "test": {"path": self.cfg.test_set, "n": len(test)},
                                               "overlap_with_test": overlap})
         write_json(self.out / "config.json", {**self.settings(), "model": info.to_dict(), "versions": package_versions(),
                                               "machine": machine_info()})
         return model, tok, info, splits
+
+    def dev_callback(self, tok, splits) -> DevSSCallback:
+        """The dev log of a run (records only; with train_on_dev its entries say they read trained data)."""
+        return DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log,
+                             trained_on=self.cfg.train_on_dev)
 
     def _finish(self, trainer, model, info, splits, dev_cb, wall: float) -> dict:
         from .. import plots
@@ -205,7 +214,7 @@ class LoraFineTune:
         from ..unlearn.trainer import InterruptCheck, JsonlLogCallback, route_logs_to_stderr
 
         model, tok, info, splits = self._start()
-        texts = self.training_texts(splits.train)
+        texts = self.training_texts(training_pairs(splits, self.cfg))
         if not texts:
             raise ConfigError(f"{self.name}: no training sentences in the train pool")
         seqs = self.encode(tok, texts)
@@ -214,7 +223,7 @@ class LoraFineTune:
         trainer = Trainer(model=model, args=args, train_dataset=SentenceDataset(seqs),
                           data_collator=SentenceCollator(tok.pad_token_id or 0))
         trainer.add_callback(InterruptCheck())
-        dev_cb = DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log)
+        dev_cb = self.dev_callback(tok, splits)
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
         route_logs_to_stderr(trainer)

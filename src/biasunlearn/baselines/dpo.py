@@ -15,13 +15,14 @@ from __future__ import annotations
 import gc
 import time
 
+from ..data.splits import training_pairs
 from ..data.stereoset import split_x_y
 from ..errors import ConfigError
 from ..models import start_token_id
 from ..scoring import tokenize_parts
 from ..io import write_json
 from ..adapters import lora_config
-from .common import DevSSCallback, LoraFineTune, _log, training_arguments
+from .common import LoraFineTune, _log, training_arguments
 
 
 def preference_pairs(train) -> list[dict]:
@@ -86,7 +87,7 @@ class DPO(LoraFineTune):
         from ..unlearn.trainer import InterruptCheck, JsonlLogCallback, route_logs_to_stderr
 
         model, tok, info, splits = self._start()
-        rows = self.encode_pairs(tok, preference_pairs(splits.train))
+        rows = self.encode_pairs(tok, preference_pairs(training_pairs(splits, self.cfg)))
         if not rows:
             raise ConfigError("dpo: no preference pairs in the train pool")
         args = training_arguments(self.cfg, self.batch_size, cls=DPOConfig, beta=self.beta, max_length=None,
@@ -94,7 +95,7 @@ class DPO(LoraFineTune):
         trainer = _dpo_trainer_class()(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
                                        processing_class=tok, peft_config=lora_config(model, self.cfg))
         trainer.add_callback(InterruptCheck())
-        dev_cb = DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log)
+        dev_cb = self.dev_callback(tok, splits)
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
         route_logs_to_stderr(trainer)

@@ -154,6 +154,12 @@ def splits_for(cfg) -> Splits:
                        fold=cfg.dev_fold)
 
 
+def training_pairs(splits: Splits, cfg) -> list[StereoSetExample]:
+    """The pairs a run trains on: the train split, and with cfg.train_on_dev the dev slice too. BiasUnlearn and every
+    baseline take them from here, so that a comparison trains each method on the same pairs."""
+    return splits.train + splits.dev if getattr(cfg, "train_on_dev", False) else list(splits.train)
+
+
 def checked_splits(cfg):
     """(splits, test set, overlap report) of a training config: the train/dev split of `splits_for` (the same for
     BiasUnlearn and every baseline) and the held-out test set, refused with ConfigError when the pool gave no

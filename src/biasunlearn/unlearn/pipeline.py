@@ -16,7 +16,7 @@ import torch
 
 from ..adapters import lora_config
 from ..data import data_dir, load_text_lines
-from ..data.splits import checked_splits, coarse_dev_types
+from ..data.splits import checked_splits, coarse_dev_types, training_pairs
 from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions,
                         read_stereoset_predictions)
@@ -308,7 +308,7 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
             + " is a mean over fewer than 5 target terms: it moves by whole examples between checks and its "
               "standard error (ss_se in dev_log.jsonl) is large; dev_folds cross-validates a recipe over every "
               "term of the pool")
-    pairs = splits.train + splits.dev if cfg.train_on_dev else splits.train
+    pairs = training_pairs(splits, cfg)
     if cfg.train_on_dev:
         log(f"[train] train_on_dev: the {len(splits.dev)} dev pairs ({len({e.target for e in splits.dev})} target "
             f"terms) train too, {len(pairs)} pairs in all; the dev checks below read trained data and serve only "
