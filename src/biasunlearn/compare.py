@@ -475,10 +475,10 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
     ref_cfg = make_method_config("_reference", out, model, data_dir, budget, config_overrides)
     splits, split_doc = None, None
     try:
-        from .data.splits import checked_splits
+        from .data.splits import checked_splits, split_record
 
         splits, test, overlap = checked_splits(ref_cfg)
-        split_doc = {**splits.to_dict(), "test": {"path": ref_cfg.test_set, "n": len(test)}, "overlap_with_test": overlap}
+        split_doc = split_record(splits, ref_cfg, test, overlap)
     except BiasUnlearnError as e:
         if any(n in TRAINED for n in names):
             raise

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from ..data.splits import checked_splits, training_pairs
+from ..data.splits import checked_splits, split_record, training_pairs
 from ..errors import ConfigError
 from ..evaluate import package_versions, stereoset_records
 from ..io import write_json
@@ -87,7 +87,8 @@ class DevSSCallback(TrainerCallback):
             f.write(json.dumps(entry) + "\n")
         self.done.add(step)
         self.history.append(entry)
-        self.log(f"[dev{', trained on' if self.trained_on else ''}] step {step}: SS " + " ".join(f"{b}={v:.1f}" for b, v in entry["ss"].items())
+        self.log(f"[dev{', trained on' if self.trained_on else ''}] step {step}: SS "
+                 + " ".join(f"{b}={v:.1f}" for b, v in entry["ss"].items())
                  + f" overall={entry['ss_overall']:.1f} LMS={entry['lms']:.1f}")
         return entry
 
@@ -175,9 +176,7 @@ class LoraFineTune:
         model.train()
         set_seed(self.cfg.seed)
         splits, test, overlap = checked_splits(self.cfg)
-        write_json(self.out / "splits.json", {**splits.to_dict(), "dev_trained_on": bool(self.cfg.train_on_dev),
-                                              "test": {"path": self.cfg.test_set, "n": len(test)},
-                                              "overlap_with_test": overlap})
+        write_json(self.out / "splits.json", split_record(splits, self.cfg, test, overlap))
         write_json(self.out / "config.json", {**self.settings(), "model": info.to_dict(), "versions": package_versions(),
                                               "machine": machine_info()})
         return model, tok, info, splits

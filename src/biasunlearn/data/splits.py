@@ -157,7 +157,14 @@ def splits_for(cfg) -> Splits:
 def training_pairs(splits: Splits, cfg) -> list[StereoSetExample]:
     """The pairs a run trains on: the train split, and with cfg.train_on_dev the dev slice too. BiasUnlearn and every
     baseline take them from here, so that a comparison trains each method on the same pairs."""
-    return splits.train + splits.dev if getattr(cfg, "train_on_dev", False) else list(splits.train)
+    return splits.train + splits.dev if cfg.train_on_dev else list(splits.train)
+
+
+def split_record(splits: Splits, cfg, test: list[StereoSetExample], overlap: dict) -> dict:
+    """What a run folder's splits.json holds (BiasUnlearn, every baseline and `compare` write the same record): the
+    split's ids and counts, whether the dev slice trained, the test set and its overlap with the pool."""
+    return {**splits.to_dict(), "dev_trained_on": bool(cfg.train_on_dev),
+            "test": {"path": cfg.test_set, "n": len(test)}, "overlap_with_test": overlap}
 
 
 def checked_splits(cfg):

@@ -16,7 +16,7 @@ import torch
 
 from ..adapters import lora_config
 from ..data import data_dir, load_text_lines
-from ..data.splits import checked_splits, coarse_dev_types, training_pairs
+from ..data.splits import checked_splits, coarse_dev_types, split_record, training_pairs
 from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions,
                         read_stereoset_predictions)
@@ -363,9 +363,7 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
         raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "
                           f"({', '.join(sets.bias_types)})")
     if cfg.process_index == 0:
-        write_json(out / "splits.json", {**splits.to_dict(), "dev_trained_on": bool(cfg.train_on_dev),
-                                         "test": {"path": cfg.test_set, "n": len(test)},
-                                         "overlap_with_test": overlap,
+        write_json(out / "splits.json", {**split_record(splits, cfg, test, overlap),
                                          "excluded_train_ids": [e.id for e in excluded]})
         write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(),
                                          "settings": cfg.run_settings(), "model": info.to_dict(),
