@@ -1487,3 +1487,43 @@ def test_dev_margins_by_valence_splits_each_type_by_its_pairs_valence():
     out = mod.summarise_by_valence(moved, groups, base=recs)
     assert out["gender/positive"]["d_margin"] == pytest.approx(-1.0)
     assert out["overall"]["d_margin"] == pytest.approx(-1.0)
+
+
+def test_wrapping_and_loading_an_adapter_hide_only_peft_s_deprecation_warning(tiny_model_paths, tmp_path):
+    """PEFT reads transformers' deprecated `is_gradient_checkpointing` on every wrap; prepare_lora and apply_adapter
+    hide that one FutureWarning, and a warning raised inside the same block still reaches the user."""
+    import warnings
+
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from biasunlearn.adapters import apply_adapter, lora_config, peft_quiet
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.pipeline import prepare_lora
+
+    def deprecation_warnings(fn):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fn()
+        return [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+    path = tiny_model_paths["llama"]
+    bare = AutoModelForCausalLM.from_pretrained(str(path))
+    cfg = make_config(output_dir=str(tmp_path))
+    if not deprecation_warnings(lambda: get_peft_model(bare, lora_config(bare, cfg))):
+        pytest.skip("this PEFT release no longer raises the warning: nothing to hide")
+    wrapped = {}
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    assert deprecation_warnings(lambda: wrapped.setdefault("m", prepare_lora(model, cfg))) == []
+    wrapped["m"].save_pretrained(str(tmp_path / "adapter"))
+    fresh = AutoModelForCausalLM.from_pretrained(str(path))
+    assert deprecation_warnings(lambda: wrapped.setdefault("a", apply_adapter(fresh, tmp_path / "adapter"))) == []
+    assert any("lora_A" in n for n, _ in wrapped["a"].named_parameters())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with peft_quiet():
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed", FutureWarning)
+            warnings.warn("something else", FutureWarning)
+            warnings.warn("`is_gradient_checkpointing` is deprecated, said as a UserWarning")
+    assert sorted(str(w.message) for w in seen) == ["`is_gradient_checkpointing` is deprecated, said as a UserWarning",
+                                                    "something else"]

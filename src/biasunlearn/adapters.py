@@ -1,8 +1,10 @@
 """PEFT adapters: find LoRA targets from the model, apply an adapter, and check that an adapter fits a model."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,6 +36,15 @@ def modules_outside_decoder(model, targets) -> list[str]:
     inside = {id(m) for m in text_decoder(model).modules()}
     names = set(targets)
     return sorted(n for n, m in model.named_modules() if n.split(".")[-1] in names and id(m) not in inside)
+
+
+@contextlib.contextmanager
+def peft_quiet():
+    """Hide the one FutureWarning PEFT (0.18+) raises on every wrap of a transformers 5 model: it reads the
+    deprecated `is_gradient_checkpointing` property. It says nothing a user can act on; every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def find_lora_targets(model) -> list[str]:
@@ -173,7 +184,8 @@ def apply_adapter(model, adapter_dir, trainable: bool = False):
         raise ModelLoadError(f"adapter {adapter_dir} does not fit this model ({len(problems)} mismatch(es)):"
                              f"\n  {shown}{more}")
     try:
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+        with peft_quiet():
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except Exception as e:
         raise ModelLoadError(f"adapter {adapter_dir}: could not be applied: {e}") from e
 

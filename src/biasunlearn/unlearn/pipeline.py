@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import lora_config
+from ..adapters import lora_config, peft_quiet
 from ..data import data_dir, load_text_lines
 from ..data.splits import checked_splits, coarse_dev_types, split_record, training_pairs
 from ..errors import BiasUnlearnError, ConfigError, DataError
@@ -126,7 +126,8 @@ def last_checkpoint(out: Path, log=None) -> Path | None:
 def prepare_lora(model, cfg: UnlearnConfig):
     from peft import get_peft_model
 
-    model = get_peft_model(model, lora_config(model, cfg))
+    with peft_quiet():
+        model = get_peft_model(model, lora_config(model, cfg))
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
