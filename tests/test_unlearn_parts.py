@@ -1502,23 +1502,25 @@ def test_wrapping_and_loading_an_adapter_hide_only_peft_s_deprecation_warning(ti
     from biasunlearn.unlearn.pipeline import prepare_lora
 
     def deprecation_warnings(fn):
+        """fn's result, and the messages of the deprecation warnings it raised."""
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            fn()
-        return [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]
+            result = fn()
+        return result, [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]
 
     path = tiny_model_paths["llama"]
     bare = AutoModelForCausalLM.from_pretrained(str(path))
     cfg = make_config(output_dir=str(tmp_path))
-    if not deprecation_warnings(lambda: get_peft_model(bare, lora_config(bare, cfg))):
+    if not deprecation_warnings(lambda: get_peft_model(bare, lora_config(bare, cfg)))[1]:
         pytest.skip("this PEFT release no longer raises the warning: nothing to hide")
-    wrapped = {}
     model = AutoModelForCausalLM.from_pretrained(str(path))
-    assert deprecation_warnings(lambda: wrapped.setdefault("m", prepare_lora(model, cfg))) == []
-    wrapped["m"].save_pretrained(str(tmp_path / "adapter"))
+    wrapped, seen_wrap = deprecation_warnings(lambda: prepare_lora(model, cfg))
+    assert seen_wrap == []
+    wrapped.save_pretrained(str(tmp_path / "adapter"))
     fresh = AutoModelForCausalLM.from_pretrained(str(path))
-    assert deprecation_warnings(lambda: wrapped.setdefault("a", apply_adapter(fresh, tmp_path / "adapter"))) == []
-    assert any("lora_A" in n for n, _ in wrapped["a"].named_parameters())
+    loaded, seen_load = deprecation_warnings(lambda: apply_adapter(fresh, tmp_path / "adapter"))
+    assert seen_load == []
+    assert any("lora_A" in n for n, _ in loaded.named_parameters())
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with peft_quiet():
