@@ -11,7 +11,7 @@ stereotype more positive) and prints each group's SS in every read given, with, 
 how their examples fall into the three groups. A diagnosis of finished reads: no model is loaded, and nothing
 here chose a recipe.
 
-Needs the `vaderSentiment` package (`pip install 'biasunlearn[valence]'`; its lexicon ships in the package),
+Needs the `vaderSentiment` package (a dependency of biasunlearn; its lexicon ships in the package),
 through `biasunlearn.unlearn.valence`, which `balance_valence` uses too.
 
     python bench/valence.py --read base=base/stereoset_scores.jsonl.gz --read run=run/stereoset_scores.jsonl.gz \

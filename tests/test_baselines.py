@@ -302,6 +302,33 @@ def test_self_debias_scores_through_the_evaluation_suite(tiny_gpt2_path, fake_da
 
 
 @pytest.mark.parametrize("name", ["sft", "dpo"])
+def test_a_baseline_stops_at_stop_at_step_of_the_same_schedule(name, tmp_path, tiny_llama_path, train_data):
+    """A recipe that fixes its schedule (stop_at_step 2 of max_steps 4) stops a baseline at step 2 with the learning
+    rates of the 4-step schedule: its first two logged steps are those of the full run, step for step."""
+    from biasunlearn.baselines import DPO, SFT
+
+    kw = dict(max_steps=4, eval_every=1, swap_mode="none")
+    full = {"sft": SFT, "dpo": DPO}[name](small_config(tmp_path / "full", tiny_llama_path, train_data, **kw),
+                                          log=lambda s: None).train()
+    cut = {"sft": SFT, "dpo": DPO}[name](small_config(tmp_path / "cut", tiny_llama_path, train_data, stop_at_step=2,
+                                                      **kw), log=lambda s: None).train()
+    assert (full["steps"], cut["steps"]) == (4, 2)
+    assert cut["kept"] == "final adapter (no checkpoint choice), step 2 of a 4-step schedule (stop_at_step)"
+    assert full["kept"] == "final adapter (no checkpoint choice)"
+    assert [d["step"] for d in read_jsonl(tmp_path / "cut" / "dev_log.jsonl")] == [0, 1, 2]
+
+    def steps(run):
+        return {r["step"]: r for r in read_jsonl(run / "log.jsonl") if "learning_rate" in r}
+
+    a, b = steps(tmp_path / "full"), steps(tmp_path / "cut")
+    assert sorted(b) == [1, 2] and sorted(a) == [1, 2, 3, 4]
+    for s in (1, 2):
+        assert b[s]["learning_rate"] == pytest.approx(a[s]["learning_rate"], rel=1e-9)
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5)
+    assert a[2]["learning_rate"] > a[4]["learning_rate"]  # the schedule decays over 4 steps, not 2
+
+
+@pytest.mark.parametrize("name", ["sft", "dpo"])
 def test_a_baseline_trains_on_the_dev_slice_too_when_the_recipe_does(name, tmp_path, tiny_llama_path, train_data,
                                                                      monkeypatch):
     """With train_on_dev a baseline trains on the pairs BiasUnlearn trains on (train and dev): SFT's sentences and

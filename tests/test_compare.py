@@ -453,6 +453,22 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
         assert cli.main(["compare", "--out", str(tmp_path / "o"), "--config", "smollm2-cpu"]) == 0
     assert (seen["max_steps"], seen["learning_rate"], seen["eval_every"]) == (250, 5e-4, 50)
     assert seen["config_overrides"]["npo_reference"] == "twin" and "max_steps" not in seen["config_overrides"]
+    assert seen["config_overrides"]["stop_at_step"] == 150  # the recipe's own stop, for every method
+    # a recipe that stops early in its schedule keeps that stop; a step budget on the command line replaces both
+    y.write_text("max_steps: 250\nstop_at_step: 150\n")
+    for extra, steps, stop, said in (([], 250, 150, "every method stops at step 150 of the recipe's 250-step "
+                                                    "schedule (stop_at_step)"),
+                                     (["--max_steps", "100"], 100, 100, "stop_at_step 150 -> 100"),
+                                     (["--set", "stop_at_step=200"], 250, 200, None)):
+        seen.clear()
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            assert cli.main(["compare", "--out", str(tmp_path / "o"), "--config", str(y)] + extra) == 0
+        assert (seen["max_steps"], seen["config_overrides"]) == (steps, {"stop_at_step": stop}), extra
+        if said:
+            assert said in err.getvalue()
+        else:  # a stop given with --set is the user's: left as given, nothing said
+            assert "stop_at_step" not in err.getvalue()
     # a recipe's run folder and model are compare's to set; a fixed schedule is every method's budget
     y.write_text("output_dir: runs/one\nmodel: other-model\nmax_steps: 250\nstop_at_step: 250\n")
     seen.clear()

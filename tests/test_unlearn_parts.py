@@ -1306,6 +1306,40 @@ def test_loss_plot_of_a_short_run_shows_its_points_on_whole_steps(tmp_path, monk
     assert seen["ticks"] and all(float(t).is_integer() for t in seen["ticks"])
 
 
+def test_dev_plots_say_when_the_dev_slice_was_trained_on(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from biasunlearn import plots
+
+    def write_log(path, trained_on):
+        rows = [{"step": s, "ss": {"gender": 60.0 - s, "race": 55.0}, "ss_overall": 57.0 - s,
+                 "margin": {"gender": 0.1, "race": 0.05, "overall": 0.07}, "directions": {"gender": 1, "race": 1},
+                 **({"trained_on": True} if trained_on else {})} for s in (0, 5)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    held, trained = write_log(tmp_path / "held.jsonl", False), write_log(tmp_path / "trained.jsonl", True)
+    seen = []
+    real_finish = plots._finish
+
+    def finish(fig, ax, out_png, xlabel, ylabel, title):
+        path = real_finish(fig, ax, out_png, xlabel, ylabel, title)
+        seen.append((ax.get_title().replace("\n", " "), [t.get_text() for t in ax.get_legend().get_texts()]))
+        return path
+
+    monkeypatch.setattr(plots, "_finish", finish)
+    note = "the dev slice was trained on (train_on_dev): not held out, a collapse guard only"
+    for fn in (plots.plot_dev_ss, plots.plot_dev_margin):
+        seen.clear()
+        assert fn(held, tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+        assert fn(trained, tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+        assert note not in seen[0][0] and note in seen[1][0], (fn.__name__, seen)
+    seen.clear()
+    plots.plot_dev_ss_compare({"held": held, "trained": trained}, tmp_path / "c.png")
+    assert seen[0][1][:2] == ["held", "trained (dev trained on)"]
+
+
 def test_a_log_line_cut_short_by_a_kill_is_skipped_with_its_file_and_line_named(tmp_path, monkeypatch, capsys):
     import matplotlib
 
@@ -1443,8 +1477,6 @@ def test_balance_valence_deals_each_type_evenly_over_the_valence_of_its_pairs():
 
 def test_pair_valence_from_vader_and_the_missing_package_named(monkeypatch):
     from biasunlearn.unlearn import valence as V
-
-    pytest.importorskip("vaderSentiment")
     exs = [StereoSetExample(id=f"v{i}", task="intrasentence", bias_type=b, target="father",
                             context="The father was BLANK today.", stereotype=f"The father was {s} today.",
                             anti_stereotype=f"The father was {a} today.", unrelated="x")
@@ -1457,7 +1489,8 @@ def test_pair_valence_from_vader_and_the_missing_package_named(monkeypatch):
     assert V.group_counts(exs, groups) == {"gender": {"negative": 1, "same": 0, "positive": 1},
                                            "race": {"negative": 0, "same": 1, "positive": 1}}
     monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)  # as if not installed
-    with pytest.raises(ConfigError, match=r"balance_valence needs the vaderSentiment package \(pip install"):
+    with pytest.raises(ConfigError, match=r"balance_valence needs the vaderSentiment package, a dependency of "
+                                          r"biasunlearn that is missing here \(pip install vaderSentiment\)"):
         V.sentence_scorer()
 
 

@@ -1046,7 +1046,6 @@ def test_balance_valence_reaches_the_trainer_and_logs_the_groups(tmp_path, tiny_
     """The pool's words by VADER: lazy/busy (stereotype more negative), strong/gentle and rich/poor (more
     positive): the log counts each type's train pairs so, and every step deals a type's forget draws over the two
     groups in turn."""
-    pytest.importorskip("vaderSentiment")
     from biasunlearn.unlearn import pipeline
     from biasunlearn.unlearn.sets import UnlearnSets
 

@@ -303,6 +303,7 @@ class _Runner:
         return self._evaluate(name, d, settings, train_info)
 
     def _train(self, name, d: Path, cfg, trainer, settings) -> dict:
+        from .baselines.common import schedule_words
         from .unlearn.pipeline import last_checkpoint, train_adapter
 
         ms = d / "method_settings.json"
@@ -325,7 +326,7 @@ class _Runner:
                 self.log(f"[compare] {name}: an earlier start did not finish; the baselines keep no checkpoints, "
                          "so it trains again from step 0")
             write_json(ms, {"train": settings["train"]})
-            self.log(f"[compare] {name}: training ({cfg.max_steps} steps) into {d}")
+            self.log(f"[compare] {name}: training ({schedule_words(cfg)}) into {d}")
             with Measure() as m:
                 if trainer is not None:
                     summary = trainer.train()
@@ -340,7 +341,8 @@ class _Runner:
         summary = read_json(summary_path) if summary_path.exists() else {}
         adapter = d / "adapter"
         if trainer is not None:
-            evaluated = "final adapter"
+            evaluated = "final adapter" + (f" (step {cfg.stop_at_step}, stop_at_step)"
+                                           if 0 < cfg.stop_at_step < cfg.max_steps else "")
         elif str(summary.get("adapter", "")).startswith("step"):  # a schedule fixed beforehand (stop_at_step)
             evaluated = f"the adapter of {summary['adapter']}"
         else:

@@ -58,16 +58,22 @@ def _compare_cmd(a) -> int:
         if k in overrides:
             log(f"[compare] --config: {k} {overrides.pop(k)!r} left out (compare sets it: --out, --model)")
     budget = {k: getattr(a, k) for k in BUDGET}
+    recipe_steps = overrides.get("max_steps")
     for k in BUDGET:
         value = overrides.pop(k, None)
         if value is not None and (budget[k] is None or k in set_keys):  # --set wins over the flag
             budget[k] = value
-    if overrides.get("stop_at_step") and budget["max_steps"]:
-        # a recipe that fixes its schedule keeps its last adapter; every method trains the same budget of steps
-        if overrides["stop_at_step"] != budget["max_steps"]:
-            log(f"[compare] stop_at_step {overrides['stop_at_step']} -> {budget['max_steps']}: every method trains "
-                "max_steps steps")
-        overrides["stop_at_step"] = budget["max_steps"]
+    stop = overrides.get("stop_at_step")
+    if stop and budget["max_steps"] and "stop_at_step" not in set_keys:
+        # a recipe that fixes its schedule keeps its last adapter, and every method (the baselines too) stops at the
+        # same step of the same schedule; a step budget given on the command line replaces the recipe's schedule
+        if budget["max_steps"] != recipe_steps or stop > budget["max_steps"]:
+            if stop != budget["max_steps"]:
+                log(f"[compare] stop_at_step {stop} -> {budget['max_steps']}: every method trains max_steps steps")
+            overrides["stop_at_step"] = budget["max_steps"]
+        elif stop < budget["max_steps"]:
+            log(f"[compare] every method stops at step {stop} of the recipe's {budget['max_steps']}-step schedule "
+                "(stop_at_step)")
     check_eval_budget(a)
     if seeds:
         from .compare_seeds import run_compare_seeds

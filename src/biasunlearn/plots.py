@@ -61,6 +61,14 @@ def plot_losses(log_path, out_png, title="BiasUnlearn losses") -> Path | None:
     return _finish(fig, ax, out_png, "step", "loss", title)
 
 
+TRAINED_ON_NOTE = "the dev slice was trained on (train_on_dev): not held out, a collapse guard only"
+
+
+def _trained_on(rows) -> bool:
+    """Whether a dev log's checks read data the run trained on (train_on_dev marks its rows trained_on)."""
+    return any(r.get("trained_on") for r in rows)
+
+
 def plot_dev_ss(dev_log, out_png, swaps=None, title="Dev SS per bias type") -> Path | None:
     """dev_log: a dev_log.jsonl path, or its rows already read (e.g. the pooled rows of a cross-validation)."""
     import matplotlib
@@ -82,6 +90,8 @@ def plot_dev_ss(dev_log, out_png, swaps=None, title="Dev SS per bias type") -> P
                             [r["ss"][b] + r["ss_se"][b] for r in band], color=line.get_color(), alpha=0.12, lw=0)
     if any("ss_se" in r for r in rows):
         title += " (bands: ± bootstrap standard error over terms and examples)"
+    if _trained_on(rows):
+        title += f"; {TRAINED_ON_NOTE}"
     ax.axhline(50, color="black", lw=1, ls="--", label="50 (fair)")
     for i, ev in enumerate(swaps or []):
         ax.axvline(ev["step"], color="red", alpha=0.4, lw=1, label="swap" if i == 0 else None)
@@ -116,6 +126,8 @@ def plot_dev_margin(dev_log_path, out_png, swaps=None, title="Dev margin per bia
         ax.axvline(ev["step"], color="red", alpha=0.4, lw=1, label="swap" if i == 0 else None)
     if any(0 in r.get("directions", {}).values() for r in rows):
         ax.plot([], [], ls="none", marker="o", mfc="none", color="grey", label="type trained next (focus_worst)")
+    if _trained_on(rows):
+        title += f"; {TRAINED_ON_NOTE}"
     return _finish(fig, ax, out_png, "step", "dev margin, nats per token", title)
 
 
@@ -129,8 +141,10 @@ def plot_dev_ss_compare(runs: dict, out_png, title="Dev SS (overall) against tra
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = {label: [(r["step"], r["ss_overall"]) for r in _read_jsonl(p) if r.get("ss_overall") is not None]
-              for label, p in runs.items()}
+    logs = {label: _read_jsonl(p) for label, p in runs.items()}
+    series = {label + (" (dev trained on)" if _trained_on(rows) else ""):
+              [(r["step"], r["ss_overall"]) for r in rows if r.get("ss_overall") is not None]
+              for label, rows in logs.items()}
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None

@@ -43,6 +43,13 @@ def peak_memory_mb() -> float:
 
 
 
+def schedule_words(cfg) -> str:
+    """'250 steps', or '150 steps of a 250-step schedule' when stop_at_step cuts the schedule short."""
+    if 0 < cfg.stop_at_step < cfg.max_steps:
+        return f"{cfg.stop_at_step} steps of a {cfg.max_steps}-step schedule"
+    return f"{cfg.max_steps} steps"
+
+
 def training_arguments(cfg, batch_size: int, cls=TrainingArguments, **extra):
     """TrainingArguments (or a subclass such as trl.DPOConfig) with BiasUnlearn's step budget and learning-rate
     policy copied from `cfg`. Checkpoints are not written: a baseline run is short and restarts from scratch."""
@@ -64,12 +71,14 @@ class DevSSCallback(TrainerCallback):
     """Every `eval_every` steps (and at step 0 and at the last step): dev StereoSet SS per bias type and LMS through
     the one scoring path, appended to dev_log.jsonl in BiasUnlearn's format. It only records: a baseline has no
     swapping, early stopping or checkpoint choice. With trained_on (train_on_dev) each entry says that it reads
-    trained data."""
+    trained data. With stop_at_step (a schedule fixed beforehand, as BiasUnlearn's recipes fix it) training stops at
+    that step of the max_steps schedule, as BiasUnlearn's does, so every method of a comparison trains the same
+    steps at the same learning rates."""
 
     def __init__(self, tokenizer, dev_examples, out_dir, eval_every: int, bf16: bool = False, log=_log,
-                 trained_on: bool = False):
+                 trained_on: bool = False, stop_at_step: int = 0):
         self.tok, self.dev, self.out = tokenizer, dev_examples, Path(out_dir)
-        self.trained_on = trained_on
+        self.trained_on, self.stop_at_step = trained_on, int(stop_at_step or 0)
         self.eval_every, self.bf16, self.log = max(int(eval_every), 1), bf16, log
         self.t0 = time.time()
         self.done: set[int] = set()
@@ -99,6 +108,9 @@ class DevSSCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step % self.eval_every == 0 and state.is_world_process_zero:
             self.check(model, state.global_step)
+        if self.stop_at_step and state.global_step >= self.stop_at_step:
+            self.log(f"[train] step {state.global_step}: stop_at_step reached; the adapter is this step's")
+            control.should_training_stop = True
         return control
 
     def on_train_end(self, args, state, control, model=None, **kw):
@@ -184,7 +196,7 @@ class LoraFineTune:
     def dev_callback(self, tok, splits) -> DevSSCallback:
         """The dev log of a run (records only; with train_on_dev its entries say they read trained data)."""
         return DevSSCallback(tok, splits.dev, self.out, self.cfg.eval_every, bf16=bool(self.cfg.bf16), log=self.log,
-                             trained_on=self.cfg.train_on_dev)
+                             trained_on=self.cfg.train_on_dev, stop_at_step=self.cfg.stop_at_step)
 
     def _finish(self, trainer, model, info, splits, dev_cb, wall: float) -> dict:
         from .. import plots
@@ -198,7 +210,10 @@ class LoraFineTune:
         summary = {"method": self.name, "train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
                    "batch_size": self.batch_size, "dev_checks": len(dev_cb.history),
                    "last_dev": dev_cb.history[-1] if dev_cb.history else None, "peak_memory_mb": peak_memory_mb(),
-                   "splits_checksum": splits.to_dict()["checksum"], "kept": "final adapter (no checkpoint choice)"}
+                   "splits_checksum": splits.to_dict()["checksum"],
+                   "kept": "final adapter (no checkpoint choice)" + (
+                       f", step {self.cfg.stop_at_step} of a {self.cfg.max_steps}-step schedule (stop_at_step)"
+                       if 0 < self.cfg.stop_at_step < self.cfg.max_steps else "")}
         write_json(self.out / "train_summary.json", summary)  # before the plot: a plot that fails loses no run
         plots.draw_or_warn(plots.plot_dev_ss, self.out / "dev_log.jsonl", self.out / "dev_ss.png", log=self.log,
                            tag=self.name, title=f"{self.name}: dev SS per bias type")
@@ -226,7 +241,7 @@ class LoraFineTune:
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
         route_logs_to_stderr(trainer)
-        self.log(f"[{self.name}] {len(seqs)} training sentences, {self.cfg.max_steps} steps of {self.batch_size}")
+        self.log(f"[{self.name}] {len(seqs)} training sentences, {schedule_words(self.cfg)} of {self.batch_size}")
         t0 = time.time()
         trainer.train()
         summary = self._finish(trainer, model, info, splits, dev_cb, time.time() - t0)

@@ -22,7 +22,7 @@ from ..models import start_token_id
 from ..scoring import tokenize_parts
 from ..io import write_json
 from ..adapters import lora_config
-from .common import LoraFineTune, _log, training_arguments
+from .common import LoraFineTune, _log, schedule_words, training_arguments
 
 
 def preference_pairs(train) -> list[dict]:
@@ -99,7 +99,7 @@ class DPO(LoraFineTune):
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
         route_logs_to_stderr(trainer)
-        self.log(f"[dpo] {len(rows)} preference pairs, {self.cfg.max_steps} steps of {self.batch_size} pairs")
+        self.log(f"[dpo] {len(rows)} preference pairs, {schedule_words(self.cfg)} of {self.batch_size} pairs")
         t0 = time.time()
         trainer.train()
         summary = self._finish(trainer, trainer.model, info, splits, dev_cb, time.time() - t0)

@@ -5,8 +5,9 @@ Session 36 found (`bench/valence.py`, BENCHMARKS.md) that every adapter trained 
 more negative than their anti-stereotypes far past level, and left the more positive ones where they were: what they
 learned is in part "less negative after a group". `balance_valence` deals each type's training batches evenly over
 the three groups, so the flattering stereotypes (a mother is caring) are unlearned as often as the unflattering
-ones. Valence is VADER's compound score (the `vaderSentiment` package, an optional dependency: `pip install
-biasunlearn[valence]`) of each whole sentence; the two sentences of a pair differ only in the filled-in word.
+ones. Valence is VADER's compound score of each whole sentence (the `vaderSentiment` package, a dependency of
+biasunlearn since the SmolLM2 recipe sets balance_valence); the two sentences of a pair differ only in the filled-in
+word.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def sentence_scorer():
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError as e:
-        raise ConfigError("balance_valence needs the vaderSentiment package (pip install vaderSentiment, or "
-                          "pip install 'biasunlearn[valence]')") from e
+        raise ConfigError("balance_valence needs the vaderSentiment package, a dependency of biasunlearn that "
+                          "is missing here (pip install vaderSentiment)") from e
     analyzer = SentimentIntensityAnalyzer()
     cache: dict[str, float] = {}
 
