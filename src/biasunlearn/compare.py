@@ -303,7 +303,7 @@ class _Runner:
         return self._evaluate(name, d, settings, train_info)
 
     def _train(self, name, d: Path, cfg, trainer, settings) -> dict:
-        from .baselines.common import schedule_words
+        from .baselines.common import schedule_words, stops_early
         from .unlearn.pipeline import last_checkpoint, train_adapter
 
         ms = d / "method_settings.json"
@@ -342,7 +342,7 @@ class _Runner:
         adapter = d / "adapter"
         if trainer is not None:
             evaluated = "final adapter" + (f" (step {cfg.stop_at_step}, stop_at_step)"
-                                           if 0 < cfg.stop_at_step < cfg.max_steps else "")
+                                           if stops_early(cfg) else "")
         elif str(summary.get("adapter", "")).startswith("step"):  # a schedule fixed beforehand (stop_at_step)
             evaluated = f"the adapter of {summary['adapter']}"
         else:

@@ -43,9 +43,14 @@ def peak_memory_mb() -> float:
 
 
 
+def stops_early(cfg) -> bool:
+    """Whether stop_at_step ends training before the end of its max_steps schedule."""
+    return 0 < cfg.stop_at_step < cfg.max_steps
+
+
 def schedule_words(cfg) -> str:
     """'250 steps', or '150 steps of a 250-step schedule' when stop_at_step cuts the schedule short."""
-    if 0 < cfg.stop_at_step < cfg.max_steps:
+    if stops_early(cfg):
         return f"{cfg.stop_at_step} steps of a {cfg.max_steps}-step schedule"
     return f"{cfg.max_steps} steps"
 
@@ -213,7 +218,7 @@ class LoraFineTune:
                    "splits_checksum": splits.to_dict()["checksum"],
                    "kept": "final adapter (no checkpoint choice)" + (
                        f", step {self.cfg.stop_at_step} of a {self.cfg.max_steps}-step schedule (stop_at_step)"
-                       if 0 < self.cfg.stop_at_step < self.cfg.max_steps else "")}
+                       if stops_early(self.cfg) else "")}
         write_json(self.out / "train_summary.json", summary)  # before the plot: a plot that fails loses no run
         plots.draw_or_warn(plots.plot_dev_ss, self.out / "dev_log.jsonl", self.out / "dev_ss.png", log=self.log,
                            tag=self.name, title=f"{self.name}: dev SS per bias type")
