@@ -11,8 +11,9 @@ forget examples not yet in the reference cache), NPO, CE and full-vocabulary KL,
 Both ways use the same batch layout: with `both` (the default) the chunk is timed packed (pack_sequences, no
 padding) and padded, four timings interleaved per step, so the report also gives what packing saves.
 
---config takes a recipe's chunk settings (batch sizes, pairing, balancing, span, reductions) from a training YAML,
-so the figure is for the chunk that recipe really trains on.
+--config takes a recipe's settings from a training YAML, and the pairs and batches are built from them by the code
+`train` uses (pipeline.training_data, BiasUnlearnTrainer.draw_chunk): the figure is for the chunk that recipe
+really trains on, its dev pairs with train_on_dev and its valence dealing with balance_valence included.
 """
 from __future__ import annotations
 
@@ -44,13 +45,11 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    from biasunlearn.data.splits import make_splits
     from biasunlearn.models import load_model
     from biasunlearn.train_cli import parse_train_config
     from biasunlearn.unlearn.controller import SwapController
     from biasunlearn.unlearn.losses import retention_loss
-    from biasunlearn.unlearn.pipeline import prepare_lora, unrelated_texts
-    from biasunlearn.unlearn.sets import UnlearnSets
+    from biasunlearn.unlearn.pipeline import prepare_lora, training_data
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
 
     # the recipe's settings read as `biasunlearn train --config` reads them; these flags win over it
@@ -60,10 +59,9 @@ def main():
     model, tok, info = load_model(a.model, device="cpu")
     model.train()
     model = prepare_lora(model, cfg)
-    splits = make_splits(cfg.data_dir, seed=cfg.seed)
-    unrelated = unrelated_texts(cfg, model, tok, Path(a.texts_dir), info.resolved)  # the KL text `train` uses
-    sets = UnlearnSets(splits.train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
-                       seed=cfg.seed)
+    # the pairs and sets `train` builds from this config (train_on_dev, balance_valence, counterfactuals, ...) and
+    # the KL text it uses
+    sets = training_data(cfg, model, tok, Path(a.texts_dir), info.resolved, log=print).sets
     ctl = SwapController(sets.bias_types)
     tr = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=ctl, tokenizer=tok)
     opt_params = [p for p in model.parameters() if p.requires_grad]
@@ -73,9 +71,7 @@ def main():
     layouts = ["packed", "padded"] if a.layout == "both" else [a.layout]
 
     def bare(step, packed):
-        ch = sets.chunk(step, ctl.directions, cfg.forget_batch_size, cfg.retain_batch_size, cfg.unrelated_batch_size,
-                        balance_types=cfg.balance_types, pair_retain=cfg.pair_retain,
-                        type_weights=cfg.type_weight_map())
+        ch = tr.draw_chunk(step)  # the items the BiasUnlearn step of the same index draws
         items = ch["forget"] + ch["retain"] + ch["unrelated"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             sb = tr._forward(model, items, dev, packed)
@@ -110,6 +106,8 @@ def main():
                      "unrelated": cfg.unrelated_batch_size, "pair_retain": cfg.pair_retain,
                      "retain_reduction": cfg.retain_reduction, "score_span": cfg.score_span,
                      "unrelated_source": cfg.unrelated_source, "kl_reduction": cfg.kl_reduction,
+                     "balance_types": cfg.balance_types, "balance_terms": cfg.balance_terms,
+                     "balance_valence": cfg.balance_valence, "train_on_dev": cfg.train_on_dev,
                      **({"generated_tokens": cfg.generated_tokens} if cfg.unrelated_source == "generated" else {})},
            "median_s": med, "all_s": times, "ratio": ratios,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

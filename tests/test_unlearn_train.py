@@ -1122,3 +1122,68 @@ def test_train_on_dev_trains_every_pool_pair_and_keeps_no_dev_choice(tmp_path, t
         _cfg(tmp_path / "bad", tiny_llama_path, train_data, train_on_dev=True, swap_mode="none")
     with pytest.raises(ConfigError, match=r"train_on_dev=true with stop_at_step=4, swap_mode='swap'"):
         _cfg(tmp_path / "bad", tiny_llama_path, train_data, train_on_dev=True, stop_at_step=4)
+
+
+def test_training_data_and_draw_chunk_are_what_train_and_the_step_bench_use(tmp_path, tiny_llama_path, train_data,
+                                                                             monkeypatch):
+    """pipeline.training_data builds the pairs and sets `train` trains on, with the config's options applied (here the
+    dev pairs trained too, one pair left out by pattern, batches dealt over valence), and the trainer's draw_chunk
+    deals a step's chunk with every one of those options; bench/bench_step.py builds its chunks through both, so the
+    step cost it reports is for the recipe's real batches (its JSON says which options were on)."""
+    import sys
+
+    from biasunlearn.models import load_model
+    from biasunlearn.unlearn.controller import SwapController
+    from biasunlearn.unlearn.pipeline import prepare_lora, training_data
+    from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
+
+    opts = dict(train_on_dev=True, swap_mode="none", stop_at_step=4, early_stop_tolerance=-1.0, balance_types=True,
+                balance_valence=True, train_exclude_pattern="Korean was lazy")
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, **opts)
+    model, tok, info = load_model(str(tiny_llama_path))
+    model = prepare_lora(model, cfg)
+    logs = []
+    data = training_data(cfg, model, tok, tmp_path / "texts", info.resolved, log=logs.append)
+    pool = {e["id"]: e for e in _pool()}
+    # every pool pair (train split and dev slice) trains, but the one the pattern names
+    assert [e.id for e in data.excluded] == [i for i, e in pool.items() if e["target"] == "Korean"
+                                             and "lazy" in e["data"]["stereotype"]["sentence"]]
+    assert sorted(e.id for e in data.train) == sorted(set(pool) - {data.excluded[0].id})
+    assert {e.id for e in data.splits.dev} <= {e.id for e in data.train}
+    # VADER's groups: lazy/busy more negative, strong/gentle and rich/poor more positive
+    assert data.sets.valence == {e.id: "negative" if "lazy" in e.stereotype else "positive" for e in data.train}
+    assert any(m.startswith("[train] balance_valence:") for m in logs)
+    assert any(m.startswith("[train] train_exclude_pattern: 1 of 18 train pairs left out") for m in logs)
+    tr = BiasUnlearnTrainer(model=model, args=cfg, sets=data.sets, controller=SwapController(data.sets.bias_types),
+                            tokenizer=tok)
+    dirs = {b: 1 for b in data.sets.bias_types}
+    valence_draws = [data.sets.chunk(i, dirs, 2, 4, 3, balance_types=True, balance_valence=True) for i in range(6)]
+    plain_draws = [data.sets.chunk(i, dirs, 2, 4, 3, balance_types=True) for i in range(6)]
+    drawn = [tr.draw_chunk(i) for i in range(6)]
+    assert drawn == valence_draws and drawn != plain_draws
+
+    # the step bench on the same settings: its chunks come from the same two functions
+    bench = load_bench("bench_step")
+    (tmp_path / "r.yaml").write_text("\n".join(
+        [f"data_dir: {train_data}", "train_pool: pool.json", "dev_fraction: 0.3", "min_dev_per_type: 1",
+         "forget_batch_size: 2", "retain_batch_size: 4", "unrelated_batch_size: 3", "seed: 0", "max_steps: 4",
+         "eval_every: 2"] + [f"{k}: {v}" for k, v in opts.items()]) + "\n")
+    seen = []
+    orig = BiasUnlearnTrainer.draw_chunk
+
+    def spy(self, index):
+        seen.append(index)
+        return orig(self, index)
+
+    monkeypatch.setattr(BiasUnlearnTrainer, "draw_chunk", spy)
+    out = tmp_path / "step.json"
+    monkeypatch.setattr(sys, "argv", ["bench_step.py", "--model", str(tiny_llama_path), "--config",
+                                      str(tmp_path / "r.yaml"), "--steps", "2", "--warmup", "0", "--layout",
+                                      "packed", "--texts-dir", str(tmp_path / "texts"), "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text())
+    assert res["chunk"]["train_on_dev"] is True and res["chunk"]["balance_valence"] is True
+    assert [len(res["all_s"][k]) for k in ("bare_packed", "biasunlearn_packed")] == [2, 2]
+    assert res["ratio"]["packed"] == pytest.approx(res["median_s"]["biasunlearn_packed"]
+                                                   / res["median_s"]["bare_packed"])
+    assert seen == [0, 0, 1, 1]  # bare and BiasUnlearn draw the same chunk at each step

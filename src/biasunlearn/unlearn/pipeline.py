@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -282,24 +283,22 @@ def learning_rate_note(n_params: int, learning_rate: float) -> str:
     return ""
 
 
-def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
-    # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
-    # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
-    device = "cpu" if cfg.use_cpu or cfg.engine_places_model() else cfg.device
-    sizes = cfg.step_batch_sizes()  # sizes that cannot be shared out are refused before the model loads
-    if cfg.global_batch and sizes[0] != cfg.forget_batch_size:
-        log(f"[train] global_batch: each of {cfg.world_size} process(es) draws {sizes[0]} forget + {sizes[1]} retain "
-            f"+ {sizes[2] + sizes[3]} KL sentences per micro-batch, {cfg.forget_batch_size} + "
-            f"{cfg.retain_batch_size} + {cfg.unrelated_batch_size + cfg.neutral_anchor_batch_size} per optimizer step")
-    model, tok, info = load_model(cfg.model, dtype=cfg.load_dtype(), device=device)
-    model.train()
-    note = learning_rate_note(info.n_params, cfg.learning_rate)
-    if note:
-        log(f"[train] {note}")
-    from transformers import set_seed
+@dataclass
+class TrainingData:
+    """What a run trains on, built from its config as `train` builds it (the bench measures the same batches)."""
+    splits: object
+    test: list
+    overlap: object
+    train: list
+    excluded: list
+    sets: UnlearnSets
 
-    set_seed(cfg.seed)  # the LoRA initialisation draws from the RNG: same seed, same adapter start
-    model = prepare_lora(model, cfg)
+
+def training_data(cfg: UnlearnConfig, model, tok, texts_dir: Path, model_id: str, write: bool = True,
+                  log=_log) -> TrainingData:
+    """The splits, the train pairs (dev too with train_on_dev, less train_exclude_pattern) and the sets the steps draw
+    from, with every option of the config applied and logged; the KL texts come from (or, sampled, go to)
+    `texts_dir`. ConfigError for settings that leave nothing to train on."""
     splits, test, overlap = checked_splits(cfg)
     coarse = coarse_dev_types(splits.dev)
     if coarse and not cfg.train_on_dev and "ss" in (cfg.swap_signal if cfg.swap_mode != "none" else "",
@@ -321,7 +320,7 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
             + (", ".join(f"{b} {n}" for b, n in sorted(by_type.items())) or "none matched")
             + ("); the test set is as before" if cfg.train_on_dev
                else "); the dev slice and the test set are as before"))
-    unrelated = unrelated_texts(cfg, model, tok, out, info.resolved, write=cfg.process_index == 0, log=log)
+    unrelated = unrelated_texts(cfg, model, tok, texts_dir, model_id, write=write, log=log)
     if cfg.unrelated_drop_terms:
         pool = unrelated if unrelated is not None else [e.unrelated for e in train]
         unrelated, dropped = drop_term_texts(pool, {e.target for e in train})
@@ -363,6 +362,29 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     if unknown:
         raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "
                           f"({', '.join(sets.bias_types)})")
+    return TrainingData(splits, test, overlap, train, excluded, sets)
+
+
+def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
+    # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
+    # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
+    device = "cpu" if cfg.use_cpu or cfg.engine_places_model() else cfg.device
+    sizes = cfg.step_batch_sizes()  # sizes that cannot be shared out are refused before the model loads
+    if cfg.global_batch and sizes[0] != cfg.forget_batch_size:
+        log(f"[train] global_batch: each of {cfg.world_size} process(es) draws {sizes[0]} forget + {sizes[1]} retain "
+            f"+ {sizes[2] + sizes[3]} KL sentences per micro-batch, {cfg.forget_batch_size} + "
+            f"{cfg.retain_batch_size} + {cfg.unrelated_batch_size + cfg.neutral_anchor_batch_size} per optimizer step")
+    model, tok, info = load_model(cfg.model, dtype=cfg.load_dtype(), device=device)
+    model.train()
+    note = learning_rate_note(info.n_params, cfg.learning_rate)
+    if note:
+        log(f"[train] {note}")
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # the LoRA initialisation draws from the RNG: same seed, same adapter start
+    model = prepare_lora(model, cfg)
+    data = training_data(cfg, model, tok, out, info.resolved, write=cfg.process_index == 0, log=log)
+    splits, test, overlap, excluded, sets = data.splits, data.test, data.overlap, data.excluded, data.sets
     if cfg.process_index == 0:
         write_json(out / "splits.json", {**split_record(splits, cfg, test, overlap),
                                          "excluded_train_ids": [e.id for e in excluded]})

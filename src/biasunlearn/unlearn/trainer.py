@@ -273,6 +273,15 @@ class BiasUnlearnTrainer(Trainer):
                         "model (tolerance %g); training with padded batches instead", diff, tol)
         return self._packed
 
+    def draw_chunk(self, index: int) -> dict:
+        """This process's share of chunk `index` (forget, retain and KL items), drawn as the config says: the
+        swap directions of now, the batch sizes, and every way of dealing a batch (types, terms, valence)."""
+        a = self.args
+        return self.sets.chunk(index, self.controller.directions, *self._sizes[:3], rank=a.process_index,
+                               world=a.world_size, balance_types=a.balance_types, pair_retain=a.pair_retain,
+                               type_weights=self._type_weights, balance_terms=a.balance_terms,
+                               neutral_bs=self._sizes[3], balance_valence=a.balance_valence)
+
     # --- loss ---
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a = self.args
@@ -282,11 +291,7 @@ class BiasUnlearnTrainer(Trainer):
             self._micro = (step, self._micro[1] + 1 if self._micro[0] == step else 0)
         micro = self._micro[1] if self._micro[0] == step else 0
         ga = max(a.gradient_accumulation_steps, 1)
-        chunk = self.sets.chunk(step * ga + micro % ga,
-                                self.controller.directions, *self._sizes[:3], rank=a.process_index,
-                                world=a.world_size, balance_types=a.balance_types, pair_retain=a.pair_retain,
-                                type_weights=self._type_weights, balance_terms=a.balance_terms,
-                                neutral_bs=self._sizes[3], balance_valence=a.balance_valence)
+        chunk = self.draw_chunk(step * ga + micro % ga)
         device = inputs["step_index"].device
         # A switched-off term (alpha 0, an ablation) is still computed and logged, so its curve can be compared,
         # but it adds nothing to the loss.
