@@ -17,7 +17,7 @@ import torch
 
 from ..adapters import lora_config, peft_quiet
 from ..data import data_dir, load_text_lines
-from ..data.splits import checked_splits, coarse_dev_types, split_record, training_pairs
+from ..data.splits import Splits, checked_splits, coarse_dev_types, split_record, training_pairs
 from ..errors import BiasUnlearnError, ConfigError, DataError
 from ..evaluate import (STEREOSET_SCORES, EvalConfig, check_data, evaluate_model, package_versions,
                         read_stereoset_predictions)
@@ -286,9 +286,9 @@ def learning_rate_note(n_params: int, learning_rate: float) -> str:
 @dataclass
 class TrainingData:
     """What a run trains on, built from its config as `train` builds it (the bench measures the same batches)."""
-    splits: object
+    splits: Splits
     test: list
-    overlap: object
+    overlap: dict  # checked_splits' overlap report (none shared, or it refuses)
     train: list
     excluded: list
     sets: UnlearnSets
