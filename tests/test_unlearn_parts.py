@@ -1471,6 +1471,28 @@ def test_balance_valence_deals_each_type_evenly_over_the_valence_of_its_pairs():
     assert sorted(race) == [f"e{20 + i}:stereotype" for i in range(4)]
     with pytest.raises(ConfigError, match="balance_valence=true needs balance_types=true and balance_terms=false"):
         make_config(balance_valence=True)
+    # valence_weights: positive=2 makes gender's cycle negative, positive, positive, so of 6 gender draws 2 are
+    # negative and 4 positive, in that order; each group's draws read its own pool cyclically (e6, e7 alternate);
+    # all-ones weights are the even deal; race (one group) is dealt as before
+    weighted = [i for step in range(3)
+                for i in s.chunk(step, dirs, 4, 4, 1, balance_types=True, balance_valence=True,
+                                 valence_weights={"positive": 2})["forget"] if i.bias_type == "gender"]
+    assert [valence[i.key.split(":")[0]] for i in weighted] == ["negative", "positive", "positive"] * 2
+    pos = [i.key.split(":")[0] for i in weighted if valence[i.key.split(":")[0]] == "positive"]
+    assert sorted(pos) == ["e6", "e6", "e7", "e7"] and pos[0] != pos[1]
+    for step in range(3):
+        ones = s.chunk(step, dirs, 4, 4, 1, balance_types=True, balance_valence=True,
+                       valence_weights={"negative": 1, "positive": 1, "same": 1})
+        assert ones == s.chunk(step, dirs, 4, 4, 1, balance_types=True, balance_valence=True)
+    assert make_config(balance_types=True, balance_valence=True,
+                       valence_weights="positive=2, same=3").valence_weight_map() == {"positive": 2, "same": 3}
+    for bad, msg in (("positive=0", "expected comma-separated GROUP=N"),
+                     ("flattering=2", "flattering is not a valence group"),
+                     ("positive=1,positive=2", r"expected .*, each group once \(bad part: 'positive=2'\)")):
+        with pytest.raises(ConfigError, match=f"valence_weights='{bad}': {msg}"):
+            make_config(balance_types=True, balance_valence=True, valence_weights=bad)
+    with pytest.raises(ConfigError, match="valence_weights='positive=2' needs balance_valence=true"):
+        make_config(balance_types=True, valence_weights="positive=2")
     with pytest.raises(ConfigError, match="balance_valence=true needs"):
         make_config(balance_valence=True, balance_types=True, balance_terms=True)
 

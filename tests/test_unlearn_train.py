@@ -1138,7 +1138,7 @@ def test_training_data_and_draw_chunk_are_what_train_and_the_step_bench_use(tmp_
     from biasunlearn.unlearn.trainer import BiasUnlearnTrainer
 
     opts = dict(train_on_dev=True, swap_mode="none", stop_at_step=4, early_stop_tolerance=-1.0, balance_types=True,
-                balance_valence=True, train_exclude_pattern="Korean was lazy")
+                balance_valence=True, valence_weights="positive=2", train_exclude_pattern="Korean was lazy")
     cfg = _cfg(tmp_path, tiny_llama_path, train_data, **opts)
     model, tok, info = load_model(str(tiny_llama_path))
     model = prepare_lora(model, cfg)
@@ -1157,10 +1157,13 @@ def test_training_data_and_draw_chunk_are_what_train_and_the_step_bench_use(tmp_
     tr = BiasUnlearnTrainer(model=model, args=cfg, sets=data.sets, controller=SwapController(data.sets.bias_types),
                             tokenizer=tok)
     dirs = {b: 1 for b in data.sets.bias_types}
-    valence_draws = [data.sets.chunk(i, dirs, 2, 4, 3, balance_types=True, balance_valence=True) for i in range(6)]
+    valence_draws = [data.sets.chunk(i, dirs, 2, 4, 3, balance_types=True, balance_valence=True,
+                                     valence_weights={"positive": 2}) for i in range(6)]
+    even_draws = [data.sets.chunk(i, dirs, 2, 4, 3, balance_types=True, balance_valence=True) for i in range(6)]
     plain_draws = [data.sets.chunk(i, dirs, 2, 4, 3, balance_types=True) for i in range(6)]
     drawn = [tr.draw_chunk(i) for i in range(6)]
-    assert drawn == valence_draws and drawn != plain_draws
+    assert drawn == valence_draws and drawn != even_draws and drawn != plain_draws
+    assert any(m.startswith("[train] balance_valence:") and m.endswith("; slots per group: positive=2") for m in logs)
 
     # the step bench on the same settings: its chunks come from the same two functions
     bench = load_bench("bench_step")
@@ -1183,6 +1186,7 @@ def test_training_data_and_draw_chunk_are_what_train_and_the_step_bench_use(tmp_
     bench.main()
     res = json.loads(out.read_text())
     assert res["chunk"]["train_on_dev"] is True and res["chunk"]["balance_valence"] is True
+    assert res["chunk"]["valence_weights"] == "positive=2"
     assert [len(res["all_s"][k]) for k in ("bare_packed", "biasunlearn_packed")] == [2, 2]
     assert res["ratio"]["packed"] == pytest.approx(res["median_s"]["biasunlearn_packed"]
                                                    / res["median_s"]["bare_packed"])

@@ -119,6 +119,11 @@ class UnlearnConfig(TrainingArguments):
                                            "named. 0 = off.")
     type_weights: str = _f("", "With balance_types: round-robin slots per bias type, e.g. 'gender=2,race=2,"
                                "profession=2' (a type not named gets 1; whole numbers of 1 or more). '' = one each.")
+    valence_weights: str = _f("", "With balance_valence: round-robin slots per valence group within each bias "
+                                  "type's share of a batch, e.g. 'positive=2' deals the pairs whose stereotype is "
+                                  "the more flattering sentence twice as often as each other group (groups: "
+                                  "negative, same, positive; a group not named gets 1; whole numbers of 1 or "
+                                  "more). '' = one each.")
     pair_retain: bool = _f(False, "Put the twin of each forget sentence (its anti-stereotype, or its stereotype when "
                                   "the type is swapped) into the same step's retain batch, so the pair is pushed "
                                   "apart in one update; the rest of the retain batch is drawn as usual.")
@@ -225,6 +230,7 @@ class UnlearnConfig(TrainingArguments):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         self.type_weight_map()  # raises on a malformed type_weights
+        self.valence_weight_map()  # and on a malformed valence_weights
         if self.train_exclude_pattern:
             try:
                 re.compile(self.train_exclude_pattern)
@@ -324,19 +330,40 @@ class UnlearnConfig(TrainingArguments):
                               f"must divide by {world * ga} (or leave global_batch off: sizes per process)")
         return tuple(v // (world * ga) for v in sizes)
 
+    def _slot_weights(self, name: str, what: str) -> dict[str, int]:
+        """A NAME=N,... setting parsed: {name: slots}. Raises ConfigError naming the setting when it is malformed."""
+        text = getattr(self, name)
+        out: dict[str, int] = {}
+        for part in [p.strip() for p in text.split(",") if p.strip()]:
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or not key or not value.strip().isdigit() or int(value) < 1 or key in out:
+                raise ConfigError(f"{name}={text!r}: expected comma-separated {what}=N with N a whole number of 1 "
+                                  f"or more, each {what.lower()} once (bad part: {part!r})")
+            out[key] = int(value)
+        return out
+
     def type_weight_map(self) -> dict[str, int]:
         """type_weights parsed: {bias type: slots}. Raises ConfigError naming the setting when it is malformed."""
-        out: dict[str, int] = {}
-        for part in [p.strip() for p in self.type_weights.split(",") if p.strip()]:
-            name, sep, value = part.partition("=")
-            name = name.strip()
-            if not sep or not name or not value.strip().isdigit() or int(value) < 1 or name in out:
-                raise ConfigError(f"type_weights={self.type_weights!r}: expected comma-separated TYPE=N with N a "
-                                  f"whole number of 1 or more, each type once (bad part: {part!r})")
-            out[name] = int(value)
+        out = self._slot_weights("type_weights", "TYPE")
         if out and not self.balance_types:
             raise ConfigError(f"type_weights={self.type_weights!r} needs balance_types=true (it weights the "
                               "round-robin over the bias types)")
+        return out
+
+    def valence_weight_map(self) -> dict[str, int]:
+        """valence_weights parsed: {valence group: slots}. Raises ConfigError naming the setting when it is
+        malformed, names a group that does not exist, or is set without balance_valence."""
+        from .valence import GROUPS
+
+        out = self._slot_weights("valence_weights", "GROUP")
+        unknown = sorted(set(out) - set(GROUPS))
+        if unknown:
+            raise ConfigError(f"valence_weights={self.valence_weights!r}: {', '.join(unknown)} is not a valence "
+                              f"group (the groups: {', '.join(GROUPS)})")
+        if out and not self.balance_valence:
+            raise ConfigError(f"valence_weights={self.valence_weights!r} needs balance_valence=true (it weights the "
+                              "round-robin over the valence groups of each type's pairs)")
         return out
 
     def method_dict(self) -> dict:

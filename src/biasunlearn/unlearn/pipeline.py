@@ -337,7 +337,8 @@ def training_data(cfg: UnlearnConfig, model, tok, texts_dir: Path, model_id: str
         valence = pair_valence(train)
         log("[train] balance_valence: train pairs by valence (stereotype more negative / about the same / more "
             "positive): " + "; ".join(f"{b} {'/'.join(str(n) for n in c.values())}"
-                                      for b, c in group_counts(train, valence).items()))
+                                      for b, c in group_counts(train, valence).items())
+            + (f"; slots per group: {cfg.valence_weights}" if cfg.valence_weights else ""))
     sets = UnlearnSets(train, unrelated, adversarial_share=cfg.adversarial_share, score_span=cfg.score_span,
                        seed=cfg.seed, gender_counterfactual=cfg.gender_counterfactual, blocked_terms=held_out,
                        neutral_anchor=cfg.neutral_anchor_batch_size > 0,

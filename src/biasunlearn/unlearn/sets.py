@@ -177,7 +177,7 @@ class UnlearnSets:
         return out
 
     def _balanced(self, pools: dict[str, list[Item]], tag: str, start: int, k: int,
-                  weights: dict | None = None, by: str = "") -> list[Item]:
+                  weights: dict | None = None, by: str = "", group_weights: dict | None = None) -> list[Item]:
         """k items dealt round-robin over the types, each type's pool read cyclically. One cycle holds w_b slots
         of type b (weights, default 1 each), interleaved round by round in sorted type order: with weights
         {a: 2, b: 1} the cycle is a, b, a. Draw number g overall takes slot g mod L of the cycle (L its length);
@@ -185,7 +185,8 @@ class UnlearnSets:
         this is draw g going to type g mod T as its (g div T)-th draw. With by 'term', each type's draws are dealt
         the same way, one slot per target term (this method again, over the type's pool split by term), so every
         term is drawn equally often however many examples it has, each term's items read cyclically; with by
-        'valence', one slot per valence group of its pairs (balance_valence)."""
+        'valence', one slot per valence group of its pairs (balance_valence), or group_weights[g] slots for group g
+        (valence_weights; a group not named gets 1, as a type does in weights)."""
         types = [b for b in sorted(pools) if pools[b]]
         if not types:
             return []
@@ -194,12 +195,13 @@ class UnlearnSets:
         nth = [cycle[:c].count(b) for c, b in enumerate(cycle)]  # slot c is type cycle[c]'s nth[c]-th in the cycle
         # each type's pool is split by term (or valence) once per call, not once per draw
         sources = {b: self._groups(pools[b], by) for b in types} if by else pools
-        draw = self._balanced if by else self._cyclic
         out = []
         for g in range(start, start + k):
             q, c = divmod(g, len(cycle))
             b = cycle[c]
-            out += draw(sources[b], f"{tag}|{b}", q * w[b] + nth[c], 1)
+            at = q * w[b] + nth[c]
+            out += (self._balanced(sources[b], f"{tag}|{b}", at, 1, group_weights) if by
+                    else self._cyclic(sources[b], f"{tag}|{b}", at, 1))
         return out
 
     def twin(self, item: Item) -> Item | None:
@@ -228,16 +230,17 @@ class UnlearnSets:
               rank: int = 0, world: int = 1, balance_types: bool = False,
               pair_retain: bool = False, type_weights: dict | None = None,
               balance_terms: bool = False, neutral_bs: int = 0,
-              balance_valence: bool = False) -> dict[str, list[Item]]:
+              balance_valence: bool = False, valence_weights: dict | None = None) -> dict[str, list[Item]]:
         tag = ",".join(f"{b}{directions.get(b, 1)}" for b in self.bias_types)
         slot = step * world + rank
         if balance_types:
             tp = self.type_pools(directions)
             by = "term" if balance_terms else "valence" if balance_valence else ""
+            inner = valence_weights if by == "valence" else None
             forget = self._balanced({b: v[0] for b, v in tp.items()}, "forget" + tag, slot * forget_bs, forget_bs,
-                                    type_weights, by)
+                                    type_weights, by, inner)
             retain = self._balanced({b: v[1] for b, v in tp.items()}, "retain" + tag, slot * retain_bs, retain_bs,
-                                    type_weights, by)
+                                    type_weights, by, inner)
         else:
             fg, rt = self.pools(directions)
             forget = self._cyclic(fg, "forget" + tag, slot * forget_bs, forget_bs)

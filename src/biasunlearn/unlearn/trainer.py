@@ -148,6 +148,7 @@ class BiasUnlearnTrainer(Trainer):
         super().__init__(processing_class=tokenizer, **kw)
         self.sets, self.controller, self.tok = sets, controller, tokenizer
         self._type_weights = self.args.type_weight_map()  # parsed once, not at every step
+        self._valence_weights = self.args.valence_weight_map()
         self._sizes = self.args.step_batch_sizes()  # per process and micro-batch (global_batch: a share of the step)
         self._start = start_token_id(tokenizer)
         self._ids: dict[str, tuple[list[int], int]] = {}
@@ -280,7 +281,8 @@ class BiasUnlearnTrainer(Trainer):
         return self.sets.chunk(index, self.controller.directions, *self._sizes[:3], rank=a.process_index,
                                world=a.world_size, balance_types=a.balance_types, pair_retain=a.pair_retain,
                                type_weights=self._type_weights, balance_terms=a.balance_terms,
-                               neutral_bs=self._sizes[3], balance_valence=a.balance_valence)
+                               neutral_bs=self._sizes[3], balance_valence=a.balance_valence,
+                               valence_weights=self._valence_weights)
 
     # --- loss ---
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
