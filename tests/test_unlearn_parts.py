@@ -1487,7 +1487,8 @@ def test_balance_valence_deals_each_type_evenly_over_the_valence_of_its_pairs():
     assert make_config(balance_types=True, balance_valence=True,
                        valence_weights="positive=2, same=3").valence_weight_map() == {"positive": 2, "same": 3}
     for bad, msg in (("positive=0", "expected comma-separated GROUP=N"),
-                     ("flattering=2", "flattering is not a valence group"),
+                     ("flattering=2,nice=1", r"no valence group named flattering, nice \(the groups: negative, same, "
+                      r"positive\)"),
                      ("positive=1,positive=2", r"expected .*, each group once \(bad part: 'positive=2'\)")):
         with pytest.raises(ConfigError, match=f"valence_weights='{bad}': {msg}"):
             make_config(balance_types=True, balance_valence=True, valence_weights=bad)

@@ -359,8 +359,8 @@ class UnlearnConfig(TrainingArguments):
         out = self._slot_weights("valence_weights", "GROUP")
         unknown = sorted(set(out) - set(GROUPS))
         if unknown:
-            raise ConfigError(f"valence_weights={self.valence_weights!r}: {', '.join(unknown)} is not a valence "
-                              f"group (the groups: {', '.join(GROUPS)})")
+            raise ConfigError(f"valence_weights={self.valence_weights!r}: no valence group named "
+                              f"{', '.join(unknown)} (the groups: {', '.join(GROUPS)})")
         if out and not self.balance_valence:
             raise ConfigError(f"valence_weights={self.valence_weights!r} needs balance_valence=true (it weights the "
                               "round-robin over the valence groups of each type's pairs)")
