@@ -46,6 +46,11 @@ def moves(base: dict[str, dict], after: dict[str, dict]) -> dict:
     return out
 
 
+def _fmt(group: dict) -> str:
+    v = group["mean_margin_change"]
+    return "   –  " if v is None else f"{v:+.3f}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the base model's stereoset_scores.jsonl(.gz)")
@@ -62,9 +67,9 @@ def main(argv=None) -> int:
         doc["moves"][name] = moves(base, load(path))
         for t, g in doc["moves"][name].items():
             s, n = g["stereotype"], g["anti_or_level"]
-            print(f"{name:8s} {t:10s} leaning stereotype: n={s['n']:4d} change {s['mean_margin_change']:+.3f}, "
+            print(f"{name:8s} {t:10s} leaning stereotype: n={s['n']:4d} change {_fmt(s)}, "
                   f"{s['crossed_level']} crossed | leaning anti/level: n={n['n']:4d} change "
-                  f"{n['mean_margin_change']:+.3f}, {n['crossed_level']} crossed")
+                  f"{_fmt(n)}, {n['crossed_level']} crossed")
     if a.out:
         tmp = Path(a.out).with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1) + "\n")

@@ -1585,3 +1585,41 @@ def test_wrapping_and_loading_an_adapter_hide_only_peft_s_deprecation_warning(ti
             warnings.warn("`is_gradient_checkpointing` is deprecated, said as a UserWarning")
     assert sorted(str(w.message) for w in seen) == ["`is_gradient_checkpointing` is deprecated, said as a UserWarning",
                                                     "something else"]
+
+
+def test_lean_moves_by_hand(tmp_path, capsys):
+    """bench/lean_moves.py: examples split by the sign of their base margin (level counts as anti), each group's
+    mean margin change and how many crossed level; a read lacking an example, or a malformed --read, stops."""
+    mod = load_bench("lean_moves")
+
+    def rec(i, b, m):  # an example whose margin s(stereo) - s(anti) is m
+        return {"benchmark": "stereoset", "task": "intrasentence", "id": f"{b}-{i}", "bias_type": b,
+                "target": "t", "s_stereo": -1.0 + m, "s_anti": -1.0, "s_unrel": -3.0}
+
+    base = [rec(0, "gender", 0.5), rec(1, "gender", 0.25), rec(2, "gender", -0.5), rec(3, "gender", 0.0),
+            rec(0, "race", 1.0)]
+    after = [rec(0, "gender", -0.25), rec(1, "gender", 0.5), rec(2, "gender", -0.75), rec(3, "gender", 0.25),
+             rec(0, "race", 0.5)]
+    paths = {}
+    for name, recs in (("base", base), ("after", after)):
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        paths[name] = str(p)
+    out = tmp_path / "lean.json"
+    assert mod.main(["--base", paths["base"], "--read", f"A={paths['after']}", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    g = doc["moves"]["A"]["gender"]
+    # leaning stereotype: 0.5 -> -0.25 (crossed) and 0.25 -> 0.5: changes -0.75 and +0.25
+    assert g["stereotype"] == {"n": 2, "mean_margin_change": pytest.approx(-0.25), "crossed_level": 1}
+    # anti or level: -0.5 -> -0.75 and 0.0 (level) -> 0.25 (crossed): changes -0.25 and +0.25
+    assert g["anti_or_level"] == {"n": 2, "mean_margin_change": pytest.approx(0.0), "crossed_level": 1}
+    a = doc["moves"]["A"]["all"]
+    assert a["stereotype"]["n"] == 3 and a["stereotype"]["mean_margin_change"] == pytest.approx((-0.75 + 0.25 - 0.5) / 3)
+    assert doc["moves"]["A"]["race"]["anti_or_level"] == {"n": 0, "mean_margin_change": None, "crossed_level": 0}
+    assert "A        gender" in capsys.readouterr().out
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in after[1:]))
+    with pytest.raises(SystemExit, match="1 base examples have no score in the read, e.g. gender-0"):
+        mod.main(["--base", paths["base"], "--read", f"A={tmp_path / 'short.jsonl'}"])
+    with pytest.raises(SystemExit):
+        mod.main(["--base", paths["base"], "--read", "noequals"])
+    assert "expected NAME=PATH" in capsys.readouterr().err
