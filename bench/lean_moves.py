@@ -30,10 +30,10 @@ def margin(r: dict) -> float:
     return r["s_stereo"] - r["s_anti"]
 
 
-def moves(base: dict[str, dict], after: dict[str, dict]) -> dict:
+def moves(base: dict[str, dict], after: dict[str, dict], label: str = "the read") -> dict:
     missing = sorted(set(base) - set(after))
     if missing:
-        raise SystemExit(f"error: {len(missing)} base examples have no score in the read, e.g. {missing[0]}")
+        raise SystemExit(f"error: {label}: {len(missing)} base examples have no score, e.g. {missing[0]}")
     out = {}
     for t in sorted({r["bias_type"] for r in base.values()}) + ["all"]:
         ids = [k for k, r in base.items() if t == "all" or r["bias_type"] == t]
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         if not sep or not name or not path:
             ap.error(f"--read {spec!r}: expected NAME=PATH")
         doc["reads"][name] = path
-        doc["moves"][name] = moves(base, load(path))
+        doc["moves"][name] = moves(base, load(path), f"--read {name} ({path})")
         for t, g in doc["moves"][name].items():
             s, n = g["stereotype"], g["anti_or_level"]
             print(f"{name:8s} {t:10s} leaning stereotype: n={s['n']:4d} change {_fmt(s)}, "

@@ -1618,7 +1618,7 @@ def test_lean_moves_by_hand(tmp_path, capsys):
     assert doc["moves"]["A"]["race"]["anti_or_level"] == {"n": 0, "mean_margin_change": None, "crossed_level": 0}
     assert "A        gender" in capsys.readouterr().out
     (tmp_path / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in after[1:]))
-    with pytest.raises(SystemExit, match="1 base examples have no score in the read, e.g. gender-0"):
+    with pytest.raises(SystemExit, match=r"--read A \(.*short.jsonl\): 1 base examples have no score, e.g. gender-0"):
         mod.main(["--base", paths["base"], "--read", f"A={tmp_path / 'short.jsonl'}"])
     with pytest.raises(SystemExit):
         mod.main(["--base", paths["base"], "--read", "noequals"])
