@@ -13,17 +13,14 @@ mostly moves those that lean stereotype. A diagnosis of finished reads: no model
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import sys
 from pathlib import Path
 
+from biasunlearn.errors import BiasUnlearnError
+from biasunlearn.evaluate import read_stereoset_predictions
+from biasunlearn.io import write_json
 
-def load(path: str) -> dict[str, dict]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return {r["id"]: r for r in rows if r.get("task", "intrasentence") == "intrasentence"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def margin(r: dict) -> float:
@@ -57,23 +54,23 @@ def main(argv=None) -> int:
     ap.add_argument("--read", action="append", required=True, metavar="NAME=PATH", help="an adapter's read")
     ap.add_argument("--out", help="write the JSON here too")
     a = ap.parse_args(argv)
-    base = load(a.base)
-    doc = {"base": a.base, "reads": {}, "moves": {}}
-    for spec in a.read:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            ap.error(f"--read {spec!r}: expected NAME=PATH")
-        doc["reads"][name] = path
-        doc["moves"][name] = moves(base, load(path), f"--read {name} ({path})")
+    from ss_precision import read_named
+
+    try:
+        base = {r["id"]: r for r in read_stereoset_predictions(a.base)}
+    except (BiasUnlearnError, OSError) as e:
+        raise SystemExit(f"--base {a.base!r}: {e}") from e
+    reads, paths = read_named(a.read)
+    doc = {"base": a.base, "reads": paths, "moves": {}}
+    for name, recs in reads.items():
+        doc["moves"][name] = moves(base, {r["id"]: r for r in recs}, f"--read {name} ({paths[name]})")
         for t, g in doc["moves"][name].items():
             s, n = g["stereotype"], g["anti_or_level"]
             print(f"{name:8s} {t:10s} leaning stereotype: n={s['n']:4d} change {_fmt(s)}, "
                   f"{s['crossed_level']} crossed | leaning anti/level: n={n['n']:4d} change "
                   f"{_fmt(n)}, {n['crossed_level']} crossed")
     if a.out:
-        tmp = Path(a.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(a.out)
+        write_json(a.out, doc)
     return 0
 
 
