@@ -94,6 +94,53 @@ def test_controller_swaps_and_swaps_back_and_records():
     assert len(c.events) == 3
 
 
+def test_controller_scheduled_swap_is_applied_once_from_its_step_and_survives_a_resume():
+    c = SwapController(["gender", "race", "religion"], mode="none", schedule={"religion": 3, "race": 5})
+    assert c.apply_schedule(0) == [] and c.apply_schedule(2) == []
+    assert c.directions == {"gender": 1, "race": 1, "religion": 1}
+    got = c.apply_schedule(3)
+    assert got == [{"step": 3, "bias_type": "religion", "ss": None, "direction": -1, "scheduled": True}]
+    assert c.apply_schedule(3) == [] and c.apply_schedule(4) == []  # once only
+    assert c.directions == {"gender": 1, "race": 1, "religion": -1}
+    d, _ = c.update(4, {"gender": 60, "race": 40, "religion": 70})  # mode none: the dev check swaps nothing back
+    assert d == {"gender": 1, "race": 1, "religion": -1}
+    resumed = SwapController(["gender", "race", "religion"], mode="none", schedule={"religion": 3, "race": 5})
+    resumed.load_state_dict(c.state_dict())
+    assert resumed.apply_schedule(4) == []  # religion's swap was restored with the state: not recorded again
+    # a resume that skipped past race's step (a checkpoint at 4, resumed at 6) still applies it, at the step it runs
+    assert resumed.apply_schedule(6) == [{"step": 6, "bias_type": "race", "ss": None, "direction": -1,
+                                          "scheduled": True}]
+    assert [e["bias_type"] for e in resumed.events] == ["religion", "race"]
+    # two types due at the same step: recorded in step order, then by name
+    both = SwapController(["race", "religion"], mode="none", schedule={"religion": 0, "race": 0})
+    assert [e["bias_type"] for e in both.apply_schedule(0)] == ["race", "religion"]
+
+
+def test_config_scheduled_swaps_are_checked():
+    from biasunlearn.unlearn.config import make_config
+
+    ok = make_config(output_dir="/tmp/x", swap_mode="none", max_steps=250, stop_at_step=150,
+                     scheduled_swaps="religion=100, gender=0")
+    assert ok.scheduled_swap_map() == {"religion": 100, "gender": 0}
+    assert make_config(output_dir="/tmp/x").scheduled_swap_map() == {}
+    with pytest.raises(ConfigError, match=r"scheduled_swaps='faith=10': no bias type named faith \(the types: "
+                                          r"gender, profession, race, religion\)"):
+        make_config(output_dir="/tmp/x", swap_mode="none", scheduled_swaps="faith=10")
+    with pytest.raises(ConfigError, match=r"scheduled_swaps='religion=150': step 150 is not before the run's last "
+                                          r"step \(150\)"):
+        make_config(output_dir="/tmp/x", swap_mode="none", max_steps=250, stop_at_step=150,
+                    scheduled_swaps="religion=150")
+    with pytest.raises(ConfigError, match=r"with swap_mode='swap': swaps fixed beforehand need swap_mode 'none'"):
+        make_config(output_dir="/tmp/x", scheduled_swaps="religion=10")
+    for bad in ("religion", "religion=-1", "religion=x", "religion=1,religion=2"):
+        with pytest.raises(ConfigError, match=r"expected comma-separated TYPE=STEP with STEP a whole number of 0 "
+                                              r"or more"):
+            make_config(output_dir="/tmp/x", swap_mode="none", scheduled_swaps=bad)
+    # the weights keep their own wording: N of 1 or more
+    with pytest.raises(ConfigError, match=r"TYPE=N with N a whole number of 1 or more"):
+        make_config(output_dir="/tmp/x", balance_types=True, type_weights="race=0")
+
+
 def test_controller_focus_worst_and_none():
     c = SwapController(["gender", "race", "religion"], mode="focus_worst")
     c.update(0, {"gender": 60, "race": 55, "religion": 52})

@@ -1124,6 +1124,44 @@ def test_train_on_dev_trains_every_pool_pair_and_keeps_no_dev_choice(tmp_path, t
         _cfg(tmp_path / "bad", tiny_llama_path, train_data, train_on_dev=True, stop_at_step=4)
 
 
+def test_scheduled_swap_trains_the_type_swapped_from_its_step_and_records_it(tmp_path, tiny_llama_path, train_data,
+                                                                             monkeypatch):
+    """scheduled_swaps race=2: the chunks of steps 0 and 1 forget race's stereotypes, those of steps 2 and 3 its
+    anti-stereotypes (gender's stereotypes throughout); the swap is logged, recorded with the run's swaps, and the
+    dev check at step 2 already shows it. A type the pool lacks is refused before training."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn import pipeline
+    from biasunlearn.unlearn.sets import UnlearnSets
+
+    drawn, logs = [], []
+    chunk = UnlearnSets.chunk
+
+    def spy(self, step, directions, *a, **kw):
+        out = chunk(self, step, directions, *a, **kw)
+        drawn.append((step, dict(directions), {(it.bias_type, it.key.rpartition(":")[2]) for it in out["forget"]}))
+        return out
+
+    monkeypatch.setattr(UnlearnSets, "chunk", spy)
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, swap_mode="none", scheduled_swaps="race=2", max_steps=4,
+               balance_types=True, forget_batch_size=4, adversarial_share=0.0)
+    summary = pipeline.train_adapter(cfg, log=logs.append)
+    assert [s for s, _, _ in drawn] == [0, 1, 2, 3]
+    for step, directions, labels in drawn:
+        race = "stereotype" if step < 2 else "anti-stereotype"
+        assert directions == {"gender": 1, "race": 1 if step < 2 else -1}, step
+        assert labels == {("gender", "stereotype"), ("race", race)}, (step, labels)
+    assert summary["swaps"] == [{"step": 2, "bias_type": "race", "ss": None, "direction": -1, "scheduled": True}]
+    assert any(m.startswith("[train] step 2: race swapped as scheduled") for m in logs), logs
+    dev = [json.loads(x) for x in (tmp_path / "run" / "dev_log.jsonl").read_text().splitlines()]
+    assert [(d["step"], d["directions"]["race"]) for d in dev] == [(0, 1), (2, -1), (4, -1)]
+    # the plots mark a swap that read no dev SS too (a failed plot would be a warning in the log, not a file)
+    assert (tmp_path / "run" / "dev_ss.png").stat().st_size > 0 and not any("not drawn" in m for m in logs), logs
+    with pytest.raises(ConfigError, match="scheduled_swaps names religion: not a bias type of the train pool "
+                                          r"\(gender, race\)"):
+        pipeline.train_adapter(_cfg(tmp_path / "bad", tiny_llama_path, train_data, swap_mode="none",
+                                    scheduled_swaps="religion=1"), log=lambda s: None)
+
+
 def test_training_data_and_draw_chunk_are_what_train_and_the_step_bench_use(tmp_path, tiny_llama_path, train_data,
                                                                              monkeypatch):
     """pipeline.training_data builds the pairs and sets `train` trains on, with the config's options applied (here the

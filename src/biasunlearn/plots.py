@@ -95,7 +95,10 @@ def plot_dev_ss(dev_log, out_png, swaps=None, title="Dev SS per bias type") -> P
     ax.axhline(50, color="black", lw=1, ls="--", label="50 (fair)")
     for i, ev in enumerate(swaps or []):
         ax.axvline(ev["step"], color="red", alpha=0.4, lw=1, label="swap" if i == 0 else None)
-        ax.annotate(f"{ev['bias_type'][:4]}{ev['direction']:+d}", (ev["step"], ev["ss"]), fontsize=7, color="red")
+        # a swap fixed beforehand (scheduled_swaps) read no dev SS: its mark sits on the 50 line
+        at = 50 if ev.get("ss") is None else ev["ss"]
+        mark = f"{ev['bias_type'][:4]}{ev['direction']:+d}" + (" (scheduled)" if ev.get("scheduled") else "")
+        ax.annotate(mark, (ev["step"], at), fontsize=7, color="red")
     return _finish(fig, ax, out_png, "step", "dev SS", title)
 
 

@@ -186,6 +186,12 @@ class UnlearnConfig(TrainingArguments):
                                 "whose stereotypes are still clearly preferred; the margin is continuous.")
     swap_margin_nats: float = _f(0.0, "Dead band for swap_signal 'margin', in nats per token: swapped below "
                                       "-band, swapped back above +band.")
+    scheduled_swaps: str = _f("", "Swaps fixed beforehand instead of read from dev: 'religion=100' trains "
+                                  "religion's forget and retain sets swapped (its anti-stereotypes forgotten, its "
+                                  "stereotypes retained) from optimizer step 100 to the end; several as "
+                                  "'TYPE=STEP,TYPE=STEP' (a step of 0 swaps from the start). For a schedule no "
+                                  "dev check may steer (train_on_dev), so it needs swap_mode 'none'. Each swap is "
+                                  "logged and recorded with the run's swaps. '' = none.")
     eval_every: int = _f(20, "Dev check (and checkpoint) every this many steps.")
     early_stop_tolerance: float = _f(2.0, "Stop when every type's dev SS is within 50 +- this.")
     lms_guard: float = _f(1.0, "Best checkpoint: only dev checks whose LMS is at most this many points below the "
@@ -231,6 +237,7 @@ class UnlearnConfig(TrainingArguments):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         self.type_weight_map()  # raises on a malformed type_weights
         self.valence_weight_map()  # and on a malformed valence_weights
+        self.scheduled_swap_map()  # and on a malformed scheduled_swaps
         if self.train_exclude_pattern:
             try:
                 re.compile(self.train_exclude_pattern)
@@ -330,16 +337,17 @@ class UnlearnConfig(TrainingArguments):
                               f"must divide by {world * ga} (or leave global_batch off: sizes per process)")
         return tuple(v // (world * ga) for v in sizes)
 
-    def _slot_weights(self, name: str, what: str) -> dict[str, int]:
-        """A NAME=N,... setting parsed: {name: slots}. Raises ConfigError naming the setting when it is malformed."""
+    def _slot_weights(self, name: str, what: str, minimum: int = 1, unit: str = "N") -> dict[str, int]:
+        """A NAME=N,... setting parsed: {name: N}, each N a whole number of at least `minimum`. Raises ConfigError
+        naming the setting when it is malformed."""
         text = getattr(self, name)
         out: dict[str, int] = {}
         for part in [p.strip() for p in text.split(",") if p.strip()]:
             key, sep, value = part.partition("=")
             key = key.strip()
-            if not sep or not key or not value.strip().isdigit() or int(value) < 1 or key in out:
-                raise ConfigError(f"{name}={text!r}: expected comma-separated {what}=N with N a whole number of 1 "
-                                  f"or more, each {what.lower()} once (bad part: {part!r})")
+            if not sep or not key or not value.strip().isdigit() or int(value) < minimum or key in out:
+                raise ConfigError(f"{name}={text!r}: expected comma-separated {what}={unit} with {unit} a whole "
+                                  f"number of {minimum} or more, each {what.lower()} once (bad part: {part!r})")
             out[key] = int(value)
         return out
 
@@ -349,6 +357,28 @@ class UnlearnConfig(TrainingArguments):
         if out and not self.balance_types:
             raise ConfigError(f"type_weights={self.type_weights!r} needs balance_types=true (it weights the "
                               "round-robin over the bias types)")
+        return out
+
+    def scheduled_swap_map(self) -> dict[str, int]:
+        """scheduled_swaps parsed: {bias type: first swapped step}. Raises ConfigError naming the setting when it is
+        malformed, names no bias type, sets a step outside the schedule, or comes with a dev swap rule."""
+        from ..data.stereoset import BIAS_TYPES
+
+        out = self._slot_weights("scheduled_swaps", "TYPE", minimum=0, unit="STEP")
+        if not out:
+            return out
+        unknown = sorted(set(out) - set(BIAS_TYPES))
+        if unknown:
+            raise ConfigError(f"scheduled_swaps={self.scheduled_swaps!r}: no bias type named {', '.join(unknown)} "
+                              f"(the types: {', '.join(BIAS_TYPES)})")
+        end = self.stop_at_step or self.max_steps
+        late = {b: s for b, s in out.items() if end > 0 and s >= end}
+        if late:
+            raise ConfigError(f"scheduled_swaps={self.scheduled_swaps!r}: step {max(late.values())} is not before "
+                              f"the run's last step ({end}), so nothing would be trained swapped")
+        if self.swap_mode != "none":
+            raise ConfigError(f"scheduled_swaps={self.scheduled_swaps!r} with swap_mode={self.swap_mode!r}: swaps "
+                              "fixed beforehand need swap_mode 'none' (the dev rule would undo or repeat them)")
         return out
 
     def valence_weight_map(self) -> dict[str, int]:

@@ -25,6 +25,7 @@ class SwapController:
     history: list = field(default_factory=list)  # every dev check: {step, ss: {...}, lms[, margin: {...}]}
     rounds: int = 0
     stop_reason: str = ""  # why the last update asked to stop ("" when it did not)
+    schedule: dict = field(default_factory=dict)  # swaps fixed beforehand: {bias type: first swapped step}
 
     def __post_init__(self):
         if self.mode not in SWAP_MODES:
@@ -73,6 +74,19 @@ class SwapController:
             stop = True  # every type is past level: there is nothing left to train toward
             self.stop_reason = "every bias type is past level and paused"
         return dict(self.directions), stop
+
+    def apply_schedule(self, step: int) -> list:
+        """Swap each scheduled type whose step has come (direction -1 from then on) and record it as an event
+        {step, bias_type, ss: None, direction: -1, scheduled: True}. A type already swapped is left as it is, so
+        calling this at every step, or again after a resume restored the state, records each swap once. Returns
+        the events recorded by this call."""
+        new = []
+        for b, at in sorted(self.schedule.items(), key=lambda kv: (kv[1], kv[0])):
+            if step >= at and b in self.directions and self.directions[b] != -1:
+                self.directions[b] = -1
+                new.append({"step": step, "bias_type": b, "ss": None, "direction": -1, "scheduled": True})
+        self.events += new
+        return new
 
     def _want(self, b: str, x: float, target: float) -> int:
         """The paper's rule: a type whose signal falls below its target is swapped, and swapped back once it rises

@@ -363,6 +363,10 @@ def training_data(cfg: UnlearnConfig, model, tok, texts_dir: Path, model_id: str
     if unknown:
         raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "
                           f"({', '.join(sets.bias_types)})")
+    absent = sorted(set(cfg.scheduled_swap_map()) - set(sets.bias_types))
+    if absent:
+        raise ConfigError(f"scheduled_swaps names {', '.join(absent)}: not a bias type of the train pool "
+                          f"({', '.join(sets.bias_types)}), so there is nothing to swap")
     return TrainingData(splits, test, overlap, train, excluded, sets)
 
 
@@ -395,7 +399,8 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
                                          "machine": machine_info()})
     controller = SwapController(sets.bias_types, mode=cfg.swap_mode, tolerance=cfg.early_stop_tolerance,
                                 signal=cfg.swap_signal,
-                                margin=cfg.swap_margin_nats if cfg.swap_signal == "margin" else cfg.swap_margin)
+                                margin=cfg.swap_margin_nats if cfg.swap_signal == "margin" else cfg.swap_margin,
+                                schedule=cfg.scheduled_swap_map())
     trainer = BiasUnlearnTrainer(model=model, args=cfg, sets=sets, controller=controller, tokenizer=tok)
     trainer.add_callback(InterruptCheck())
     dev_cb = DevCheckCallback(trainer, splits.dev, out, log=log, trained_on=cfg.train_on_dev)

@@ -502,7 +502,19 @@ class DevCheckCallback(TrainerCallback):
             self.log(f"[resume] controller restored at step {state.global_step}: directions "
                      f"{self.trainer.controller.directions}, {len(self.trainer.controller.events)} swaps so far")
 
+    def _apply_schedule(self, step: int) -> None:
+        """Swaps fixed beforehand (scheduled_swaps) take effect from their step's chunk on. `step` is the number of
+        steps done, so the next chunk drawn is number `step` (from 0)."""
+        for ev in self.trainer.controller.apply_schedule(step):
+            self.log(f"[train] step {step}: {ev['bias_type']} swapped as scheduled (scheduled_swaps): its "
+                     "anti-stereotypes are forgotten and its stereotypes retained from this step on")
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._apply_schedule(state.global_step)  # the first step (and the first after a resume)
+        return control
+
     def on_step_end(self, args, state, control, model=None, **kw):
+        self._apply_schedule(state.global_step)  # before the dev check, so its logged directions are the next step's
         if state.global_step % args.eval_every == 0:
             if self._dev_check(model, state.global_step) and not args.stop_at_step:
                 self.log(f"[dev] {self.trainer.controller.stop_reason}: early stop")
