@@ -1162,6 +1162,21 @@ def test_scheduled_swap_trains_the_type_swapped_from_its_step_and_records_it(tmp
                                     scheduled_swaps="religion=1"), log=lambda s: None)
 
 
+def test_the_run_report_lists_scheduled_and_dev_swaps(tmp_path):
+    """report.md's swap list: a dev swap with the dev SS it read, a scheduled one (no dev SS) said to be scheduled."""
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.pipeline import write_report
+
+    cfg = make_config(output_dir=str(tmp_path), swap_mode="none", scheduled_swaps="religion=100")
+    doc = {"model": {"name": "tiny"}, "benchmarks": {}}
+    summary = {"steps": 150, "swaps": [{"step": 50, "bias_type": "race", "ss": 47.25, "direction": -1},
+                                       {"step": 100, "bias_type": "religion", "ss": None, "direction": -1,
+                                        "scheduled": True}]}
+    report = write_report(tmp_path, doc, doc, summary, cfg).read_text()
+    assert ("- swaps: 2\n  - step 50: race dev SS 47.2 -> direction -1\n"
+            "  - step 100: religion swapped as scheduled (scheduled_swaps) -> direction -1\n") in report, report
+
+
 def test_training_data_and_draw_chunk_are_what_train_and_the_step_bench_use(tmp_path, tiny_llama_path, train_data,
                                                                              monkeypatch):
     """pipeline.training_data builds the pairs and sets `train` trains on, with the config's options applied (here the

@@ -619,8 +619,9 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
               ("- best dev check: none kept (the dev slice trained: train_on_dev)" if cfg.train_on_dev else
                f"- best dev check (best_adapter/): {describe_best(summary.get('best'), cfg.checkpoint_metric)}"),
               f"- swaps: {len(summary.get('swaps', []))}" + "".join(
-                  f"\n  - step {e['step']}: {e['bias_type']} dev SS {e['ss']:.1f} -> direction {e['direction']:+d}"
-                  for e in summary.get("swaps", [])),
+                  f"\n  - step {e['step']}: {e['bias_type']} "
+                  + ("swapped as scheduled (scheduled_swaps)" if e.get("ss") is None else f"dev SS {e['ss']:.1f}")
+                  + f" -> direction {e['direction']:+d}" for e in summary.get("swaps", [])),
               ""] + [f"![{alt}]({png})\n" for alt, png in (("losses", "losses.png"), ("dev SS", "dev_ss.png"),
                                                                    ("dev margin", "dev_margin.png"))
                      if (out / png).exists()]
