@@ -85,6 +85,14 @@ def test_compare_every_method_end_to_end_then_reuse(tmp_path, tiny_llama_path, d
     monkeypatch.setattr("biasunlearn.baselines.dpo.DPO.train", boom)
     again = run(tiny_llama_path, out, data)
     assert again["results"]["cda"]["method"] == res["results"]["cda"]["method"]
+    # a run made before a setting existed (its files lack it) is reused while the setting is at its default
+    for f in (out / "cda" / "results.json", out / "cda" / "method_settings.json"):
+        doc = json.loads(f.read_text())
+        train = doc["method"]["settings"]["train"] if f.name == "results.json" else doc["train"]
+        del train["config"]["scheduled_swaps"]
+        f.write_text(json.dumps(doc))
+    assert run(tiny_llama_path, out, data, methods="base,cda")["results"]["cda"]["method"]["settings"]["train"][
+        "config"].get("scheduled_swaps") is None
     # the same data folder named another way (the environment variable, a link to it) is the same data
     monkeypatch.setenv("BIASUNLEARN_DATA", str(data))
     run(tiny_llama_path, out, None, methods="base,cda")
@@ -97,6 +105,21 @@ def test_compare_every_method_end_to_end_then_reuse(tmp_path, tiny_llama_path, d
     # other settings in the same folder are refused instead of silently mixed
     with pytest.raises(ConfigError, match="other settings.*max_steps"):
         run(tiny_llama_path, out, data, methods="base,cda", max_steps=3)
+
+
+def test_a_setting_added_since_a_stored_run_is_no_difference_while_at_its_default():
+    from biasunlearn.compare import _same_settings, settings_added_since
+
+    current = {"train": {"method": "cda", "config": {"max_steps": 2, "scheduled_swaps": "", "valence_weights":
+                                                     "positive=2", "batch_note": 1}}}
+    stored = {"train": {"method": "cda", "config": {"max_steps": 2}}}
+    assert settings_added_since(stored, current) == ["scheduled_swaps"]
+    # at another value than its default, or not a setting at all, a missing key is a difference
+    assert _same_settings(stored, current) == ["train.config.batch_note: None -> 1",
+                                               "train.config.valence_weights: None -> 'positive=2'"]
+    assert _same_settings({"train": {"method": "cda", "config": {"max_steps": 2, "scheduled_swaps": "religion=3"}}},
+                          current)[-2] == "train.config.scheduled_swaps: 'religion=3' -> ''"
+    assert settings_added_since({"train": None}, current) == [] and settings_added_since(stored, {}) == []
 
 
 def test_compare_trained_adapter_is_evaluated_without_retraining(tmp_path, tiny_llama_path, data, monkeypatch):

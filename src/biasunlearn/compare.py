@@ -155,11 +155,34 @@ def _diff(a: dict, b: dict, prefix="") -> list[str]:
     return keys
 
 
+def settings_added_since(stored: dict | None, current: dict) -> list[str]:
+    """The training settings of `current` that the stored method's settings lack (the version that made it did not
+    have them) and that are at their default now. A setting is added with a default that keeps what the earlier
+    version did, so such a run is taken as made with them, not refused as made with other settings."""
+    from .unlearn.config import setting_default
+
+    old = ((stored or {}).get("train") or {}).get("config")
+    new = (current.get("train") or {}).get("config")
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
+    out = []
+    for k in sorted(set(new) - set(old)):
+        try:
+            if new[k] == setting_default(k):
+                out.append(k)
+        except KeyError:  # not an UnlearnConfig setting (a method's own value): a real difference
+            pass
+    return out
+
+
 def _same_settings(stored: dict | None, current: dict) -> list[str]:
     """The differences between a stored method's settings and the current ones, [] if none. A data folder counts
     by where it resolves, so `--data-dir` naming the default folder (or $BIASUNLEARN_DATA) matches a run made
-    without it; the files' own sha256 are checked by the report across methods."""
+    without it; the files' own sha256 are checked by the report across methods. A training setting added since the
+    stored run was made is no difference while it is at its default (settings_added_since)."""
     from .data.common import data_dir as resolve_data_dir
+
+    added = settings_added_since(stored, current)
 
     def norm(doc):
         doc = json.loads(json.dumps(doc or {}))
@@ -171,7 +194,10 @@ def _same_settings(stored: dict | None, current: dict) -> list[str]:
                     pass  # a folder that is gone stays as written, and so differs
         return doc
 
-    return _diff(norm(stored), norm(current))
+    now = norm(current)
+    for k in added:
+        now["train"]["config"].pop(k)
+    return _diff(norm(stored), now)
 
 
 def _copy_adapter(src: Path, dst: Path) -> Path:
@@ -273,6 +299,12 @@ class _Runner:
         write_json(self.out / name / "results.json", doc)
         return doc
 
+    def _note_added(self, name: str, stored: dict | None, current: dict) -> None:
+        added = settings_added_since(stored, current)
+        if added:
+            self.log(f"[compare] {name}: made before these settings existed, which are at their defaults now and "
+                     f"taken as what that version did: {', '.join(added)} (--rerun {name} makes it afresh)")
+
     # --- one method ---
     def run(self, name: str) -> dict:
         d = self.out / name
@@ -288,6 +320,7 @@ class _Runner:
             if diffs:
                 raise ConfigError(f"{res} was made with other settings ({'; '.join(diffs[:6]) or 'unknown'}); pass "
                                   f"--rerun {name} (or all) to recompute it, or use another --out")
+            self._note_added(name, (doc.get("method") or {}).get("settings"), settings)
             changed = data_changes(doc, self.ecfg, self.log)
             if not changed:
                 self.log(f"[compare] {name}: reusing {res}")
@@ -312,6 +345,8 @@ class _Runner:
         if diffs:
             raise ConfigError(f"{d} holds a training run with other settings ({'; '.join(diffs[:6])}); pass "
                               f"--rerun {name} (or all) to retrain it, or use another --out")
+        if ms.exists():
+            self._note_added(name, {"train": read_json(ms).get("train")}, {"train": settings["train"]})
         summary_path = d / "train_summary.json"
         done = ms.exists() and (d / "adapter" / "adapter_config.json").exists() and summary_path.exists()
         if done and (d / "train_measure.json").exists():

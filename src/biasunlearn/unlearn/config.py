@@ -472,6 +472,12 @@ def _default_of(f):
     return f.default_factory() if f.default_factory is not MISSING else None
 
 
+def setting_default(name: str):
+    """A setting's default as `make_config` fills it in (plain JSON value), or KeyError for a name that is not a
+    setting."""
+    return _plain_value(_default_of(UnlearnConfig.__dataclass_fields__[name]))
+
+
 @functools.cache
 def _field_types() -> dict:
     import typing
