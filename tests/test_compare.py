@@ -115,10 +115,11 @@ def test_a_setting_added_since_a_stored_run_is_no_difference_while_at_its_defaul
     stored = {"train": {"method": "cda", "config": {"max_steps": 2}}}
     assert settings_added_since(stored, current) == ["scheduled_swaps"]
     # at another value than its default, or not a setting at all, a missing key is a difference
-    assert _same_settings(stored, current) == ["train.config.batch_note: None -> 1",
-                                               "train.config.valence_weights: None -> 'positive=2'"]
+    assert _same_settings(stored, current) == (["train.config.batch_note: None -> 1",
+                                                "train.config.valence_weights: None -> 'positive=2'"],
+                                               ["scheduled_swaps"])
     assert _same_settings({"train": {"method": "cda", "config": {"max_steps": 2, "scheduled_swaps": "religion=3"}}},
-                          current)[-2] == "train.config.scheduled_swaps: 'religion=3' -> ''"
+                          current)[0][-2] == "train.config.scheduled_swaps: 'religion=3' -> ''"
     assert settings_added_since({"train": None}, current) == [] and settings_added_since(stored, {}) == []
 
 

@@ -175,11 +175,11 @@ def settings_added_since(stored: dict | None, current: dict) -> list[str]:
     return out
 
 
-def _same_settings(stored: dict | None, current: dict) -> list[str]:
-    """The differences between a stored method's settings and the current ones, [] if none. A data folder counts
-    by where it resolves, so `--data-dir` naming the default folder (or $BIASUNLEARN_DATA) matches a run made
-    without it; the files' own sha256 are checked by the report across methods. A training setting added since the
-    stored run was made is no difference while it is at its default (settings_added_since)."""
+def _same_settings(stored: dict | None, current: dict) -> tuple[list[str], list[str]]:
+    """(the differences between a stored method's settings and the current ones, [] if none; the training settings
+    added since the stored run was made, which are no difference while at their default: settings_added_since).
+    A data folder counts by where it resolves, so `--data-dir` naming the default folder (or $BIASUNLEARN_DATA)
+    matches a run made without it; the files' own sha256 are checked by the report across methods."""
     from .data.common import data_dir as resolve_data_dir
 
     added = settings_added_since(stored, current)
@@ -197,7 +197,7 @@ def _same_settings(stored: dict | None, current: dict) -> list[str]:
     now = norm(current)
     for k in added:
         now["train"]["config"].pop(k)
-    return _diff(norm(stored), now)
+    return _diff(norm(stored), now), added
 
 
 def _copy_adapter(src: Path, dst: Path) -> Path:
@@ -299,8 +299,7 @@ class _Runner:
         write_json(self.out / name / "results.json", doc)
         return doc
 
-    def _note_added(self, name: str, stored: dict | None, current: dict) -> None:
-        added = settings_added_since(stored, current)
+    def _note_added(self, name: str, added: list[str]) -> None:
         if added:
             self.log(f"[compare] {name}: made before these settings existed, which are at their defaults now and "
                      f"taken as what that version did: {', '.join(added)} (--rerun {name} makes it afresh)")
@@ -316,11 +315,11 @@ class _Runner:
                 shutil.rmtree(d)
         if res.exists():
             doc = read_json(res)
-            diffs = _same_settings((doc.get("method") or {}).get("settings"), settings)
+            diffs, added = _same_settings((doc.get("method") or {}).get("settings"), settings)
             if diffs:
                 raise ConfigError(f"{res} was made with other settings ({'; '.join(diffs[:6]) or 'unknown'}); pass "
                                   f"--rerun {name} (or all) to recompute it, or use another --out")
-            self._note_added(name, (doc.get("method") or {}).get("settings"), settings)
+            self._note_added(name, added)
             changed = data_changes(doc, self.ecfg, self.log)
             if not changed:
                 self.log(f"[compare] {name}: reusing {res}")
@@ -340,13 +339,12 @@ class _Runner:
         from .unlearn.pipeline import last_checkpoint, train_adapter
 
         ms = d / "method_settings.json"
-        diffs = (_same_settings({"train": read_json(ms).get("train")}, {"train": settings["train"]})
-                 if ms.exists() else [])
+        diffs, added = (_same_settings({"train": read_json(ms).get("train")}, {"train": settings["train"]})
+                        if ms.exists() else ([], []))
         if diffs:
             raise ConfigError(f"{d} holds a training run with other settings ({'; '.join(diffs[:6])}); pass "
                               f"--rerun {name} (or all) to retrain it, or use another --out")
-        if ms.exists():
-            self._note_added(name, {"train": read_json(ms).get("train")}, {"train": settings["train"]})
+        self._note_added(name, added)
         summary_path = d / "train_summary.json"
         done = ms.exists() and (d / "adapter" / "adapter_config.json").exists() and summary_path.exists()
         if done and (d / "train_measure.json").exists():
