@@ -491,6 +491,7 @@ class DevCheckCallback(TrainerCallback):
         return stop
 
     def on_train_begin(self, args, state, control, model=None, **kw):
+        self._apply_schedule(state.global_step)  # the first step's (from the checkpoint's, after a resume)
         if state.global_step == 0 and not self.trainer.controller.history:
             self._dev_check(model, 0)
             if not any(self.trainer.controller.directions.values()):
@@ -508,10 +509,6 @@ class DevCheckCallback(TrainerCallback):
         for ev in self.trainer.controller.apply_schedule(step):
             self.log(f"[train] step {step}: {ev['bias_type']} swapped as scheduled (scheduled_swaps): its "
                      "anti-stereotypes are forgotten and its stereotypes retained from this step on")
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._apply_schedule(state.global_step)  # the first step (and the first after a resume)
-        return control
 
     def on_step_end(self, args, state, control, model=None, **kw):
         self._apply_schedule(state.global_step)  # before the dev check, so its logged directions are the next step's
