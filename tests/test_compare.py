@@ -483,6 +483,9 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     for extra, steps, stop, said in (([], 250, 150, "every method stops at step 150 of the recipe's 250-step "
                                                     "schedule (stop_at_step)"),
                                      (["--max_steps", "100"], 100, 100, "stop_at_step 150 -> 100"),
+                                     # the recipe's own length given as a budget: all of it, as with any other
+                                     (["--max_steps", "250"], 250, 250, "stop_at_step 150 -> 250"),
+                                     (["--set", "max_steps=250"], 250, 250, "stop_at_step 150 -> 250"),
                                      (["--set", "stop_at_step=200"], 250, 200, None)):
         seen.clear()
         err = io.StringIO()

@@ -58,7 +58,7 @@ def _compare_cmd(a) -> int:
         if k in overrides:
             log(f"[compare] --config: {k} {overrides.pop(k)!r} left out (compare sets it: --out, --model)")
     budget = {k: getattr(a, k) for k in BUDGET}
-    recipe_steps = overrides.get("max_steps")
+    steps_given = a.max_steps is not None or "max_steps" in set_keys  # on the command line, not the recipe's
     for k in BUDGET:
         value = overrides.pop(k, None)
         if value is not None and (budget[k] is None or k in set_keys):  # --set wins over the flag
@@ -66,8 +66,9 @@ def _compare_cmd(a) -> int:
     stop = overrides.get("stop_at_step")
     if stop and budget["max_steps"] and "stop_at_step" not in set_keys:
         # a recipe that fixes its schedule keeps its last adapter, and every method (the baselines too) stops at the
-        # same step of the same schedule; a step budget given on the command line replaces the recipe's schedule
-        if budget["max_steps"] != recipe_steps or stop > budget["max_steps"]:
+        # same step of the same schedule; a step budget given on the command line replaces the recipe's schedule,
+        # also when it is the recipe's own length
+        if steps_given or stop > budget["max_steps"]:
             if stop != budget["max_steps"]:
                 log(f"[compare] stop_at_step {stop} -> {budget['max_steps']}: every method trains max_steps steps")
             overrides["stop_at_step"] = budget["max_steps"]
