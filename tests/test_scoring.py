@@ -471,6 +471,46 @@ def test_auto_dtype_is_bf16_only_where_the_device_computes_it_natively(tiny_llam
     assert models.auto_dtype("cuda") == torch.bfloat16
 
 
+def test_a_device_this_machine_lacks_is_refused_before_any_model_is_read(tiny_llama_path, monkeypatch):
+    import biasunlearn.models as models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ConfigError, match=r"^--device cuda: no CUDA device here \(this torch build has no CUDA\); "
+                                          r"use --device cpu$"):
+        models.load_model(str(tiny_llama_path), device="cuda")
+    with pytest.raises(ConfigError, match=r"^--device cuda:0: no CUDA device here"):
+        models.check_device_available(torch.device("cuda:0"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    models.check_device_available(torch.device("cuda:1"))  # there: nothing said
+    models.check_device_available(torch.device("cuda"))
+    with pytest.raises(ConfigError, match=r"^--device cuda:2: torch sees 2 GPU\(s\) here \(cuda:0 to cuda:1\)$"):
+        models.check_device_available(torch.device("cuda:2"))
+    models.check_device_available(torch.device("cpu"))
+
+
+def test_a_training_run_folder_as_model_is_pointed_to_its_adapter(tmp_path, tiny_llama_path):
+    import json
+
+    from biasunlearn.models import resolve_model_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "cda", "model": {"spec": "smollm2-135m"},
+                                                 "settings": {}}))
+    with pytest.raises(ModelLoadError) as e:
+        resolve_model_path(str(run))
+    assert str(e.value) == (f"--model {run}: a cda training run's folder, not a model; read its adapter on the model "
+                            f"it was trained on: --model smollm2-135m --adapter {run / 'adapter'}")
+    # a run written before runs named their method: its settings under "config", nothing of a model's
+    (run / "config.json").write_text(json.dumps({"config": {"lora_r": 8}}))
+    with pytest.raises(ModelLoadError, match="a biasunlearn training run's folder, not a model; .*--model <the model "
+                                             "it was trained on> --adapter"):
+        resolve_model_path(str(run))
+    assert resolve_model_path(str(tiny_llama_path)) == (str(tiny_llama_path), "local folder")  # a model's: loaded
+
+
 SKYLAKE_X_CPUINFO = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6148\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
 SAPPHIRE_CPUINFO = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
 

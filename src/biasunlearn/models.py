@@ -201,6 +201,20 @@ def parse_device(device) -> torch.device:
         raise ConfigError(f"--device {device}: not a device torch knows (cpu, cuda, cuda:1, mps, ...)") from e
 
 
+def check_device_available(device: torch.device) -> None:
+    """A device this machine lacks (--device cuda where torch sees no GPU, cuda:3 on a 2-GPU machine) is a
+    ConfigError naming --device, before any model is read."""
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no GPU"
+            raise ConfigError(f"--device {device}: no CUDA device here ({why}); use --device cpu")
+        if device.index is not None and device.index >= n:
+            raise ConfigError(f"--device {device}: torch sees {n} GPU(s) here (cuda:0 to cuda:{n - 1})")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
 def merge_note(dtype: str) -> str:
     """How load_model(merge_adapter=True) and export merge an adapter, in words for reports, provenance and cards."""
     name = str(dtype).removeprefix("torch.")
@@ -331,6 +345,25 @@ def _gguf_description(spec: str, gguf: Path) -> str:
     return BUILTIN_MODELS[spec][0] if spec in BUILTIN_MODELS else f"GGUF file {gguf.name}"
 
 
+def _refuse_run_folder(spec: str, folder: Path) -> None:
+    """A training run's folder given as --model (its config.json is the run's settings, not a model's) is pointed
+    to its adapter on the model it was trained on, instead of failing on a missing tokenizer."""
+    from .io import read_json
+    from .train_cli import run_kind
+
+    try:
+        doc = read_json(folder / "config.json")
+    except (OSError, ValueError):
+        return  # from_pretrained names a config.json it cannot read
+    kind = run_kind(doc)
+    if kind is None:
+        return
+    model = doc.get("model")
+    base = model.get("spec") if isinstance(model, dict) and model.get("spec") else "<the model it was trained on>"
+    raise ModelLoadError(f"--model {spec}: a {kind} training run's folder, not a model; read its adapter on the model "
+                         f"it was trained on: --model {base} --adapter {folder / 'adapter'}")
+
+
 def resolve_model_path(spec: str) -> tuple[str, str]:
     """(path or hub id to hand to from_pretrained, description)."""
     gguf = gguf_source(spec)
@@ -340,6 +373,7 @@ def resolve_model_path(spec: str) -> tuple[str, str]:
     if p.exists():
         if not p.is_dir() or not (p / "config.json").exists():
             raise ModelLoadError(f"--model {spec}: a local model must be a save_pretrained folder with config.json")
+        _refuse_run_folder(spec, p)
         return str(p), "local folder"
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"--model {spec}: no such file or folder")
@@ -419,6 +453,7 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
 
         check_adapter_folder(adapter)  # a wrong or damaged adapter is named before the model is read
     device = parse_device(device) if device else default_device()
+    check_device_available(device)
     path, desc = resolve_model_path(spec)
     torch_dtype = auto_dtype(device) if dtype == "auto" else resolve_dtype(dtype)
     if device.type == "cpu" and torch_dtype in (torch.bfloat16, torch.float16) and not cpu_has_native_bf16():
