@@ -1669,3 +1669,28 @@ def test_lean_moves_by_hand(tmp_path, capsys):
         mod.main(["--base", paths["base"], "--read", f"A={tmp_path / 'short.jsonl'}"])
     with pytest.raises(SystemExit, match="expected NAME=PATH"):
         mod.main(["--base", paths["base"], "--read", "noequals"])
+
+
+def test_an_adapter_whose_config_gives_another_rank_than_its_weights_is_refused_in_one_folded_line(tmp_path,
+                                                                                                  tiny_llama_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from biasunlearn.adapters import apply_adapter
+    from biasunlearn.errors import ModelLoadError
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    peft.save_pretrained(tmp_path / "adapter")
+    n_layers = model.config.num_hidden_layers
+    cfg_path = tmp_path / "adapter" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
+    assert apply_adapter(fresh, tmp_path / "adapter") is not None  # as saved: it fits
+    cfg["r"] = 4  # edited by hand: peft would print the whole state dict's size mismatches
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError) as e:
+        apply_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama_path), tmp_path / "adapter")
+    assert str(e.value) == (f"adapter {tmp_path / 'adapter'} does not fit this model ({n_layers} mismatch(es)):\n  "
+                            "module model.layers.*.self_attn.q_proj: adapter_config.json gives rank r=4, the adapter's "
+                            f"weights have rank 8  [{n_layers} layers]")

@@ -146,6 +146,12 @@ def adapter_mismatches(model, adapter_dir) -> list[str]:
     state = load_file(str(weights))
     modules = dict(model.named_modules())
     problems = []
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        cfg = {}
+    # the rank adapter_config.json gives (r, where no per-module rank_pattern overrides it) must be the weights'
+    rank = cfg.get("r") if isinstance(cfg, dict) and not cfg.get("rank_pattern") else None
     for key, tensor in state.items():
         # key like base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
         if ".lora_A." not in key and ".lora_B." not in key:
@@ -164,6 +170,9 @@ def adapter_mismatches(model, adapter_dir) -> list[str]:
         from transformers.pytorch_utils import Conv1D
 
         out_f, in_f = (w.shape[1], w.shape[0]) if isinstance(mod, Conv1D) else (w.shape[0], w.shape[1])
+        if is_a and isinstance(rank, int) and tensor.shape[0] != rank:
+            problems.append(f"module {mod_path}: adapter_config.json gives rank r={rank}, the adapter's weights have "
+                            f"rank {tensor.shape[0]}")
         if is_a and tensor.shape[1] != in_f:
             problems.append(f"module {mod_path}: adapter expects input size {tensor.shape[1]}, model has {in_f}")
         if not is_a and tensor.shape[0] != out_f:
