@@ -1694,3 +1694,30 @@ def test_an_adapter_whose_config_gives_another_rank_than_its_weights_is_refused_
     assert str(e.value) == (f"adapter {tmp_path / 'adapter'} does not fit this model ({n_layers} mismatch(es)):\n  "
                             "module model.layers.*.self_attn.q_proj: adapter_config.json gives rank r=4, the adapter's "
                             f"weights have rank 8  [{n_layers} layers]")
+
+
+def test_an_export_read_with_the_adapter_it_merged_is_refused(tmp_path, tiny_llama_path):
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from biasunlearn.io import sha256_file
+    from biasunlearn.models import load_model
+
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_path),
+                          LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    peft.save_pretrained(tmp_path / "adapter")
+    export = tmp_path / "export"
+    shutil.copytree(tiny_llama_path, export)
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    (export / "biasunlearn_export.json").write_text(json.dumps({"adapter_sha256": {
+        "adapter_model.safetensors": sha256_file(weights)}}))
+    with pytest.raises(ConfigError, match=rf"^--model {export} is an export with --adapter {tmp_path / 'adapter'} "
+                                          r"merged in already .*read --model .* without --adapter$"):
+        load_model(str(export), adapter=str(tmp_path / "adapter"), device="cpu")
+    # another adapter on the same export is the user's choice: applied
+    (export / "biasunlearn_export.json").write_text(json.dumps({"adapter_sha256": {
+        "adapter_model.safetensors": "0" * 64}}))
+    model, _, info = load_model(str(export), adapter=str(tmp_path / "adapter"), device="cpu")
+    assert info.adapter == str(tmp_path / "adapter")

@@ -364,6 +364,25 @@ def _refuse_run_folder(spec: str, folder: Path) -> None:
                          f"it was trained on: --model {base} --adapter {folder / 'adapter'}")
 
 
+def _refuse_merged_twice(spec: str, path: str, adapter) -> None:
+    """`--model` an export of `--adapter` (biasunlearn_export.json names the adapter's weights by sha256): the
+    adapter is merged in already, and applied again it would count twice."""
+    from .io import read_json, sha256_file
+
+    record = Path(path) / "biasunlearn_export.json"
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not record.is_file() or not weights.is_file():
+        return
+    try:
+        merged = (read_json(record).get("adapter_sha256") or {}).get("adapter_model.safetensors")
+    except (OSError, ValueError, AttributeError):
+        return
+    if merged and merged == sha256_file(weights):
+        raise ConfigError(f"--model {spec} is an export with --adapter {adapter} merged in already (the same "
+                          f"weights, by {record.name}); applied again it would count twice: read --model {spec} "
+                          "without --adapter")
+
+
 def resolve_model_path(spec: str) -> tuple[str, str]:
     """(path or hub id to hand to from_pretrained, description)."""
     gguf = gguf_source(spec)
@@ -455,6 +474,8 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
     device = parse_device(device) if device else default_device()
     check_device_available(device)
     path, desc = resolve_model_path(spec)
+    if adapter:
+        _refuse_merged_twice(spec, path, adapter)
     torch_dtype = auto_dtype(device) if dtype == "auto" else resolve_dtype(dtype)
     if device.type == "cpu" and torch_dtype in (torch.bfloat16, torch.float16) and not cpu_has_native_bf16():
         warnings.warn(f"--dtype {dtype}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native "
