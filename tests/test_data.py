@@ -1,4 +1,5 @@
 """Loaders on small files written here, including malformed ones: every DataError names the file and the row."""
+import csv
 import json
 import re
 from pathlib import Path
@@ -473,6 +474,73 @@ def test_text_lines(tmp_path):
         load_text_lines(tmp_path / "nope.raw")
 
 
+
+# --- files without data rows ---------------------------------------------------------------------------------------
+
+EMPTY_FILES = {  # name: (file name, bytes, loader, the message's end)
+    "stereoset csv, header only": ("intrasentence_gender_data.csv", (",".join(CSV_HEADER) + "\n").encode(),
+                                   load_stereoset, "no examples: a header and no data rows"),
+    "stereoset csv, empty": ("intersentence_race_data.csv", b"", load_stereoset,
+                             "no examples: the file is empty (not even a header)"),
+    "stereoset json, empty list": ("dev.json", b"[]", load_stereoset, "no examples: the list is empty"),
+    "stereoset json, empty document": ("dev.json", b'{"version": "1", "data": {"intrasentence": []}}',
+                                       load_stereoset,
+                                       "no examples: its intrasentence and intersentence lists are empty"),
+    "crows pairs, header only": ("cp.csv", (",".join(CROWS_HEADER) + "\r\n").encode(), load_crows_pairs,
+                                 "no examples: a header and no data rows"),
+    "crows pairs, empty": ("cp.csv", b"", load_crows_pairs, "no examples: the file is empty (not even a header)"),
+    "bbq, empty": ("Age.jsonl", b"", load_bbq, "no examples: the file is empty or holds only blank lines"),
+    "bbq, blank lines": ("Age.jsonl", b"\n  \r\n\n", load_bbq,
+                         "no examples: the file is empty or holds only blank lines"),
+    "text, empty": ("wiki.test.raw", b"", load_text_lines, "no text: the file is empty or holds only blank lines"),
+    "text, blank lines": ("wiki.test.raw", b"\r\n \r\n\t\r\n", load_text_lines,
+                          "no text: the file is empty or holds only blank lines"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EMPTY_FILES))
+def test_a_data_file_without_data_rows_is_refused_naming_it(tmp_path, case):
+    name, data, loader, message = EMPTY_FILES[case]
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(DataError) as ei:
+        loader(p)
+    assert str(ei.value) == f"{p}: {message}"
+    assert_names(ei.value, p)
+
+
+def test_an_empty_file_in_a_folder_is_named_and_filters_that_leave_nothing_are_no_error(fake_data, tmp_path):
+    # one header-only StereoSet CSV among full ones, one empty BBQ file among full ones: each is named
+    ss = tmp_path / "ss"
+    for f in (fake_data / "stereoset" / "ano1-yu__stereoset_adaptation").iterdir():
+        write_csv(ss / f.name, CSV_HEADER, [] if f.name == "intrasentence_race_data.csv" else
+                  list(csv.reader(f.read_text().splitlines()))[1:])
+    with pytest.raises(DataError, match="no examples: a header and no data rows") as ei:
+        load_stereoset(ss)
+    assert_names(ei.value, ss / "intrasentence_race_data.csv")
+    # a task filter reads only its task's files: the empty intrasentence file is not read for intersentence
+    assert {e.task for e in load_stereoset(ss, task="intersentence")} == {"intersentence"}
+    bbq = tmp_path / "bbq"
+    bbq.mkdir()
+    (bbq / "Age.jsonl").write_text("")
+    (bbq / "Nationality.jsonl").write_bytes((fake_data / "bbq" / "Nationality.jsonl").read_bytes())
+    with pytest.raises(DataError, match="no examples") as ei:
+        load_bbq(bbq)
+    assert_names(ei.value, bbq / "Age.jsonl")
+    # an official document with intersentence examples only: the intrasentence filter selects none, no error
+    doc = tmp_path / "inter.json"
+    inter = {**ZJUNLP[0], "id": "i-1"}
+    doc.write_text(json.dumps({"version": "1", "data": {"intrasentence": [], "intersentence": [inter]}}))
+    assert load_stereoset_json(doc, task="intrasentence") == []
+    assert [e.id for e in load_stereoset_json(doc, task="intersentence")] == ["i-1"]
+    # rows that are there but skipped on purpose are counted, not refused, by the loader (evaluate refuses a
+    # benchmark left with nothing to score)
+    skips = SkipLog()
+    p = write_csv(tmp_path / "intrasentence_gender_data.csv", CSV_HEADER, [("gender", "mother", "no blank here",
+                                                                            "a", "b", "c")])
+    assert load_stereoset_csv(p, skips) == [] and skips.counts == {"intrasentence context without BLANK": 1}
+
+
 # --- SkipLog -------------------------------------------------------------------------------------------------------
 
 def test_skiplog_counts_and_merges():
@@ -505,6 +573,10 @@ def test_data_dir_explicit_env_and_bad(tmp_path, monkeypatch):
     assert resolve_data_path(str(tmp_path / "abs.csv")) == tmp_path / "abs.csv"
     with pytest.raises(ConfigError, match=r"--data-dir .*nope: no such folder"):
         data_dir(tmp_path / "nope")
+    # an empty --data-dir names no folder: refused, not taken for the default ($BIASUNLEARN_DATA here)
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match=r"^--data-dir is empty: name the benchmark data folder"):
+            data_dir(empty)
     monkeypatch.setenv("BIASUNLEARN_DATA", str(tmp_path / "gone"))
     with pytest.raises(ConfigError, match=r"\$BIASUNLEARN_DATA=.*gone: no such folder"):
         data_dir()

@@ -545,3 +545,155 @@ def test_a_killed_read_never_leaves_a_results_json_beside_another_reads_files(ti
     assert sorted(p.name for p in out.iterdir()) == ["predictions.jsonl", "results.json", "stereoset_predictions.json",
                                                       "stereoset_scores.jsonl.gz"]
     assert json.loads((out / "results.json").read_text())["model"]["adapter"] == str(adapter)
+
+
+# --- data that cannot be read whole is refused before any model is scored ------------------------------------------
+
+def _copy_data(fake_data, dest):
+    import shutil
+
+    shutil.copytree(fake_data, dest)
+    return dest
+
+
+def _header_only_stereoset(root):
+    for f in (root / "stereoset" / "ano1-yu__stereoset_adaptation").iterdir():
+        f.write_text(f.read_text().splitlines()[0] + "\n")
+    return root / "stereoset" / "ano1-yu__stereoset_adaptation" / "intersentence_gender_data.csv"  # sorted first
+
+
+def _blank_lines(path):
+    path.write_bytes(b"\r\n  \r\n\r\n")
+    return path
+
+
+def _empty(path):
+    path.write_bytes(b"")
+    return path
+
+
+def _header_only(path):
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    return path
+
+
+EMPTY_DATA = {  # benchmark: (how the data is emptied, returning the file the error names; the message's end)
+    "stereoset": (_header_only_stereoset, "no examples: a header and no data rows"),
+    "crows_pairs": (lambda r: _header_only(r / "crows_pairs" / "crows_pairs_anonymized.csv"),
+                    "no examples: a header and no data rows"),
+    "bbq": (lambda r: _empty(r / "bbq" / "Gender_identity.jsonl"),
+            "no examples: the file is empty or holds only blank lines"),
+    "perplexity": (lambda r: _empty(r / "text" / "wikitext-2-raw" / "wiki.test.raw"),
+                   "no text: the file is empty or holds only blank lines"),
+    "perplexity, blank lines": (lambda r: _blank_lines(r / "text" / "wikitext-2-raw" / "wiki.test.raw"),
+                                "no text: the file is empty or holds only blank lines"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EMPTY_DATA))
+def test_a_data_file_without_examples_is_an_error_naming_it_and_the_earlier_read_stays(
+        cli_run, tiny_gpt2_path, fake_data, tmp_path, case):
+    import shutil
+
+    empty, message = EMPTY_DATA[case]
+    data = _copy_data(fake_data, tmp_path / "data")
+    bad = empty(data)
+    out = tmp_path / "out"
+    shutil.copytree(cli_run["out"], out)  # a whole earlier read of every benchmark
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, stdout, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(data), "--out", str(out),
+                               "--device", "cpu", "--benchmarks", case.split(",")[0]])
+    assert rc == 2 and stdout == ""
+    assert err.strip().splitlines()[-1] == f"biasunlearn: error: {bad}: {message}"
+    assert "Traceback" not in err and "[eval]" not in err  # nothing scored
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # results.json byte-identical, and the rest
+
+
+def test_every_benchmarks_data_is_parsed_before_the_model_loads_or_anything_is_scored(gpt2, fake_data, tmp_path,
+                                                                                       monkeypatch):
+    import biasunlearn.evaluate as evaluate
+    import biasunlearn.models as models
+    from biasunlearn.errors import DataError
+
+    data = _copy_data(fake_data, tmp_path / "data")
+    bbq = data / "bbq" / "Nationality.jsonl"
+    lines = bbq.read_text().splitlines()
+    bbq.write_text(lines[0] + "\n{not json\n")
+    loaded, scored = [], []
+    monkeypatch.setattr(models, "load_model", lambda *a, **kw: loaded.append(a) or pytest.fail("model loaded"))
+    monkeypatch.setattr(evaluate, "stereoset_records", lambda *a, **kw: scored.append(a) or pytest.fail("scored"))
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(["eval", "--model", "any", "--data-dir", str(data), "--out", str(out), "--device",
+                               "cpu", "--benchmarks", "stereoset,crows_pairs,bbq"])
+    assert rc == 2 and stdout == "" and loaded == [] and scored == []
+    assert err.strip().splitlines() == [f"biasunlearn: error: {bbq}, row 2: invalid JSON: Expecting property name "
+                                        "enclosed in double quotes (character 2 of the line)"]
+    assert not out.exists()
+    # an already loaded model (train's before/after reads, compare, export): the same, before StereoSet's turn
+    model, tok = gpt2
+    cfg = EvalConfig(benchmarks=("stereoset", "crows_pairs", "bbq"), data_dir=str(data), progress=False)
+    with pytest.raises(DataError, match="row 2: invalid JSON"):
+        evaluate_model(model, tok, cfg, out_dir=out, log=None)
+    assert scored == [] and not out.exists()
+    # train checks its report's data with check_data before it trains: the same error, with nothing loaded
+    with pytest.raises(DataError, match="row 2: invalid JSON") as ei:
+        evaluate.check_data(cfg)
+    assert ei.value.path == str(bbq) and ei.value.row == 2
+
+
+def test_a_benchmark_whose_rows_are_all_skipped_or_of_tasks_not_read_is_refused(fake_data, tmp_path):
+    from biasunlearn.errors import DataError
+    from biasunlearn.evaluate import check_data
+
+    data = _copy_data(fake_data, tmp_path / "data")
+    cp = data / "crows_pairs" / "crows_pairs_anonymized.csv"
+    header, first = cp.read_text().splitlines()[:2]
+    cells = first.split(",")
+    cells[2] = cells[1]  # sent_less = sent_more: skipped on purpose
+    cp.write_text(header + "\n" + ",".join(cells) + "\n")
+    with pytest.raises(DataError) as ei:
+        check_data(EvalConfig(benchmarks=("crows_pairs",), data_dir=str(data)))
+    assert str(ei.value) == f"{cp}: no pairs to score: every row was skipped (1 sent_more identical to sent_less)"
+    ss = data / "stereoset" / "ano1-yu__stereoset_adaptation"
+    for f in ss.glob("intrasentence_*"):
+        f.unlink()
+    cfg = EvalConfig(benchmarks=("stereoset",), data_dir=str(data), stereoset_intersentence=False)
+    with pytest.raises(DataError) as ei:
+        check_data(cfg)
+    assert str(ei.value) == f"{ss}: no intrasentence examples to score"
+    cfg.stereoset_intersentence = True
+    assert set(check_data(cfg)) == {"stereoset"}
+
+
+def test_a_benchmark_named_twice_is_refused_before_loading(fake_data, tmp_path):
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.evaluate import benchmark_names_problem
+    from biasunlearn.unlearn.config import UnlearnConfig
+
+    model = str(tmp_path / "no-model")  # never loaded: the setting is refused first
+    for benchmarks, problem in (("bbq,bbq", "names bbq more than once"),
+                                ("stereoset,bbq,stereoset,bbq", "names stereoset, bbq more than once"),
+                                ("crows_pairs, crows_pairs", "names crows_pairs more than once")):
+        rc, stdout, err = run_cli(["eval", "--model", model, "--data-dir", str(fake_data), "--benchmarks", benchmarks])
+        assert (rc, stdout) == (2, "") and err.strip().splitlines() == [f"biasunlearn: error: --benchmarks: {problem}"]
+    assert benchmark_names_problem(["bbq", "perplexity"]) is None
+    # the same helper reads train's eval_benchmarks (and compare's --benchmarks, through check_config)
+    with pytest.raises(ConfigError, match="eval_benchmarks='bbq,bbq': names bbq more than once"):
+        UnlearnConfig(model="m", eval_benchmarks="bbq,bbq")
+
+
+def test_an_empty_data_dir_is_refused_not_taken_for_the_default(fake_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("BIASUNLEARN_DATA", str(fake_data))  # the default it must not fall back to
+    rc, stdout, err = run_cli(["eval", "--model", str(tmp_path / "no-model"), "--data-dir", "", "--benchmarks",
+                               "crows_pairs"])
+    assert (rc, stdout) == (2, "") and err.strip().splitlines() == [
+        "biasunlearn: error: --data-dir is empty: name the benchmark data folder, or leave the option out for the "
+        "default ($BIASUNLEARN_DATA or ../shared/data)"]
+
+
+def test_too_few_perplexity_tokens_are_refused_before_loading(fake_data, tmp_path):
+    rc, _, err = run_cli(["eval", "--model", str(tmp_path / "no-model"), "--data-dir", str(fake_data),
+                          "--benchmarks", "perplexity", "--ppl-max-tokens", "1"])
+    assert rc == 2 and err.strip().splitlines() == [
+        "biasunlearn: error: --ppl-max-tokens 1: perplexity needs at least 2 tokens (one of context, one scored; "
+        "0 = all)"]

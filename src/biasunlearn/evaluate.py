@@ -102,6 +102,38 @@ def _skw(cfg: EvalConfig, desc: str) -> dict:
     return {"max_tokens": cfg.max_tokens, "progress": desc if cfg.progress else None}
 
 
+def stereoset_tasks(cfg: EvalConfig) -> tuple:
+    """The StereoSet tasks a read scores."""
+    return ("intrasentence", "intersentence") if cfg.stereoset_intersentence else ("intrasentence",)
+
+
+def load_examples(name: str, path: Path, cfg: EvalConfig) -> tuple[list, SkipLog]:
+    """(examples, skips) of one benchmark's data file or folder, parsed but not tokenized: for perplexity the text's
+    lines. Each loader refuses a file without data rows (DataError naming it); a benchmark whose rows were all
+    skipped, or that holds none of the StereoSet tasks read, is refused here, naming its data path, so that no read
+    comes out without that benchmark's numbers. A --limit sample or the BBQ per-category sample come after this."""
+    skips = SkipLog()
+    if name == "perplexity":
+        return load_text_lines(path), skips
+    if name == "stereoset":
+        examples = load_stereoset(path, skips=skips)
+        left = [e for e in examples if e.task in stereoset_tasks(cfg)]
+        what = f"{' or '.join(stereoset_tasks(cfg))} examples"
+    elif name == "crows_pairs":
+        examples = left = load_crows_pairs(path, skips)
+        what = "pairs"
+    elif name == "bbq":
+        examples = left = load_bbq(path, skips)
+        what = "examples"
+    else:
+        raise ConfigError(f"--benchmarks: unknown {name} (choose from {', '.join(BENCHMARKS)})")
+    if not left:
+        why = "; ".join(f"{n} {reason}" for reason, n in skips.counts.items())
+        raise DataError(path, f"no {what} to score" + (f": every row was skipped ({why})" if why and not examples
+                                                        else ""))
+    return examples, skips
+
+
 # --- StereoSet -------------------------------------------------------------------------------------------------
 
 def stereoset_records(model, tok, examples, **skw) -> list[dict]:
@@ -132,12 +164,9 @@ def stereoset_records(model, tok, examples, **skw) -> list[dict]:
 
 
 def eval_stereoset(model, tok, cfg: EvalConfig, path: Path) -> dict:
-    skips = SkipLog()
-    examples = load_stereoset(path, skips=skips)
+    examples, skips = load_examples("stereoset", path, cfg)
     out = {"metrics": {}, "predictions": [], "skipped": skips.to_dict(), "scoring": STEREOSET_SCORING}
-    for task in ("intrasentence", "intersentence"):
-        if task == "intersentence" and not cfg.stereoset_intersentence:
-            continue
+    for task in stereoset_tasks(cfg):
         exs = _sample([e for e in examples if e.task == task], cfg.limit, cfg.seed)
         if not exs:
             continue
@@ -164,8 +193,8 @@ def stereoset_official_predictions(records: list[dict]) -> dict:
 # --- CrowS-Pairs -----------------------------------------------------------------------------------------------
 
 def eval_crows_pairs(model, tok, cfg: EvalConfig, path: Path) -> dict:
-    skips = SkipLog()
-    pairs = _sample(load_crows_pairs(path, skips), cfg.limit, cfg.seed)
+    pairs, skips = load_examples("crows_pairs", path, cfg)
+    pairs = _sample(pairs, cfg.limit, cfg.seed)
     texts = [t for p in pairs for t in (p.sent_more, p.sent_less)]
     scores = score_texts(model, tok, texts, **_skw(cfg, "crows_pairs"))
     recs = []
@@ -183,8 +212,7 @@ def eval_crows_pairs(model, tok, cfg: EvalConfig, path: Path) -> dict:
 # --- BBQ -------------------------------------------------------------------------------------------------------
 
 def eval_bbq(model, tok, cfg: EvalConfig, path: Path) -> dict:
-    skips = SkipLog()
-    examples = load_bbq(path, skips)
+    examples, skips = load_examples("bbq", path, cfg)
     if cfg.bbq_per_category is not None:
         by_cat: dict[str, list] = {}
         for e in examples:
@@ -236,12 +264,14 @@ def perplexity_windows(ids: list[int], window: int, stride: int) -> tuple[list[l
 
 
 def eval_perplexity(model, tok, cfg: EvalConfig, path: Path) -> dict:
-    lines = load_text_lines(path)
+    lines, _ = load_examples("perplexity", path, cfg)
     ids = tok("\n".join(lines), add_special_tokens=False)["input_ids"]
     n_total = len(ids)
     limit = cfg.ppl_max_tokens if cfg.limit is None else min(cfg.ppl_max_tokens or n_total, cfg.limit * 64)
     if limit is not None:
         ids = ids[:limit]
+    if len(ids) < 2:  # check_config refused ppl_max_tokens under 2: the file's text is that short
+        raise DataError(path, f"{n_total} token(s) of text: perplexity needs at least 2 (one of context, one scored)")
     seqs, starts = perplexity_windows(ids, cfg.ppl_window, cfg.ppl_stride)
     sums, counts = score_sequences(model, seqs, starts, pad_id=tok.pad_token_id or 0,
                                    **_skw(cfg, "perplexity"))
@@ -256,11 +286,14 @@ RUNNERS = {"stereoset": eval_stereoset, "crows_pairs": eval_crows_pairs, "bbq": 
 
 
 def benchmark_names_problem(names) -> str | None:
-    """What is wrong with a list of benchmark names ("unknown foo", "names none"), with the choices, or None."""
+    """What is wrong with a list of benchmark names ("unknown foo", "names none", "names bbq more than once")."""
     unknown = [b for b in names if b not in BENCHMARKS]
     if unknown or not names:
         return (f"{'unknown ' + ', '.join(unknown) if unknown else 'names none'} "
                 f"(choose from {', '.join(BENCHMARKS)})")
+    twice = [b for b in dict.fromkeys(names) if list(names).count(b) > 1]
+    if twice:  # it would be read twice, and its predictions written twice
+        return f"names {', '.join(twice)} more than once"
     return None
 
 
@@ -269,13 +302,25 @@ def check_config(cfg: EvalConfig) -> Path:
     problem = benchmark_names_problem(cfg.benchmarks)
     if problem:
         raise ConfigError(f"--benchmarks: {problem}")
+    if "perplexity" in cfg.benchmarks and cfg.ppl_max_tokens is not None and cfg.ppl_max_tokens < 2:
+        raise ConfigError(f"--ppl-max-tokens {cfg.ppl_max_tokens}: perplexity needs at least 2 tokens (one of "
+                          "context, one scored; 0 = all)")
     return data_dir(cfg.data_dir)
 
 
 def check_data(cfg: EvalConfig) -> dict:
-    """{benchmark: (its data path, {file: sha256})}, every file there and checked against the data folder's
-    SHA256SUMS: a missing or damaged file stops a run before any scoring (and `train` before training)."""
-    return _checked_data(cfg)[1]
+    """{benchmark: (its data path, {file: sha256})}, every file there, checked against the data folder's SHA256SUMS
+    and parsed (load_examples; nothing is tokenized or kept): a missing, damaged, malformed or empty file stops a run
+    before any model is loaded or scored (and `train` before training), whichever benchmark's turn it would be."""
+    return _parsed_data(cfg)[1]
+
+
+def _parsed_data(cfg: EvalConfig) -> tuple[Path, dict]:
+    """_checked_data's (data folder, {benchmark: (path, sums)}), after every benchmark's data parsed: check_data."""
+    root, checked = _checked_data(cfg)
+    for name, (path, _) in checked.items():
+        load_examples(name, path, cfg)  # dropped: each runner reads its file again at its turn (a fraction of a second)
+    return root, checked
 
 
 def data_changes(doc: dict, cfg: EvalConfig, log=None) -> list[str]:
@@ -285,7 +330,7 @@ def data_changes(doc: dict, cfg: EvalConfig, log=None) -> list[str]:
     a file from changing). Where the data cannot be read (moved away, or refused by its SHA256SUMS), nothing can be
     compared: the read is kept as recorded, and `log` says so (a reread would fail on the same data)."""
     try:
-        checked = check_data(cfg)
+        checked = _checked_data(cfg)[1]  # the files' sha256 only: a file that changed need not parse to count
     except (ConfigError, DataError) as e:
         if log:
             log(f"[eval] the data files could not be checked against the read's ({e}); its results are kept as "
@@ -322,12 +367,14 @@ def _checked_data(cfg: EvalConfig) -> tuple[Path, dict]:
 
 
 def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, out_dir=None, log=print, *,
-                   before_write=None) -> dict:
+                   before_write=None, checked_data=None) -> dict:
     """Run the configured benchmarks on an already loaded model; write results.json and predictions to out_dir, in
     place of an earlier read there (_write_read). `before_write(doc)`, when given, is called with the results before
     any file is written (the CLI prints its tables there: a folder that cannot be written then does not lose the
-    numbers of the whole run)."""
-    root, checked = _checked_data(cfg)
+    numbers of the whole run). Every benchmark's data is checked and parsed before the first is scored (check_data);
+    `checked_data`: what _parsed_data(cfg) gave the caller that has just done that (run_eval, before the model's
+    load), so it is not done twice."""
+    root, checked = checked_data if checked_data is not None else _parsed_data(cfg)
     doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
            "model": model_info or {}, "versions": package_versions(), "machine": machine_info(),
            "eval_config": cfg.to_dict(),
@@ -413,14 +460,17 @@ def run_eval(model: str, adapter: str | None = None, dtype: str = "float32", cfg
         if dtype not in (None, "float32") or (device is not None and str(device) != "cpu"):
             raise ConfigError(f"--runtime llama.cpp runs the file's weights as stored, on the CPU build of llama.cpp: "
                               f"--dtype {dtype} / --device {device} do not apply (leave them out)")
+    checked = _parsed_data(cfg)  # every benchmark's data, before the model loads
     # one read at a time in a folder: two would write their files over each other's
     with folder_lock(out_dir) if out_dir is not None else nullcontext():
         if runtime is None:
             m, tok, info = load_model(model, adapter=adapter, dtype=dtype, device=device, merge_adapter=merge_adapter)
-            return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write)
+            return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write,
+                                  checked_data=checked)
         m, tok, info = load_llama_cpp(model, adapter, n_ctx=max(1024, cfg.ppl_window + 8))
         try:
-            return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write)
+            return evaluate_model(m, tok, cfg, info.to_dict(), out_dir, log, before_write=before_write,
+                                  checked_data=checked)
         finally:
             m.close()
 

@@ -106,11 +106,12 @@ def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
         return [e for p in files for e in load_bbq(p, skips)]
     if not path.is_file():
         raise DataError(path, "file not found")
-    out = []
+    out, rows = [], 0
     with io.StringIO(read_utf8(path)) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            rows += 1
             try:
                 ex = json.loads(line)
             except json.JSONDecodeError as e:
@@ -145,4 +146,6 @@ def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
                 id=eid, category=category, context=context, question=question, answers=answers, label=label,
                 unknown_index=tags.index("unknown"), target_index=target, polarity=polarity, condition=condition,
             ))
+    if not rows:
+        raise DataError(path, "no examples: the file is empty or holds only blank lines")
     return out

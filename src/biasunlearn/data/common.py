@@ -13,7 +13,10 @@ ENV_VAR = "BIASUNLEARN_DATA"
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The benchmark data folder: `explicit`, else $BIASUNLEARN_DATA, else `../shared/data` beside the repository."""
-    if explicit:
+    if explicit is not None:
+        if not str(explicit).strip():  # `--data-dir ""`: a folder meant and not named, not the default folder
+            raise ConfigError("--data-dir is empty: name the benchmark data folder, or leave the option out for the "
+                              f"default (${ENV_VAR} or ../shared/data)")
         p = Path(explicit).expanduser()
         if not p.is_dir():
             raise ConfigError(f"--data-dir {p}: no such folder")

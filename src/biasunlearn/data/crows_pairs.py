@@ -29,11 +29,14 @@ def load_crows_pairs(path, skips: SkipLog | None = None) -> list[CrowsPair]:
     out = []
     with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
+        if reader.fieldnames is None:
+            raise DataError(path, "no examples: the file is empty (not even a header)")
+        cols = reader.fieldnames
         absent = [c for c in _REQUIRED if c not in cols]
         if absent:
             raise DataError(path, f"missing column(s): {', '.join(absent)}", row=1)
         index_col = cols[0] if cols and cols[0] in ("", "Unnamed: 0") else None
+        i = -1
         for i, rec in enumerate(reader):
             line = i + 2
             more, less = (rec.get("sent_more") or "").strip(), (rec.get("sent_less") or "").strip()
@@ -47,4 +50,6 @@ def load_crows_pairs(path, skips: SkipLog | None = None) -> list[CrowsPair]:
                 continue
             pid = (rec.get(index_col) or "").strip() if index_col is not None else ""
             out.append(CrowsPair(id=pid or str(i), sent_more=more, sent_less=less, direction=direction, bias_type=bias))
+        if i < 0:
+            raise DataError(path, "no examples: a header and no data rows")
     return out

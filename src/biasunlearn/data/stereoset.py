@@ -138,6 +138,9 @@ def load_stereoset_json(path, task: str | None = None, skips: SkipLog | None = N
         groups = {"intrasentence": doc}
     else:
         raise DataError(path, "neither the official {version, data} StereoSet document nor a list of examples")
+    if not any(groups.values()):  # a task filter may leave nothing of a file that has examples: that is no error
+        raise DataError(path, "no examples: " + ("the list is empty" if isinstance(doc, list)
+                                                 else "its intrasentence and intersentence lists are empty"))
     out = []
     for t, items in groups.items():
         if task and t != task:
@@ -164,9 +167,12 @@ def load_stereoset_csv(path, skips: SkipLog | None = None) -> list[StereoSetExam
     out = []
     with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f)
-        absent = [c for c in _CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if reader.fieldnames is None:
+            raise DataError(path, "no examples: the file is empty (not even a header)")
+        absent = [c for c in _CSV_COLUMNS if c not in reader.fieldnames]
         if absent:
             raise DataError(path, f"missing column(s): {', '.join(absent)}", row=1)  # the header line
+        row = -1
         for row, rec in enumerate(reader):
             vals = {c: (rec.get(c) or "").strip() for c in _CSV_COLUMNS}
             empty = [c for c, v in vals.items() if not v]
@@ -183,6 +189,8 @@ def load_stereoset_csv(path, skips: SkipLog | None = None) -> list[StereoSetExam
                 sentence_ids={"stereotype": f"{ex_id}-s", "anti-stereotype": f"{ex_id}-a", "unrelated": f"{ex_id}-u"},
                 source=path.name,
             ))
+        if row < 0:
+            raise DataError(path, "no examples: a header and no data rows")
     return out
 
 

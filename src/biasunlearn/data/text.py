@@ -11,5 +11,7 @@ def load_text_lines(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
-    text = read_utf8(path)
-    return [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in read_utf8(path).splitlines() if line.strip()]
+    if not lines:
+        raise DataError(path, "no text: the file is empty or holds only blank lines")
+    return lines
