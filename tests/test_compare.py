@@ -537,6 +537,93 @@ def test_cli_compare_arguments_and_report_only(tmp_path, monkeypatch):
     assert "none: no such folder (--report-only rebuilds the report of an earlier compare --out)" in err.getvalue()
 
 
+def test_a_damaged_or_empty_results_or_plan_file_is_named_and_left_as_it_is(tmp_path, tiny_llama_path, data,
+                                                                             monkeypatch):
+    from _tiny import run_cli
+
+    from biasunlearn import compare
+    from biasunlearn.errors import DataError
+
+    out = tmp_path / "rep"
+    write_folder(out, {"base": doc("base", "base", {"overall": 60.0}, 90.0, {"overall": 55.0}, 1.0, 20.0),
+                       "cda": doc("cda", "finetune", {"overall": 52.0}, 88.0, {"overall": 51.0}, 1.0, 21.0, steps=5)})
+    (out / "compare.json").write_text(json.dumps({**PLAN, "methods": ["base", "cda"]}))
+    assert run_cli(["compare", "--out", str(out), "--report-only"])[0] == 0
+    report = (out / "report.md").read_text()
+    res = out / "cda" / "results.json"
+    for text, said in (("{bad", f"{res}: not JSON (Expecting property name enclosed in double quotes, line 1); it "
+                                "should hold a compare method's results"),
+                       ("{}", f'{res}: not a compare method\'s results (no "method" section); remove it, or compute '
+                              "it again: compare --rerun cda"),
+                       ("[1, 2]", f"{res}: holds a JSON list, not a compare method's results")):
+        res.write_text(text)
+        rc, _, err = run_cli(["compare", "--out", str(out), "--report-only"])
+        assert (rc, err.strip()) == (2, f"biasunlearn: error: {said}"), err
+        assert "Traceback" not in err and res.read_text() == text and (out / "report.md").read_text() == report
+    res.write_text(json.dumps(doc("cda", "finetune", {"overall": 52.0}, 88.0, {"overall": 51.0}, 1.0, 21.0, steps=5)))
+    (out / "compare.json").write_text("{bad")
+    rc, _, err = run_cli(["compare", "--out", str(out), "--report-only"])
+    assert rc == 2 and err.strip() == (f"biasunlearn: error: {out / 'compare.json'}: not JSON (Expecting property "
+                                       "name enclosed in double quotes, line 1); it should hold the plan of a compare "
+                                       "run")
+    # a run that would reuse it: named before anything is evaluated, the file kept
+    cmp = tmp_path / "cmp"
+    (cmp / "base").mkdir(parents=True)
+    (cmp / "base" / "results.json").write_text("{bad")
+    monkeypatch.setattr(compare, "evaluate_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("eval")))
+    with pytest.raises(DataError, match=r"base/results.json: not JSON \(Expecting property name"):
+        run(tiny_llama_path, cmp, data, methods="base", benchmarks="stereoset", limit=2)
+    (cmp / "base" / "results.json").write_text("{}")
+    with pytest.raises(DataError, match=r'base/results.json: not a compare method\'s results \(no "method" section\)'):
+        run(tiny_llama_path, cmp, data, methods="base", benchmarks="stereoset", limit=2)
+    assert (cmp / "base" / "results.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("words, said", [
+    (["--dpo-beta", "-1"], "--dpo-beta -1.0: must be a number above 0 (DPO's beta; default 0.1)"),
+    (["--dpo-beta", "0"], "--dpo-beta 0.0: must be a number above 0"),
+    (["--dpo-beta", "nan"], "--dpo-beta nan: must be a number above 0"),
+    (["--batch-size", "0"], "--batch-size 0: must be a whole number of at least 1 (leave it out for the default)"),
+    (["--batch-size", "-5"], "--batch-size -5: must be a whole number of at least 1"),
+    (["--dpo-pairs", "0"], "--dpo-pairs 0: must be a whole number of at least 1"),
+    (["--methods", ""], "--methods: names none (choose from base, cda,"),
+    (["--methods", " , "], "--methods: names none"),
+    (["--methods", "", "--report-only"], "--methods: names none"),
+])
+def test_cli_compare_refuses_a_bad_method_option_before_anything_runs(tmp_path, monkeypatch, words, said):
+    from _tiny import run_cli
+
+    from biasunlearn import compare, compare_seeds
+
+    def never(*a, **k):
+        raise AssertionError("ran with a bad option")
+
+    for mod, name in ((compare, "run_compare"), (compare, "write_compare_report"),
+                      (compare_seeds, "run_compare_seeds")):
+        monkeypatch.setattr(mod, name, never)
+    out = tmp_path / "o"
+    if "--report-only" in words:
+        out.mkdir()
+    for seeds in ([], ["--seeds", "1,2"]):
+        rc, _, err = run_cli(["compare", "--model", "m", "--out", str(out), *words, *seeds])
+        assert rc == 2 and err.startswith(f"biasunlearn: error: {said}"), err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_run_compare_refuses_a_bad_method_budget_before_anything_is_written(tmp_path, tiny_llama_path, data):
+    from biasunlearn.compare import run_compare
+    from biasunlearn.errors import ConfigError
+
+    for kw, said in ((dict(dpo_beta=-0.1), "--dpo-beta -0.1: must be a number above 0"),
+                     (dict(baseline_batch_size=0), "--batch-size 0: must be a whole number of at least 1"),
+                     (dict(dpo_pairs_per_step=-2), "--dpo-pairs -2: must be a whole number of at least 1"),
+                     (dict(methods=""), "--methods: names none")):
+        kw = {"methods": "base,dpo", **kw}
+        with pytest.raises(ConfigError, match=said):
+            run_compare(str(tiny_llama_path), kw.pop("methods"), tmp_path / "cmp", data_dir=data, limit=2, **kw)
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_measure_hands_back_what_tuned_malloc_kept_so_each_block_has_its_own_peak():
     """After cpu_malloc_tuning (a BiasUnlearn run in the same compare process), freed memory stays with the process;
     release_freed_memory (called as a Measure block starts) hands it back. Run in a fresh process: malloc settings

@@ -746,3 +746,107 @@ def test_a_model_folder_without_a_tokenizer_is_named(tiny, tmp_path):
             f.unlink()
     with pytest.raises(ModelLoadError, match=r"--model .*bare: no tokenizer in the folder \(none of tokenizer.json"):
         load_model(str(bare), device="cpu")
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_transfer_refuses_an_out_that_holds_a_run_a_comparison_or_an_export(tiny, tmp_path, monkeypatch):
+    from biasunlearn import deploy
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was read before --out was checked")
+
+    monkeypatch.setattr("biasunlearn.models.load_model", no_model)
+    run = tmp_path / "run1"  # a training run's folder: its report and before/after results are the run's
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"method": "biasunlearn", "config": {"seed": 1}}))
+    (run / "report.md").write_text("the run's own report")
+    for side in ("eval_before", "eval_after"):
+        (run / side).mkdir()
+        (run / side / "results.json").write_text(json.dumps({"side": side}))
+    cda = tmp_path / "cc" / "cda"  # a compare method's run, in a comparison
+    cda.mkdir(parents=True)
+    (cda / "config.json").write_text(json.dumps({"method": "cda", "config": {}}))
+    (tmp_path / "cc" / "compare.json").write_text(json.dumps({"methods": ["base", "cda"]}))
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / "compare_seeds.json").write_text("{}")
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "biasunlearn_export.json").write_text("{}")
+    before = _snapshot(tmp_path)
+    tail = "; a transfer would write over its report.md, eval_before/ and eval_after/: name another --out"
+    for out, said in ((run, "it holds a training run (biasunlearn; its config.json)"),
+                      (cda, "it holds a training run (cda; its config.json)"),
+                      (tmp_path / "cc", "it holds a comparison (biasunlearn compare), its compare.json"),
+                      (seeds, "it holds a comparison (biasunlearn compare --seeds), its compare_seeds.json"),
+                      (exp, "it holds an export (biasunlearn export), its biasunlearn_export.json")):
+        with pytest.raises(ConfigError) as e:
+            transfer(tiny["adapter"], str(tiny["variant"]), out, cfg=_cfg(tiny["data"]), device="cpu", log=QUIET)
+        assert str(e.value) == f"--out {out}: {said}{tail}"
+    rc, _, err = _tiny.run_cli(["transfer", "--model", str(tiny["variant"]), "--adapter", str(tiny["adapter"]),
+                                "--out", str(run), "--limit", "2", "--data-dir", str(tiny["data"])])
+    assert rc == 2 and err.strip() == f"biasunlearn: error: --out {run}: it holds a training run (biasunlearn; its " \
+                                      f"config.json){tail}"
+    assert _snapshot(tmp_path) == before  # byte for byte, and nothing added (no lock file left)
+    # a model's config.json, a damaged one, or a transfer's own earlier folder is no run's
+    for name, text in (("model", json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})),
+                       ("damaged", "{bad"), ("earlier", None)):
+        (tmp_path / name).mkdir()
+        if text is not None:
+            (tmp_path / name / "config.json").write_text(text)
+        else:
+            (tmp_path / name / "transfer.json").write_text("{}")
+        assert deploy.check_transfer_out(tmp_path / name) == tmp_path / name
+
+
+def test_export_overwrite_refuses_a_folder_holding_files_no_export_wrote(tiny, tmp_path):
+    out = tmp_path / "e1"
+
+    def export(**kw):
+        return export_merged(str(tiny["llama"]), tiny["adapter"], out, device="cpu", verify=False, log=QUIET, **kw)
+
+    export()
+    prov = json.loads((out / "biasunlearn_export.json").read_text())
+    assert prov["files"] == sorted(p.name for p in out.iterdir())
+    assert {"README.md", "biasunlearn_export.json", "config.json", "model.safetensors"} <= set(prov["files"])
+    import shutil
+
+    shutil.copytree(out, out / "nested")  # an earlier export kept inside, and the user's notes
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    with pytest.raises(ConfigError) as e:
+        export(overwrite=True)
+    assert str(e.value) == (f"--out {out}: --overwrite replaces the folder whole, and it holds files that are not the "
+                            "earlier export's: nested, notes.txt; move them out of it first, or name another --out")
+    assert _snapshot(out) == before
+    # an export made before biasunlearn_export.json listed its files: what an export writes is told by its name
+    prov.pop("files")
+    (out / "biasunlearn_export.json").write_text(json.dumps(prov))
+    before = _snapshot(out)
+    rc, _, err = _tiny.run_cli(["export", "--model", str(tiny["llama"]), "--adapter", str(tiny["adapter"]),
+                                "--device", "cpu", "--no-verify", "--overwrite", "--out", str(out)])
+    assert rc == 2 and err.strip().endswith("files that are not the earlier export's: nested, notes.txt; move them "
+                                            "out of it first, or name another --out")
+    assert _snapshot(out) == before
+    shutil.rmtree(out / "nested")
+    (out / "notes.txt").unlink()
+    export(overwrite=True)  # only the export's own files: replaced
+    assert json.loads((out / "biasunlearn_export.json").read_text())["files"] == sorted(p.name for p in out.iterdir())
+
+
+def test_an_out_that_is_a_dangling_link_is_named(tiny, tmp_path):
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    said = f"--out {link}: is a symbolic link to {tmp_path / 'nowhere'}, which does not exist; make that folder, or " \
+           "name another"
+    with pytest.raises(ConfigError) as e:
+        export_merged(str(tiny["llama"]), tiny["adapter"], link, device="cpu", verify=False, log=QUIET)
+    assert str(e.value) == said
+    with pytest.raises(ConfigError, match=f"--out {link}/sub: goes through {link}, which is a symbolic link to"):
+        transfer(tiny["adapter"], str(tiny["variant"]), link / "sub", cfg=_cfg(tiny["data"]), device="cpu",
+                 log=QUIET)
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling"]  # no lock or staging folder beside it

@@ -139,7 +139,6 @@ def test_every_writing_command_refuses_a_folder_another_process_holds(tmp_path, 
         for argv in (train + ["--seed", "2", "--overwrite"],  # refused before --overwrite clears the run there
                      train + ["--resume"],
                      ["eval", *model, "--benchmarks", "crows_pairs", "--out", str(cc)],
-                     ["transfer", *model, "--adapter", str(adapter), "--benchmarks", "crows_pairs", "--out", str(cc)],
                      ["compare", "--model", str(tiny_llama_path), "--data-dir", str(fake_data), "--methods", "base",
                       "--benchmarks", "crows_pairs", "--out", str(cc)],
                      ["compare", "--out", str(cc), "--report-only"]):
@@ -150,6 +149,15 @@ def test_every_writing_command_refuses_a_folder_another_process_holds(tmp_path, 
         rc, _, err = run_cli(["compare", "--model", str(tiny_llama_path), "--data-dir", str(fake_data), "--methods",
                               "base", "--benchmarks", "crows_pairs", "--seeds", "1,2", "--out", str(cc)])
         assert rc == 2 and err.strip().endswith(refused.removeprefix("biasunlearn: error: "))
+    # transfer: refused a run's folder before its lock (deploy.check_transfer_out), so here a folder of its own
+    tr = tmp_path / "tr"
+    with held_elsewhere(tr) as holder:
+        rc, _, err = run_cli(["transfer", *model, "--adapter", str(adapter), "--benchmarks", "crows_pairs", "--out",
+                              str(tr)])
+        refused = (f"biasunlearn: error: another biasunlearn process (pid {holder.pid}) is writing to {tr} (it "
+                   f"holds {tr / LOCK_FILE}); wait for it to finish, or name another folder")
+        assert (rc, err.strip().splitlines()[-1]) == (2, refused)
+        assert [p.name for p in tr.iterdir()] == [LOCK_FILE]
     # export: its folder is replaced whole, so its lock lies beside it
     dist = tmp_path / "dist"
     dist.mkdir()
@@ -180,3 +188,53 @@ def test_a_file_system_without_locks_runs_unguarded_and_says_so(tmp_path, monkey
     err = capsys.readouterr().err
     assert err.strip() == (f"[biasunlearn] warning: {folder}: its file system takes no lock (No locks available), "
                            "so another biasunlearn process writing there at the same time is not kept out")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_cannot_be_made_is_an_error_naming_it_not_an_endless_retry(tmp_path):
+    # mkdir in /proc fails with "No such file or directory" every time, as a folder removed under the lock would
+    # once: the retry for that must end (in a process of its own, so a hang fails the test instead of the suite)
+    folder = "/proc/biasunlearn-no-such-folder/run"
+    assert _try_elsewhere(folder) == (f"{folder}: cannot create the lock file {folder}/{LOCK_FILE} (No such file or "
+                                      "directory: the folder cannot be made there); name another folder")
+    rc, _, err = run_cli(["eval", "--model", "x", "--out", "/proc/biasunlearn-no-such-folder", "--limit", "2"])
+    assert rc == 2 and "/proc/biasunlearn-no-such-folder: cannot create the lock file" in err
+
+
+def test_a_folder_removed_under_the_lock_once_is_made_again(tmp_path, monkeypatch):
+    from biasunlearn import io as bio
+
+    folder = tmp_path / "cc"
+    real_open, calls = os.open, []
+
+    def vanishing_open(path, *a, **k):  # the holder before removes the empty folder as it lets go
+        calls.append(path)
+        if len(calls) == 1:
+            os.rmdir(folder)
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(bio.os, "open", vanishing_open)
+    with folder_lock(folder):
+        assert (folder / LOCK_FILE).is_file()
+    assert len(calls) == 2 and not folder.exists()
+
+
+def test_a_folder_that_keeps_vanishing_ends_in_an_error_after_a_few_tries(tmp_path, monkeypatch):
+    from biasunlearn import io as bio
+
+    calls = []
+
+    def gone(path, *a, **k):
+        calls.append(path)
+        if len(calls) > 10 * bio._LOCK_TRIES:  # an endless retry: fail here rather than hang the suite
+            raise RuntimeError("folder_lock retried without end")
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(bio.os, "open", gone)
+    folder = tmp_path / "a" / "b"
+    with pytest.raises(ConfigError, match=r"b: cannot create the lock file .*No such file or directory: the folder "
+                                          "cannot be made there"):
+        with folder_lock(folder):
+            pass
+    assert len(calls) == bio._LOCK_TRIES

@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 from . import interrupt
-from .errors import BiasUnlearnError, ConfigError
+from .errors import BiasUnlearnError, ConfigError, DataError
 from .evaluate import (BENCHMARKS, EvalConfig, check_config, data_changes, evaluate_model, other_data_note,
                        package_versions)
-from .io import atomic_write_text, check_folder_path, comma_list, folder_entries, folder_lock, read_json, write_json
+from .io import (atomic_write_text, check_folder_path, comma_list, folder_entries, folder_lock, read_json_object,
+                 write_json)
 from .models import (cuda_has_native_bf16, free_device_memory, machine_info, merge_note, release_freed_memory,
                      resolve_model_path)
 
@@ -61,6 +62,24 @@ DEV_CURVE_METHODS = ("cda", "sft", "dpo", "biasunlearn")
 
 def _log(msg):
     print(msg, file=sys.stderr, flush=True)
+
+
+def read_results(path) -> dict:
+    """A method's results.json in a compare folder. One that is not JSON, or that holds no "method" section (an
+    empty `{}`, or an evaluation document that compare did not finish), is a DataError naming it: taken as results,
+    it would be reused or reported as a method that measured nothing."""
+    path = Path(path)
+    doc = read_json_object(path, "a compare method's results")
+    if not isinstance(doc.get("method"), dict):
+        raise DataError(path, f"not a compare method's results (no \"method\" section); remove it, or "
+                              f"compute it again: compare --rerun {path.parent.name}")
+    return doc
+
+
+def read_plan(path) -> dict:
+    """A compare folder's plan (compare.json, compare_seeds.json); one that is not a JSON object is a DataError
+    naming it."""
+    return read_json_object(path, "the plan of a compare run")
 
 
 def label_of(name: str) -> str:
@@ -314,7 +333,7 @@ class _Runner:
                 self.log(f"[compare] {name}: --rerun: removing {d}")
                 shutil.rmtree(d)
         if res.exists():
-            doc = read_json(res)
+            doc = read_results(res)
             diffs, added = _same_settings((doc.get("method") or {}).get("settings"), settings)
             if diffs:
                 raise ConfigError(f"{res} was made with other settings ({'; '.join(diffs[:6]) or 'unknown'}); pass "
@@ -339,7 +358,7 @@ class _Runner:
         from .unlearn.pipeline import last_checkpoint, train_adapter
 
         ms = d / "method_settings.json"
-        diffs, added = (_same_settings({"train": read_json(ms).get("train")}, {"train": settings["train"]})
+        diffs, added = (_same_settings({"train": read_json_object(ms).get("train")}, {"train": settings["train"]})
                         if ms.exists() else ([], []))
         if diffs:
             raise ConfigError(f"{d} holds a training run with other settings ({'; '.join(diffs[:6])}); pass "
@@ -349,7 +368,7 @@ class _Runner:
         done = ms.exists() and (d / "adapter" / "adapter_config.json").exists() and summary_path.exists()
         if done and (d / "train_measure.json").exists():
             self.log(f"[compare] {name}: reusing the trained adapter in {d}")
-            info = read_json(d / "train_measure.json")
+            info = read_json_object(d / "train_measure.json")
         else:
             if not ms.exists() and folder_entries(d):  # a lock file a killed run left is no one's files
                 self.log(f"[compare] {name}: {d} holds files of an unknown run; starting it afresh")
@@ -371,7 +390,7 @@ class _Runner:
             gc.collect()
             info = {**m.to_dict(), "steps": summary.get("steps")}
             write_json(d / "train_measure.json", info)
-        summary = read_json(summary_path) if summary_path.exists() else {}
+        summary = read_json_object(summary_path) if summary_path.exists() else {}
         adapter = d / "adapter"
         if trainer is not None:
             evaluated = "final adapter" + (f" (step {cfg.stop_at_step}, stop_at_step)"
@@ -434,7 +453,7 @@ class _Runner:
                      "best": s.get("best"), "swaps": s.get("swaps")}
             sp = d / "splits.json"
             if sp.exists():
-                train["splits_checksum"] = read_json(sp).get("checksum")
+                train["splits_checksum"] = read_json_object(sp).get("checksum")
         doc["method"] = {"name": name, "label": label_of(name), "kind": KINDS[name], "settings": settings,
                          "train": train, "eval": m.to_dict(), "scoring_cost": cost,
                          "finished": _dt.datetime.now(_dt.timezone.utc).isoformat()}
@@ -453,10 +472,24 @@ def check_rerun(rerun, names: list[str]) -> list[str]:
     return rerun
 
 
+def check_method_budget(baseline_batch_size=None, dpo_pairs_per_step=None, dpo_beta=0.1) -> None:
+    """--batch-size and --dpo-pairs (None: the default) at least 1, --dpo-beta above 0: refused before anything
+    loads (a 0 would fall back to the default without a word, a negative beta reverses DPO's preference)."""
+    for flag, v in (("--batch-size", baseline_batch_size), ("--dpo-pairs", dpo_pairs_per_step)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{flag} {v}: must be a whole number of at least 1 (leave it out for the default)")
+    if isinstance(dpo_beta, bool) or not isinstance(dpo_beta, (int, float)) or not dpo_beta > 0 \
+            or dpo_beta == float("inf"):
+        raise ConfigError(f"--dpo-beta {dpo_beta}: must be a number above 0 (DPO's beta; default 0.1)")
+
+
 def resolve_methods(methods, ablations: bool) -> list[str]:
     """The methods to run, in report order; the base model always comes first (ΔLMS and Δperplexity need it)."""
     if isinstance(methods, str):
         methods = comma_list(methods)
+    if methods is not None and not methods:  # given, but naming none (--methods "")
+        raise ConfigError(f"--methods: names none (choose from {', '.join(KINDS)}; leave it out for the default: "
+                          f"{','.join(DEFAULT_METHODS)})")
     if methods is None:
         methods = ["base"] if ablations else list(DEFAULT_METHODS)
     names = list(methods) + (list(ABLATIONS) if ablations else [])
@@ -492,6 +525,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
 
     out = check_folder_path(out)
     names = resolve_methods(methods, ablations)
+    check_method_budget(baseline_batch_size, dpo_pairs_per_step, dpo_beta)
     if ablation_checkpoint not in ("final", "best"):
         raise ConfigError(f"ablation_checkpoint {ablation_checkpoint!r}: expected final or best")
     if isinstance(benchmarks, str):
@@ -606,10 +640,10 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
     out = Path(out)
     if not out.is_dir():
         raise ConfigError(f"{out}: no such folder (--report-only rebuilds the report of an earlier compare --out)")
-    plan = plan or (read_json(out / "compare.json") if (out / "compare.json").exists() else {})
+    plan = plan or (read_plan(out / "compare.json") if (out / "compare.json").exists() else {})
     names = names or plan.get("methods") or [p.name for p in sorted(out.iterdir())
                                              if p.name in KINDS and (p / "results.json").exists()]
-    docs = {n: read_json(out / n / "results.json") for n in names if (out / n / "results.json").exists()}
+    docs = {n: read_results(out / n / "results.json") for n in names if (out / n / "results.json").exists()}
     if not docs:
         raise ConfigError(f"{out}: no method results to report (no compare.json and no finished method folder: "
                           f"{', '.join(names) if names else 'none named ' + ', '.join(KINDS)}); is it a compare --out?")

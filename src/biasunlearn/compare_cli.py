@@ -12,15 +12,18 @@ BUDGET = ("max_steps", "learning_rate", "eval_every")
 
 
 def _compare_cmd(a) -> int:
-    from .compare import run_compare, write_compare_report
+    from .compare import check_method_budget, resolve_methods, run_compare, write_compare_report
     from .compare_seeds import parse_seeds
 
     seeds = parse_seeds(a.seeds) if a.seeds is not None else None
+    # the options every run reads, before anything loads (the base model is evaluated first)
+    if a.methods is not None:
+        resolve_methods(a.methods, a.ablations)
+    check_method_budget(a.batch_size, a.dpo_pairs, a.dpo_beta)
 
     if a.report_only:
         from pathlib import Path
 
-        from .compare import resolve_methods
         from .compare_seeds import PLAN, write_seeds_report
         from .errors import ConfigError
         from .io import folder_lock

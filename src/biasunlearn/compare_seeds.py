@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import interrupt
 from .errors import ConfigError
-from .io import atomic_write_text, check_folder_path, comma_list, folder_lock, read_json, write_json
+from .io import atomic_write_text, check_folder_path, comma_list, folder_lock, write_json
 
 PLAN = "compare_seeds.json"
 SUMMARY = "seeds_summary.json"
@@ -210,12 +210,12 @@ def _same_budget(plans: dict) -> list[str]:
 def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
     """Build <out>/report.md, report.html and seeds_summary.json from the seed folders <out>/seed-<s>/ alone."""
     from . import report as R
-    from .compare import _consistency, label_of
+    from .compare import _consistency, label_of, read_plan, read_results
 
     out = Path(out)
     if not out.is_dir():
         raise ConfigError(f"{out}: no such folder (--report-only --seeds reports an earlier compare --seeds --out)")
-    plan = read_json(out / PLAN) if (out / PLAN).exists() else {}
+    plan = read_plan(out / PLAN) if (out / PLAN).exists() else {}
     seeds = parse_seeds(seeds if seeds is not None else plan.get("seeds"))
     missing = [str(seed_folder(out, s)) for s in seeds if not seed_folder(out, s).is_dir()]
     if missing:
@@ -223,10 +223,10 @@ def write_seeds_report(out, seeds=None, names: list[str] | None = None) -> dict:
     docs, plans = {}, {}
     for s in seeds:
         sub = seed_folder(out, s)
-        plans[s] = read_json(sub / "compare.json") if (sub / "compare.json").exists() else {}
+        plans[s] = read_plan(sub / "compare.json") if (sub / "compare.json").exists() else {}
         want = names or plan.get("methods") or plans[s].get("methods") or \
             [p.name for p in sorted(sub.iterdir()) if (p / "results.json").exists()]
-        docs[s] = {n: read_json(sub / n / "results.json") for n in want if (sub / n / "results.json").exists()}
+        docs[s] = {n: read_results(sub / n / "results.json") for n in want if (sub / n / "results.json").exists()}
     order = []
     for s in seeds:
         order += [n for n in docs[s] if n not in order]

@@ -269,10 +269,35 @@ def transfer(adapter, model: str, out, *, dtype="float32", device=None, cfg=None
     """
     adapter_dir = check_adapter_folder(adapter)
     cfg = _eval_cfg(cfg)
-    out = check_folder_path(out)
+    out = check_transfer_out(out)
     with folder_lock(out):  # one transfer at a time in a folder: two would write the same reads and report
         return _transfer(adapter_dir, model, out, dtype=dtype, device=device, cfg=cfg, reuse=reuse,
                          merge_adapter=merge_adapter, log=log)
+
+
+def check_transfer_out(out) -> Path:
+    """Refuse, before any model is read, an --out that holds another command's results, which a transfer would
+    write over (its report.md, eval_before/, eval_after/): a training run (train's, or a compare method's: its
+    config.json names the run's method, train_cli.run_kind), a comparison (compare.json, compare_seeds.json) or
+    an export (which export replaces whole). A transfer's own folder, or one holding other files, is fine."""
+    from .compare_seeds import PLAN
+    from .train_cli import run_kind
+
+    out = check_folder_path(out)
+    advice = "; a transfer would write over its report.md, eval_before/ and eval_after/: name another --out"
+    if (out / "config.json").is_file():
+        try:
+            kind = run_kind(read_json(out / "config.json"))
+        except (OSError, ValueError):  # not JSON: no run's (a run writes it whole, atomically)
+            kind = None
+        if kind is not None:
+            raise ConfigError(f"--out {out}: it holds a training run ({kind}; its config.json){advice}")
+    for name, what in (("compare.json", "a comparison (biasunlearn compare)"),
+                       (PLAN, "a comparison (biasunlearn compare --seeds)"),
+                       ("biasunlearn_export.json", "an export (biasunlearn export)")):
+        if (out / name).is_file():
+            raise ConfigError(f"--out {out}: it holds {what}, its {name}{advice}")
+    return out
 
 
 def _transfer(adapter_dir: Path, model: str, out: Path, *, dtype, device, cfg, reuse: bool, merge_adapter: bool,
@@ -434,6 +459,30 @@ def clear_interrupted_export(out: Path, log=print) -> None:
                 shutil.rmtree(p)
 
 
+# What an export writes at the top of its folder, for one whose biasunlearn_export.json does not list its files
+# (made before it did): save_pretrained's config and weights, the tokenizer's files, the card, the provenance, and
+# evaluation/ and gguf/.
+EXPORT_FILE_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
+                        "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
+                        "spiece.model", "chat_template.*", "README.md", "biasunlearn_export.json", "evaluation", "gguf")
+
+
+def not_export_files(out: Path) -> list[str]:
+    """The names at the top of the export folder `out` that no export wrote there (a user's notes, another export
+    saved inside): the files its biasunlearn_export.json lists, or else those matching EXPORT_FILE_PATTERNS, aside."""
+    from fnmatch import fnmatchcase
+
+    try:
+        doc = read_json(out / "biasunlearn_export.json")
+    except (OSError, ValueError):
+        doc = None
+    own = doc.get("files") if isinstance(doc, dict) else None
+    if isinstance(own, list):
+        return sorted(p.name for p in folder_entries(out) if p.name not in own)
+    return sorted(p.name for p in folder_entries(out) if not any(fnmatchcase(p.name, pat)
+                                                                 for pat in EXPORT_FILE_PATTERNS))
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     check_folder_path(out)
     if out.exists() and folder_entries(out):
@@ -442,6 +491,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         if not (out / "biasunlearn_export.json").exists():
             raise ConfigError(f"--out {out}: refusing to overwrite a folder that is not an earlier export "
                               "(no biasunlearn_export.json in it)")
+        # --overwrite replaces the folder whole (the new export is moved in, the old one deleted): what else is in
+        # it would go with it. Eval and train leave a user's files alone, so export refuses rather than delete them
+        stray = not_export_files(out)
+        if stray:
+            shown = ", ".join(stray[:10]) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")
+            raise ConfigError(f"--out {out}: --overwrite replaces the folder whole, and it holds files that are not "
+                              f"the earlier export's: {shown}; move them out of it first, or name another --out")
 
 
 def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run_eval: bool = False, cfg=None,
@@ -601,6 +657,8 @@ def _export(model: str, adapter_dir: Path, out: Path, *, dtype, device, run_eval
             "verification": verification,
             "results": {"before": before_src, "after": after_src}, "versions": package_versions(),
             "gguf": gguf_info,
+            # what this export wrote at the top of its folder: an --overwrite replaces these and nothing else
+            "files": sorted({p.name for p in tmp.iterdir()} | {"README.md", "biasunlearn_export.json"}),
         }
         write_json(tmp / "biasunlearn_export.json", provenance)
         card = model_card(base=info.to_dict(), adapter_dir=adapter_dir, adapter_config=_adapter_config(adapter_dir),

@@ -24,6 +24,10 @@ def check_folder_path(path: str | os.PathLike, flag: str = "--out") -> Path:
 
     path = Path(path)
     for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():  # a dangling link: nothing can be made at it, or through it
+            where = "is" if p == path else f"goes through {p}, which is"
+            raise ConfigError(f"{flag} {path}: {where} a symbolic link to {os.readlink(p)}, which does not exist; "
+                              "make that folder, or name another")
         if p.exists():
             if not p.is_dir():
                 where = "is a file" if p == path else f"goes through {p}, which is a file"
@@ -107,6 +111,24 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def read_json_object(path: str | os.PathLike, what: str = "a JSON object") -> dict:
+    """The JSON object in the file at `path` (a results or settings file this tool wrote). One that is not JSON
+    (damaged by hand, or cut short by a full disk), not UTF-8, or not an object is a DataError naming it; `what`
+    says what it should hold. read_json itself still raises json.JSONDecodeError: callers that skip an unreadable
+    file rely on it."""
+    from .errors import DataError
+
+    try:
+        doc = read_json(path)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not JSON ({e.msg}, line {e.lineno}); it should hold {what}") from None
+    except UnicodeDecodeError:
+        raise DataError(path, f"not a UTF-8 text file; it should hold {what}") from None
+    if not isinstance(doc, dict):
+        raise DataError(path, f"holds a JSON {type(doc).__name__}, not {what}")
+    return doc
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The rows of a JSON Lines file, gzip-compressed when its name ends in .gz (blank lines skipped); a line that is
     not JSON is a DataError naming it."""
@@ -175,6 +197,7 @@ def recover_folder(path: str | os.PathLike, aside: str | os.PathLike | None = No
 
 
 _HELD: set[str] = set()  # the lock files (absolute paths) this process holds
+_LOCK_TRIES = 50  # folder_lock: how often its folder may vanish under it before that is taken as can't-be-made
 
 
 @contextmanager
@@ -198,12 +221,20 @@ def folder_lock(folder: str | os.PathLike, lock_file: str | os.PathLike | None =
         yield
         return
     made = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # deepest first
+    vanished = 0
     while True:
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # the folder went away between the two (a holder letting go removes it)
-            continue
+        except FileNotFoundError as e:
+            # the folder went away between the two (a holder letting go removes it): made again on the next try.
+            # A folder that cannot be made at all (a path in /proc, say) fails the same way every time: after a
+            # few tries no holder letting go explains it
+            vanished += 1
+            if vanished < _LOCK_TRIES:
+                continue
+            raise ConfigError(f"{folder}: cannot create the lock file {lock} ({e.strerror}: the folder cannot be "
+                              "made there); name another folder") from e
         except OSError as e:
             raise ConfigError(f"{folder}: cannot create the lock file {lock} ({e.strerror})") from e
         try:
