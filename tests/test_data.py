@@ -435,6 +435,12 @@ def test_bbq_malformed(tmp_path):
     with pytest.raises(DataError, match=r"field answer_info.ans0 is missing \(answer_info is a str\)"):
         load_bbq(p)
 
+    for line, kind in (([good[0]["context"], good[0]["question"]], "list"), ('"just text"', "str")):
+        write_jsonl(p, [good[0], good[1], line if isinstance(line, str) else json.dumps(line)])
+        with pytest.raises(DataError, match=rf"a JSON {kind}, not an object of BBQ fields$") as ei:
+            load_bbq(p)
+        assert_names(ei.value, p, row=3)
+
     write_jsonl(p, [good[0], '{"example_id": 1, "label": ', good[1]])
     with pytest.raises(DataError, match=r"invalid JSON: Expecting value \(character 29 of the line\)") as ei:
         load_bbq(p)

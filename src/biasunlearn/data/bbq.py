@@ -116,6 +116,8 @@ def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
                 ex = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(path, f"invalid JSON: {e.msg} (character {e.pos + 1} of the line)", row=line_no) from e
+            if not isinstance(ex, dict):  # a list or a string: no field of it can be read
+                raise DataError(path, f"a JSON {type(ex).__name__}, not an object of BBQ fields", row=line_no)
             at = (path, line_no)
             answers = [_field(ex, at, f"ans{i}") for i in range(3)]
             infos = [_field(ex, at, "answer_info", f"ans{i}", kind=list) for i in range(3)]
