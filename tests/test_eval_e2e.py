@@ -697,3 +697,23 @@ def test_too_few_perplexity_tokens_are_refused_before_loading(fake_data, tmp_pat
     assert rc == 2 and err.strip().splitlines() == [
         "biasunlearn: error: --ppl-max-tokens 1: perplexity needs at least 2 tokens (one of context, one scored; "
         "0 = all)"]
+
+
+def test_examples_skipped_on_purpose_are_said_in_the_log_too(fake_data, tiny_gpt2_path, tmp_path):
+    data = _copy_data(fake_data, tmp_path / "data")
+    cp = data / "crows_pairs" / "crows_pairs_anonymized.csv"
+    lines = cp.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[2] = cells[1]  # sent_less = sent_more: skipped on purpose, the other pairs read
+    cp.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+    out = tmp_path / "read"
+    rc, _, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(data), "--device", "cpu",
+                          "--benchmarks", "crows_pairs", "--out", str(out)])
+    assert rc == 0
+    assert ("[eval] crows_pairs: 1 example(s) of the data skipped (1 sent_more identical to sent_less); results.json "
+            "lists them under benchmarks.crows_pairs.skipped") in err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["benchmarks"]["crows_pairs"]["skipped"]["total"] == 1
+    rc, _, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--device", "cpu",
+                          "--benchmarks", "crows_pairs", "--out", str(tmp_path / "clean")])
+    assert rc == 0 and "of the data skipped" not in err  # nothing left out: nothing said

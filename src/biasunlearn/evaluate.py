@@ -395,6 +395,11 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
         doc["benchmarks"][name] = res
         if log:
             log(f"[eval] {name} done in {wall:.1f}s")
+            skipped = res.get("skipped") or {}
+            if skipped.get("total"):  # left out on purpose (a StereoSet row without its BLANK, ...): said, not only kept
+                why = "; ".join(f"{n} {reason}" for reason, n in (skipped.get("by_reason") or {}).items())
+                log(f"[eval] {name}: {skipped['total']} example(s) of the data skipped ({why}); results.json lists "
+                    f"them under benchmarks.{name}.skipped")
     if before_write is not None:
         before_write(doc)
     if out_dir is not None:
