@@ -1,6 +1,7 @@
 """`biasunlearn train` from the command line: YAML config, flags overriding it, errors, and the whole pipeline
 (train -> evaluate before/after -> report) on a tiny model."""
 import json
+import re
 import shutil
 
 import pytest
@@ -439,3 +440,154 @@ def test_a_disk_error_mid_run_is_one_line_that_says_how_to_continue(tmp_path, ti
     assert capsys.readouterr().err.splitlines() == [
         f"biasunlearn: error: --out {read_only_folder / 'run'}: {read_only_folder}, where it would be made, is not "
         "writable (no permission, or a read-only file system); name another folder"]
+
+
+def _files(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refused_on_a_bad_setting_leaves_the_old_run_as_it_was(tmp_path, tiny_llama_path, fake_data,
+                                                                          capsys):
+    out = tmp_path / "run"
+    words = _tiny_run_words(tmp_path, out, tiny_llama_path, fake_data)
+    assert main(words) == 0
+    before = _files(out)
+    assert {"config.json", "train_summary.json", "log.jsonl", "adapter/adapter_model.safetensors"} <= set(before)
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    (not_a_model / "README.md").write_text("no weights here")
+    capsys.readouterr()
+    for extra, message in ((["--lora_targets", "foo"], "lora_targets: foo is not a linear layer"),
+                           (["--model", str(not_a_model)], f"--model {not_a_model}"),
+                           (["--lora_dropout", "1.5"], "lora_dropout=1.5: must be 0 or more and below 1")):
+        assert main(words + ["--overwrite"] + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err.splitlines()[-1] and "removed the run" not in err and "Traceback" not in err
+        assert _files(out) == before  # every file of the old run still there, unchanged
+    # a start that can go ahead removes it (the message says what went), and trains the new run in its place
+    assert main(words + ["--overwrite", "--max_steps", "1"]) == 0
+    assert f"--overwrite: removed the run in {out}: config.json, splits.json" in capsys.readouterr().err
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 1
+
+
+def test_resume_refuses_a_changed_adapter_shape_before_touching_the_run(tmp_path, tiny_llama_path, fake_data,
+                                                                        capsys, monkeypatch):
+    from biasunlearn.unlearn import pipeline
+
+    out = tmp_path / "run"
+    assert main(_tiny_run_words(tmp_path, out, tiny_llama_path, fake_data)) == 0
+    kept = {n: (out / n).read_bytes() for n in ("config.json", "train_summary.json", "log.jsonl", "dev_log.jsonl")}
+    capsys.readouterr()
+    for flag, value, then in (("--lora_r", "4", "lora_r=8"), ("--lora_targets", "q_proj", "lora_targets='auto'"),
+                              ("--lora_alpha", "8", "lora_alpha=16")):
+        assert main(["train", "--resume", str(out), "--max_steps", "3", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith(f"biasunlearn: error: --resume {out}: {flag[2:]}=")
+        assert f"the run there started with {then}" in err and "Traceback" not in err
+        assert {n: (out / n).read_bytes() for n in kept} == kept  # byte-identical
+    assert json.loads((out / "config.json").read_text())["config"]["lora_r"] == 8
+    # past the settings' check (say a config.json without them), the checkpoint's weights are checked against the
+    # adapter before anything is cleared: a refusal, not a size mismatch after the run was cleared
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "check_adapter_settings", lambda *a: None)
+        assert main(["train", "--resume", str(out), "--max_steps", "3", "--lora_r", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {out / 'checkpoint-2'}'s LoRA weights do not fit this run's adapter (" in err
+    assert "(28 of 28 differ, e.g. base_model.model.model.layers.0.mlp.down_proj.lora_A.weight: (8, 64) saved, "\
+        "(4, 64) now)" in err and "Traceback" not in err
+    assert {n: (out / n).read_bytes() for n in kept} == kept
+    # a plain resume still works, and trains on with the run's own adapter shape
+    assert main(["train", "--resume", str(out), "--max_steps", "3"]) == 0
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 3
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 8
+
+
+@pytest.mark.parametrize("text, name", [("max_steps:\n", "max_steps"), ("lora_r: null\n", "lora_r"),
+                                        ("seed: ~\n", "seed"), ("model:\n", "model")])
+def test_a_setting_without_a_value_is_refused_naming_the_file_and_setting(tmp_path, text, name):
+    y = tmp_path / "c.yaml"
+    y.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^--config {y}: {name} has no value \(null"):
+        parse_train_config(["--config", str(y), "--out", str(tmp_path / "r")])
+    y.write_text("data_dir: null\n")  # a setting whose value may be none (its default)
+    cfg, _ = parse_train_config(["--config", str(y), "--out", str(tmp_path / "r")])
+    assert cfg.data_dir is None
+
+
+@pytest.mark.parametrize("words, message", [
+    (["--lora_r", "0"], "lora_r=0: must be above 0"),
+    (["--lora_alpha", "-4"], "lora_alpha=-4: must be above 0"),
+    (["--lora_dropout", "1.5"], "lora_dropout=1.5: must be 0 or more and below 1"),
+    (["--lora_dropout", "-0.1"], "lora_dropout=-0.1: must be 0 or more and below 1"),
+    (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps=0: must be above 0"),
+    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size=0: must be above 0"),
+    (["--eval_bbq_per_category", "-1"], "eval_bbq_per_category=-1: must be 0 or more"),
+    (["--dev_folds", "3", "--dev_fold", "5"], "dev_folds=3, dev_fold=5: need dev_folds 0 (off) or >= 2"),
+    (["--dev_folds", "1"], "dev_folds=1, dev_fold=0: need dev_folds 0 (off) or >= 2"),
+    (["--dev_folds", "-2"], "dev_folds=-2, dev_fold=0: need"),
+])
+def test_out_of_range_settings_are_refused_before_anything_is_made(tmp_path, capsys, words, message):
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), "--model", str(tmp_path / "nope"), "--skip_final_eval", "true"]
+                + words) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"biasunlearn: error: {message}")  # one line, naming the setting
+    assert list(tmp_path.iterdir()) == []  # no run folder, no stub config.json
+    with pytest.raises(ConfigError, match=re.escape(message)):  # --dry-run's and the API's check too
+        parse_train_config(["--out", str(out)] + words)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys):
+    y = tmp_path / "bad.yaml"
+    y.write_bytes(b"\xff\xfe\x00bad")
+    assert main(["train", "--config", str(y), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"biasunlearn: error: --config {y}: not UTF-8 text (") and \
+        "Traceback" not in err
+
+
+def test_config_given_twice_is_refused(tmp_path, capsys):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("max_steps: 7\n")
+    b.write_text("npo_beta: 2.0\n")
+    assert main(["train", "--config", str(a), "--config", str(b), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"biasunlearn: error: --config given 2 times ({a}, {b}): give one file (put the settings of both in one, or "
+        "give the extra ones as flags)"]
+    with pytest.raises(ConfigError, match="--config given 2 times"):
+        parse_train_config(["--config", str(a), "--config", str(b), "--out", str(tmp_path / "r")])
+    cfg, _ = parse_train_config(["--config", str(a), "--out", str(tmp_path / "r")])  # one is read as before
+    assert cfg.max_steps == 7
+
+
+def test_a_checkpoint_without_its_optimizer_scheduler_or_rng_state_is_passed_over(tmp_path, tiny_llama_path,
+                                                                                   fake_data, capsys):
+    from biasunlearn.unlearn.pipeline import checkpoint_problem
+
+    out = tmp_path / "run"
+    words = _tiny_run_words(tmp_path, out, tiny_llama_path, fake_data) + ["--save_steps", "1", "--logging_steps",
+                                                                          "1", "--early_stop_tolerance", "-1"]
+    assert main(words) == 0
+    assert checkpoint_problem(out / "checkpoint-2") is None
+
+    def step_2_rate():
+        rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        return [r["learning_rate"] for r in rows if r.get("step") == 2 and "learning_rate" in r]
+
+    rate = step_2_rate()
+    assert len(rate) == 1
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        copy = tmp_path / "copies" / name / "checkpoint-2"
+        shutil.copytree(out / "checkpoint-2", copy)
+        (copy / name).unlink()
+        assert checkpoint_problem(copy) == f"no {name}"
+    (out / "train_summary.json").unlink()  # as if killed after the last save, whose optimizer.pt never came
+    (out / "checkpoint-2" / "optimizer.pt").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint-2'} cannot be used (no optimizer.pt); resuming from checkpoint-1 instead" in err
+    assert f"resuming from {out / 'checkpoint-1'}" in err
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 2
+    assert step_2_rate() == rate  # the schedule went on from checkpoint-1's, not from a fresh one

@@ -31,6 +31,15 @@ def config_path(value: str) -> Path:
     raise ConfigError(f"--config {value}: no such file, and not a shipped recipe ({', '.join(recipes) or 'none'})")
 
 
+def one_config(values: list[str] | None) -> str | None:
+    """The one `--config` given (argparse's append list), or None. Given twice, the second would silently replace
+    the first: refused."""
+    if values and len(values) > 1:
+        raise ConfigError(f"--config given {len(values)} times ({', '.join(values)}): give one file (put the "
+                          "settings of both in one, or give the extra ones as flags)")
+    return values[0] if values else None
+
+
 def read_recipe(value: str) -> dict:
     """The settings of `--config`'s YAML file or shipped recipe, each checked to be an UnlearnConfig field and
     converted to its type."""
@@ -40,7 +49,9 @@ def read_recipe(value: str) -> dict:
 
     p = config_path(value)
     try:
-        values = yaml.safe_load(p.read_text()) or {}
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {p}: not UTF-8 text ({e}); save it as UTF-8") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {p}: not valid YAML: {e}") from e
     if not isinstance(values, dict):
@@ -136,10 +147,11 @@ def parse_train_config(argv: list[str]):
     from .unlearn.config import DEFAULTS, UnlearnConfig, make_config
 
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--config", default=None)
+    pre.add_argument("--config", action="append", default=None)
     pre.add_argument("--out", default=None)
     pre.add_argument("--resume", nargs="?", const=True, default=None)
     own, rest = pre.parse_known_args(argv)
+    own.config = one_config(own.config)
     resume = own.resume is not None
     folder = own.resume if isinstance(own.resume, str) else own.out
     if isinstance(own.resume, str) and own.out and Path(own.out) != Path(own.resume):
@@ -203,7 +215,8 @@ def _train_cmd(a, extra) -> int:
     if a.settings:
         print(settings_text())
         return 0
-    words = extra + (["--config", a.config] if a.config else []) + (["--out", a.out] if a.out else []) + \
+    config = one_config(a.config)
+    words = extra + (["--config", config] if config else []) + (["--out", a.out] if a.out else []) + \
         ([f"--resume={a.resume}"] if isinstance(a.resume, str) else (["--resume"] if a.resume else []))
     if a.dry_run:
         import yaml
@@ -231,19 +244,17 @@ def _train_cmd(a, extra) -> int:
     # held from the look below to the report: a second train into this folder is refused before it clears or
     # writes anything (the main process holds it for every process of an accelerate launch)
     with run_lock(cfg):
-        # the main process alone looks and clears (under accelerate launch the others start later and write
-        # nothing in the folder before it does)
-        if not resume and cfg.process_index == 0 and holds_run(out):
-            if not a.overwrite:
-                raise ConfigError(f"{out} holds a run already: --resume continues it (a finished run is only "
-                                  "evaluated and reported again), --overwrite starts a new one in its place, or name "
-                                  "another --out")
-            from .unlearn.pipeline import clear_run
-
-            print(f"[train] --overwrite: removed the run in {out}: {', '.join(clear_run(out)) or 'nothing'}",
-                  file=sys.stderr)
+        # the main process alone looks (under accelerate launch the others start later and write nothing in the
+        # folder before it does)
+        overwrite = not resume and cfg.process_index == 0 and holds_run(out)
+        if overwrite and not a.overwrite:
+            raise ConfigError(f"{out} holds a run already: --resume continues it (a finished run is only "
+                              "evaluated and reported again), --overwrite starts a new one in its place, or name "
+                              "another --out")
         a.run_folder = out  # main's message, should the run stop (Ctrl-C, a disk error), says how to continue it
-        res = run_training(cfg, resume=resume)
+        # the old run is removed only once the new one can start (its model loaded, its LoRA targets found): a
+        # start refused before then leaves it as it was
+        res = run_training(cfg, resume=resume, overwrite=overwrite)
     if "after" in res:
         from .report import eval_markdown
 
@@ -258,13 +269,13 @@ def register(sub) -> None:
                                    "accepted as --name value (e.g. --learning_rate 5e-5 --max_steps 300). "
                                    "`--settings` lists them with their defaults; `--dry-run` prints what a "
                                    "--config and flags resolve to.")
-    t.add_argument("--config", default=None,
+    t.add_argument("--config", action="append", default=None,
                    help="YAML file of settings, or a shipped recipe: " + ", ".join(builtin_recipes()))
     t.add_argument("--out", default=None, help="run folder")
     t.add_argument("--resume", nargs="?", const=True, default=None, help="continue the run in --out (or in DIR)")
     t.add_argument("--overwrite", action="store_true",
                    help="start a new run in --out although it holds one (its checkpoints, adapters, logs and reports "
-                        "are removed first)")
+                        "are removed once the new run has loaded its model and checked its settings)")
     t.add_argument("--settings", action="store_true", help="list every BiasUnlearn setting with its default and help")
     t.add_argument("--dry-run", action="store_true",
                    help="print the settings that --config and the flags resolve to (YAML), and exit without training")

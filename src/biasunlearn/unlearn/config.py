@@ -260,7 +260,7 @@ class UnlearnConfig(TrainingArguments):
                               "bias type's share of a batch over the valence groups of its pairs, instead of over "
                               "its target terms)")
         for name in ("unrelated_max_tokens", "eval_limit", "swap_margin", "swap_margin_nats", "retain_floor_margin",
-                     "neutral_anchor_batch_size", "gender_term_variants"):
+                     "neutral_anchor_batch_size", "gender_term_variants", "eval_bbq_per_category"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
         if self.retain_floor_margin > 0 and not self.retain_floor:
@@ -287,10 +287,18 @@ class UnlearnConfig(TrainingArguments):
             raise ConfigError(f"unrelated_batch_size={self.unrelated_batch_size}: must be at least 1 while alpha_kl "
                               "is above 0")
         positive = {"learning_rate": self.learning_rate, "max_steps": self.max_steps, "eval_every": self.eval_every,
-                    "npo_beta": self.npo_beta}
+                    "npo_beta": self.npo_beta, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha,
+                    "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                    "per_device_train_batch_size": self.per_device_train_batch_size}
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name}={value}: must be above 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout={self.lora_dropout}: must be 0 or more and below 1 (the share of the LoRA "
+                              "input dropped)")
+        if self.dev_folds < 0 or self.dev_folds and not (self.dev_folds >= 2 and 0 <= self.dev_fold < self.dev_folds):
+            raise ConfigError(f"dev_folds={self.dev_folds}, dev_fold={self.dev_fold}: need dev_folds 0 (off) or >= 2, "
+                              "and 0 <= dev_fold < dev_folds")
         for name in ("alpha_forget", "alpha_retain", "alpha_kl", "adversarial_share"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be 0 or more")
@@ -497,6 +505,10 @@ def coerce_settings(values: dict, source: str) -> dict:
         hint = hints.get(name)
         args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
         want = args[0] if len(args) == 1 else None
+        if value is None and type(None) not in typing.get_args(hint) and name in UnlearnConfig.__dataclass_fields__ \
+                and UnlearnConfig.__dataclass_fields__[name].default is not None:
+            raise ConfigError(f"{source}: {name} has no value (null, or nothing after the colon): give one, or leave "
+                              "the setting out for its default")
         if value is None or want not in (int, float, bool, str) or isinstance(value, want) and not (
                 want in (int, float) and isinstance(value, bool)):
             out[name] = value

@@ -49,6 +49,16 @@ def checkpoint_problem(ck: Path) -> str | None:
             return f"{name} cannot be read ({e})"
         if not isinstance(doc, dict) or (name == "biasunlearn_state.json" and "controller" not in doc):
             return f"{name} is not a checkpoint's state"
+    # a resume without these would go on silently with a fresh optimizer, a learning-rate schedule back at its
+    # start, or other random draws; FSDP and DeepSpeed keep the optimizer (and DeepSpeed the schedule) in files
+    # of their own, which only they read
+    engine = any(p.name.startswith(("global_step", "optimizer_", "optimizer.bin", "pytorch_model_fsdp"))
+                 for p in ck.iterdir())
+    needed = [] if engine else ["optimizer.pt", "scheduler.pt"]
+    missing = [n for n in needed if not (ck / n).is_file()] + ([] if any(ck.glob("rng_state*.pth"))
+                                                                else ["rng_state.pth"])
+    if missing:
+        return f"no {', '.join(missing)}"
     weights = ck / "adapter_model.safetensors"
     if weights.exists():
         from safetensors import safe_open
@@ -196,14 +206,15 @@ def run_lock(cfg: UnlearnConfig):
     return folder_lock(cfg.output_dir) if cfg.process_index == 0 else nullcontext()
 
 
-def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
-    """Train the BiasUnlearn adapter; returns a summary. Writes adapter/, splits.json, config.json, logs, plots."""
+def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log, overwrite: bool = False) -> dict:
+    """Train the BiasUnlearn adapter; returns a summary. Writes adapter/, splits.json, config.json, logs, plots.
+    overwrite: the run already in the folder is removed (clear_run), once this one can start."""
     out = Path(cfg.output_dir)
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this start creates, deepest first
     out.mkdir(parents=True, exist_ok=True)
     try:
         with run_lock(cfg):
-            return _train_in(cfg, out, resume, log)
+            return _train_in(cfg, out, resume, log, overwrite)
     except BaseException:
         # a start that failed before writing anything (a model that does not load, ...) leaves no empty run
         # folder behind to be mistaken for a run; a folder that holds anything is kept
@@ -215,7 +226,7 @@ def train_adapter(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
         raise
 
 
-def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log) -> dict:
+def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log, overwrite: bool = False) -> dict:
     done = finished_run(out, cfg) if resume else None
     if done is not None:
         log(f"[train] {out} holds a finished run ({done['steps']} steps); nothing to train (to train it further, "
@@ -225,30 +236,85 @@ def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log) -> dict:
     if resume and ck is None:
         log(f"[train] --resume: no checkpoint in {out} yet; starting the run again from step 0")
     if ck is not None:  # refused before anything of the run is touched: a refusal must leave the run as it was
+        check_adapter_settings(out / "config.json", cfg)
         check_same_pool(out / "splits.json", checked_splits(cfg)[0], log)
-    # the main process alone clears (under accelerate launch the others may start before its lock refuses a second
-    # run into the folder, and must not remove that run's files)
-    if cfg.process_index == 0:  # what the last start finished is not this run's: a kill from here on must not
-        (out / "train_summary.json").unlink(missing_ok=True)  # leave it looking finished, nor its after-read
-        shutil.rmtree(out / "eval_after", ignore_errors=True)  # beside a new adapter
-    if ck is not None:
         _warn_changed_settings(out / "config.json", cfg, log)
-        if cfg.process_index == 0:
-            recover_folder(out / "best_adapter")  # a save killed half way (see save_adapter)
-            truncate_logs(out, checkpoint_step(ck), log)
-    if ck is None and cfg.process_index == 0:  # a fresh start: nothing of an earlier start may mix into its logs
-        for stale in RUN_LOGS:
-            (out / stale).unlink(missing_ok=True)
-        for stale in BEST_FOLDERS:
-            shutil.rmtree(out / stale, ignore_errors=True)
     tuned = cfg.cpu_malloc_tuning and cfg.device.type == "cpu" and tune_glibc_malloc()
     if tuned:
         log("[train] glibc malloc set to keep freed memory for reuse (cpu_malloc_tuning)")
     try:
-        return _train(cfg, out, ck, log)
+        return _train(cfg, out, ck, log, overwrite)
     finally:
         if tuned:  # the evaluations that follow in this process run under glibc's defaults again
             restore_glibc_malloc()
+
+
+def _clear_for_start(cfg: UnlearnConfig, out: Path, ck, overwrite: bool, log) -> None:
+    """What an earlier start left in `out` that is not this one's, removed once this start can go ahead (its model
+    loaded, its settings and LoRA targets checked): a start refused before then leaves the folder as it was. The
+    main process alone clears (under accelerate launch the others may start before its lock refuses a second run
+    into the folder, and must not remove that run's files); the others wait for it."""
+    with cfg.main_process_first(local=False, desc="the run folder cleared"):
+        if cfg.process_index != 0:
+            return
+        if overwrite:
+            log(f"[train] --overwrite: removed the run in {out}: {', '.join(clear_run(out)) or 'nothing'}")
+        # what the last start finished is not this run's: a kill from here on must not leave it looking finished,
+        # nor its after-read beside a new adapter
+        (out / "train_summary.json").unlink(missing_ok=True)
+        shutil.rmtree(out / "eval_after", ignore_errors=True)
+        if ck is not None:
+            recover_folder(out / "best_adapter")  # a save killed half way (see save_adapter)
+            truncate_logs(out, checkpoint_step(ck), log)
+            return
+        for stale in RUN_LOGS:  # a fresh start: nothing of an earlier start may mix into its logs
+            (out / stale).unlink(missing_ok=True)
+        for stale in BEST_FOLDERS:
+            shutil.rmtree(out / stale, ignore_errors=True)
+
+
+# the settings that fix what a checkpoint's LoRA weights are: their shape (rank, the layers they sit on) and the
+# scale alpha / r they are applied at. A resume with another value would fail to load them, or silently continue
+# from an adapter that computes something else than the one saved.
+ADAPTER_SETTINGS = ("lora_r", "lora_alpha", "lora_targets")
+
+
+def check_adapter_settings(saved: Path, cfg: UnlearnConfig) -> None:
+    """On --resume from a checkpoint: a change of an ADAPTER_SETTINGS setting since the run started (its
+    config.json) is a ConfigError naming the setting and the run's value."""
+    try:
+        before = read_json(saved).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    for name in ADAPTER_SETTINGS:
+        if name in before and before[name] != getattr(cfg, name):
+            raise ConfigError(f"--resume {saved.parent}: {name}={getattr(cfg, name)!r}, but the run there started "
+                              f"with {name}={before[name]!r}, which its checkpoints' LoRA weights are made for; "
+                              f"resume with {name} {before[name]!r} (or without --{name}), or start a new run "
+                              "(--overwrite, or another --out)")
+
+
+def check_checkpoint_fits(model, ck: Path) -> None:
+    """The LoRA weights of the checkpoint a resume starts from have the names and shapes of the model's adapter, or
+    a ConfigError, raised before anything of the run is touched (not a size mismatch once the start has cleared
+    it). Weights partitioned over the processes are left to the engine that partitioned them."""
+    weights = ck / "adapter_model.safetensors"
+    if not weights.exists():
+        return
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    now = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    if any(0 in shape for shape in now.values()):  # ZeRO-3 partitioned
+        return
+    with safe_open(str(weights), framework="pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    differ = sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
+    if differ:
+        raise ConfigError(f"--resume: {ck}'s LoRA weights do not fit this run's adapter ({len(differ)} of "
+                          f"{len(saved | now)} differ, e.g. {differ[0]}: {saved.get(differ[0], 'none')} saved, "
+                          f"{now.get(differ[0], 'none')} now); resume with the LoRA settings the run started with, "
+                          "or start a new run (--overwrite, or another --out)")
 
 
 def check_same_pool(path: Path, splits, log=_log) -> None:
@@ -370,7 +436,7 @@ def training_data(cfg: UnlearnConfig, model, tok, texts_dir: Path, model_id: str
     return TrainingData(splits, test, overlap, train, excluded, sets)
 
 
-def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
+def _train(cfg: UnlearnConfig, out: Path, ck, log, overwrite: bool = False) -> dict:
     # Straight onto this process's own device (cfg.device: cuda:<local rank> under accelerate launch), not the first
     # GPU; FSDP and DeepSpeed take the model from host memory and place its shards themselves.
     device = "cpu" if cfg.use_cpu or cfg.engine_places_model() else cfg.device
@@ -387,7 +453,10 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log) -> dict:
     from transformers import set_seed
 
     set_seed(cfg.seed)  # the LoRA initialisation draws from the RNG: same seed, same adapter start
-    model = prepare_lora(model, cfg)
+    model = prepare_lora(model, cfg)  # the LoRA targets found on the model
+    if ck is not None and not cfg.engine_places_model():  # FSDP and DeepSpeed keep the weights in files of their own
+        check_checkpoint_fits(model, ck)
+    _clear_for_start(cfg, out, ck, overwrite, log)  # this start can go ahead
     data = training_data(cfg, model, tok, out, info.resolved, write=cfg.process_index == 0, log=log)
     splits, test, overlap, excluded, sets = data.splits, data.test, data.overlap, data.excluded, data.sets
     if cfg.process_index == 0:
@@ -628,12 +697,14 @@ def write_report(out: Path, before: dict, after: dict, summary: dict, cfg: Unlea
     return atomic_write_text(out / "report.md", "\n".join(parts))
 
 
-def run_training(cfg: UnlearnConfig, resume: bool = False, log=_log) -> dict:
+def run_training(cfg: UnlearnConfig, resume: bool = False, log=_log, overwrite: bool = False) -> dict:
+    """Train, then evaluate before and after and report. overwrite: the run already in the folder is removed once
+    this one can start (train_adapter)."""
     out = Path(cfg.output_dir)
     if not cfg.skip_final_eval:
         check_data(eval_config_for(cfg))  # the report's data, checked before an hour of training rather than after
     with run_lock(cfg):  # training, the before/after reads and the report: one run's, start to end
-        summary = train_adapter(cfg, resume=resume, log=log)
+        summary = train_adapter(cfg, resume=resume, log=log, overwrite=overwrite)
         if cfg.skip_final_eval or not cfg.process_index == 0:
             return {"summary": summary}
         loads_unpartitioned()
