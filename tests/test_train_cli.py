@@ -591,3 +591,15 @@ def test_a_checkpoint_without_its_optimizer_scheduler_or_rng_state_is_passed_ove
     assert f"resuming from {out / 'checkpoint-1'}" in err
     assert json.loads((out / "train_summary.json").read_text())["steps"] == 2
     assert step_2_rate() == rate  # the schedule went on from checkpoint-1's, not from a fresh one
+
+
+def test_a_setting_given_twice_in_a_config_file_is_refused_naming_its_lines(tmp_path, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_text("max_steps: 7\nlearning_rate: 1.0e-4\nmax_steps: 9\n")
+    assert main(["train", "--config", str(y), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"biasunlearn: error: --config {y}: max_steps is set twice (lines 1 and 3) (YAML keeps the last value without "
+        "a word: keep the one you mean)"]
+    y.write_text("max_steps: 7\nlearning_rate: 1.0e-4\n")  # each once: read as before
+    cfg, _ = parse_train_config(["--config", str(y), "--out", str(tmp_path / "r")])
+    assert (cfg.max_steps, cfg.learning_rate) == (7, 1e-4)

@@ -40,6 +40,31 @@ def one_config(values: list[str] | None) -> str | None:
     return values[0] if values else None
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _loader_refusing_repeats():
+    """yaml's SafeLoader, except that a key given twice in one mapping raises _RepeatedKey naming it and its lines."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _RepeatedKey(f"{key} is set twice (lines {seen[key]} and {line})")
+            seen[key] = line
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
 def read_recipe(value: str) -> dict:
     """The settings of `--config`'s YAML file or shipped recipe, each checked to be an UnlearnConfig field and
     converted to its type."""
@@ -49,7 +74,9 @@ def read_recipe(value: str) -> dict:
 
     p = config_path(value)
     try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        values = yaml.load(p.read_text(encoding="utf-8"), Loader=_loader_refusing_repeats()) or {}
+    except _RepeatedKey as e:
+        raise ConfigError(f"--config {p}: {e} (YAML keeps the last value without a word: keep the one you mean)") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"--config {p}: not UTF-8 text ({e}); save it as UTF-8") from e
     except yaml.YAMLError as e:
