@@ -487,6 +487,18 @@ def test_resume_refuses_a_changed_adapter_shape_before_touching_the_run(tmp_path
         assert f"the run there started with {then}" in err and "Traceback" not in err
         assert {n: (out / n).read_bytes() for n in kept} == kept  # byte-identical
     assert json.loads((out / "config.json").read_text())["config"]["lora_r"] == 8
+    from biasunlearn.unlearn.config import make_config
+
+    saved = json.loads((out / "config.json").read_text())
+    saved["config"]["lora_targets"] = "q_proj,v_proj"
+    (tmp_path / "named.json").write_text(json.dumps(saved))
+    # the same layers spelled otherwise (spaces, order) are the same adapter; another set of layers is not
+    pipeline.check_adapter_settings(tmp_path / "named.json", make_config(output_dir=str(tmp_path / "x"),
+                                                                          lora_targets=" v_proj , q_proj"))
+    with pytest.raises(ConfigError, match="lora_targets='q_proj', but the run there started with "
+                                          "lora_targets='q_proj,v_proj'"):
+        pipeline.check_adapter_settings(tmp_path / "named.json", make_config(output_dir=str(tmp_path / "x"),
+                                                                              lora_targets="q_proj"))
     # past the settings' check (say a config.json without them), the checkpoint's weights are checked against the
     # adapter before anything is cleared: a refusal, not a size mismatch after the run was cleared
     with monkeypatch.context() as m:

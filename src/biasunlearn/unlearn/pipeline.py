@@ -286,8 +286,13 @@ def check_adapter_settings(saved: Path, cfg: UnlearnConfig) -> None:
         before = read_json(saved).get("config", {})
     except (OSError, ValueError, AttributeError):
         return
+    def same(name, a, b):  # layer names are a set: "q_proj, v_proj" is "v_proj,q_proj"
+        if name == "lora_targets" and isinstance(a, str) and isinstance(b, str):
+            return {t.strip() for t in a.split(",") if t.strip()} == {t.strip() for t in b.split(",") if t.strip()}
+        return a == b
+
     for name in ADAPTER_SETTINGS:
-        if name in before and before[name] != getattr(cfg, name):
+        if name in before and not same(name, before[name], getattr(cfg, name)):
             raise ConfigError(f"--resume {saved.parent}: {name}={getattr(cfg, name)!r}, but the run there started "
                               f"with {name}={before[name]!r}, which its checkpoints' LoRA weights are made for; "
                               f"resume with {name} {before[name]!r} (or without --{name}), or start a new run "
