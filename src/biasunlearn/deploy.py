@@ -281,17 +281,13 @@ def check_transfer_out(out) -> Path:
     config.json names the run's method, train_cli.run_kind), a comparison (compare.json, compare_seeds.json) or
     an export (which export replaces whole). A transfer's own folder, or one holding other files, is fine."""
     from .compare_seeds import PLAN
-    from .train_cli import run_kind
+    from .train_cli import folder_run
 
     out = check_folder_path(out)
     advice = "; a transfer would write over its report.md, eval_before/ and eval_after/: name another --out"
-    if (out / "config.json").is_file():
-        try:
-            kind = run_kind(read_json(out / "config.json"))
-        except (OSError, ValueError):  # not JSON: no run's (a run writes it whole, atomically)
-            kind = None
-        if kind is not None:
-            raise ConfigError(f"--out {out}: it holds a training run ({kind}; its config.json){advice}")
+    run = folder_run(out)  # a config.json that is not JSON is no run's (a run writes it whole, atomically)
+    if run is not None:
+        raise ConfigError(f"--out {out}: it holds a training run ({run[0]}; its config.json){advice}")
     for name, what in (("compare.json", "a comparison (biasunlearn compare)"),
                        (PLAN, "a comparison (biasunlearn compare --seeds)"),
                        ("biasunlearn_export.json", "an export (biasunlearn export)")):

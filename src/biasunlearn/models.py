@@ -348,16 +348,12 @@ def _gguf_description(spec: str, gguf: Path) -> str:
 def _refuse_run_folder(spec: str, folder: Path) -> None:
     """A training run's folder given as --model (its config.json is the run's settings, not a model's) is pointed
     to its adapter on the model it was trained on, instead of failing on a missing tokenizer."""
-    from .io import read_json
-    from .train_cli import run_kind
+    from .train_cli import folder_run
 
-    try:
-        doc = read_json(folder / "config.json")
-    except (OSError, ValueError):
-        return  # from_pretrained names a config.json it cannot read
-    kind = run_kind(doc)
-    if kind is None:
+    run = folder_run(folder)  # None also for a config.json that cannot be read: from_pretrained names it
+    if run is None:
         return
+    kind, doc = run
     model = doc.get("model")
     base = model.get("spec") if isinstance(model, dict) and model.get("spec") else "<the model it was trained on>"
     raise ModelLoadError(f"--model {spec}: a {kind} training run's folder, not a model; read its adapter on the model "

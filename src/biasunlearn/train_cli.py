@@ -127,14 +127,23 @@ def _what_config_is(doc) -> str:
     return "it names no method"
 
 
-def holds_run(folder: Path) -> bool:
-    """Whether `folder` holds a BiasUnlearn run (its config.json, not, say, a model's)."""
+def folder_run(folder) -> tuple[str, dict] | None:
+    """(method, config.json document) of the training run in `folder` (train's, or a compare method's), or None
+    where its config.json is missing, unreadable or not a run's (a model's, an export's)."""
     from .io import read_json
 
     try:
-        return run_kind(read_json(Path(folder) / "config.json")) == "biasunlearn"
+        doc = read_json(Path(folder) / "config.json")
     except (OSError, ValueError):
-        return False
+        return None
+    kind = run_kind(doc)
+    return (kind, doc) if kind is not None else None
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds a BiasUnlearn run (its config.json, not, say, a model's)."""
+    run = folder_run(folder)
+    return run is not None and run[0] == "biasunlearn"
 
 
 def check_out_folder(out: Path) -> None:

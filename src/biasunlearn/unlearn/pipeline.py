@@ -286,9 +286,10 @@ def check_adapter_settings(saved: Path, cfg: UnlearnConfig) -> None:
         before = read_json(saved).get("config", {})
     except (OSError, ValueError, AttributeError):
         return
+
     def same(name, a, b):  # layer names are a set: "q_proj, v_proj" is "v_proj,q_proj"
         if name == "lora_targets" and isinstance(a, str) and isinstance(b, str):
-            return {t.strip() for t in a.split(",") if t.strip()} == {t.strip() for t in b.split(",") if t.strip()}
+            return set(comma_list(a)) == set(comma_list(b))
         return a == b
 
     for name in ADAPTER_SETTINGS:
