@@ -717,3 +717,31 @@ def test_examples_skipped_on_purpose_are_said_in_the_log_too(fake_data, tiny_gpt
     rc, _, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(fake_data), "--device", "cpu",
                           "--benchmarks", "crows_pairs", "--out", str(tmp_path / "clean")])
     assert rc == 0 and "of the data skipped" not in err  # nothing left out: nothing said
+
+
+def test_a_read_parses_each_data_file_once_and_scores_what_it_parsed(tiny_gpt2_path, fake_data, tmp_path,
+                                                                     monkeypatch):
+    """run_eval parses every benchmark's data before the model loads, and each runner scores those examples: no
+    file is parsed a second time at its benchmark's turn. evaluate_model on its own (train's reads, compare) parses
+    once too."""
+    from biasunlearn import evaluate
+
+    parsed = []
+    real = evaluate.load_examples
+
+    def spy(name, path, cfg):
+        parsed.append(name)
+        return real(name, path, cfg)
+
+    monkeypatch.setattr(evaluate, "load_examples", spy)
+    cfg = EvalConfig(data_dir=str(fake_data), progress=False, limit=2)
+    doc = evaluate.run_eval(str(tiny_gpt2_path), cfg=cfg, device="cpu", out_dir=tmp_path / "ev", log=None)
+    assert parsed == ["stereoset", "crows_pairs", "bbq", "perplexity"]
+    assert doc["benchmarks"]["crows_pairs"]["metrics"]["length_normalised"]["overall"]["n"] == 2  # --limit 2
+    parsed.clear()
+    from biasunlearn.models import load_model
+
+    model, tok, _ = load_model(str(tiny_gpt2_path), device="cpu")
+    again = evaluate_model(model, tok, cfg, log=None)
+    assert parsed == ["stereoset", "crows_pairs", "bbq", "perplexity"]
+    assert again["benchmarks"]["stereoset"]["metrics"] == doc["benchmarks"]["stereoset"]["metrics"]

@@ -69,7 +69,7 @@ def test_evaluate_model_stops_before_the_next_benchmark(sigint, fake_data, monke
     from biasunlearn import evaluate
 
     ran = []
-    monkeypatch.setattr(evaluate, "RUNNERS", {n: (lambda m, t, c, p, n=n: ran.append(n) or {"predictions": []})
+    monkeypatch.setattr(evaluate, "RUNNERS", {n: (lambda m, t, c, p, parsed, n=n: ran.append(n) or {"predictions": []})
                                               for n in evaluate.RUNNERS})
     cfg = evaluate.EvalConfig(benchmarks=("crows_pairs", "perplexity"), data_dir=str(fake_data), progress=False)
     assert set(evaluate.evaluate_model(None, None, cfg, log=None)["benchmarks"]) == {"crows_pairs", "perplexity"}
@@ -132,8 +132,8 @@ def test_main_exits_130_when_the_last_benchmark_swallowed_a_ctrl_c(sigint, tiny_
 
     real = evaluate.RUNNERS["crows_pairs"]
 
-    def crows_pairs(*a):
-        res = real(*a)
+    def crows_pairs(*a, **kw):
+        res = real(*a, **kw)
         ctrl_c_in_a_weakref_callback()
         return res
 

@@ -361,8 +361,11 @@ def test_a_start_that_fails_to_load_the_model_leaves_no_empty_run_folder(tmp_pat
     not_a_model.mkdir()
     (not_a_model / "README.md").write_text("no weights here")
     out = tmp_path / "runs" / "new"
-    args = ["train", "--model", str(not_a_model), "--data_dir", str(fake_data), "--use_cpu", "true",
-            "--skip_final_eval", "true"]
+    data = tmp_path / "data"  # with a train pool: the pool is read before the model loads
+    shutil.copytree(fake_data, data)
+    (data / "pool.json").write_text(json.dumps(_pool()))
+    args = ["train", "--model", str(not_a_model), "--data_dir", str(data), "--train_pool", "pool.json",
+            "--use_cpu", "true", "--skip_final_eval", "true"]
     assert main(args + ["--out", str(out)]) != 0
     assert str(not_a_model) in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # both folders the start made are gone
@@ -460,7 +463,11 @@ def test_overwrite_refused_on_a_bad_setting_leaves_the_old_run_as_it_was(tmp_pat
     capsys.readouterr()
     for extra, message in ((["--lora_targets", "foo"], "lora_targets: foo is not a linear layer"),
                            (["--model", str(not_a_model)], f"--model {not_a_model}"),
-                           (["--lora_dropout", "1.5"], "lora_dropout=1.5: must be 0 or more and below 1")):
+                           (["--lora_dropout", "1.5"], "lora_dropout=1.5: must be 0 or more and below 1"),
+                           (["--balance_types", "true", "--type_weights", "religion=2"],
+                            "type_weights names religion: not a bias type"),
+                           (["--swap_mode", "none", "--scheduled_swaps", "religion=1"],
+                            "scheduled_swaps names religion: not a bias type")):
         assert main(words + ["--overwrite"] + extra) == 2
         err = capsys.readouterr().err
         assert message in err.splitlines()[-1] and "removed the run" not in err and "Traceback" not in err

@@ -1244,3 +1244,33 @@ def test_training_data_and_draw_chunk_are_what_train_and_the_step_bench_use(tmp_
     assert res["ratio"]["packed"] == pytest.approx(res["median_s"]["biasunlearn_packed"]
                                                    / res["median_s"]["bare_packed"])
     assert seen == [0, 0, 1, 1]  # bare and BiasUnlearn draw the same chunk at each step
+
+
+def test_the_train_pool_is_checked_before_the_model_loads_and_a_dev_slice_larger_than_train_is_said(tmp_path,
+                                                                                                     train_data):
+    """check_train_pool (called before the model loads, before --overwrite clears an old run): a type setting
+    naming a type the run does not train is refused; a dev slice larger than the train split is a warning that
+    names how many pairs of each type are left to train on; the usual split says nothing."""
+    from biasunlearn.errors import ConfigError
+    from biasunlearn.unlearn.pipeline import check_train_pool
+
+    logs = []
+    splits = check_train_pool(_cfg(tmp_path, "unused", train_data), log=logs.append)
+    assert (len(splits.train), len(splits.dev), logs) == (12, 6, [])  # 9 pairs per type, one 3-pair term as dev
+    splits = check_train_pool(_cfg(tmp_path, "unused", train_data, dev_fraction=0.9), log=logs.append)
+    # each type keeps one of its three terms to train on, whatever the fraction
+    assert (len(splits.train), len(splits.dev)) == (6, 12)
+    assert logs == ["[train] warning: dev_fraction=0.9 holds out 12 of the pool's 18 pairs as dev and leaves 6 to "
+                    "train on (gender 3, race 3); the dev slice only checks the run (train_on_dev trains it too)"]
+    logs.clear()
+    check_train_pool(_cfg(tmp_path, "unused", train_data, dev_fraction=0.9, train_on_dev=True, stop_at_step=4,
+                          swap_mode="none"),
+                     log=logs.append)
+    assert logs == []  # the dev pairs train too
+    with pytest.raises(ConfigError, match=r"scheduled_swaps names religion: not a bias type of the train pool "
+                                          r"\(gender, race\)"):
+        check_train_pool(_cfg(tmp_path, "unused", train_data, swap_mode="none", scheduled_swaps="religion=1"))
+    # a type left without pairs by train_exclude_pattern is not one the run trains
+    with pytest.raises(ConfigError, match=r"type_weights names race: not a bias type of the train pool \(gender\)"):
+        check_train_pool(_cfg(tmp_path, "unused", train_data, balance_types=True, type_weights="race=2",
+                              train_exclude_pattern="Kenyan|Korean|Peruvian"))

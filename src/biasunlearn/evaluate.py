@@ -163,8 +163,8 @@ def stereoset_records(model, tok, examples, **skw) -> list[dict]:
     return recs
 
 
-def eval_stereoset(model, tok, cfg: EvalConfig, path: Path) -> dict:
-    examples, skips = load_examples("stereoset", path, cfg)
+def eval_stereoset(model, tok, cfg: EvalConfig, path: Path, parsed=None) -> dict:
+    examples, skips = parsed if parsed is not None else load_examples("stereoset", path, cfg)
     out = {"metrics": {}, "predictions": [], "skipped": skips.to_dict(), "scoring": STEREOSET_SCORING}
     for task in stereoset_tasks(cfg):
         exs = _sample([e for e in examples if e.task == task], cfg.limit, cfg.seed)
@@ -192,8 +192,8 @@ def stereoset_official_predictions(records: list[dict]) -> dict:
 
 # --- CrowS-Pairs -----------------------------------------------------------------------------------------------
 
-def eval_crows_pairs(model, tok, cfg: EvalConfig, path: Path) -> dict:
-    pairs, skips = load_examples("crows_pairs", path, cfg)
+def eval_crows_pairs(model, tok, cfg: EvalConfig, path: Path, parsed=None) -> dict:
+    pairs, skips = parsed if parsed is not None else load_examples("crows_pairs", path, cfg)
     pairs = _sample(pairs, cfg.limit, cfg.seed)
     texts = [t for p in pairs for t in (p.sent_more, p.sent_less)]
     scores = score_texts(model, tok, texts, **_skw(cfg, "crows_pairs"))
@@ -211,8 +211,8 @@ def eval_crows_pairs(model, tok, cfg: EvalConfig, path: Path) -> dict:
 
 # --- BBQ -------------------------------------------------------------------------------------------------------
 
-def eval_bbq(model, tok, cfg: EvalConfig, path: Path) -> dict:
-    examples, skips = load_examples("bbq", path, cfg)
+def eval_bbq(model, tok, cfg: EvalConfig, path: Path, parsed=None) -> dict:
+    examples, skips = parsed if parsed is not None else load_examples("bbq", path, cfg)
     if cfg.bbq_per_category is not None:
         by_cat: dict[str, list] = {}
         for e in examples:
@@ -263,8 +263,8 @@ def perplexity_windows(ids: list[int], window: int, stride: int) -> tuple[list[l
     return seqs, starts
 
 
-def eval_perplexity(model, tok, cfg: EvalConfig, path: Path) -> dict:
-    lines, _ = load_examples("perplexity", path, cfg)
+def eval_perplexity(model, tok, cfg: EvalConfig, path: Path, parsed=None) -> dict:
+    lines, _ = parsed if parsed is not None else load_examples("perplexity", path, cfg)
     ids = tok("\n".join(lines), add_special_tokens=False)["input_ids"]
     n_total = len(ids)
     limit = cfg.ppl_max_tokens if cfg.limit is None else min(cfg.ppl_max_tokens or n_total, cfg.limit * 64)
@@ -310,17 +310,17 @@ def check_config(cfg: EvalConfig) -> Path:
 
 def check_data(cfg: EvalConfig) -> dict:
     """{benchmark: (its data path, {file: sha256})}, every file there, checked against the data folder's SHA256SUMS
-    and parsed (load_examples; nothing is tokenized or kept): a missing, damaged, malformed or empty file stops a run
+    and parsed (load_examples; nothing is tokenized): a missing, damaged, malformed or empty file stops a run
     before any model is loaded or scored (and `train` before training), whichever benchmark's turn it would be."""
     return _parsed_data(cfg)[1]
 
 
-def _parsed_data(cfg: EvalConfig) -> tuple[Path, dict]:
-    """_checked_data's (data folder, {benchmark: (path, sums)}), after every benchmark's data parsed: check_data."""
+def _parsed_data(cfg: EvalConfig) -> tuple[Path, dict, dict]:
+    """_checked_data's (data folder, {benchmark: (path, sums)}) and {benchmark: load_examples' (examples, skips)}:
+    every benchmark's data parsed up front (check_data), and kept for its runner (a few tens of MB for the whole
+    suite; BBQ's file alone takes about a second to parse)."""
     root, checked = _checked_data(cfg)
-    for name, (path, _) in checked.items():
-        load_examples(name, path, cfg)  # dropped: each runner reads its file again at its turn (a fraction of a second)
-    return root, checked
+    return root, checked, {name: load_examples(name, path, cfg) for name, (path, _) in checked.items()}
 
 
 def data_changes(doc: dict, cfg: EvalConfig, log=None) -> list[str]:
@@ -373,8 +373,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
     any file is written (the CLI prints its tables there: a folder that cannot be written then does not lose the
     numbers of the whole run). Every benchmark's data is checked and parsed before the first is scored (check_data);
     `checked_data`: what _parsed_data(cfg) gave the caller that has just done that (run_eval, before the model's
-    load), so it is not done twice."""
-    root, checked = checked_data if checked_data is not None else _parsed_data(cfg)
+    load), so it is not done twice. Each runner scores the examples parsed there: a file is read once per read."""
+    root, checked, parsed = checked_data if checked_data is not None else _parsed_data(cfg)
     doc = {"biasunlearn_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
            "model": model_info or {}, "versions": package_versions(), "machine": machine_info(),
            "eval_config": cfg.to_dict(),
@@ -385,7 +385,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
         interrupt.check()  # a Ctrl-C swallowed during the last benchmark (or the model's load) stops here
         path, checksums = checked[name]
         t0 = time.perf_counter()
-        res = RUNNERS[name](model, tok, cfg, path)
+        res = RUNNERS[name](model, tok, cfg, path, parsed=parsed.pop(name))  # not held past its turn
         wall = time.perf_counter() - t0
         preds = res.pop("predictions")
         if name == "stereoset":

@@ -235,9 +235,12 @@ def _train_in(cfg: UnlearnConfig, out: Path, resume: bool, log, overwrite: bool 
     ck = last_checkpoint(out, log) if resume else None
     if resume and ck is None:
         log(f"[train] --resume: no checkpoint in {out} yet; starting the run again from step 0")
-    if ck is not None:  # refused before anything of the run is touched: a refusal must leave the run as it was
+    # refused before anything of the run is touched (before --overwrite clears the old one, before a resume
+    # rewrites its config): a refusal must leave the folder as it was
+    splits = check_train_pool(cfg, log)
+    if ck is not None:
         check_adapter_settings(out / "config.json", cfg)
-        check_same_pool(out / "splits.json", checked_splits(cfg)[0], log)
+        check_same_pool(out / "splits.json", splits, log)
         _warn_changed_settings(out / "config.json", cfg, log)
     tuned = cfg.cpu_malloc_tuning and cfg.device.type == "cpu" and tune_glibc_malloc()
     if tuned:
@@ -431,15 +434,37 @@ def training_data(cfg: UnlearnConfig, model, tok, texts_dir: Path, model_id: str
         log(f"[train] gender_counterfactual: {sets.counterfactuals} of {n_gender} gender "
             f"stereotypes get a counterfactual pair (the others name no gendered word, or their counterfactual would "
             f"name one of the {len(held_out)} dev and test target terms)")
-    unknown = sorted(set(cfg.type_weight_map()) - set(sets.bias_types))
+    check_type_settings(cfg, sets.bias_types)
+    return TrainingData(splits, test, overlap, train, excluded, sets)
+
+
+def check_type_settings(cfg: UnlearnConfig, bias_types) -> None:
+    """type_weights and scheduled_swaps name only bias types the run trains (`bias_types`), or a ConfigError."""
+    unknown = sorted(set(cfg.type_weight_map()) - set(bias_types))
     if unknown:
         raise ConfigError(f"type_weights names {', '.join(unknown)}: not a bias type of the train pool "
-                          f"({', '.join(sets.bias_types)})")
-    absent = sorted(set(cfg.scheduled_swap_map()) - set(sets.bias_types))
+                          f"({', '.join(bias_types)})")
+    absent = sorted(set(cfg.scheduled_swap_map()) - set(bias_types))
     if absent:
         raise ConfigError(f"scheduled_swaps names {', '.join(absent)}: not a bias type of the train pool "
-                          f"({', '.join(sets.bias_types)}), so there is nothing to swap")
-    return TrainingData(splits, test, overlap, train, excluded, sets)
+                          f"({', '.join(bias_types)}), so there is nothing to swap")
+
+
+def check_train_pool(cfg: UnlearnConfig, log=_log) -> Splits:
+    """The train pool read, split and checked before the model loads and before anything in the run folder is
+    touched: no overlap with the test set, a train_exclude_pattern that leaves pairs, type settings that name a
+    type the run trains (check_type_settings). A dev slice larger than the train split is said in the log: its
+    pairs do not train (without train_on_dev), and the split has few pairs left to train on. Returns the splits."""
+    splits = checked_splits(cfg)[0]
+    train, _ = exclude_train_pairs(training_pairs(splits, cfg), cfg.train_exclude_pattern)
+    check_type_settings(cfg, sorted({e.bias_type for e in train}))
+    if not cfg.train_on_dev and len(splits.dev) > len(splits.train):
+        by_type = ", ".join(f"{b} {n}" for b, n in sorted(Counter(e.bias_type for e in splits.train).items()))
+        how = f"dev_folds={cfg.dev_folds}" if cfg.dev_folds else f"dev_fraction={cfg.dev_fraction}"
+        log(f"[train] warning: {how} holds out {len(splits.dev)} of the pool's {len(splits.dev) + len(splits.train)} "
+            f"pairs as dev and leaves {len(splits.train)} to train on ({by_type}); the dev slice only checks the "
+            "run (train_on_dev trains it too)")
+    return splits
 
 
 def _train(cfg: UnlearnConfig, out: Path, ck, log, overwrite: bool = False) -> dict:
