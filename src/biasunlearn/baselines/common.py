@@ -230,7 +230,6 @@ class LoraFineTune:
 
     def train(self) -> dict:
         from ..unlearn.pipeline import prepare_lora
-        from ..unlearn.trainer import InterruptCheck, JsonlLogCallback, route_logs_to_stderr
 
         model, tok, info, splits = self._start()
         texts = self.training_texts(training_pairs(splits, self.cfg))
@@ -241,15 +240,23 @@ class LoraFineTune:
         args = training_arguments(self.cfg, self.batch_size)
         trainer = Trainer(model=model, args=args, train_dataset=SentenceDataset(seqs),
                           data_collator=SentenceCollator(tok.pad_token_id or 0))
+        dev_cb, wall = self._run(trainer, tok, splits, f"{len(seqs)} training sentences", "")
+        summary = self._finish(trainer, model, info, splits, dev_cb, wall)
+        del trainer, model
+        gc.collect()
+        return summary
+
+    def _run(self, trainer, tok, splits, data: str, unit: str) -> tuple:
+        """`trainer` trained with the callbacks every baseline runs with (Ctrl-C between steps, the dev SS checks,
+        log.jsonl, the logs on stderr), its data and schedule said first; (the dev callback, wall time in s)."""
+        from ..unlearn.trainer import InterruptCheck, JsonlLogCallback, route_logs_to_stderr
+
         trainer.add_callback(InterruptCheck())
         dev_cb = self.dev_callback(tok, splits)
         trainer.add_callback(dev_cb)
         trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
         route_logs_to_stderr(trainer)
-        self.log(f"[{self.name}] {len(seqs)} training sentences, {schedule_words(self.cfg)} of {self.batch_size}")
+        self.log(f"[{self.name}] {data}, {schedule_words(self.cfg)} of {self.batch_size}{unit}")
         t0 = time.time()
         trainer.train()
-        summary = self._finish(trainer, model, info, splits, dev_cb, time.time() - t0)
-        del trainer, model
-        gc.collect()
-        return summary
+        return dev_cb, time.time() - t0

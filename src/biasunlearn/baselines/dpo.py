@@ -13,7 +13,6 @@ of BiasUnlearn's forget + retain batch, so a step sees as many sentences as a Bi
 from __future__ import annotations
 
 import gc
-import time
 
 from ..data.splits import training_pairs
 from ..data.stereoset import split_x_y
@@ -22,7 +21,7 @@ from ..models import start_token_id
 from ..scoring import tokenize_parts
 from ..io import write_json
 from ..adapters import lora_config
-from .common import LoraFineTune, _log, schedule_words, training_arguments
+from .common import LoraFineTune, _log, training_arguments
 
 
 def preference_pairs(train) -> list[dict]:
@@ -84,8 +83,6 @@ class DPO(LoraFineTune):
         from datasets import Dataset
         from trl import DPOConfig
 
-        from ..unlearn.trainer import InterruptCheck, JsonlLogCallback, route_logs_to_stderr
-
         model, tok, info, splits = self._start()
         rows = self.encode_pairs(tok, preference_pairs(training_pairs(splits, self.cfg)))
         if not rows:
@@ -94,15 +91,8 @@ class DPO(LoraFineTune):
                                   precompute_ref_log_probs=False)
         trainer = _dpo_trainer_class()(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
                                        processing_class=tok, peft_config=lora_config(model, self.cfg))
-        trainer.add_callback(InterruptCheck())
-        dev_cb = self.dev_callback(tok, splits)
-        trainer.add_callback(dev_cb)
-        trainer.add_callback(JsonlLogCallback(self.out / "log.jsonl"))
-        route_logs_to_stderr(trainer)
-        self.log(f"[dpo] {len(rows)} preference pairs, {schedule_words(self.cfg)} of {self.batch_size} pairs")
-        t0 = time.time()
-        trainer.train()
-        summary = self._finish(trainer, trainer.model, info, splits, dev_cb, time.time() - t0)
+        dev_cb, wall = self._run(trainer, tok, splits, f"{len(rows)} preference pairs", " pairs")
+        summary = self._finish(trainer, trainer.model, info, splits, dev_cb, wall)
         summary["beta"] = self.beta
         write_json(self.out / "train_summary.json", summary)
         del trainer, model
