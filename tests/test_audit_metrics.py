@@ -102,9 +102,12 @@ def test_rescore_with_a_plain_forward_pass(full_read, tiny_gpt2_path, tmp_path):
     assert "rescore: 21 scores compared" in text
 
 
-def test_rescore_needs_a_model(full_read):
-    with pytest.raises(SystemExit):
-        run(audit.main, ["--read", str(full_read), "--rescore", "3"])
+def test_rescore_needs_a_model(full_read, capsys):
+    with pytest.raises(SystemExit) as exc:
+        audit.main(["--read", str(full_read), "--rescore", "3"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].endswith("error: --rescore needs --model"), err
 
 
 def test_rescore_catches_a_score_that_is_not_the_models(full_read, tiny_gpt2_path, tmp_path):

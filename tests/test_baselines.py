@@ -2,6 +2,7 @@
 adapter and dev logs, and the evaluation reads the adapter; Self-Debias matches the rescaling rule computed by hand."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -100,6 +101,8 @@ def test_a_baseline_rerun_starts_its_logs_again_and_a_failed_plot_loses_no_summa
     assert [d["ss"] for d in again] == [d["ss"] for d in first]  # the same seed: the same run
     assert json.loads((tmp_path / "cda" / "train_summary.json").read_text())["steps"] == summary["steps"] == 3
     assert f"[cda] warning: {tmp_path / 'cda' / 'dev_ss.png'} not drawn (ValueError: no display)" in said
+    assert [m for m in said if re.fullmatch(r"\[cda\] \d+ training sentences, 3 steps of 6", m)] == \
+        [m for m in said if " training sentences, " in m] != [], said
     assert not (tmp_path / "cda" / "dev_ss.png").exists()
 
 
@@ -149,8 +152,12 @@ def test_dpo_trains_against_adapter_disabled_reference(tmp_path, tiny_llama_path
     from biasunlearn.baselines import DPO
 
     cfg = small_config(tmp_path / "dpo", tiny_llama_path, train_data)
-    summary = DPO(cfg, log=lambda s: None).train()
+    said = []
+    summary = DPO(cfg, log=said.append).train()
     assert summary["steps"] == 3 and summary["batch_size"] == 3  # pairs per step: half of forget + retain
+    # what it trains on and for how long, said once before the first step
+    assert [m for m in said if re.fullmatch(r"\[dpo\] \d+ preference pairs, 3 steps of 3 pairs", m)] == \
+        [m for m in said if " preference pairs, " in m] != [], said
     check_run_folder(tmp_path / "dpo", cfg, 3)
     logs = [r for r in read_jsonl(tmp_path / "dpo" / "log.jsonl") if "rewards/margins" in r]
     # step 1: the policy equals the reference (base model, adapter disabled): loss log 2 and zero rewards
@@ -283,22 +290,73 @@ def test_self_debias_padded_batch_matches_single_sequences(tiny_llama_path):
             torch.testing.assert_close(got[i, : len(s)], want, rtol=1e-4, atol=1e-4)
 
 
-def test_self_debias_scores_through_the_evaluation_suite(tiny_gpt2_path, fake_data):
+def test_self_debias_scores_through_the_evaluation_suite(tiny_gpt2_path, fake_data, tmp_path):
     from biasunlearn.baselines import SelfDebias, scoring_cost
+    from biasunlearn.data import load_crows_pairs
     from biasunlearn.evaluate import EvalConfig, evaluate_model
     from biasunlearn.models import load_model
+    from biasunlearn.scoring import score_texts
 
     model, tok, info = load_model(str(tiny_gpt2_path), device="cpu")
     cfg = EvalConfig(data_dir=str(fake_data), progress=False)
-    plain = evaluate_model(model, tok, cfg, info.to_dict(), None, log=None)
-    deb = evaluate_model(SelfDebias(model, tok), tok, cfg, info.to_dict(), None, log=None)
+    plain = evaluate_model(model, tok, cfg, info.to_dict(), tmp_path / "plain", log=None)
+    deb = evaluate_model(SelfDebias(model, tok), tok, cfg, info.to_dict(), tmp_path / "deb", log=None)
     assert set(deb["benchmarks"]) == {"stereoset", "crows_pairs", "bbq", "perplexity"}
     p0 = plain["benchmarks"]["perplexity"]["metrics"]
     p1 = deb["benchmarks"]["perplexity"]["metrics"]
     assert p1["tokens_scored"] == p0["tokens_scored"]  # same tokens scored: the prefixes are never scored
-    assert p1["perplexity"] != pytest.approx(p0["perplexity"], rel=1e-9)
-    cost = scoring_cost(model, SelfDebias(model, tok), tok, ["The river flows past the village."] * 6)
-    assert cost["forward_passes_per_batch"] == 4 and cost["ratio"] > 0
+    assert p1["perplexity"] != pytest.approx(p0["perplexity"], rel=1e-4), (p0, p1)
+
+    def preds(read, bench):
+        rows = [json.loads(x) for x in (tmp_path / read / "predictions.jsonl").read_text().splitlines()]
+        return {r["id"]: r for r in rows if r["benchmark"] == bench}
+
+    # StereoSet: the same examples, and every sentence score of every example is the debiased model's, not the plain's
+    ss0, ss1 = preds("plain", "stereoset"), preds("deb", "stereoset")
+    assert set(ss1) == set(ss0) and {r["task"] for r in ss1.values()} == {"intrasentence", "intersentence"}
+    for i, r in ss1.items():
+        for key in ("s_stereo", "s_anti", "s_unrel"):
+            assert r[key] != pytest.approx(ss0[i][key], rel=1e-6, abs=1e-6), (i, key)
+    # CrowS-Pairs: each sentence's summed log-prob is the one the SelfDebias wrapper gives when scored directly, and
+    # differs from the plain model's
+    cp0, cp1 = preds("plain", "crows_pairs"), preds("deb", "crows_pairs")
+    pairs = load_crows_pairs(fake_data / "crows_pairs" / "crows_pairs_anonymized.csv")
+    assert set(cp1) == set(cp0) == {p.id for p in pairs}
+    direct = score_texts(SelfDebias(model, tok), tok, [t for p in pairs for t in (p.sent_more, p.sent_less)])
+    for k, p in enumerate(pairs):
+        r = cp1[p.id]
+        assert r["sum_more"] == pytest.approx(direct[2 * k].sum, rel=1e-5, abs=1e-5)
+        assert r["sum_less"] == pytest.approx(direct[2 * k + 1].sum, rel=1e-5, abs=1e-5)
+        for key in ("sum_more", "sum_less", "mean_more", "mean_less"):
+            assert r[key] != pytest.approx(cp0[p.id][key], rel=1e-6, abs=1e-6), (p.id, key)
+
+    # the cost: the times are sub-millisecond on this tiny model, so no bound on the timed ratio (it would be flaky);
+    # what is deterministic is the work: each batch the wrapper scores runs the model once plain and once per prefix
+    calls = {"inside": 0, "wrapper": 0, "active": False}
+
+    def enter(*a):
+        calls.update(active=True, wrapper=calls["wrapper"] + 1)
+
+    def leave(*a):
+        calls["active"] = False
+
+    def model_call(*a):
+        calls["inside"] += calls["active"]
+
+    wrapper = SelfDebias(model, tok)
+    hooks = [wrapper.register_forward_pre_hook(enter), wrapper.register_forward_hook(leave),
+             model.register_forward_hook(model_call)]
+    try:
+        cost = scoring_cost(model, wrapper, tok, ["The river flows past the village."] * 6)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert cost["forward_passes_per_batch"] == 4 == 1 + len(wrapper.prefix_ids)
+    assert cost["n_sentences"] == 6
+    # each batch the wrapper scores runs the model four times: once plain, once per prefix
+    assert calls["wrapper"] >= 1 and calls["inside"] == 4 * calls["wrapper"], calls
+    assert cost["ratio"] == pytest.approx(cost["self_debias_ms_per_sentence"] / cost["plain_ms_per_sentence"])
+    assert cost["plain_ms_per_sentence"] > 0 and cost["self_debias_ms_per_sentence"] > 0
 
 
 @pytest.mark.parametrize("name", ["sft", "dpo"])

@@ -218,9 +218,24 @@ def test_compare_ablations(tmp_path, tiny_llama_path, data):
         assert cfg["early_stop_tolerance"] == -1.0  # the whole budget runs
         assert m["train"]["evaluated"] == "final checkpoint (checkpoint-2)"  # as the paper's section 4.4
         assert res["results"][name]["model"]["adapter"] == str(out / name / "final_adapter")
-    logs = [json.loads(x) for x in (out / "abl_no_retain" / "log.jsonl").read_text().splitlines()]
-    # a switched-off term is still logged (for Figure 3), but the run trained without it
-    assert any("loss_forget" in r for r in logs) and any("loss_retain" in r for r in logs)
+    # a switched-off term is still logged (for Figure 3), but the run trained without it: each step's logged loss is
+    # the weighted sum of the remaining terms only, while the switched-off term is logged with a positive value
+    terms = {"loss_forget": "alpha_forget", "loss_retain": "alpha_retain", "loss_kl": "alpha_kl"}
+    full = res["results"]["abl_full"]["method"]["settings"]["train"]["config"]
+    for name, off in (("abl_no_retain", "loss_retain"), ("abl_no_kl", "loss_kl")):
+        cfg = res["results"][name]["method"]["settings"]["train"]["config"]
+        assert cfg[terms[off]] == 0.0 and full[terms[off]] > 0
+        logs = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines()]
+        steps = [r for r in logs if "loss_forget" in r]
+        assert [r["step"] for r in steps] == [1, 2], name
+        for r in steps:
+            assert set(terms) <= set(r), (name, r)
+            want = sum(cfg[w] * r[t] for t, w in terms.items() if t != off)
+            assert r["loss"] == pytest.approx(want, rel=1e-5, abs=1e-5), (name, r)
+        last = steps[-1]
+        assert last[off] > 1e-2, (name, last)  # computed and logged (the KL is 0 at step 1 only: the adapter moved)
+        # and not in the loss: with abl_full's weight on it the sum would be another number
+        assert last["loss"] != pytest.approx(want + full[terms[off]] * last[off], rel=1e-5, abs=1e-5), (name, last)
     md, _ = check_report(out)
     assert "| w/o retention loss |" in md and "| w/o KL |" in md and "| focus on the worst type" in md
     assert "not measured (not in --benchmarks)" in md  # crows_pairs, bbq left out: the sections still render

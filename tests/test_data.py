@@ -586,11 +586,19 @@ def test_data_dir_explicit_env_and_bad(tmp_path, monkeypatch):
     monkeypatch.setenv("BIASUNLEARN_DATA", str(tmp_path / "gone"))
     with pytest.raises(ConfigError, match=r"\$BIASUNLEARN_DATA=.*gone: no such folder"):
         data_dir()
-    # a file is not a data folder
+    # a file is not a data folder: said so, not "no such folder" (the path exists)
     f = tmp_path / "file.txt"
     f.write_text("x")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as exc:
         data_dir(f)
+    assert str(exc.value) == f"--data-dir {f}: is a file, not a folder"
+    with pytest.raises(ConfigError) as exc:
+        data_dir(tmp_path / "nope")
+    assert str(exc.value) == f"--data-dir {tmp_path / 'nope'}: no such folder"
+    monkeypatch.setenv("BIASUNLEARN_DATA", str(f))
+    with pytest.raises(ConfigError) as exc:
+        data_dir()
+    assert str(exc.value) == f"$BIASUNLEARN_DATA={f}: is a file, not a folder"
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"no shared data folder at {REAL_DATA}")

@@ -138,9 +138,30 @@ def test_export_refuses_to_overwrite_and_mismatched_model(tiny, tmp_path):
         export_merged(str(tiny["wide"]), tiny["adapter"], tmp_path / "w", device="cpu", log=QUIET)
     assert not (tmp_path / "w").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".w.")]  # no staging folder left behind
-    export_merged(str(tiny["llama"]), tiny["adapter"], tmp_path / "again", device="cpu", verify=False, log=QUIET)
-    export_merged(str(tiny["llama"]), tiny["adapter"], tmp_path / "again", device="cpu", verify=False,
-                  overwrite=True, log=QUIET)
+    # a fresh --out: the whole export is written
+    again = tmp_path / "again"
+    res = export_merged(str(tiny["llama"]), tiny["adapter"], again, device="cpu", verify=False, log=QUIET)
+    assert Path(res["out"]) == again
+    names = sorted(p.name for p in again.iterdir())
+    assert {"config.json", "model.safetensors", "README.md", "biasunlearn_export.json"} <= set(names), names
+    files = [n for n in names if (again / n).is_file()]
+    stamp = lambda: {n: ((again / n).stat().st_ino, (again / n).stat().st_mtime_ns) for n in files}  # noqa: E731
+    first, first_dir, first_bytes = stamp(), again.stat().st_ino, {n: (again / n).read_bytes() for n in files}
+    # the same --out again without overwrite: refused, and the earlier export is left as it was
+    with pytest.raises(ConfigError) as exc:
+        export_merged(str(tiny["llama"]), tiny["adapter"], again, device="cpu", verify=False, log=QUIET)
+    assert str(exc.value) == f"--out {again}: folder exists and is not empty (pass --overwrite to replace it)"
+    assert stamp() == first and again.stat().st_ino == first_dir
+    # with overwrite: a new folder is written and moved in, the earlier one deleted (every file is a new one)
+    export_merged(str(tiny["llama"]), tiny["adapter"], again, device="cpu", verify=False, overwrite=True, log=QUIET)
+    assert sorted(p.name for p in again.iterdir()) == names
+    assert again.stat().st_ino != first_dir
+    now = stamp()
+    assert all(now[n] != first[n] for n in files), (first, now)
+    assert (again / "model.safetensors").read_bytes() == first_bytes["model.safetensors"]  # the same merge
+    assert json.loads((again / "biasunlearn_export.json").read_text())["adapter"] == \
+        json.loads(first_bytes["biasunlearn_export.json"])["adapter"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "o"]  # nothing moved aside is left behind
 
 
 # an export run in another process and SIGKILLed at a chosen moment

@@ -67,7 +67,7 @@ def test_stereoset_same_target_in_two_domains_are_separate_terms():
 
 
 def test_stereoset_empty_raises():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^no StereoSet records to score$"):
         stereoset_scores([])
 
 
@@ -90,7 +90,7 @@ def test_crows_pairs_ties_stay_in_denominator():
     assert out["race-color"] == {"score": pytest.approx(100 / 3), "n": 3}
     assert out["gender"] == {"score": 100.0, "n": 1}
     assert out["overall"] == {"score": 50.0, "n": 4}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^no CrowS-Pairs records to score$"):
         crows_pairs_scores([])
 
 
@@ -171,7 +171,7 @@ def test_bbq_all_biased_and_all_counter_biased():
     # ambiguous and every answer 'unknown': s_DIS(amb) is 0/0, reported as None rather than a made-up number
     rows = [bbq_row("A", "ambig", 2, 2, 2, 0)]
     assert bbq_scores(rows)["A"]["bias_ambig"] is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^no BBQ records to score$"):
         bbq_scores([])
 
 
@@ -181,7 +181,7 @@ def test_perplexity():
     assert perplexity(-math.log(4) * 10, 10) == pytest.approx(4.0)
     assert perplexity(-6.0, 3) == pytest.approx(math.e ** 2)
     assert perplexity(0.0, 5) == pytest.approx(1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^perplexity needs at least one scored token$"):
         perplexity(-1.0, 0)
 
 

@@ -78,11 +78,16 @@ def test_run_eval_refuses_settings_llama_cpp_does_not_take():
         run_eval("smollm2-135m", device="cuda", log=None, runtime="llama.cpp")
 
 
-def test_eval_cli_refuses_an_unknown_runtime():
+def test_eval_cli_refuses_an_unknown_runtime(capsys):
     from biasunlearn import cli
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         cli.build_parser().parse_args(["eval", "--runtime", "vllm"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "biasunlearn eval: error: argument --runtime: invalid choice: 'vllm'" in err
+    assert "(choose from" in err and "llama.cpp" in err.split("(choose from", 1)[1]
+    assert cli.build_parser().parse_args(["eval", "--runtime", "llama.cpp"]).runtime == "llama.cpp"
 
 
 @pytest.mark.slow

@@ -427,8 +427,11 @@ def test_shared_prompt_head_never_copies_the_head_weight_per_prompt(tiny_model_p
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         got = [s.sum for s in score_texts_shared(model, tok, SHARED_PROMPTS, SHARED_ANSWERS, 3)]
     assert got == pytest.approx(want, abs=1e-4) and _SHARED_CHECKED.get(model) is True
-    shapes = [tuple(s) for e in prof.events() for s in (e.input_shapes or []) if len(s) == 3]
-    expanded = [s for s in shapes if s[1:] in ((H, V), (V, H))]
+    shapes = [tuple(s) for e in prof.events() for s in (e.input_shapes or [])]
+    # the positive control: the profiler recorded the head's own 2-D weight going into an operation, so that finding
+    # no expanded copy below means there was none, not that the head's operations went unrecorded
+    assert V != H and [s for s in shapes if s in ((V, H), (H, V))], sorted(set(s for s in shapes if len(s) == 2))
+    expanded = [s for s in shapes if len(s) == 3 and s[1:] in ((H, V), (V, H))]
     assert expanded == [], expanded
 
 

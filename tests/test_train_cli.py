@@ -150,8 +150,9 @@ def test_dry_run_prints_what_the_recipe_and_flags_resolve_to_and_trains_nothing(
     assert yaml.safe_load(capsys.readouterr().out)["output_dir"] == "runs/x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # still nothing written
     # a bad setting is refused as it would be by a real run
-    assert main(["train", "--config", "smollm2-cpu", "--dry-run", "--swap_mode", "sometimes"]) != 0
-    assert "swap_mode='sometimes'" in capsys.readouterr().err
+    assert main(["train", "--config", "smollm2-cpu", "--dry-run", "--swap_mode", "sometimes"]) == 2
+    assert capsys.readouterr().err == ("biasunlearn: error: swap_mode='sometimes': expected one of swap, focus_worst, "
+                                       "pause, none\n")
 
 
 def builtin_path(name):
@@ -366,13 +367,18 @@ def test_a_start_that_fails_to_load_the_model_leaves_no_empty_run_folder(tmp_pat
     (data / "pool.json").write_text(json.dumps(_pool()))
     args = ["train", "--model", str(not_a_model), "--data_dir", str(data), "--train_pool", "pool.json",
             "--use_cpu", "true", "--skip_final_eval", "true"]
-    assert main(args + ["--out", str(out)]) != 0
-    assert str(not_a_model) in capsys.readouterr().err
+    assert main(args + ["--out", str(out)]) == 2
+    said = (f"biasunlearn: error: --model {not_a_model}: a local model must be a save_pretrained folder with "
+            "config.json")
+    err = capsys.readouterr().err
+    assert err.endswith(said + "\n") and err.count("error:") == 1, err
     assert not (tmp_path / "runs").exists()  # both folders the start made are gone
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
-    assert main(args + ["--out", str(kept)]) != 0
+    assert main(args + ["--out", str(kept)]) == 2
+    assert capsys.readouterr().err.endswith(said + "\n")
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
     assert (kept / "notes.txt").read_text() == "mine"  # a folder that held something is left as it was
 
 

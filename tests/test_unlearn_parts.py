@@ -828,8 +828,12 @@ def test_margin_shift_compares_test_and_pooled_moves(tmp_path, capsys):
     # a step the curve does not have, a malformed --after, and a file with no StereoSet rows: clear errors
     assert mod.main(["--base", str(base), "--after", f"60={after}", "--curve", str(tmp_path / "curve.json")]) == 2
     assert "no step 60" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         mod.main(["--base", str(base), "--after", str(after), "--curve", str(tmp_path / "curve.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].endswith(
+        f"error: argument --after: --after {str(after)!r}: expected STEP=PATH, e.g. 60=run/predictions.jsonl"), err
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"benchmark": "bbq"}\n')
     assert mod.main(["--base", str(empty), "--after", f"40={after}", "--curve", str(tmp_path / "curve.json")]) == 2

@@ -122,13 +122,61 @@ def test_retain_floor_margin_needs_the_floor_and_is_not_negative(tmp_path, tiny_
         _cfg(tmp_path, tiny_llama_path, train_data, retain_floor=True, retain_floor_margin=-0.5)
 
 
-def test_gradient_checkpointing_still_trains_lora(tmp_path, tiny_gpt2_path, train_data):
+@pytest.mark.parametrize("ckpt_kwargs", [None, {"use_reentrant": True}], ids=["default", "reentrant"])
+def test_gradient_checkpointing_still_trains_lora(tmp_path, tiny_gpt2_path, train_data, monkeypatch, ckpt_kwargs):
+    """Checkpointing is really on (torch's checkpoint runs the blocks), and LoRA still trains. The reentrant variant
+    only passes gradients through a block whose input requires grad: with frozen embeddings that is the input-grad
+    hook prepare_lora adds, without which the LoRA weights would not move."""
+    import torch.utils.checkpoint
+    import transformers.modeling_utils
+
     from biasunlearn.unlearn.pipeline import train_adapter
 
-    cfg = _cfg(tmp_path, tiny_gpt2_path, train_data, gradient_checkpointing=True, max_steps=2)
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def spy(*a, **k):
+        calls.append(k.get("use_reentrant"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)
+    if getattr(transformers.modeling_utils, "checkpoint", None) is real:  # transformers binds the name at import
+        monkeypatch.setattr(transformers.modeling_utils, "checkpoint", spy)
+    kw = {} if ckpt_kwargs is None else {"gradient_checkpointing_kwargs": ckpt_kwargs}
+    cfg = _cfg(tmp_path, tiny_gpt2_path, train_data, gradient_checkpointing=True, max_steps=2, **kw)
+    assert cfg.gradient_checkpointing is True and cfg.gradient_checkpointing_kwargs == ckpt_kwargs
     train_adapter(cfg, log=lambda s: None)
+    assert calls, "torch.utils.checkpoint.checkpoint was never called: gradient checkpointing was off"
+    if ckpt_kwargs is not None:
+        assert set(calls) == {True}, calls
     w = _lora(tmp_path / "run" / "adapter")
     assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)
+    if ckpt_kwargs is None:
+        return
+    # recent transformers' Trainer adds an input-grad hook of its own when it switches checkpointing on, so check the
+    # one prepare_lora adds alone: reentrant checkpointing switched on without transformers' hook, one step
+    import functools
+
+    from biasunlearn.models import load_model
+    from biasunlearn.unlearn.pipeline import prepare_lora
+
+    model, tok, _ = load_model(str(tiny_gpt2_path), device="cpu")
+    model = prepare_lora(model, cfg)
+    model.get_base_model()._set_gradient_checkpointing(
+        enable=True, gradient_checkpointing_func=functools.partial(spy, use_reentrant=True))
+    model.train()
+    lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.requires_grad for p in lora_b.values())
+    before = {n: p.detach().clone() for n, p in lora_b.items()}
+    ids = tok(["The mother was very caring today."], return_tensors="pt")
+    n_calls = len(calls)
+    loss = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], labels=ids["input_ids"],
+                 use_cache=False).loss
+    assert len(calls) > n_calls  # the blocks ran through the (reentrant) checkpoint
+    assert loss.requires_grad  # without the hook no block input requires grad and nothing reaches LoRA
+    loss.backward()
+    torch.optim.SGD(lora_b.values(), lr=1e-2).step()
+    assert all(not torch.equal(p.detach(), before[n]) for n, p in lora_b.items())
 
 
 def test_npo_alone_lowers_forget_logprob(tmp_path, tiny_llama_path, train_data):

@@ -11,6 +11,7 @@ Sentences are encoded as in the scoring path: one start token (BOS, else EOS) in
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import shutil
@@ -66,8 +67,9 @@ def training_arguments(cfg, batch_size: int, cls=TrainingArguments, **extra):
               logging_steps=cfg.logging_steps, save_strategy="no", report_to="none", remove_unused_columns=False,
               dataloader_num_workers=0, disable_tqdm=cfg.disable_tqdm, max_grad_norm=cfg.max_grad_norm,
               gradient_accumulation_steps=1)
-    if cfg.gradient_checkpointing:
-        kw["gradient_checkpointing"] = True
+    if cfg.gradient_checkpointing:  # under the name the installed transformers reads without a deprecation warning
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = True
     kw.update(extra)
     return cls(**kw)
 

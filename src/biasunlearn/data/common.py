@@ -1,6 +1,8 @@
 """Where the data lives, and a log of examples skipped on purpose (never dropped silently)."""
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,13 +21,13 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
                               f"default (${ENV_VAR} or ../shared/data)")
         p = Path(explicit).expanduser()
         if not p.is_dir():
-            raise ConfigError(f"--data-dir {p}: no such folder")
+            raise ConfigError(f"--data-dir {p}: {'is a file, not a folder' if p.exists() else 'no such folder'}")
         return p
     env = os.environ.get(ENV_VAR)
     if env:
         p = Path(env).expanduser()
         if not p.is_dir():
-            raise ConfigError(f"${ENV_VAR}={env}: no such folder")
+            raise ConfigError(f"${ENV_VAR}={env}: {'is a file, not a folder' if p.exists() else 'no such folder'}")
         return p
     candidates = [Path(__file__).resolve().parents[3] / ".." / "shared" / "data", Path.cwd() / ".." / "shared" / "data",
                   Path.cwd() / "shared" / "data"]
@@ -79,6 +81,27 @@ def read_utf8(path: str | os.PathLike) -> str:
         line = data.count(b"\n", 0, e.start) + 1
         raise DataError(path, f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} ({e.reason}); "
                               "save the file as UTF-8", row=line) from e
+
+
+def csv_rows(path: Path, required) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line, record)]) of a CSV data file, each record with its line in the file (the header is line 1).
+    A missing file, a file without a header, a header without one of the `required` columns, and a header without
+    data rows are each a DataError naming the file."""
+    from ..errors import DataError
+
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    with io.StringIO(read_utf8(path), newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise DataError(path, "no examples: the file is empty (not even a header)")
+        absent = [c for c in required if c not in reader.fieldnames]
+        if absent:
+            raise DataError(path, f"missing column(s): {', '.join(absent)}", row=1)
+        rows = [(i + 2, rec) for i, rec in enumerate(reader)]
+    if not rows:
+        raise DataError(path, "no examples: a header and no data rows")
+    return list(reader.fieldnames), rows
 
 
 def resolve_data_path(relative: str, root: str | os.PathLike | None = None) -> Path:

@@ -1,13 +1,11 @@
 """CrowS-Pairs CSV (the anonymised original, or a per-type subset with an ``Unnamed: 0`` index column)."""
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from .common import SkipLog, read_utf8
+from .common import SkipLog, csv_rows
 
 _REQUIRED = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 
@@ -24,32 +22,20 @@ class CrowsPair:
 def load_crows_pairs(path, skips: SkipLog | None = None) -> list[CrowsPair]:
     path = Path(path)
     skips = skips if skips is not None else SkipLog()
-    if not path.is_file():
-        raise DataError(path, "file not found")
+    cols, rows = csv_rows(path, _REQUIRED)
+    index_col = cols[0] if cols and cols[0] in ("", "Unnamed: 0") else None
     out = []
-    with io.StringIO(read_utf8(path), newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise DataError(path, "no examples: the file is empty (not even a header)")
-        cols = reader.fieldnames
-        absent = [c for c in _REQUIRED if c not in cols]
-        if absent:
-            raise DataError(path, f"missing column(s): {', '.join(absent)}", row=1)
-        index_col = cols[0] if cols and cols[0] in ("", "Unnamed: 0") else None
-        i = -1
-        for i, rec in enumerate(reader):
-            line = i + 2
-            more, less = (rec.get("sent_more") or "").strip(), (rec.get("sent_less") or "").strip()
-            direction, bias = (rec.get("stereo_antistereo") or "").strip(), (rec.get("bias_type") or "").strip()
-            if not more or not less or not bias:
-                raise DataError(path, "empty sent_more, sent_less or bias_type", row=line)
-            if direction not in ("stereo", "antistereo"):
-                raise DataError(path, f"stereo_antistereo is {direction!r}, expected 'stereo' or 'antistereo'", row=line)
-            if more == less:
-                skips.skip("sent_more identical to sent_less", str(line))
-                continue
-            pid = (rec.get(index_col) or "").strip() if index_col is not None else ""
-            out.append(CrowsPair(id=pid or str(i), sent_more=more, sent_less=less, direction=direction, bias_type=bias))
-        if i < 0:
-            raise DataError(path, "no examples: a header and no data rows")
+    for line, rec in rows:
+        more, less = (rec.get("sent_more") or "").strip(), (rec.get("sent_less") or "").strip()
+        direction, bias = (rec.get("stereo_antistereo") or "").strip(), (rec.get("bias_type") or "").strip()
+        if not more or not less or not bias:
+            raise DataError(path, "empty sent_more, sent_less or bias_type", row=line)
+        if direction not in ("stereo", "antistereo"):
+            raise DataError(path, f"stereo_antistereo is {direction!r}, expected 'stereo' or 'antistereo'", row=line)
+        if more == less:
+            skips.skip("sent_more identical to sent_less", str(line))
+            continue
+        pid = (rec.get(index_col) or "").strip() if index_col is not None else ""
+        out.append(CrowsPair(id=pid or str(line - 2), sent_more=more, sent_less=less, direction=direction,
+                             bias_type=bias))
     return out

@@ -7,15 +7,13 @@
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from .common import SkipLog, read_utf8
+from .common import SkipLog, csv_rows, read_utf8
 
 LABELS = ("stereotype", "anti-stereotype", "unrelated")
 TASKS = ("intrasentence", "intersentence")
@@ -162,35 +160,25 @@ def load_stereoset_csv(path, skips: SkipLog | None = None) -> list[StereoSetExam
     if not m:
         raise DataError(path, "expected a file named {intrasentence|intersentence}_{bias_type}_data.csv")
     task, bias_file = m.groups()
-    if not path.is_file():
-        raise DataError(path, "file not found")
+    _, rows = csv_rows(path, _CSV_COLUMNS)
     out = []
-    with io.StringIO(read_utf8(path), newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise DataError(path, "no examples: the file is empty (not even a header)")
-        absent = [c for c in _CSV_COLUMNS if c not in reader.fieldnames]
-        if absent:
-            raise DataError(path, f"missing column(s): {', '.join(absent)}", row=1)  # the header line
-        row = -1
-        for row, rec in enumerate(reader):
-            vals = {c: (rec.get(c) or "").strip() for c in _CSV_COLUMNS}
-            empty = [c for c, v in vals.items() if not v]
-            if empty:
-                raise DataError(path, f"empty field(s): {', '.join(empty)}", row=row + 2)  # +2: header, 1-based
-            if task == "intrasentence" and "BLANK" not in vals["Context"]:
-                skips.skip("intrasentence context without BLANK", f"{path.name}:{row + 2}")
-                continue
-            ex_id = f"{task}-{bias_file}-{row:04d}"
-            out.append(StereoSetExample(
-                id=ex_id, task=task, bias_type=vals["Domain"], target=vals["Target"], context=vals["Context"],
-                stereotype=vals["Stereotype Sentence"], anti_stereotype=vals["Anti-stereotype Sentence"],
-                unrelated=vals["Unrelated Sentence"],
-                sentence_ids={"stereotype": f"{ex_id}-s", "anti-stereotype": f"{ex_id}-a", "unrelated": f"{ex_id}-u"},
-                source=path.name,
-            ))
-        if row < 0:
-            raise DataError(path, "no examples: a header and no data rows")
+    for line, rec in rows:
+        row = line - 2  # the data row, 0-based
+        vals = {c: (rec.get(c) or "").strip() for c in _CSV_COLUMNS}
+        empty = [c for c, v in vals.items() if not v]
+        if empty:
+            raise DataError(path, f"empty field(s): {', '.join(empty)}", row=line)
+        if task == "intrasentence" and "BLANK" not in vals["Context"]:
+            skips.skip("intrasentence context without BLANK", f"{path.name}:{line}")
+            continue
+        ex_id = f"{task}-{bias_file}-{row:04d}"
+        out.append(StereoSetExample(
+            id=ex_id, task=task, bias_type=vals["Domain"], target=vals["Target"], context=vals["Context"],
+            stereotype=vals["Stereotype Sentence"], anti_stereotype=vals["Anti-stereotype Sentence"],
+            unrelated=vals["Unrelated Sentence"],
+            sentence_ids={"stereotype": f"{ex_id}-s", "anti-stereotype": f"{ex_id}-a", "unrelated": f"{ex_id}-u"},
+            source=path.name,
+        ))
     return out
 
 
