@@ -473,7 +473,8 @@ def test_overwrite_refused_on_a_bad_setting_leaves_the_old_run_as_it_was(tmp_pat
                            (["--balance_types", "true", "--type_weights", "religion=2"],
                             "type_weights names religion: not a bias type"),
                            (["--swap_mode", "none", "--scheduled_swaps", "religion=1"],
-                            "scheduled_swaps names religion: not a bias type")):
+                            "scheduled_swaps names religion: not a bias type"),
+                           (["--unrelated_drop_terms", "true"], "unrelated_drop_terms=true left no text")):
         assert main(words + ["--overwrite"] + extra) == 2
         err = capsys.readouterr().err
         assert message in err.splitlines()[-1] and "removed the run" not in err and "Traceback" not in err

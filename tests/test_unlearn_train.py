@@ -1299,7 +1299,7 @@ def test_the_train_pool_is_checked_before_the_model_loads_and_a_dev_slice_larger
     """check_train_pool (called before the model loads, before --overwrite clears an old run): a type setting
     naming a type the run does not train is refused; a dev slice larger than the train split is a warning that
     names how many pairs of each type are left to train on; the usual split says nothing."""
-    from biasunlearn.errors import ConfigError
+    from biasunlearn.errors import ConfigError, DataError
     from biasunlearn.unlearn.pipeline import check_train_pool
 
     logs = []
@@ -1322,3 +1322,14 @@ def test_the_train_pool_is_checked_before_the_model_loads_and_a_dev_slice_larger
     with pytest.raises(ConfigError, match=r"type_weights names race: not a bias type of the train pool \(gender\)"):
         check_train_pool(_cfg(tmp_path, "unused", train_data, balance_types=True, type_weights="race=2",
                               train_exclude_pattern="Kenyan|Korean|Peruvian"))
+    # the KL texts that need no model: every pool sentence names its term, so dropping them leaves none
+    with pytest.raises(ConfigError, match=r"^unrelated_drop_terms=true left no text for the KL term \(all 12 "
+                                          r"stereoset texts name a target term of the train split\)$"):
+        check_train_pool(_cfg(tmp_path, "unused", train_data, unrelated_drop_terms=True))
+    assert len(check_train_pool(_cfg(tmp_path, "unused", train_data, unrelated_source="wikitext",
+                                     unrelated_drop_terms=True), log=logs.append).train) == 12
+    wiki = train_data / "text" / "wikitext-2-raw" / "wiki.test.raw"
+    wiki.unlink()
+    with pytest.raises(DataError) as ei:
+        check_train_pool(_cfg(tmp_path, "unused", train_data, unrelated_source="wikitext"))
+    assert ei.value.path == str(wiki)

@@ -397,13 +397,7 @@ def training_data(cfg: UnlearnConfig, model, tok, texts_dir: Path, model_id: str
                else "); the dev slice and the test set are as before"))
     unrelated = unrelated_texts(cfg, model, tok, texts_dir, model_id, write=write, log=log)
     if cfg.unrelated_drop_terms:
-        pool = unrelated if unrelated is not None else [e.unrelated for e in train]
-        unrelated, dropped = drop_term_texts(pool, {e.target for e in train})
-        log(f"[train] unrelated_drop_terms: {dropped} of {len(pool)} KL texts name a target term of the train "
-            f"split and are left out; {len(unrelated)} remain")
-        if not unrelated:
-            raise ConfigError(f"unrelated_drop_terms=true left no text for the KL term (all {len(pool)} "
-                              f"{cfg.unrelated_source} texts name a target term of the train split)")
+        unrelated = kl_texts_kept(cfg, unrelated, train, log)
     held_out = {e.target for e in splits.dev + test}
     valence = None
     if cfg.balance_valence:
@@ -438,6 +432,19 @@ def training_data(cfg: UnlearnConfig, model, tok, texts_dir: Path, model_id: str
     return TrainingData(splits, test, overlap, train, excluded, sets)
 
 
+def kl_texts_kept(cfg: UnlearnConfig, unrelated: list[str] | None, train: list, log=_log) -> list[str]:
+    """unrelated_drop_terms: the KL texts (`unrelated`, or the train pairs' unrelated sentences where it is None)
+    less those naming a target term of `train`; a ConfigError when none is left."""
+    pool = unrelated if unrelated is not None else [e.unrelated for e in train]
+    kept, dropped = drop_term_texts(pool, {e.target for e in train})
+    log(f"[train] unrelated_drop_terms: {dropped} of {len(pool)} KL texts name a target term of the train "
+        f"split and are left out; {len(kept)} remain")
+    if not kept:
+        raise ConfigError(f"unrelated_drop_terms=true left no text for the KL term (all {len(pool)} "
+                          f"{cfg.unrelated_source} texts name a target term of the train split)")
+    return kept
+
+
 def check_type_settings(cfg: UnlearnConfig, bias_types) -> None:
     """type_weights and scheduled_swaps name only bias types the run trains (`bias_types`), or a ConfigError."""
     unknown = sorted(set(cfg.type_weight_map()) - set(bias_types))
@@ -453,11 +460,16 @@ def check_type_settings(cfg: UnlearnConfig, bias_types) -> None:
 def check_train_pool(cfg: UnlearnConfig, log=_log) -> Splits:
     """The train pool read, split and checked before the model loads and before anything in the run folder is
     touched: no overlap with the test set, a train_exclude_pattern that leaves pairs, type settings that name a
-    type the run trains (check_type_settings). A dev slice larger than the train split is said in the log: its
+    type the run trains (check_type_settings), KL texts that can be read and that unrelated_drop_terms leaves some
+    of (those sampled from the model come later). A dev slice larger than the train split is said in the log: its
     pairs do not train (without train_on_dev), and the split has few pairs left to train on. Returns the splits."""
     splits = checked_splits(cfg)[0]
     train, _ = exclude_train_pairs(training_pairs(splits, cfg), cfg.train_exclude_pattern)
     check_type_settings(cfg, sorted({e.bias_type for e in train}))
+    if cfg.unrelated_source != "generated":  # the KL texts that need no model: read (and dropped from) here too
+        unrelated = unrelated_texts(cfg, None, None, None, "")
+        if cfg.unrelated_drop_terms:
+            kl_texts_kept(cfg, unrelated, train, log=lambda _: None)
     if not cfg.train_on_dev and len(splits.dev) > len(splits.train):
         by_type = ", ".join(f"{b} {n}" for b, n in sorted(Counter(e.bias_type for e in splits.train).items()))
         how = f"dev_folds={cfg.dev_folds}" if cfg.dev_folds else f"dev_fraction={cfg.dev_fraction}"
