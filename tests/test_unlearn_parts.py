@@ -149,6 +149,13 @@ def test_controller_focus_worst_and_none():
     assert c.directions == {"gender": 1, "race": 0, "religion": 0}  # gender farthest from 50 (8 vs 6 vs 2)
     c.update(20, {"gender": 53, "race": 41, "religion": 52})
     assert c.directions == {"gender": 0, "race": -1, "religion": 0}
+    # race was swapped at step 10 (then left out): taken up at -1 is no new swap. Religion, left out at +1, is taken
+    # up swapped when it falls below 50: a swap, recorded as such
+    assert [(e["step"], e["bias_type"], e["direction"]) for e in c.events] == [(10, "race", -1)]
+    c.update(30, {"gender": 53, "race": 52, "religion": 40})
+    assert c.directions == {"gender": 0, "race": 0, "religion": -1}
+    assert [(e["step"], e["bias_type"], e["ss"], e["direction"]) for e in c.events] == [
+        (10, "race", 44, -1), (30, "race", 52, 1), (30, "religion", 40, -1)]
     # with the margin signal the farthest type is read from the margins: race's SS is farther from 50 here, but
     # gender's margin is farther from 0
     m = SwapController(["gender", "race"], mode="focus_worst", signal="margin")

@@ -1333,3 +1333,18 @@ def test_the_train_pool_is_checked_before_the_model_loads_and_a_dev_slice_larger
     with pytest.raises(DataError) as ei:
         check_train_pool(_cfg(tmp_path, "unused", train_data, unrelated_source="wikitext"))
     assert ei.value.path == str(wiki)
+
+
+def test_an_ablation_without_kl_may_draw_no_kl_batch(tmp_path, tiny_llama_path, train_data):
+    """alpha_kl 0 with unrelated_batch_size 0 (the config allows it: the KL term is off): no reference pass over an
+    empty batch (it raised on the first step), loss_kl logged as 0, and the loss is the other two terms alone."""
+    from biasunlearn.io import read_log_jsonl
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, alpha_kl=0.0, unrelated_batch_size=0, max_steps=2)
+    assert train_adapter(cfg, log=lambda s: None)["steps"] == 2
+    rows = [r for r in read_log_jsonl(tmp_path / "run" / "log.jsonl") if "loss_forget" in r]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["loss_kl"] == 0.0
+        assert r["loss"] == pytest.approx(0.4 * r["loss_forget"] + 0.4 * r["loss_retain"], rel=1e-5)

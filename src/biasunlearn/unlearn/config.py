@@ -138,7 +138,9 @@ class UnlearnConfig(TrainingArguments):
                                          "log-probability, it may rise above the original model's level before it "
                                          "stops counting: relu(log p_ref + margin - log p). 0 = held at the "
                                          "original level; a large margin is the plain CE.")
-    kl_reduction: str = _f("token", "KL term: 'token' = mean over all real tokens of the unrelated batch (the paper); "
+    kl_reduction: str = _f("token", "KL term, over the next-token distributions that predict each unrelated "
+                                    "sentence's tokens after its start (not the one after its last token): "
+                                    "'token' = mean over all real tokens of the unrelated batch (the paper); "
                                     "'sequence' = per-sentence summed KL averaged over sentences, so with "
                                     "retain_reduction 'sequence' all three terms are on NPO's per-sentence scale.")
     pack_sequences: bool = _f(True, "Pack each step's sentences end to end into rows (positions restart per "

@@ -58,9 +58,9 @@ class SwapController:
                 want = rule(b, read[b], target)
                 if want == self.directions[b]:
                     continue
-                if self.directions[b] == 0 and self.mode == "focus_worst":
-                    self.directions[b] = want  # a type focus_worst left out takes part again: not a swap
-                else:
+                if self.directions[b] == 0 and self.mode == "focus_worst" and want == self._last_direction(b):
+                    self.directions[b] = want  # a type focus_worst left out takes part again the same way: no swap
+                else:  # (taken up again the other way round, it trains swapped: a swap, logged as any other)
                     self._record(step, b, want, dev_ss, dev_margin)
         if self.mode == "focus_worst" and self.rounds > 1:
             # the type farthest from level by the signal the swap rule reads (dev SS, or the dev margin)
@@ -98,6 +98,10 @@ class SwapController:
         if self.directions[b] > 0:
             return -1 if x < target - self.margin else 1
         return 1 if x > target + self.margin else -1
+
+    def _last_direction(self, b: str) -> int:
+        """The direction type b last trained in, as the swaps recorded say (1 before any)."""
+        return next((ev["direction"] for ev in reversed(self.events) if ev["bias_type"] == b), 1)
 
     def _record(self, step: int, b: str, direction: int, dev_ss: dict, dev_margin: dict | None) -> None:
         """Set type b's new direction and log the change as an event."""

@@ -124,8 +124,9 @@ def check_zero3_gathers(trainer) -> None:
 def _reference_pass(model, unwrapped):
     """The original model for a reference pass: the adapter off, no gradient, and in eval mode, so the model's own
     dropout (GPT-2's resid/embd/attn_pdrop, 0.1 each) does not make the reference noisy (a cached forget log-prob
-    would keep one dropout draw for the whole run, and the KL would not be 0 at step 0). The training mode is
-    restored after."""
+    would keep one dropout draw for the whole run). The training mode is restored after. The policy pass keeps the
+    model's dropout, as a plain fine-tune of it would (the default models, SmolLM2 and Gemma-3, have none): on a
+    model with dropout the KL at step 0 is that noise, not 0."""
     was = model.training
     model.eval()
     try:
@@ -343,10 +344,13 @@ class BiasUnlearnTrainer(Trainer):
         l_retain = retention_loss(tok_lp[r], mask[r], a.retain_reduction, floor)
         # KL over every real prediction of the unrelated sentences (token 1.. of each), in the same rows and order
         # for the reference (adapter off, no gradient) as for the policy
-        with _reference_pass(ref_model, unwrapped):
-            ref_rows = self._forward(ref_model, chunk["unrelated"], device, packed,
-                                     score=slice(0, 0)).logit_rows(slice(None))
-        l_kl = forward_kl_rows(ref_rows, sb.logit_rows(u), len(chunk["unrelated"]), a.kl_reduction)
+        if chunk["unrelated"]:
+            with _reference_pass(ref_model, unwrapped):
+                ref_rows = self._forward(ref_model, chunk["unrelated"], device, packed,
+                                         score=slice(0, 0)).logit_rows(slice(None))
+            l_kl = forward_kl_rows(ref_rows, sb.logit_rows(u), len(chunk["unrelated"]), a.kl_reduction)
+        else:  # unrelated_batch_size 0, allowed only with alpha_kl 0 (an ablation): no KL term to compute
+            l_kl = torch.zeros((), device=device)
         loss = a.alpha_forget * l_forget
         if a.alpha_retain > 0:
             loss = loss + a.alpha_retain * l_retain
