@@ -144,24 +144,27 @@ def make_model(folder: Path, arch: str = "llama", hidden: int = 32, layers: int 
     return folder
 
 
-def make_adapter(model_dir: Path, adapter_dir: Path, r: int = 4, seed: int = 1, scale: float = 0.3) -> Path:
+def make_adapter(model_dir: Path, adapter_dir: Path, r: int = 4, seed: int = 1, scale: float = 0.3,
+                 **lora_kw) -> Path:
     """A LoRA adapter on every block linear layer, with random (non-zero) lora_B so that it changes the model; the
-    same seed gives the same adapter."""
+    same seed gives the same adapter. `lora_kw`: further LoraConfig settings (bias, target_modules, ...); a trained
+    bias is made non-zero too."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from biasunlearn.adapters import find_lora_targets
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=find_lora_targets(model),
-                     task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
+    cfg = LoraConfig(**{"r": r, "lora_alpha": 2 * r, "lora_dropout": 0.0, "target_modules": find_lora_targets(model),
+                        "task_type": "CAUSAL_LM", "fan_in_fan_out": model.config.model_type == "gpt2", **lora_kw})
     with torch.random.fork_rng():  # PEFT draws lora_A from the global generator: seed it, and leave it as it was
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or (lora_kw.get("bias", "none") != "none" and name.endswith(".bias")
+                                    and p.requires_grad):
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
     peft_model.save_pretrained(str(adapter_dir))
     return Path(adapter_dir)

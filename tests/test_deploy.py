@@ -871,3 +871,55 @@ def test_an_out_that_is_a_dangling_link_is_named(tiny, tmp_path):
                  log=QUIET)
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling"]  # no lock or staging folder beside it
+
+
+def test_export_with_dtype_auto_verifies_in_the_dtype_it_chose(tiny, tmp_path):
+    """--dtype auto: the verification reloads the export in the dtype auto resolved to (it asked resolve_dtype for
+    'auto' and failed after the whole merge)."""
+    from biasunlearn.models import auto_dtype, parse_device
+
+    res = export_merged(str(tiny["llama"]), tiny["adapter"], tmp_path / "auto", dtype="auto", device="cpu", log=QUIET)
+    assert res["verification"]["checked"] is True
+    want = str(auto_dtype(parse_device("cpu"))).replace("torch.", "")
+    assert json.loads((tmp_path / "auto" / "biasunlearn_export.json").read_text())["dtype"] == want
+
+
+def test_an_adapter_with_trained_biases_fits_and_is_refused_only_for_gguf(tiny, tmp_path):
+    """PEFT saves a LoRA layer's trained bias (bias="lora_only" or "all") under .base_layer.: the fit check finds it
+    at the module's own name in the plain model (it reported "not in the model"). The GGUF rewrite adds B·A to
+    weights and cannot carry a bias: --gguf is refused before the model loads, naming a tensor."""
+    from safetensors import safe_open
+
+    from biasunlearn.deploy import fit_problems, gguf_unsupported
+
+    adapter = _tiny.make_adapter(tiny["gpt2"], tmp_path / "biased", bias="lora_only")
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+        biases = sorted(k for k in f.keys() if ".base_layer." in k)
+    assert biases and all(k.endswith(".base_layer.bias") for k in biases)
+    m, _, _ = load_model(str(tiny["gpt2"]), device="cpu")
+    assert fit_problems(m, adapter) == []
+    # a bias of another size is still found
+    m.transformer.h[0].attn.c_attn.bias = torch.nn.Parameter(torch.zeros(7))
+    assert any("c_attn.bias: adapter has shape" in p for p in fit_problems(m, adapter))
+    assert gguf_unsupported(adapter) == biases and gguf_unsupported(tiny["adapter"]) == []
+    with pytest.raises(ConfigError, match=r"^--gguf: .* holds weights beside the LoRA matrices \(\d+, e\.g\. "
+                                          r"base_model\.model\.transformer\.h\.0\.attn\.c_attn\.base_layer\.bias"):
+        export_merged(str(tiny["gpt2"]), adapter, tmp_path / "g", device="cpu", gguf="f16", log=QUIET)
+    assert not (tmp_path / "g").exists()
+    # the folder export merges the bias as it merges the LoRA matrices
+    res = export_merged(str(tiny["gpt2"]), adapter, tmp_path / "folder", device="cpu", log=QUIET)
+    assert res["verification"]["checked"] is True
+
+
+def test_export_refuses_an_out_that_is_a_symbolic_link(tiny, tmp_path):
+    """The export replaces its folder whole: through a link it replaced the link (leaving the folder it pointed to
+    as it was, and a .old link no later export could remove). Refused, naming the folder to give instead."""
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(ConfigError) as exc:
+        export_merged(str(tiny["llama"]), tiny["adapter"], link, device="cpu", log=QUIET)
+    assert str(exc.value) == (f"--out {link}: a symbolic link (to {target}); an export replaces its folder whole, so "
+                              f"name the folder itself (--out {target.resolve()})")
+    assert link.is_symlink() and list(target.iterdir()) == []

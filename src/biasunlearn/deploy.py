@@ -73,7 +73,9 @@ def fit_problems(model, adapter_dir) -> list[str]:
             if ".lora_A." in key or ".lora_B." in key or "lora_magnitude_vector" in key:
                 continue  # LoRA matrices: adapter_mismatches; DoRA magnitudes follow the out size checked there
             shape = tuple(f.get_slice(key).get_shape())
-            path = key.removeprefix("base_model.model.")
+            # a LoRA layer's own tensors (bias="all" or "lora_only", embedding layers saved with the adapter) sit
+            # under .base_layer. in the adapter model, at the module's own name in the plain one
+            path = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
             if ".lora_embedding_A" in key or ".lora_embedding_B" in key:
                 is_a = ".lora_embedding_A" in key
                 mod_path = path.split(".lora_embedding_A" if is_a else ".lora_embedding_B")[0]
@@ -94,6 +96,18 @@ def fit_problems(model, adapter_dir) -> list[str]:
                 problems.append(f"tensor {path}: adapter has shape {list(shape)}, model has {list(params[path])}")
     problems += _untargeted(model, adapter_dir)
     return sorted(set(problems))
+
+
+def gguf_unsupported(adapter_dir) -> list[str]:
+    """The tensors of an adapter that are not a LoRA A or B weight matrix (trained biases, lora_bias, modules_to_save,
+    DoRA magnitudes, LoRA embeddings): what the GGUF rewrite, which adds scale·B·A to weights, cannot carry."""
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.exists():
+        return []
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return sorted(k for k in f.keys() if not re.search(r"\.lora_[AB](\.[^.]+)?\.weight$", k))
 
 
 def _untargeted(model, adapter_dir) -> list[str]:
@@ -514,6 +528,9 @@ def export_merged(model: str, adapter, out, *, dtype="float32", device=None, run
     """
     adapter_dir = check_adapter_folder(adapter)
     out = check_folder_path(out)
+    if out.is_symlink():  # the folder is replaced whole: the link would be, not the folder it points to
+        raise ConfigError(f"--out {out}: a symbolic link (to {os.readlink(out)}); an export replaces its folder "
+                          f"whole, so name the folder itself (--out {out.resolve()})")
     # one export at a time into a folder; and under its lock, what a killed export left beside it is no one's
     with folder_lock(out, export_lock_file(out)):
         clear_interrupted_export(out, log)
@@ -537,6 +554,13 @@ def _export(model: str, adapter_dir: Path, out: Path, *, dtype, device, run_eval
 
         if gguf not in TYPES:
             raise ConfigError(f"--gguf {gguf}: expected one of {', '.join(TYPES)}")
+        beyond = gguf_unsupported(adapter_dir)
+        if beyond:
+            raise ConfigError(f"--gguf: {adapter_dir} holds weights beside the LoRA matrices ({len(beyond)}, e.g. "
+                              f"{beyond[0]}: a trained bias, a fully saved module or a DoRA magnitude); the GGUF "
+                              "rewrite carries only B·A changes of the weights, so the file would not be the merged "
+                              "model. Export without --gguf, and convert the folder with llama.cpp's "
+                              "convert_hf_to_gguf.py")
         gguf_src = gguf_source(model)
         if gguf_src is None:
             raise ConfigError(f"--gguf: --model {model} was not read from a GGUF file; the GGUF export rewrites the "
@@ -620,7 +644,7 @@ def _export(model: str, adapter_dir: Path, out: Path, *, dtype, device, run_eval
             dev = model_device(merged)
             del merged, m
             free_device_memory(dev)
-            torch_dtype = resolve_dtype(dtype)
+            torch_dtype = resolve_dtype(info.dtype)  # the dtype the model was read in (--dtype auto resolved)
             verification = _probe_check(
                 lambda: AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch_dtype), "the saved merged model",
                 tok, probe_adapter, dev, 1e-3 if torch_dtype == torch.float32 else 5e-2, out)
