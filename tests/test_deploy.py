@@ -923,3 +923,35 @@ def test_export_refuses_an_out_that_is_a_symbolic_link(tiny, tmp_path):
     assert str(exc.value) == (f"--out {link}: a symbolic link (to {target}); an export replaces its folder whole, so "
                               f"name the folder itself (--out {target.resolve()})")
     assert link.is_symlink() and list(target.iterdir()) == []
+
+
+def test_a_lora_on_a_tied_head_is_merged_into_the_head_alone(tiny, tmp_path):
+    """An lm_head tied to the input embeddings, with a LoRA on it: merging in place changed the shared tensor, so the
+    embeddings moved too and the merged model scored several nats per token away from the adapter model (export's
+    check refused it; eval and transfer with --merge-adapter read the wrong model). merge_into_weights unties the
+    head first: the merged read, and the export, score as the adapter model does, and the embeddings stay the
+    base's."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny["llama"]), dtype=torch.float32)
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    tied = tmp_path / "tied"
+    base.save_pretrained(str(tied))
+    for f in tiny["llama"].iterdir():
+        if "token" in f.name:
+            (tied / f.name).write_bytes(f.read_bytes())
+    m, _, _ = load_model(str(tied), device="cpu")
+    assert m.lm_head.weight.data_ptr() == m.get_input_embeddings().weight.data_ptr()
+    embeddings = m.get_input_embeddings().weight.detach().clone()
+    adapter = _tiny.make_adapter(tied, tmp_path / "head_adapter", target_modules=["q_proj", "lm_head"])
+    texts = list(PROBE_TEXTS[:3])
+    want = [s.mean for s in _adapter_scores(tied, adapter, texts)]
+    merged, tok, info = load_model(str(tied), adapter=str(adapter), device="cpu", merge_adapter=True)
+    got = [s.mean for s in score_texts(merged, tok, texts)]
+    assert got == pytest.approx(want, abs=1e-5)
+    assert torch.equal(merged.get_input_embeddings().weight, embeddings)
+    assert not torch.equal(merged.lm_head.weight, embeddings)  # the head carries the LoRA change alone
+    res = export_merged(str(tied), adapter, tmp_path / "export", device="cpu", log=QUIET)
+    assert res["verification"]["checked"] is True
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["tie_word_embeddings"] is False

@@ -199,6 +199,26 @@ def apply_adapter(model, adapter_dir, trainable: bool = False):
         raise ModelLoadError(f"adapter {adapter_dir}: could not be applied: {e}") from e
 
 
+def merge_into_weights(peft_model):
+    """peft_model.merge_and_unload(), with every weight a LoRA layer sits on that the model shares with another
+    module untied first (an lm_head tied to the input embeddings): merged in place, the change would land in the
+    embeddings too, and the merged model would not be the adapter model. Untied, both are kept (and saved) apart."""
+    owners: dict[int, int] = {}
+    for _, p in peft_model.named_parameters(remove_duplicate=False):
+        owners[p.data_ptr()] = owners.get(p.data_ptr(), 0) + 1
+    untied = False
+    for _, module in peft_model.named_modules():
+        base = getattr(module, "base_layer", None)
+        weight = getattr(base, "weight", None)
+        if hasattr(module, "lora_A") and weight is not None and weight.numel() and owners.get(weight.data_ptr(), 0) > 1:
+            base.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+            untied = True
+    if untied:
+        for config in {id(c): c for c in (peft_model.config, peft_model.config.get_text_config())}.values():
+            config.tie_word_embeddings = False
+    return peft_model.merge_and_unload()
+
+
 def adapter_training_config(adapter_dir) -> dict:
     """The biasunlearn training config stored beside an adapter, if any."""
     for p in (Path(adapter_dir) / "biasunlearn_config.json", Path(adapter_dir).parent / "config.json"):

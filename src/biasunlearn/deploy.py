@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .adapters import (adapter_mismatches, adapter_training_config, apply_adapter, check_adapter_folder,
-                       group_problems)
+                       group_problems, merge_into_weights)
 from .errors import BiasUnlearnError, ConfigError, ModelLoadError
 from .gguf_export import LlamaCppScorer, llama_cpp_version
 from .io import (atomic_write_text, check_folder_path, folder_entries, folder_lock, mkdtemp_pattern, read_json,
@@ -597,7 +597,7 @@ def _export(model: str, adapter_dir: Path, out: Path, *, dtype, device, run_eval
             deltas = lora_deltas(m)  # the LoRA factors: the merged model's weights give the rest
         if info.dtype == "float32":
             _log(log, "[export] merging the adapter into the base weights (merge_and_unload)")
-            merged = m.merge_and_unload()
+            merged = merge_into_weights(m)
         else:
             # merged into weights already rounded to bfloat16/float16, every change under half a step would be lost:
             # the model is read again in float32 (host memory), merged there, and the sum rounded once

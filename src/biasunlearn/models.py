@@ -491,11 +491,11 @@ def load_model(spec: str = DEFAULT_MODEL, adapter: str | None = None, dtype="flo
     except Exception as e:
         raise ModelLoadError(f"--model {spec}: could not load: {e}") from e
     if adapter:
-        from .adapters import apply_adapter
+        from .adapters import apply_adapter, merge_into_weights
 
         model = apply_adapter(model, adapter, trainable=trainable_adapter)
         if merge_adapter:
-            model = cast_as_loaded(model.merge_and_unload(), torch_dtype)
+            model = cast_as_loaded(merge_into_weights(model), torch_dtype)
     model.to(device)
     model.eval()
     info = ModelInfo(spec=spec, resolved=path, description=desc, adapter=str(adapter) if adapter else None,
