@@ -663,3 +663,55 @@ print(kept, rss() - start)
     assert out.returncode == 0, out.stderr
     kept, after = map(int, out.stdout.split())
     assert kept > 300 and after < 100, (kept, after)
+
+
+def test_eval_every_is_part_of_a_trained_methods_settings(tmp_path):
+    """eval_every sets when BiasUnlearn's dev checks (swaps, early stop, the kept checkpoint) come: it is in the
+    settings a finished run is reused by (it was dropped with the eval_* report settings, so a run made with another
+    eval_every was reused). A run stored before it was recorded is taken as made with the current value."""
+    from biasunlearn.compare import _same_settings, _train_settings, make_method_config
+
+    cfgs = {e: make_method_config("biasunlearn", tmp_path, "m", budget={"eval_every": e}) for e in (20, 50)}
+    s20, s50 = ({"train": _train_settings("biasunlearn", c, {})} for c in cfgs.values())
+    assert s20["train"]["config"]["eval_every"] == 20 and "eval_benchmarks" not in s20["train"]["config"]
+    assert _same_settings(s20, s50)[0] == ["train.config.eval_every: 20 -> 50"]
+    old = json.loads(json.dumps(s20))
+    del old["train"]["config"]["eval_every"]
+    assert _same_settings(old, s50) == ([], ["eval_every"])
+
+
+def test_run_compare_refuses_settings_a_method_cannot_run_with_before_anything_is_written(tmp_path, tiny_llama_path,
+                                                                                           data):
+    """Every trained method's config is built before the first trains: an ablation its recipe cannot run (the
+    released code's focus_worst under train_on_dev, which needs swap_mode none) is refused at once, not after the
+    methods before it trained. A KL term trained on WikiText-2's test file while perplexity is read is refused: the
+    number would be on trained data."""
+    from biasunlearn.compare import run_compare
+    from biasunlearn.errors import ConfigError
+
+    fixed = dict(OVERRIDES, train_on_dev=True, swap_mode="none", stop_at_step=2)
+    with pytest.raises(ConfigError, match=r"train_on_dev=true with stop_at_step=2, swap_mode='focus_worst'"):
+        run(tiny_llama_path, tmp_path / "cmp", data, "base,cda", ablations=True, config_overrides=fixed)
+    with pytest.raises(ConfigError, match=r"^unrelated_source=wikitext trains the KL term of biasunlearn on "
+                                          r"WikiText-2's test file, which the perplexity benchmark reads"):
+        run(tiny_llama_path, tmp_path / "cmp", data, "base,biasunlearn",
+            config_overrides=dict(OVERRIDES, unrelated_source="wikitext"))
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_baseline_leaves_out_the_pairs_biasunlearn_leaves_out(tmp_path, tiny_llama_path, data):
+    """train_exclude_pattern: CDA trains on the pairs BiasUnlearn trains on, not on the whole split (it ignored the
+    setting), and its splits.json lists the pairs left out, as BiasUnlearn's does."""
+    from biasunlearn.baselines import CDA
+    from biasunlearn.unlearn.config import make_config
+
+    said = []
+    cfg = make_config(**dict(OVERRIDES, output_dir=str(tmp_path / "cda"), model=str(tiny_llama_path),
+                             data_dir=str(data), max_steps=1, eval_every=1, train_exclude_pattern="Kenyan"))
+    CDA(cfg, log=said.append).train()
+    doc = json.loads((tmp_path / "cda" / "splits.json").read_text())
+    pool_ids = {r["id"]: r["target"] for r in pool()}
+    assert doc["excluded_train_ids"] and {pool_ids[i] for i in doc["excluded_train_ids"]} == {"Kenyan"}
+    n = len(doc["excluded_train_ids"])
+    assert f"[cda] train_exclude_pattern: {n} of {len(doc['train_ids'])} train pairs left out" in said, said
+    assert [m for m in said if m.startswith(f"[cda] {len(doc['train_ids']) - n} training sentences, ")], said

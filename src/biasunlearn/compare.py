@@ -153,7 +153,9 @@ def make_method_config(name: str, out: Path, model: str, data_dir=None, budget: 
 def _train_settings(name: str, cfg, extra: dict) -> dict:
     d = cfg.method_dict()
     for k in list(d):
-        if k.startswith("eval_") or k in ("skip_final_eval",):
+        # the before/after report's settings (a compare reads every method itself); eval_every is not one of them:
+        # it sets when the dev checks that swap and stop come
+        if (k.startswith("eval_") and k != "eval_every") or k in ("skip_final_eval",):
             d.pop(k)
     return _plain({"method": name, "config": d, **extra})
 
@@ -174,6 +176,11 @@ def _diff(a: dict, b: dict, prefix="") -> list[str]:
     return keys
 
 
+# settings a method's stored settings hold only since they were made part of the reuse check: a run stored without
+# one is taken as made with the current value (it cannot be told), one stored with it must match
+RECORDED_SINCE = {"eval_every"}
+
+
 def settings_added_since(stored: dict | None, current: dict) -> list[str]:
     """The training settings of `current` that the stored method's settings lack (the version that made it did not
     have them) and that are at their default now. A setting is added with a default that keeps what the earlier
@@ -186,6 +193,9 @@ def settings_added_since(stored: dict | None, current: dict) -> list[str]:
         return []
     out = []
     for k in sorted(set(new) - set(old)):
+        if k in RECORDED_SINCE:  # a setting runs made before session 47 did not record, whatever its value then
+            out.append(k)
+            continue
         try:
             if new[k] == setting_default(k):
                 out.append(k)
@@ -542,6 +552,13 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
         raise ConfigError(f"--set / --config: unknown setting(s) {bad} (`biasunlearn train --settings` lists them)")
     budget = {"max_steps": max_steps, "learning_rate": learning_rate, "eval_every": eval_every}
     ref_cfg = make_method_config("_reference", out, model, data_dir, budget, config_overrides)
+    # every trained method's settings checked now, not when its turn comes after hours of the others' training
+    cfgs = {n: make_method_config(n, out, model, data_dir, budget, config_overrides) for n in names if n in TRAINED}
+    on_wiki = sorted(n for n, c in cfgs.items() if KINDS[n] == "unlearn" and c.unrelated_source == "wikitext")
+    if on_wiki and "perplexity" in benchmarks:
+        raise ConfigError(f"unrelated_source=wikitext trains the KL term of {', '.join(on_wiki)} on WikiText-2's "
+                          "test file, which the perplexity benchmark reads: no number is reported on trained data. "
+                          "Leave perplexity out (--benchmarks), or choose another unrelated_source")
     splits, split_doc = None, None
     try:
         from .data.splits import checked_splits, split_record

@@ -195,7 +195,16 @@ class LoraFineTune:
         model.train()
         set_seed(self.cfg.seed)
         splits, test, overlap = checked_splits(self.cfg)
-        write_json(self.out / "splits.json", split_record(splits, self.cfg, test, overlap))
+        from ..unlearn.pipeline import exclude_train_pairs
+
+        # the pairs BiasUnlearn trains on: the split's (with the dev slice under train_on_dev), less those its
+        # train_exclude_pattern leaves out
+        self.pairs, excluded = exclude_train_pairs(training_pairs(splits, self.cfg), self.cfg.train_exclude_pattern)
+        if excluded:
+            self.log(f"[{self.name}] train_exclude_pattern: {len(excluded)} of {len(self.pairs) + len(excluded)} "
+                     "train pairs left out")
+        write_json(self.out / "splits.json", {**split_record(splits, self.cfg, test, overlap),
+                                              "excluded_train_ids": [e.id for e in excluded]})
         write_json(self.out / "config.json", {**self.settings(), "model": info.to_dict(), "versions": package_versions(),
                                               "machine": machine_info()})
         return model, tok, info, splits
@@ -234,7 +243,7 @@ class LoraFineTune:
         from ..unlearn.pipeline import prepare_lora
 
         model, tok, info, splits = self._start()
-        texts = self.training_texts(training_pairs(splits, self.cfg))
+        texts = self.training_texts(self.pairs)
         if not texts:
             raise ConfigError(f"{self.name}: no training sentences in the train pool")
         seqs = self.encode(tok, texts)

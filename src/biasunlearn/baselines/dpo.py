@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 
-from ..data.splits import training_pairs
 from ..data.stereoset import split_x_y
 from ..errors import ConfigError
 from ..models import start_token_id
@@ -84,7 +83,7 @@ class DPO(LoraFineTune):
         from trl import DPOConfig
 
         model, tok, info, splits = self._start()
-        rows = self.encode_pairs(tok, preference_pairs(training_pairs(splits, self.cfg)))
+        rows = self.encode_pairs(tok, preference_pairs(self.pairs))
         if not rows:
             raise ConfigError("dpo: no preference pairs in the train pool")
         args = training_arguments(self.cfg, self.batch_size, cls=DPOConfig, beta=self.beta, max_length=None,
