@@ -678,6 +678,13 @@ def test_eval_every_is_part_of_a_trained_methods_settings(tmp_path):
     old = json.loads(json.dumps(s20))
     del old["train"]["config"]["eval_every"]
     assert _same_settings(old, s50) == ([], ["eval_every"])
+    # the sentences of an optimizer step: every method accumulates as BiasUnlearn does
+    ga = make_method_config("cda", tmp_path, "m", overrides={"gradient_accumulation_steps": 4})
+    one, four = ({"train": _train_settings("cda", c, {})} for c in (cfgs[20], ga))
+    assert _same_settings(one, four)[0] == ["train.config.gradient_accumulation_steps: 1 -> 4"]
+    from biasunlearn.baselines.common import training_arguments
+
+    assert training_arguments(ga, 6).gradient_accumulation_steps == 4
 
 
 def test_run_compare_refuses_settings_a_method_cannot_run_with_before_anything_is_written(tmp_path, tiny_llama_path,

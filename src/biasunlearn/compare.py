@@ -152,6 +152,7 @@ def make_method_config(name: str, out: Path, model: str, data_dir=None, budget: 
 
 def _train_settings(name: str, cfg, extra: dict) -> dict:
     d = cfg.method_dict()
+    d["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps  # sentences per optimizer step, every method
     for k in list(d):
         # the before/after report's settings (a compare reads every method itself); eval_every is not one of them:
         # it sets when the dev checks that swap and stop come
@@ -178,7 +179,7 @@ def _diff(a: dict, b: dict, prefix="") -> list[str]:
 
 # settings a method's stored settings hold only since they were made part of the reuse check: a run stored without
 # one is taken as made with the current value (it cannot be told), one stored with it must match
-RECORDED_SINCE = {"eval_every"}
+RECORDED_SINCE = {"eval_every", "gradient_accumulation_steps"}
 
 
 def settings_added_since(stored: dict | None, current: dict) -> list[str]:

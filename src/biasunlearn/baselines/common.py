@@ -66,7 +66,8 @@ def training_arguments(cfg, batch_size: int, cls=TrainingArguments, **extra):
               optim=str(getattr(cfg.optim, "value", cfg.optim)), seed=cfg.seed, bf16=cfg.bf16, use_cpu=cfg.use_cpu,
               logging_steps=cfg.logging_steps, save_strategy="no", report_to="none", remove_unused_columns=False,
               dataloader_num_workers=0, disable_tqdm=cfg.disable_tqdm, max_grad_norm=cfg.max_grad_norm,
-              gradient_accumulation_steps=1)
+              # as BiasUnlearn's steps: with accumulation, each optimizer step takes that many batches
+              gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     if cfg.gradient_checkpointing:  # under the name the installed transformers reads without a deprecation warning
         names = {f.name for f in dataclasses.fields(cls)}
         kw["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = True
