@@ -372,6 +372,28 @@ def test_report_renders_every_section_with_tables_and_bold_best(tmp_path):
     assert html.count("data:image/png;base64,") == 3 and 'src="figures' not in html
     assert html.count("<table>") == sum(x.startswith("|---") for x in md.splitlines()) and "<strong>52.40</strong>" in html
     assert paths["html"].endswith("report.html")
+    assert "- Training (every trained method): 10 steps, learning rate" in md
+    assert "Every ablation trains the whole budget (10 steps; no early stop" in md
+    assert "Dev checks and checkpoint choice used only the dev slice of the train pool." in md
+    # a recipe that stops at a fixed step of a longer schedule and trains its dev slice: the report says both
+    plan = json.loads(json.dumps(PLAN))
+    plan["budget"].update(max_steps=250, stop_at_step=150, train_on_dev=True)
+    write_compare_report(out, list(docs), plan)
+    md = (out / "report.md").read_text()
+    assert "- Training (every trained method): 150 steps of a 250-step schedule (stop_at_step), learning rate" in md
+    assert "Every ablation trains the whole budget (150 steps of a 250-step schedule (stop_at_step); no early" in md
+    assert "The dev slice of the train pool was trained too (train_on_dev): the dev curves below read trained " in md
+    assert "used only the dev slice" not in md
+    assert "did not all train with the same budget" not in md  # these documents record no training settings
+    # method folders brought together from comparisons with other budgets: said, naming who trained with what
+    for n, lr in (("cda", 5e-5), ("sft", 5e-5), ("biasunlearn", 1e-4)):
+        docs[n]["method"]["settings"]["train"] = {"config": {"max_steps": 10, "learning_rate": lr, "seed": 42}}
+    out = tmp_path / "mixed"
+    write_folder(out, docs)
+    write_compare_report(out, list(docs), PLAN)
+    md = (out / "report.md").read_text()
+    assert ("- **warning: the trained methods did not all train with the same budget** — cda, sft: max_steps 10, "
+            "learning_rate 5e-05, seed 42; biasunlearn: max_steps 10, learning_rate 0.0001, seed 42.") in md
 
 
 def test_report_with_only_the_base_model_still_has_every_section(tmp_path):

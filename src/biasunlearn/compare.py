@@ -585,6 +585,7 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
                                   "dpo_pairs_per_step": dpo_pairs_per_step or max(1, (ref_cfg.forget_batch_size + ref_cfg.retain_batch_size) // 2),
                                   "dpo_beta": dpo_beta, "lora_r": ref_cfg.lora_r, "lora_alpha": ref_cfg.lora_alpha,
                                   "seed": ref_cfg.seed, "ablation_checkpoint": ablation_checkpoint,
+                                  "stop_at_step": ref_cfg.stop_at_step, "train_on_dev": ref_cfg.train_on_dev,
                                   "config_overrides": config_overrides or {}},
                        "eval": {**_eval_settings(ecfg, dtype)["eval_config"], "dtype": dtype,
                                 **({"merge_adapter": True} if merge_adapter else {})},
@@ -615,6 +616,11 @@ def _fmt(v, nd=2):
     return "–" if v is None else f"{v:.{nd}f}"
 
 
+# the training budget every trained method of one comparison shares (no ablation changes these)
+SHARED_BUDGET = ("max_steps", "stop_at_step", "learning_rate", "lr_scheduler_type", "warmup_steps", "seed", "lora_r",
+                 "lora_alpha", "gradient_accumulation_steps")
+
+
 def _consistency(docs: dict, plan: dict) -> list[str]:
     """Lines saying whether every method saw the same split and the same held-out files (and warnings if not)."""
     lines = []
@@ -629,6 +635,19 @@ def _consistency(docs: dict, plan: dict) -> list[str]:
                         f"**warning: different for {', '.join(bad)}** — those numbers are not comparable."))
     elif want:
         lines.append(f"- Train/dev split checksum `{want}` (no method here trains on it).")
+    # the budget every trained method should share (folders copied in from other comparisons may not)
+    budgets = {}
+    for n, d in docs.items():
+        c = (((d.get("method") or {}).get("settings") or {}).get("train") or {}).get("config")
+        if n in TRAINED and isinstance(c, dict):
+            budgets[n] = tuple((k, c.get(k)) for k in SHARED_BUDGET if k in c)
+    if len(set(budgets.values())) > 1:
+        groups: dict = {}
+        for n, b in budgets.items():
+            groups.setdefault(b, []).append(n)
+        lines.append("- **warning: the trained methods did not all train with the same budget** — "
+                     + "; ".join(f"{', '.join(ns)}: " + ", ".join(f"{k} {v}" for k, v in b) for b, ns in groups.items())
+                     + ".")
     bench = sorted({b for d in docs.values() for b in (d.get("benchmarks") or {})})
     for b in bench:
         shas = {n: json.dumps((d.get("benchmarks", {}).get(b, {}).get("data") or {}).get("sha256"), sort_keys=True)
@@ -678,11 +697,14 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
     def has(b):
         return b in measured
 
+    # a schedule stop_at_step cuts short: every method stops there (the learning-rate schedule spans max_steps)
+    steps = (f"{budget['stop_at_step']} steps of a {budget.get('max_steps')}-step schedule (stop_at_step)"
+             if budget.get("stop_at_step") else f"{budget.get('max_steps')} steps")
     md = [f"# Comparison of debiasing methods: {plan.get('model', next(iter(docs.values())).get('model', {}).get('spec', '?'))}",
           "", f"Methods: {', '.join(label_of(n) for n in docs)}. Created {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
           f"on {plan.get('device', '?')} ({plan.get('threads', '?')} threads).", "",
           "## Budget", "",
-          f"- Training (every trained method): {budget.get('max_steps')} steps, learning rate {budget.get('learning_rate')} "
+          f"- Training (every trained method): {steps}, learning rate {budget.get('learning_rate')} "
           f"({budget.get('lr_scheduler_type')} schedule, warm-up {budget.get('warmup_steps')}, {budget.get('optim')}), dev "
           f"check every {budget.get('eval_every')} steps, LoRA r={budget.get('lora_r')} alpha={budget.get('lora_alpha')}, "
           f"seed {budget.get('seed')}.",
@@ -701,7 +723,7 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
     if any(n in TRAINED for n in docs):
         md.append(f"- One training seed ({budget.get('seed')}): a method's numbers move with it; `compare --seeds` "
                   "repeats the comparison at several seeds and reports each method's mean and spread.")
-    reduced = (budget.get("max_steps") or 0) < 1000 or ev.get("limit") or \
+    reduced = (budget.get("stop_at_step") or budget.get("max_steps") or 0) < 1000 or ev.get("limit") or \
         set(ev.get("benchmarks") or BENCHMARKS) != set(BENCHMARKS)
     if reduced:
         md.append("- **Reduced budget** (fewer than the paper's 1000 steps, a sample of each benchmark or not every "
@@ -709,7 +731,9 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
     md += ["", "## Held-out data", "",
            "All numbers below come from the same held-out test data for every method: StereoSet test (the StereoSet "
            "dev set, target terms disjoint from the train pool), CrowS-Pairs, BBQ and WikiText-2, none of them trained "
-           "on. Dev checks and checkpoint choice used only the dev slice of the train pool.", ""]
+           "on. " + ("The dev slice of the train pool was trained too (train_on_dev): the dev curves below read "
+                     "trained data, and no decision was taken on them." if budget.get("train_on_dev") else
+                     "Dev checks and checkpoint choice used only the dev slice of the train pool."), ""]
     md += _consistency(docs, plan)
 
     md += ["", "## StereoSet (Table 1 layout)", ""]
@@ -750,7 +774,7 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
     md += ["", "## Ablations (Table 5 layout, Figure 3)", ""]
     if abl:
         md += [R.ablation_comparison_markdown(rows_abl, base_label),
-               f"Every ablation trains the whole budget ({budget.get('max_steps')} steps; no early stop, no collapse guard) "
+               f"Every ablation trains the whole budget ({steps}; no early stop, no collapse guard) "
                f"and is evaluated at its {'final checkpoint, as in the paper (section 4.4)' if budget.get('ablation_checkpoint', 'final') == 'final' else 'best dev check'}.", ""]
         same = {n: (docs[n].get("method") or {}).get("same_as") for n in abl}
         md += [f"- {label_of(n)}: the same settings as {label_of(t)} under this config (it already leaves that "
