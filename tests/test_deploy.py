@@ -894,16 +894,20 @@ def test_an_adapter_with_trained_biases_fits_and_is_refused_only_for_gguf(tiny, 
 
     adapter = _tiny.make_adapter(tiny["gpt2"], tmp_path / "biased", bias="lora_only")
     with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
-        biases = sorted(k for k in f.keys() if ".base_layer." in k)
-    assert biases and all(k.endswith(".base_layer.bias") for k in biases)
+        biases = sorted(k for k in f.keys() if k.endswith(".bias") and ".lora_" not in k)
+    if not biases:  # PEFT 0.18 under transformers 5.0 (the floor versions) saves no trained bias at all
+        pytest.skip("this PEFT does not save the trained biases of bias='lora_only'")
+    # PEFT 0.21 saves them as ...c_attn.base_layer.bias (older ones as ...c_attn.bias): either fits
+    assert len(biases) == 8 and all(k.endswith((".c_attn.base_layer.bias", ".c_attn.bias", ".c_proj.base_layer.bias",
+                                                ".c_proj.bias", ".c_fc.base_layer.bias", ".c_fc.bias")) for k in biases)
     m, _, _ = load_model(str(tiny["gpt2"]), device="cpu")
     assert fit_problems(m, adapter) == []
     # a bias of another size is still found
     m.transformer.h[0].attn.c_attn.bias = torch.nn.Parameter(torch.zeros(7))
     assert any("c_attn.bias: adapter has shape" in p for p in fit_problems(m, adapter))
     assert gguf_unsupported(adapter) == biases and gguf_unsupported(tiny["adapter"]) == []
-    with pytest.raises(ConfigError, match=r"^--gguf: .* holds weights beside the LoRA matrices \(\d+, e\.g\. "
-                                          r"base_model\.model\.transformer\.h\.0\.attn\.c_attn\.base_layer\.bias"):
+    with pytest.raises(ConfigError, match=r"^--gguf: .* holds weights beside the LoRA matrices \(8, e\.g\. "
+                                          r"base_model\.model\.transformer\.h\.0\.attn\.c_attn\.(base_layer\.)?bias"):
         export_merged(str(tiny["gpt2"]), adapter, tmp_path / "g", device="cpu", gguf="f16", log=QUIET)
     assert not (tmp_path / "g").exists()
     # the folder export merges the bias as it merges the LoRA matrices
