@@ -20,15 +20,10 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
             raise ConfigError("--data-dir is empty: name the benchmark data folder, or leave the option out for the "
                               f"default (${ENV_VAR} or ../shared/data)")
         p = Path(explicit).expanduser()
-        if not p.is_dir():
-            raise ConfigError(f"--data-dir {p}: {'is a file, not a folder' if p.exists() else 'no such folder'}")
-        return p
+        return _named_folder(p, f"--data-dir {p}")
     env = os.environ.get(ENV_VAR)
     if env:
-        p = Path(env).expanduser()
-        if not p.is_dir():
-            raise ConfigError(f"${ENV_VAR}={env}: {'is a file, not a folder' if p.exists() else 'no such folder'}")
-        return p
+        return _named_folder(Path(env).expanduser(), f"${ENV_VAR}={env}")
     candidates = [Path(__file__).resolve().parents[3] / ".." / "shared" / "data", Path.cwd() / ".." / "shared" / "data",
                   Path.cwd() / "shared" / "data"]
     for c in candidates:
@@ -37,6 +32,13 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     raise ConfigError(
         f"no data folder found: pass --data-dir or set ${ENV_VAR} (looked in: {', '.join(str(c) for c in candidates)})"
     )
+
+
+def _named_folder(p: Path, named: str) -> Path:
+    """`p`, the data folder a setting names (`named`: how the error says it), or a ConfigError if it is not one."""
+    if not p.is_dir():
+        raise ConfigError(f"{named}: {'is a file, not a folder' if p.exists() else 'no such folder'}")
+    return p
 
 
 SUMS_FILE = "SHA256SUMS"
