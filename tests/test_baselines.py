@@ -212,10 +212,10 @@ class FakeTok:
         return {"input_ids": ids}
 
 
-def rule_by_hand(p, prefixed, lam=50.0):
-    """The rescaling written out in plain Python."""
+def rule_by_hand(p, prefixed, lam=50.0, eps=0.01):
+    """The rescaling written out in plain Python (Schick et al.'s floor: no factor below eps)."""
     mx = [max(q[w] for q in prefixed) for w in range(len(p))]
-    alpha = [1.0 if p[w] - mx[w] >= 0 else math.exp(lam * (p[w] - mx[w])) for w in range(len(p))]
+    alpha = [max(eps, 1.0 if p[w] - mx[w] >= 0 else math.exp(lam * (p[w] - mx[w]))) for w in range(len(p))]
     z = sum(a * x for a, x in zip(alpha, p))
     return [a * x / z for a, x in zip(alpha, p)]
 
@@ -223,17 +223,26 @@ def rule_by_hand(p, prefixed, lam=50.0):
 def test_self_debias_rule_by_hand_on_tiny_vocabulary():
     from biasunlearn.baselines import SelfDebias
 
-    wrapper = SelfDebias(FakeLM(), FakeTok(), prefixes=["A: ", "B: "], decay=50.0)
-    # p(.|x) = [.5 .3 .1 .1]; max over prefixes = [.4 .6 .1 .1]; delta = [.1 -.3 0 0];
-    # alpha = [1, e^-15, 1, 1]; p~ = [.5, .3 e^-15, .1, .1] / (.7 + .3 e^-15)
-    z = 0.7 + 0.3 * math.exp(-15)
-    by_hand = [0.5 / z, 0.3 * math.exp(-15) / z, 0.1 / z, 0.1 / z]
     ids = torch.tensor([[START, WORD, WORD], [START, WORD, START]])  # second row: right padding (pad = START)
-    out = wrapper(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # p(.|x) = [.5 .3 .1 .1]; max over prefixes = [.4 .6 .1 .1]; delta = [.1 -.3 0 0]; e^(50 * -.3) = e^-15
+    # without a floor (epsilon 0): alpha = [1, e^-15, 1, 1]; p~ = [.5, .3 e^-15, .1, .1] / (.7 + .3 e^-15)
+    z = 0.7 + 0.3 * math.exp(-15)
+    unfloored = SelfDebias(FakeLM(), FakeTok(), prefixes=["A: ", "B: "], decay=50.0, epsilon=0.0)
+    got = unfloored(input_ids=ids, attention_mask=mask).logits.exp()
+    torch.testing.assert_close(got[0, 0], torch.tensor([0.5 / z, 0.3 * math.exp(-15) / z, 0.1 / z, 0.1 / z]),
+                               rtol=1e-4, atol=1e-9)
+    # with Schick et al.'s floor (the default, epsilon .01): alpha = [1, .01, 1, 1]; p~ = [.5, .003, .1, .1] / .703
+    wrapper = SelfDebias(FakeLM(), FakeTok(), prefixes=["A: ", "B: "], decay=50.0)
+    assert wrapper.epsilon == 0.01
+    by_hand = [0.5 / 0.703, 0.003 / 0.703, 0.1 / 0.703, 0.1 / 0.703]
+    out = wrapper(input_ids=ids, attention_mask=mask)
     got = out.logits.exp()
     torch.testing.assert_close(got[0, 0], torch.tensor(by_hand), rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(got[1, 0], torch.tensor(by_hand), rtol=1e-4, atol=1e-9)
-    assert got[0, 0, 1].item() == pytest.approx(0.3 * math.exp(-15) / z, rel=1e-3)
+    assert got[0, 0, 1].item() == pytest.approx(0.003 / 0.703, rel=1e-4)
+    with pytest.raises(ValueError, match=r"epsilon must lie in \[0, 1\], got 2.0"):
+        SelfDebias(FakeLM(), FakeTok(), prefixes=["A: "], epsilon=2)
     # every position, against the rule written out by hand for the aligned contexts
     for j in range(3):
         want = rule_by_hand(TABLE["none"][j], [TABLE["A"][j], TABLE["B"][j]])
@@ -259,6 +268,18 @@ def test_self_debias_function_matches_rule():
     got = self_debias_logprobs(p, [pa, pb], 50.0).exp()
     want = rule_by_hand([0.5, 0.3, 0.1, 0.1], [[0.2, 0.6, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1]])
     torch.testing.assert_close(got, torch.tensor(want), rtol=1e-5, atol=1e-9)
+    # the floor binds here: delta(token 1) = -.3, e^-15 < .01, so token 1 keeps a factor of exactly .01
+    torch.testing.assert_close(got, torch.tensor([0.5, 0.003, 0.1, 0.1]) / 0.703, rtol=1e-5, atol=1e-9)
+    # a milder lambda stays above the floor: e^(5 * -.3) = e^-1.5 > .01
+    got = self_debias_logprobs(p, [pa, pb], 5.0).exp()
+    z = 0.7 + 0.3 * math.exp(-1.5)
+    torch.testing.assert_close(got, torch.tensor([0.5, 0.3 * math.exp(-1.5), 0.1, 0.1]) / z, rtol=1e-5, atol=1e-9)
+    # epsilon 0 is the rule without the floor; an epsilon outside [0, 1] is refused
+    got = self_debias_logprobs(p, [pa, pb], 50.0, epsilon=0.0).exp()
+    assert got[1].item() == pytest.approx(0.3 * math.exp(-15) / (0.7 + 0.3 * math.exp(-15)), rel=1e-4)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"epsilon must lie in \[0, 1\]"):
+            self_debias_logprobs(p, [pa, pb], 50.0, epsilon=bad)
     # with no token made more likely by a prefix nothing changes
     torch.testing.assert_close(self_debias_logprobs(p, [p], 50.0), p, rtol=1e-6, atol=1e-6)
 

@@ -69,7 +69,10 @@ def test_compare_every_method_end_to_end_then_reuse(tmp_path, tiny_llama_path, d
             assert doc["model"]["adapter"] is None and m["train"] is None
     sd = res["results"]["self_debias"]["method"]["scoring_cost"]
     assert sd["forward_passes_per_batch"] == 4
+    rule = res["results"]["self_debias"]["method"]["settings"]["eval"]["self_debias"]
+    assert rule["decay"] == 50.0 and rule["epsilon"] == 0.01 and list(rule["prefixes"]) == ["gender", "race", "religion"]
     md, _ = check_report(out)
+    assert "inference-time, no training (λ = 50, floor ε = 0.01, prefixes for gender, race, religion)" in md
     assert checksum in md and "the same for every trained method" in md
     assert "| SFT |" in md and "| Self-Debias |" in md and "Self-Debias costs" in md
     assert (out / "figures" / "dev_ss_compare.png").exists()
@@ -346,12 +349,15 @@ def test_report_renders_every_section_with_tables_and_bold_best(tmp_path):
         "abl_full": doc("abl_full", "unlearn", {"overall": 53.7}, 93.0, crows, 1.0, 20.1, 10),
         "abl_no_retain": doc("abl_no_retain", "unlearn", {"overall": 47.6}, 57.7, crows, 1.0, 40.0, 10),
     }
+    # a Self-Debias read stored before the floor was recorded (sessions up to 47) says it had none
+    docs["self_debias"]["method"]["settings"]["eval"]["self_debias"] = {"prefixes": {"gender": "G: "}, "decay": 50.0}
     out = tmp_path / "rep"
     write_folder(out, docs)
     paths = write_compare_report(out, list(docs), PLAN)
     md = (out / "report.md").read_text()
     for s in SECTIONS:
         assert s in md, s
+    assert "inference-time, no training (λ = 50, no floor ε, prefixes for gender)" in md
     # Table 1: best per column among the methods, in bold; the base row shows its LMS
     assert "| Base model | 66.00 | – | 62.00 | – | 64.00 | LMS 92.00 | 66.24 |" in md
     assert "| BiasUnlearn | **52.40** | – | **50.40** | – | **50.80** | **-0.10** | **90.43** |" in md

@@ -293,9 +293,10 @@ class _Runner:
             train = _train_settings(name, cfg, extra)
         extra_eval = {}
         if name == "self_debias":
-            from .baselines.self_debias import DEFAULT_DECAY, DEFAULT_PREFIXES
+            from .baselines.self_debias import DEFAULT_DECAY, DEFAULT_EPSILON, DEFAULT_PREFIXES
 
-            extra_eval = {"self_debias": {"prefixes": DEFAULT_PREFIXES, "decay": DEFAULT_DECAY}}
+            extra_eval = {"self_debias": {"prefixes": DEFAULT_PREFIXES, "decay": DEFAULT_DECAY,
+                                          "epsilon": DEFAULT_EPSILON}}
         elif name in TRAINED and self.merge_adapter:  # recorded only when on: folders read unmerged still match
             extra_eval = {"merge_adapter": True}
         return cfg, trainer, {"model": self.model, "train": train, "eval": _eval_settings(self.ecfg, self.dtype, extra_eval)}
@@ -612,6 +613,17 @@ def run_compare(model: str = "smollm2-135m", methods=None, out="runs/compare", a
 
 # --- the report ------------------------------------------------------------------------------------------------
 
+
+def _self_debias_rule(method: dict) -> str:
+    """The Self-Debias settings a folder was read with: lambda, the floor epsilon (a read stored before epsilon was
+    recorded had none) and the prefixes' bias types."""
+    sd = (((method.get("settings") or {}).get("eval") or {}).get("self_debias")) or {}
+    lam, eps = sd.get("decay"), sd.get("epsilon")
+    return ("λ = " + ("?" if lam is None else f"{lam:g}") + ", "
+            + ("no floor ε" if eps is None else f"floor ε = {eps:g}")
+            + ", prefixes for " + ", ".join(sd.get("prefixes") or ["?"]))
+
+
 def _fmt(v, nd=2):
     return "–" if v is None else f"{v:.{nd}f}"
 
@@ -821,7 +833,7 @@ def write_compare_report(out, names: list[str] | None = None, plan: dict | None 
             if tr.get("swaps"):
                 line += f"; {len(tr['swaps'])} swaps"
         elif n == "self_debias":
-            line += ": inference-time, no training (λ = 50, prefixes for gender, race, religion)"
+            line += ": inference-time, no training (" + _self_debias_rule(m) + ")"
         elif n == "base":
             line += ": the model as loaded"
         md.append(line)

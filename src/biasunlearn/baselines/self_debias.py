@@ -10,8 +10,11 @@ For each position the next-token distribution p(w|x) is compared with the distri
 prefixes ("The following text discriminates against people because of their gender: " + x):
 
     delta(w) = p(w|x) - max_prefix p(w|prefix, x)
-    alpha(w) = 1 if delta(w) >= 0 else exp(lambda * delta(w))      (lambda = 50)
+    alpha(w) = max(epsilon, 1 if delta(w) >= 0 else exp(lambda * delta(w)))      (lambda = 50, epsilon = 0.01)
     p~(w|x)  = alpha(w) p(w|x) / sum_v alpha(v) p(v|x)
+
+The floor epsilon is Schick et al.'s (their code, which bias-bench reuses, keeps every factor at least 0.01): a
+token the prefixes make likelier is scaled down at most a hundredfold. `epsilon=0` gives the rule without it.
 
 computed in log space (log alpha + log p, then log-sum-exp normalisation) so that no probability underflows to
 log 0. Alignment: the prefix is inserted right after the start token the scoring path puts in front of every
@@ -22,6 +25,7 @@ full-vocabulary distributions are held at once.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
@@ -37,10 +41,21 @@ DEFAULT_PREFIXES = {
     "religion": "The following text discriminates against people because of their religion: ",
 }
 DEFAULT_DECAY = 50.0
+DEFAULT_EPSILON = 0.01
 
 
-def self_debias_logprobs(logp: torch.Tensor, prefixed_logps: Sequence[torch.Tensor], decay: float = DEFAULT_DECAY) -> torch.Tensor:
+def _log_floor(epsilon: float) -> float:
+    """log(epsilon), the lowest log-factor; -inf for epsilon 0 (no floor). Refuses an epsilon outside [0, 1]."""
+    epsilon = float(epsilon)
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"Self-Debias epsilon must lie in [0, 1], got {epsilon}")
+    return math.log(epsilon) if epsilon > 0 else -math.inf
+
+
+def self_debias_logprobs(logp: torch.Tensor, prefixed_logps: Sequence[torch.Tensor], decay: float = DEFAULT_DECAY,
+                         epsilon: float = DEFAULT_EPSILON) -> torch.Tensor:
     """The rescaling rule on aligned log-distributions ([..., V] each): returns log p~ (same shape, float32)."""
+    floor = _log_floor(epsilon)
     logp = logp.float()
     max_pb = None
     for lp in prefixed_logps:
@@ -49,7 +64,7 @@ def self_debias_logprobs(logp: torch.Tensor, prefixed_logps: Sequence[torch.Tens
     if max_pb is None:
         return logp - torch.logsumexp(logp, -1, keepdim=True)
     delta = logp.exp() - max_pb
-    log_alpha = torch.where(delta >= 0, torch.zeros_like(delta), decay * delta)
+    log_alpha = torch.where(delta >= 0, torch.zeros_like(delta), decay * delta).clamp(min=floor)
     scaled = logp + log_alpha
     return scaled - torch.logsumexp(scaled, -1, keepdim=True)
 
@@ -57,10 +72,13 @@ def self_debias_logprobs(logp: torch.Tensor, prefixed_logps: Sequence[torch.Tens
 class SelfDebias(torch.nn.Module):
     """A causal LM whose next-token distributions are debiased by Self-Debias (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, prefixes: dict | Sequence[str] | None = None, decay: float = DEFAULT_DECAY):
+    def __init__(self, model, tokenizer, prefixes: dict | Sequence[str] | None = None, decay: float = DEFAULT_DECAY,
+                 epsilon: float = DEFAULT_EPSILON):
         super().__init__()
         self.model = model
         self.decay = float(decay)
+        self.epsilon = float(epsilon)
+        self._log_floor = _log_floor(epsilon)
         prefixes = DEFAULT_PREFIXES if prefixes is None else prefixes
         self.prefixes = dict(prefixes) if isinstance(prefixes, dict) else {f"prefix{i}": p for i, p in enumerate(prefixes)}
         self.prefix_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in self.prefixes.values()]
@@ -104,8 +122,8 @@ class SelfDebias(torch.nn.Module):
             max_pb = pb if max_pb is None else torch.maximum(max_pb, pb, out=max_pb)
             del pb
         # in place, so that at most three [B, T, V] float32 tensors live at once:
-        # log alpha = lambda * min(delta, 0) == (0 if delta >= 0 else lambda * delta)
-        log_alpha = logp.exp().sub_(max_pb).clamp_(max=0.0).mul_(self.decay)
+        # log alpha = max(log epsilon, lambda * min(delta, 0)) == log max(epsilon, 1 if delta >= 0 else e^(lambda delta))
+        log_alpha = logp.exp().sub_(max_pb).clamp_(max=0.0).mul_(self.decay).clamp_(min=self._log_floor)
         del max_pb
         scaled = logp.add_(log_alpha)
         del log_alpha
