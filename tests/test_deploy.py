@@ -491,12 +491,72 @@ def test_bfloat16_export_merges_in_float32_and_rounds_once(tiny, tmp_path):
         lost += int((got != naive.get_parameter(name)).sum())
     assert moved > 0 and lost > 0  # the change moved weights, and the naive merge would have dropped some of it
     assert res["verification"]["checked"] and res["verification"]["max_abs_diff_mean_logprob"] < 5e-2
+    w = res["verification"]["weights"]  # the bfloat16 rows hold the merge within two roundings
+    assert w["lora_layers"] == 14 and w["max_error_over_tolerance"] <= 1.0 and w["tolerance"] == "2·eps(bfloat16)·|weight|"
     prov = json.loads((out / "biasunlearn_export.json").read_text())
     assert prov["dtype"] == "bfloat16" and prov["merge"].endswith("rounded once to bfloat16")
     assert "each merged weight then rounded once to bfloat16" in (out / "README.md").read_text()
     export_merged(str(tiny["llama"]), small, tmp_path / "fp32", device="cpu", verify=False, log=QUIET)
     assert json.loads((tmp_path / "fp32" / "biasunlearn_export.json").read_text())["merge"] == \
         "`merge_and_unload`, in float32"
+
+
+def test_export_weight_check_catches_an_unmerged_export_that_the_probes_miss(tiny, tmp_path, monkeypatch):
+    """An adapter whose change is too small for the probe check (under 1e-3 nats/token) is still seen merged or not:
+    the saved weights are compared row by row with base + scale·B·A."""
+    from biasunlearn import deploy
+    from biasunlearn.errors import BiasUnlearnError
+
+    small = _tiny.make_adapter(tiny["llama"], tiny["root"] / "tinychange" / "adapter", seed=9, scale=1e-4)
+    base, tok, _ = load_model(str(tiny["llama"]), device="cpu")
+    plain = [s.mean for s in score_texts(base, tok, list(PROBE_TEXTS))]
+    adapted = [s.mean for s in _adapter_scores(tiny["llama"], small, list(PROBE_TEXTS))]
+    assert 0 < max(abs(a - b) for a, b in zip(plain, adapted)) < 1e-3  # the probes alone cannot tell
+
+    res = export_merged(str(tiny["llama"]), small, tmp_path / "ok", device="cpu", log=QUIET)
+    w = res["verification"]["weights"]
+    assert w["lora_layers"] == 14 and w["changed_beyond_rounding"] == 14 and w["dora_layers_not_checked"] == 0
+    assert 0 <= w["max_error_over_tolerance"] <= 1.0
+    assert json.loads((tmp_path / "ok" / "biasunlearn_export.json").read_text())["verification"]["weights"] == w
+    assert ("weights checked at export: in each of the 14 LoRA layers, the row of the weight the adapter changes most "
+            "holds base + scale·B·A within two roundings of the saved dtype (14 of them changed by more than that "
+            "rounding)\n") in (tmp_path / "ok" / "README.md").read_text()
+
+    monkeypatch.setattr(deploy, "merge_into_weights", lambda peft_model: peft_model.unload())  # drops, not merges
+    with pytest.raises(BiasUnlearnError) as e:
+        export_merged(str(tiny["llama"]), small, tmp_path / "bad", device="cpu", log=QUIET)
+    msg = str(e.value)
+    assert "14 LoRA layer(s) of the saved merged model do not hold the merged weights" in msg
+    assert "model.layers.0.self_attn.q_proj: row" in msg and "the row is the base model's, unmerged" in msg
+    assert f"nothing was written to {tmp_path / 'bad'}" in msg and not (tmp_path / "bad").exists()
+
+
+def test_merge_fingerprint_takes_the_most_changed_row_in_the_weight_layout(tiny):
+    """Conv1D (GPT-2) weights are stored [in, out]: the fingerprint's row is a row of the weight as stored, and the
+    merged row is base + the adapter's change in that layout."""
+    from biasunlearn.adapters import apply_adapter
+    from biasunlearn.deploy import merge_fingerprint
+
+    for arch, adapter in (("gpt2", tiny["gpt2_adapter"]), ("llama", tiny["adapter"])):
+        m, _, _ = load_model(str(tiny[arch]), device="cpu")
+        pm = apply_adapter(m, adapter)
+        fp = merge_fingerprint(pm)
+        assert fp["dora_layers"] == 0 and len(fp["rows"]) == (8 if arch == "gpt2" else 14)
+        for name, (row, base_row, want) in fp["rows"].items():
+            layer = pm.base_model.model.get_submodule(name)
+            delta = layer.get_delta_weight("default")
+            assert delta.shape == layer.base_layer.weight.shape
+            assert row == int(delta.abs().amax(dim=1).argmax())
+            torch.testing.assert_close(base_row, layer.base_layer.weight[row])
+            torch.testing.assert_close(want, layer.base_layer.weight[row] + delta[row])
+        merged = pm.merge_and_unload()
+        for name, (row, _, want) in fp["rows"].items():
+            torch.testing.assert_close(merged.get_submodule(name).weight[row], want, rtol=0, atol=1e-6)
+    # DoRA's merge also rescales each weight: its layers are counted, not fingerprinted
+    dora = _tiny.make_adapter(tiny["llama"], tiny["root"] / "dora" / "adapter", seed=3, use_dora=True)
+    m, _, _ = load_model(str(tiny["llama"]), device="cpu")
+    fp = merge_fingerprint(apply_adapter(m, dora))
+    assert fp == {"rows": {}, "dora_layers": 14}
 
 
 def test_transfer_writes_report_and_before_after_results(tiny, tmp_path):

@@ -417,6 +417,70 @@ def _score_probes(model, tok) -> list[float]:
     return [s.mean for s in score_texts(model, tok, list(PROBE_TEXTS), max_tokens=2048)]
 
 
+def merge_fingerprint(peft_model) -> dict:
+    """Before a merge: for every LoRA layer, the row of its weight that the adapter changes most, with the base row and
+    the row the merge must give (base + scale·B·A, in float32). A few kilobytes a layer, whatever the model's size, so
+    that the saved model can be checked weight by weight (`check_merged_rows`), not only by its probe scores: an
+    adapter that moves the probes less than their tolerance is still seen merged or not. DoRA layers (whose merge
+    also rescales the weight) are left out and counted."""
+    rows, dora = {}, 0
+    with torch.no_grad():
+        for name, module in peft_model.named_modules():
+            base = getattr(module, "base_layer", None)
+            weight = getattr(base, "weight", None)
+            if not hasattr(module, "get_delta_weight") or weight is None or not weight.numel():
+                continue
+            adapters = [a for a in getattr(module, "active_adapters", []) if a in getattr(module, "lora_A", {})]
+            if not adapters:
+                continue
+            if any(getattr(module, "use_dora", {}).get(a, False) for a in adapters):
+                dora += 1
+                continue
+            delta = sum(module.get_delta_weight(a).float() for a in adapters)
+            row = int(delta.abs().amax(dim=tuple(range(1, delta.dim()))).argmax()) if delta.dim() > 1 else 0
+            base_row = weight[row].detach().float().cpu().clone()
+            rows[name.removeprefix("base_model.model.")] = (row, base_row, base_row + delta[row].cpu())
+            del delta
+    return {"rows": rows, "dora_layers": dora}
+
+
+def check_merged_rows(model, fingerprint: dict, dtype: torch.dtype, what: str, out: Path) -> dict:
+    """After a merge: each fingerprinted row of `model`'s weights (a model read back from the saved folder) must be
+    the merged row within the rounding of `dtype` (two roundings: the base row as read, and the merged sum), never the
+    base row where the adapter's change is larger than that rounding. The record, or an error that says nothing was
+    written to `out`."""
+    eps = torch.finfo(dtype).eps
+    modules = dict(model.named_modules())
+    worst, resolvable, problems = 0.0, 0, []
+    with torch.no_grad():
+        for name, (row, base_row, want) in fingerprint["rows"].items():
+            module = modules.get(name)
+            if module is None or getattr(module, "weight", None) is None:
+                problems.append(f"{name}: not in {what}")
+                continue
+            got = module.weight[row].detach().float().cpu()
+            if got.shape != want.shape:
+                problems.append(f"{name}: row {row} has shape {tuple(got.shape)} in {what}, {tuple(want.shape)} merged")
+                continue
+            tol = 2 * eps * torch.maximum(want.abs(), base_row.abs()) + 1e-7
+            off = (got - want).abs()
+            worst = max(worst, float((off / tol).max()))
+            resolvable += bool(((want - base_row).abs() > tol).any())
+            if bool((off > tol).any()):
+                i = int((off - tol).argmax())
+                unmerged = bool(torch.allclose(got, base_row, rtol=0, atol=0))
+                problems.append(f"{name}: row {row}, column {i} is {float(got[i]):.6g}, the merge gives "
+                                f"{float(want[i]):.6g} (base {float(base_row[i]):.6g})"
+                                + ("; the row is the base model's, unmerged" if unmerged else ""))
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise BiasUnlearnError(f"export check failed: {len(problems)} LoRA layer(s) of {what} do not hold the merged "
+                               f"weights:\n  {shown}\nnothing was written to {out}")
+    return {"checked": True, "lora_layers": len(fingerprint["rows"]), "changed_beyond_rounding": resolvable,
+            "dora_layers_not_checked": fingerprint["dora_layers"], "max_error_over_tolerance": worst,
+            "tolerance": f"2·eps({str(dtype).removeprefix('torch.')})·|weight|"}
+
+
 def _drop_quantization(model):
     """A merged model must be saved as plain weights: no quantization marker in config.json."""
     from .models import plain_copy
@@ -591,6 +655,7 @@ def _export(model: str, adapter_dir: Path, out: Path, *, dtype, device, run_eval
         m = apply_adapter(m, adapter_dir)
         m.eval()
         probe_adapter = _score_probes(m, tok) if verify else None
+        fingerprint = merge_fingerprint(m) if verify else None
         if gguf_src is not None:
             from .gguf_export import lora_deltas
 
@@ -647,9 +712,13 @@ def _export(model: str, adapter_dir: Path, out: Path, *, dtype, device, run_eval
             torch_dtype = resolve_dtype(info.dtype)  # the dtype the model was read in (--dtype auto resolved)
             verification = _probe_check(
                 lambda: AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch_dtype), "the saved merged model",
-                tok, probe_adapter, dev, 1e-3 if torch_dtype == torch.float32 else 5e-2, out)
+                tok, probe_adapter, dev, 1e-3 if torch_dtype == torch.float32 else 5e-2, out,
+                weights=lambda reloaded: check_merged_rows(reloaded, fingerprint, torch_dtype,
+                                                           "the saved merged model", out))
+            w = verification["weights"]
             _log(log, f"[export] saved folder reloads and scores like the adapter model "
-                      f"(max |Δ| {verification['max_abs_diff_mean_logprob']:.1e})")
+                      f"(max |Δ| {verification['max_abs_diff_mean_logprob']:.1e}); its weights hold the merge in "
+                      f"{w['lora_layers']} LoRA layers ({w['changed_beyond_rounding']} changed beyond rounding)")
             if gguf_info is not None:
                 # transformers dequantises the file to float32; F16 tensors are allowed their rounding
                 path = tmp / gguf_info["file"]
@@ -703,18 +772,22 @@ def _export(model: str, adapter_dir: Path, out: Path, *, dtype, device, run_eval
             "gguf": gguf_info}
 
 
-def _probe_check(load, what: str, tok, probe_adapter, device, tol: float, out: Path) -> dict:
+def _probe_check(load, what: str, tok, probe_adapter, device, tol: float, out: Path, weights=None) -> dict:
     """Load a saved model (`load()`), score the probe sentences and require them within `tol` nats/token of the
-    adapter model's; the verification record, or an error that says nothing was written to `out`."""
+    adapter model's, then run `weights(model)` on it if given (its record goes under "weights"); the verification
+    record, or an error that says nothing was written to `out`."""
     reloaded = load().to(device)
     reloaded.eval()
     probe = _score_probes(reloaded, tok)
-    del reloaded
     diff = max(abs(a - b) for a, b in zip(probe_adapter, probe))
     if not diff <= tol:
         raise BiasUnlearnError(f"export check failed: {what} scores differ from the adapter model by {diff:.2e} "
                                f"nats/token (tolerance {tol:g}); nothing was written to {out}")
-    return {"checked": True, "probe_sentences": len(PROBE_TEXTS), "max_abs_diff_mean_logprob": diff, "tolerance": tol}
+    rec = {"checked": True, "probe_sentences": len(PROBE_TEXTS), "max_abs_diff_mean_logprob": diff, "tolerance": tol}
+    if weights is not None:
+        rec["weights"] = weights(reloaded)
+    del reloaded
+    return rec
 
 
 # llama.cpp computes with the quantised weights as stored (and quantises activations for them), so it reads a GGUF
@@ -913,6 +986,13 @@ def model_card(*, base: dict, adapter_dir, adapter_config: dict | None = None, t
         L.append(f"- check at export: reloaded with `AutoModelForCausalLM.from_pretrained`, the merged model scores "
                  f"{verification['probe_sentences']} probe sentences like the adapter model "
                  f"(max |Δ mean log-prob| = {verification['max_abs_diff_mean_logprob']:.1e} nats/token)")
+        w = verification.get("weights")
+        if w:
+            L.append(f"- weights checked at export: in each of the {w['lora_layers']} LoRA layers, the row of the weight "
+                     "the adapter changes most holds base + scale·B·A within two roundings of the saved dtype "
+                     f"({w['changed_beyond_rounding']} of them changed by more than that rounding)"
+                     + (f"; {w['dora_layers_not_checked']} DoRA layers not checked" if w["dora_layers_not_checked"]
+                        else ""))
     L.append("")
 
     L += ["## Adapter and training config", ""]
