@@ -148,6 +148,9 @@ def test_dry_run_prints_what_the_recipe_and_flags_resolve_to_and_trains_nothing(
     assert yaml.safe_load(capsys.readouterr().out)["output_dir"] == "runs/from-yaml"
     assert main(["train", "--config", str(y), "--out", "runs/x", "--dry-run"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["output_dir"] == "runs/x"
+    # the underscore spelling too, as every other flag takes (it once stopped with "train needs --out DIR")
+    assert main(["train", "--config", str(y), "--dry_run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["output_dir"] == "runs/from-yaml"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # still nothing written
     # a bad setting is refused as it would be by a real run
     assert main(["train", "--config", "smollm2-cpu", "--dry-run", "--swap_mode", "sometimes"]) == 2

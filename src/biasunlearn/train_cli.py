@@ -313,6 +313,6 @@ def register(sub) -> None:
                    help="start a new run in --out although it holds one (its checkpoints, adapters, logs and reports "
                         "are removed once the new run has loaded its model and checked its settings)")
     t.add_argument("--settings", action="store_true", help="list every BiasUnlearn setting with its default and help")
-    t.add_argument("--dry-run", action="store_true",
+    t.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print the settings that --config and the flags resolve to (YAML), and exit without training")
     t.set_defaults(func=_train_cmd, accepts_extra=True)

@@ -205,7 +205,8 @@ class UnlearnConfig(TrainingArguments):
     stop_at_step: int = _f(0, "A schedule fixed beforehand (e.g. its length chosen on the pooled curve of a "
                               "cross-validation, bench/cv_curve.py): the run stops at this step and its adapter is "
                               "that step's, whatever dev says (no early stop; best_adapter/ still records dev's "
-                              "choice). The learning-rate schedule still spans max_steps, so the adapter is the one "
+                              "choice, except under train_on_dev, where dev is trained and chooses nothing). The "
+                              "learning-rate schedule still spans max_steps, so the adapter is the one "
                               "a full run has at this step. 0: off (the adapter is the best dev check).")
     collapse_lms_drop: float = _f(15.0, "Stop the run (collapse guard) when dev LMS falls this many points.")
     # --- LoRA ---
