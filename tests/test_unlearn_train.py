@@ -391,14 +391,26 @@ def test_resume_names_the_settings_that_changed_since_the_start(tmp_path, tiny_l
     _warn_changed_settings(saved, cfg, logs.append)
     assert logs == ["[resume] warning: these settings differ from the run's start, so it will not continue exactly: "
                     "npo_beta 0.1 -> 0.5; unrelated_max_tokens '(not a setting then)' -> 256"]
+    # transformers' arguments that change the steps, and the number of processes, are named too
+    logs.clear()
+    cfg.npo_beta = 0.1
+    write_json(saved, {"config": json.loads(json.dumps(cfg.method_dict(), default=str)),
+                       "settings": {**cfg.run_settings(), "gradient_accumulation_steps": 4}, "world_size": 2})
+    _warn_changed_settings(saved, cfg, logs.append)
+    assert logs == ["[resume] warning: these settings differ from the run's start, so it will not continue exactly: "
+                    "gradient_accumulation_steps 4 -> '(default)'; processes 2 -> 1"]
 
 
 def test_dev_lms_collapse_guard(tmp_path, tiny_llama_path, train_data):
     from biasunlearn.unlearn import pipeline, trainer
 
     cfg = _cfg(tmp_path, tiny_llama_path, train_data, collapse_lms_drop=-1.0)  # any dev check after start trips it
-    with pytest.raises(trainer.TrainingCollapse, match="dev LMS fell"):
+    with pytest.raises(trainer.TrainingCollapse, match="dev LMS fell") as e:
         pipeline.train_adapter(cfg, log=lambda s: None)
+    # it names what is kept, not a best_adapter/ that was never written
+    assert "No best adapter was kept (no dev check after step 0 came before this one); the last checkpoint before " \
+           "this check remains in" in str(e.value)
+    assert not (tmp_path / "run" / "best_adapter").exists()
 
 
 def test_checkpoint_metric_margin_keeps_the_check_closest_to_level(tmp_path, tiny_llama_path, train_data):
@@ -673,6 +685,138 @@ def test_pause_mode_leaves_paused_types_out_of_training_and_stops_when_all_are_p
     assert [(e["step"], e["bias_type"], e["direction"]) for e in summary["swaps"]] == [(0, "race", 0), (4, "gender", 0)]
     assert drawn and all(types == {"gender"} for _, _, types in drawn)  # race (paused) was never trained
     assert any("every bias type is past level and paused: early stop" in m for m in logs)
+
+
+def test_pause_mode_under_stop_at_step_stops_when_every_type_is_paused(tmp_path, tiny_llama_path, train_data,
+                                                                      monkeypatch):
+    """stop_at_step fixes the schedule, so an early stop is not taken; but once every type is paused the next
+    batches would be empty (a NaN loss, read as a collapse): the run stops there, and says so."""
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    _forced_margins(monkeypatch, [{"gender": 0.1, "race": -0.1}, {"gender": 0.1, "race": -0.1},
+                                  {"gender": -0.1, "race": -0.1}])
+    logs = []
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=8, stop_at_step=6, swap_mode="pause",
+               swap_signal="margin", swap_margin_nats=0.0)
+    summary = train_adapter(cfg, log=logs.append)
+    assert summary["steps"] == 4
+    assert summary["adapter"] == "step 4 (every bias type is past level and paused, before stop_at_step 6)"
+    assert ("[dev] every bias type is past level and paused: early stop at step 4, before stop_at_step 6; the "
+            "adapter is this step's") in logs
+    st = json.loads((tmp_path / "run" / "checkpoint-4" / "biasunlearn_state.json").read_text())
+    assert st["stopped"] == "every bias type is past level and paused"
+
+
+def test_a_resume_from_the_checkpoint_where_the_run_stopped_trains_no_further_step(tmp_path, tiny_llama_path,
+                                                                                   train_data):
+    """Killed after its last checkpoint but before its adapter and summary: the resume finishes the run from that
+    checkpoint (transformers would train one more step before it looks at a stop)."""
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    cfg = _cfg(tmp_path, tiny_llama_path, train_data, max_steps=6, stop_at_step=4)
+    train_adapter(cfg, log=lambda s: None)
+    run = tmp_path / "run"
+    want = _lora(run / "adapter")
+    assert json.loads((run / "checkpoint-4" / "biasunlearn_state.json").read_text())["stopped"] == "stop_at_step"
+    for name in ("adapter", "final_adapter"):
+        shutil.rmtree(run / name)
+    (run / "train_summary.json").unlink()
+    logs = []
+    summary = train_adapter(cfg, resume=True, log=logs.append)
+    assert summary["steps"] == 4 and summary["adapter"] == "step 4 (stop_at_step)"
+    assert any("checkpoint-4 is where the run stopped (stop_at_step): finishing from it, no step trained" in m
+               for m in logs)
+    got = _lora(run / "adapter")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert not (run / "checkpoint-5").exists()
+    assert [json.loads(x)["step"] for x in (run / "dev_log.jsonl").read_text().splitlines()] == [0, 2, 4]
+
+
+def test_a_stop_stands_on_resume_unless_the_schedule_now_ends_later(tmp_path):
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.pipeline import stops_at
+
+    ck = tmp_path / "checkpoint-4"
+    at = lambda **kw: make_config(output_dir="x", model="m", **kw)  # noqa: E731
+    assert stops_at(at(max_steps=4), ck, "max_steps") and not stops_at(at(max_steps=6), ck, "max_steps")
+    assert stops_at(at(max_steps=6, stop_at_step=4), ck, "stop_at_step")
+    assert not stops_at(at(max_steps=6, stop_at_step=5), ck, "stop_at_step")
+    assert not stops_at(at(max_steps=6), ck, "stop_at_step")  # stop_at_step since turned off
+    assert stops_at(at(max_steps=6), ck, "every bias type within 50 +- 2")  # a dev check's stop stands
+    assert not stops_at(at(max_steps=4), ck, None) and not stops_at(at(max_steps=4), ck, "")
+
+
+def test_a_resume_puts_back_the_best_adapter_its_checkpoint_records(tmp_path):
+    """best_adapter/ is written at a dev check, before that step's checkpoint: a kill in between (or a resume from an
+    older checkpoint) leaves a later check's adapter there. The resume puts back the adapter of the best check the
+    checkpoint records, from that check's checkpoint, or drops the record when that checkpoint is gone."""
+    from types import SimpleNamespace
+
+    from biasunlearn.io import write_json
+    from biasunlearn.unlearn.controller import SwapController
+    from biasunlearn.unlearn.trainer import DevCheckCallback
+
+    out = tmp_path / "run"
+    ctrl = SwapController(["gender"])
+    stub = SimpleNamespace(controller=ctrl, is_world_process_zero=lambda: True)
+
+    def adapter(folder, fill, step=None):
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text('{"r": 2}')
+        (folder / "adapter_model.safetensors").write_bytes(bytes([fill]) * 8)
+        if step is not None:
+            write_json(folder / "dev_check.json", {"step": step})
+
+    def checkpoint(step, best_step):
+        adapter(out / f"checkpoint-{step}", step)
+        write_json(out / f"checkpoint-{step}" / "biasunlearn_state.json",
+                   {"controller": ctrl.state_dict(), "start_lms": 90.0,
+                    "best": [[0, [1.0]], best_step] if best_step else None, "stopped": None})
+
+    checkpoint(4, 4)
+    adapter(out / "best_adapter", 6, step=6)  # saved at step 6's check; checkpoint-6 was never written
+    (out / "dev_log.jsonl").write_text("".join(json.dumps({"step": k, "ss": {"gender": 60 - k}}) + "\n"
+                                               for k in (0, 2, 4, 6)))
+    logs = []
+    cb = DevCheckCallback(stub, [], out, log=logs.append)
+    cb.restore(out / "checkpoint-4")
+    assert (out / "best_adapter" / "adapter_model.safetensors").read_bytes() == bytes([4]) * 8
+    assert json.loads((out / "best_adapter" / "dev_check.json").read_text()) == {"step": 4, "ss": {"gender": 56}}
+    assert cb.best == ((0, (1.0,)), 4)
+    assert logs == ["[resume] best_adapter/ held step 6's adapter, not the best check of checkpoint-4 (step 4): put "
+                    "back from checkpoint-4"]
+    # the folder already matches: nothing is touched
+    logs.clear()
+    cb.restore(out / "checkpoint-4")
+    assert logs == [] and (out / "best_adapter" / "adapter_model.safetensors").read_bytes() == bytes([4]) * 8
+    # the recorded best's checkpoint is gone: the record is dropped with the folder
+    checkpoint(8, 2)
+    cb.restore(out / "checkpoint-8")
+    assert cb.best is None and not (out / "best_adapter").exists()
+    assert logs == ["[resume] best_adapter/ held step 4's adapter, not the best check of checkpoint-8 (step 2, whose "
+                    "checkpoint is gone): removed; the best adapter is chosen again among the dev checks from here on"]
+
+
+def test_the_last_step_is_dev_checked_when_eval_every_does_not_divide_it(tmp_path, tiny_llama_path, train_data):
+    from biasunlearn.unlearn.pipeline import train_adapter
+
+    summary = train_adapter(_cfg(tmp_path, tiny_llama_path, train_data, max_steps=5), log=lambda s: None)
+    dev = [json.loads(x)["step"] for x in (tmp_path / "run" / "dev_log.jsonl").read_text().splitlines()]
+    assert dev == [0, 2, 4, 5] and summary["steps"] == 5
+
+
+def test_adapter_label_says_which_adapter_the_run_kept():
+    from biasunlearn.unlearn.config import make_config
+    from biasunlearn.unlearn.pipeline import adapter_label
+
+    plain = make_config(output_dir="x", model="m", max_steps=10)
+    assert adapter_label(plain, 10, "max_steps", True) == "best dev check"
+    assert adapter_label(plain, 10, "max_steps", False) == \
+        "step 10 (the last step: no dev check after step 0 chose one)"
+    cut = make_config(output_dir="x", model="m", max_steps=10, stop_at_step=6)
+    assert adapter_label(cut, 6, "stop_at_step", True) == "step 6 (stop_at_step)"
+    assert adapter_label(cut, 4, "every bias type is past level and paused", True) == \
+        "step 4 (every bias type is past level and paused, before stop_at_step 6)"
 
 
 def test_pause_mode_with_every_type_past_level_before_training_is_a_clear_error(

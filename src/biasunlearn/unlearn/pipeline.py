@@ -506,7 +506,8 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log, overwrite: bool = False) -> d
         write_json(out / "splits.json", {**split_record(splits, cfg, test, overlap),
                                          "excluded_train_ids": [e.id for e in excluded]})
         write_json(out / "config.json", {"method": "biasunlearn", "config": cfg.method_dict(),
-                                         "settings": cfg.run_settings(), "model": info.to_dict(),
+                                         "settings": cfg.run_settings(), "world_size": cfg.world_size,
+                                         "model": info.to_dict(),
                                          "versions": package_versions(),
                                          "machine": machine_info()})
     controller = SwapController(sets.bias_types, mode=cfg.swap_mode, tolerance=cfg.early_stop_tolerance,
@@ -523,7 +524,13 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log, overwrite: bool = False) -> d
         dev_cb.restore(ck)
         log(f"[train] resuming from {ck}")
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=str(ck) if ck is not None else None)
+    if ck is not None and stops_at(cfg, ck, dev_cb.stopped) and _load_checkpoint_adapter(trainer, model, ck):
+        # the run had stopped at this checkpoint (killed before it wrote its adapter and summary): transformers
+        # would train one more step before it looks at a stop, so the run is finished from the checkpoint as it is
+        log(f"[train] {ck.name} is where the run stopped ({dev_cb.stopped}): finishing from it, no step trained")
+        dev_cb.stop_reason = dev_cb.stopped
+    else:
+        trainer.train(resume_from_checkpoint=str(ck) if ck is not None else None)
     wall = time.time() - t0
     best = out / "best_adapter"
     last = out / "final_adapter"  # the last step's adapter (ablations are judged at a fixed step, as the paper)
@@ -538,7 +545,7 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log, overwrite: bool = False) -> d
                                                        splits.to_dict()["checksum"]})
     summary = {"train_wall_time_s": round(wall, 1), "steps": trainer.state.global_step,
                "swaps": controller.events, "best": dev_cb.best,
-               "adapter": f"step {trainer.state.global_step} (stop_at_step)" if cfg.stop_at_step else "best dev check",
+               "adapter": adapter_label(cfg, trainer.state.global_step, dev_cb.stop_reason, best.exists()),
                "peak_memory_mb": _peak_mem_mb(), "packing": trainer.packing_check}
     if trainer.is_world_process_zero():
         write_json(out / "train_summary.json", summary)  # before the plots: a plot that fails loses no run
@@ -548,6 +555,47 @@ def _train(cfg: UnlearnConfig, out: Path, ck, log, overwrite: bool = False) -> d
     return summary
 
 
+def adapter_label(cfg: UnlearnConfig, step: int, stop_reason: str, best_kept: bool) -> str:
+    """Which adapter adapter/ is, in words (train_summary.json's "adapter"; `compare` reads a label that starts with
+    "step" as a step fixed by the run, not dev's choice)."""
+    if cfg.stop_at_step:
+        return (f"step {step} (stop_at_step)" if step >= cfg.stop_at_step
+                else f"step {step} ({stop_reason or 'stopped'}, before stop_at_step {cfg.stop_at_step})")
+    return "best dev check" if best_kept else f"step {step} (the last step: no dev check after step 0 chose one)"
+
+
+def stops_at(cfg: UnlearnConfig, ck: Path, reason: str | None) -> bool:
+    """Whether the run `cfg` describes ends at checkpoint `ck`, saved where a run stopped for `reason`: a dev check's
+    stop (early stop, every type paused) stands, as the same check would decide it again; the end of the schedule
+    stands unless `cfg` moves it later (a resume that trains further)."""
+    if not reason:
+        return False
+    step = checkpoint_step(ck)
+    if reason == "max_steps":
+        return step >= (cfg.stop_at_step or cfg.max_steps)
+    if reason == "stop_at_step":
+        return bool(cfg.stop_at_step) and step >= cfg.stop_at_step
+    return True
+
+
+def _load_checkpoint_adapter(trainer, model, ck: Path) -> bool:
+    """The LoRA weights of checkpoint `ck` loaded into `model`, and the trainer's step set to the checkpoint's; False
+    (nothing loaded) where the checkpoint holds no adapter file of its own (FSDP and DeepSpeed keep the weights in
+    files of theirs): the caller then resumes through transformers, which trains one more step."""
+    path = Path(ck) / "adapter_model.safetensors"
+    if not path.is_file():
+        return False
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(str(path)))
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise BiasUnlearnError(f"{path}: {len(unexpected)} LoRA weights do not fit the model (e.g. {unexpected[0]})")
+    trainer.state.global_step = checkpoint_step(ck)
+    return True
+
+
 def draw_plots(out: Path, swaps, log=_log) -> None:
     """losses.png, dev_ss.png and dev_margin.png from the run's logs. A plot that fails is a warning: the adapter
     and train_summary.json are written already, and the plots can be drawn again from the logs."""
@@ -555,6 +603,10 @@ def draw_plots(out: Path, swaps, log=_log) -> None:
     draw_or_warn(plot_dev_ss, out / "dev_log.jsonl", out / "dev_ss.png", swaps, log=log, tag="train")
     draw_or_warn(plot_dev_margin, out / "dev_log.jsonl", out / "dev_margin.png", swaps, log=log, tag="train")
 
+
+# transformers' arguments (beside method_dict's) that change what the steps compute
+STEP_ARGS = ("gradient_accumulation_steps", "per_device_train_batch_size", "max_grad_norm", "adam_beta1",
+             "adam_beta2", "adam_epsilon", "fp16")
 
 # settings that change nothing a resumed run computes (speed, memory, what is read afterwards)
 RESUME_NEUTRAL = {"cpu_malloc_tuning", "skip_final_eval", "eval_benchmarks", "eval_bbq_per_category", "eval_limit",
@@ -605,12 +657,21 @@ def _warn_changed_settings(saved: Path, cfg: UnlearnConfig, log) -> None:
     resumed with other settings does not continue exactly; a setting the run's version did not have is listed with
     the value it now takes."""
     try:
-        before = read_json(saved).get("config", {})
-    except (OSError, ValueError):
+        doc = read_json(saved)
+        before = doc.get("config", {})
+    except (OSError, ValueError, AttributeError):
         return
     now = json.loads(json.dumps(cfg.method_dict(), default=str))
     changed = {k: (before.get(k, "(not a setting then)"), v) for k, v in now.items()
                if legacy_value(before.get(k)) != v and k not in RESUME_NEUTRAL}
+    # transformers' own arguments that change the steps: the chunk a step draws and the effective batch follow the
+    # accumulation and the number of processes (run_settings leaves a default out: absent is the default)
+    then_args, now_args = doc.get("settings") or {}, cfg.run_settings()
+    for k in STEP_ARGS:
+        if then_args.get(k) != now_args.get(k):
+            changed[k] = (then_args.get(k, "(default)"), now_args.get(k, "(default)"))
+    if doc.get("world_size") is not None and doc["world_size"] != cfg.world_size:
+        changed["processes"] = (doc["world_size"], cfg.world_size)
     if changed:
         log("[resume] warning: these settings differ from the run's start, so it will not continue exactly: "
             + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())))

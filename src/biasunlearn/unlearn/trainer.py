@@ -444,6 +444,8 @@ class DevCheckCallback(TrainerCallback):
         self.log = log
         self.start_lms = None
         self.best = None  # (criterion, step)
+        self.stop_reason = ""  # why the run stopped where it did (set at the step it stops)
+        self.stopped = None  # restore(): the checkpoint is where the run stopped (its reason), or None
         self.t0 = time.time()
 
     def _dev_check(self, model, step):
@@ -480,9 +482,13 @@ class DevCheckCallback(TrainerCallback):
                  + f" overall={overall:.1f}±{se['overall']:.0f} LMS={lms:.1f} margin={margins.get('overall', 0):+.4f} "
                  f"directions={directions}")
         if self.start_lms - lms > args.collapse_lms_drop:
+            kept = (f"Best adapter so far: {self.out / 'best_adapter'} (step {self.best[1]})" if self.best else
+                    "No best adapter was kept" + (" (the dev slice trained: train_on_dev)" if self.trained_on else
+                                                  " (no dev check after step 0 came before this one)"))
             raise TrainingCollapse(
                 f"dev LMS fell from {self.start_lms:.1f} to {lms:.1f} at step {step} (bound "
-                f"{args.collapse_lms_drop}); training stopped. Best adapter so far: {self.out / 'best_adapter'}")
+                f"{args.collapse_lms_drop}); training stopped. {kept}; the last checkpoint before this check "
+                f"remains in {self.out}.")
         if args.checkpoint_metric == "margin":
             crit = SwapController.criterion(type_margins, target=0.0)
         else:
@@ -516,13 +522,26 @@ class DevCheckCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kw):
         self._apply_schedule(state.global_step)  # before the dev check, so its logged directions are the next step's
-        if state.global_step % args.eval_every == 0:
-            if self._dev_check(model, state.global_step) and not args.stop_at_step:
-                self.log(f"[dev] {self.trainer.controller.stop_reason}: early stop")
+        step, last = state.global_step, args.stop_at_step or args.max_steps
+        # the last step is checked too when eval_every does not divide it: the adapter a run ends with has always
+        # been through the collapse guard (and has its row in dev_log.jsonl)
+        if step % args.eval_every == 0 or step == last:
+            stop = self._dev_check(model, step)
+            # with stop_at_step the schedule is fixed, so the early stop is not taken; but a run whose every type
+            # is paused has nothing left to train (its next batches would be empty): it stops there too
+            paused = stop and not any(self.trainer.controller.directions.values())
+            if stop and (not args.stop_at_step or paused) and step < last:
+                self.stop_reason = self.trainer.controller.stop_reason
+                self.log(f"[dev] {self.stop_reason}: early stop at step {step}"
+                         + (f", before stop_at_step {args.stop_at_step}; the adapter is this step's"
+                            if args.stop_at_step else ""))
                 control.should_training_stop = True
                 control.should_save = True
-        if args.stop_at_step and state.global_step >= args.stop_at_step:
-            self.log(f"[train] step {state.global_step}: stop_at_step reached; the adapter is this step's")
+        if step >= args.max_steps and not self.stop_reason:
+            self.stop_reason = "max_steps"  # transformers stops the run here (and saves its checkpoint)
+        if args.stop_at_step and step >= args.stop_at_step:
+            self.stop_reason = "stop_at_step"
+            self.log(f"[train] step {step}: stop_at_step reached; the adapter is this step's")
             control.should_training_stop = True
             control.should_save = True
         return control
@@ -530,8 +549,12 @@ class DevCheckCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if ck.exists() and self.trainer.is_world_process_zero():
+            # "stopped": the run ends at this checkpoint (early stop, stop_at_step); a resume from it finishes the
+            # run without training another step
             write_json(ck / "biasunlearn_state.json", {"controller": self.trainer.controller.state_dict(),
-                                                       "start_lms": self.start_lms, "best": self.best})
+                                                       "start_lms": self.start_lms, "best": self.best,
+                                                       "stopped": self.stop_reason if control.should_training_stop
+                                                       else None})
         return control
 
     def restore(self, checkpoint: Path) -> None:
@@ -542,6 +565,50 @@ class DevCheckCallback(TrainerCallback):
         self.trainer.controller.load_state_dict(st["controller"])
         self.start_lms = st["start_lms"]
         self.best = ((int(st["best"][0][0]), tuple(st["best"][0][1])), st["best"][1]) if st["best"] else None
+        self.stopped = st.get("stopped")
+        self._match_best_folder(Path(checkpoint))
+
+    def _match_best_folder(self, checkpoint: Path) -> None:
+        """After restore(): best_adapter/ must be the adapter of the restored best check. A kill after a new best
+        was saved (at a dev check) but before that step's checkpoint was, or a resume from an older checkpoint,
+        leaves a later check's adapter there, which the restored record does not describe. The record's own
+        adapter is put back from its checkpoint when that is still on disk; else the record is dropped, and the
+        best is chosen again among the checks still to come."""
+        folder = self.out / "best_adapter"
+        try:
+            held = json.loads((folder / "dev_check.json").read_text())["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            held = None
+        want = self.best[1] if self.best else None
+        if held == want:
+            return
+        source = self.out / f"checkpoint-{want}" if want is not None else None
+        files = ("adapter_config.json", "adapter_model.safetensors")
+        restorable = source is not None and all((source / f).is_file() for f in files)
+        if self.trainer.is_world_process_zero():
+            try:
+                rows = [json.loads(x) for x in (self.out / "dev_log.jsonl").read_text().splitlines() if x.strip()]
+            except (OSError, ValueError):
+                rows = []
+            entry = next((r for r in rows if r.get("step") == want), {"step": want})
+            shutil.rmtree(folder, ignore_errors=True)
+            if restorable:
+                tmp = folder.with_name(folder.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                for f in files:
+                    shutil.copy2(source / f, tmp / f)
+                write_json(tmp / "dev_check.json", entry)
+                tmp.rename(folder)
+        what = "nothing" if held is None else f"step {held}'s adapter"
+        if restorable:
+            self.log(f"[resume] best_adapter/ held {what}, not the best check of {checkpoint.name} (step {want}): "
+                     f"put back from {source.name}")
+        else:
+            self.log(f"[resume] best_adapter/ held {what}, not the best check of {checkpoint.name} "
+                     + (f"(step {want}, whose checkpoint is gone)" if want is not None else "(none yet)")
+                     + ": removed; the best adapter is chosen again among the dev checks from here on")
+            self.best = None
 
 
 def _log_line(logs: dict) -> str:
