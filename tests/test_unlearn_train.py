@@ -204,7 +204,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_llama_path, 
     from biasunlearn.unlearn import pipeline
 
     full = _cfg(tmp_path / "a", tiny_llama_path, train_data, max_steps=6, save_steps=2)
-    pipeline.train_adapter(full, log=lambda s: None)
+    summary_a = pipeline.train_adapter(full, log=lambda s: None)
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -226,7 +226,15 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_llama_path, 
         pipeline.BiasUnlearnTrainer.__init__ = orig
     assert (tmp_path / "b" / "run" / "checkpoint-2").exists()
     assert not (tmp_path / "b" / "run" / "adapter").exists()
-    pipeline.train_adapter(killed, resume=True, log=lambda s: None)
+    # the packing layout is the one checked on the run's first step, kept in the checkpoint, not decided again on
+    # the resumed step's batch: a marker written into the checkpoint's record comes back in the summary
+    state = tmp_path / "b" / "run" / "checkpoint-2" / "biasunlearn_state.json"
+    st = json.loads(state.read_text())
+    assert st["packing"] == summary_a["packing"] and summary_a["packing"]["packed"] is True
+    marker = {**st["packing"], "max_abs_diff_nats": 0.00123}
+    state.write_text(json.dumps({**st, "packing": marker}))
+    summary_b = pipeline.train_adapter(killed, resume=True, log=lambda s: None)
+    assert summary_b["packing"] == marker
     wa = _lora(tmp_path / "a" / "run" / "checkpoint-6")
     wb = _lora(tmp_path / "b" / "run" / "checkpoint-6")
     assert wa.keys() == wb.keys()

@@ -554,7 +554,7 @@ class DevCheckCallback(TrainerCallback):
             write_json(ck / "biasunlearn_state.json", {"controller": self.trainer.controller.state_dict(),
                                                        "start_lms": self.start_lms, "best": self.best,
                                                        "stopped": self.stop_reason if control.should_training_stop
-                                                       else None})
+                                                       else None, "packing": self.trainer.packing_check})
         return control
 
     def restore(self, checkpoint: Path) -> None:
@@ -566,6 +566,9 @@ class DevCheckCallback(TrainerCallback):
         self.start_lms = st["start_lms"]
         self.best = ((int(st["best"][0][0]), tuple(st["best"][0][1])), st["best"][1]) if st["best"] else None
         self.stopped = st.get("stopped")
+        if st.get("packing"):  # the layout checked on the run's first step, not re-decided on the resumed one's
+            self.trainer.packing_check = st["packing"]
+            self.trainer._packed = bool(st["packing"]["packed"])
         self._match_best_folder(Path(checkpoint))
 
     def _match_best_folder(self, checkpoint: Path) -> None:
