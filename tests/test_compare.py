@@ -124,6 +124,13 @@ def test_a_setting_added_since_a_stored_run_is_no_difference_while_at_its_defaul
     assert _same_settings({"train": {"method": "cda", "config": {"max_steps": 2, "scheduled_swaps": "religion=3"}}},
                           current)[0][-2] == "train.config.scheduled_swaps: 'religion=3' -> ''"
     assert settings_added_since({"train": None}, current) == [] and settings_added_since(stored, {}) == []
+    # a Self-Debias read made before its floor epsilon was recorded (and applied) is a difference, not reused
+    from biasunlearn.baselines.self_debias import DEFAULT_EPSILON
+
+    rule = {"prefixes": {"gender": "G: "}, "decay": 50.0}
+    assert _same_settings({"train": None, "eval": {"self_debias": rule}},
+                          {"train": None, "eval": {"self_debias": {**rule, "epsilon": DEFAULT_EPSILON}}}) == \
+        (["eval.self_debias.epsilon: None -> 0.01"], [])
 
 
 def test_compare_trained_adapter_is_evaluated_without_retraining(tmp_path, tiny_llama_path, data, monkeypatch):
