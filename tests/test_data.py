@@ -96,6 +96,34 @@ def test_stereoset_csv_empty_field(tmp_path):
     assert_names(ei.value, p, row=4)  # 1-based line: header is line 1, the third data row is line 4
 
 
+def test_stereoset_csv_row_with_an_extra_field_is_refused_naming_its_line(tmp_path):
+    """An unquoted comma in a sentence gives the row one field too many: csv would shift every column after it (the
+    anti-stereotype read as "The mother is cold", the stereotype as "distant."), so the row is refused."""
+    p = tmp_path / "intrasentence_gender_data.csv"
+    p.write_text(",".join(CSV_HEADER) + "\n" + ",".join(INTRA_GENDER[0]) + "\n"
+                 + "gender,mother,The mother is BLANK.,The mother is a fox.,The mother is cold, distant.,"
+                   "The mother is caring.\n")
+    with pytest.raises(DataError, match=r"1 field\(s\) more than the header's 6 columns \(a comma inside a field "
+                                        r"that is not quoted\?\)") as ei:
+        load_stereoset_csv(p)
+    assert_names(ei.value, p, row=3)
+
+
+def test_csv_errors_name_the_line_after_a_blank_line_or_a_quoted_line_break(tmp_path):
+    """The line an error names is the record's own line in the file, also after a blank line or a field with a
+    quoted line break; the ids stay the data rows' numbers."""
+    p = tmp_path / "intrasentence_gender_data.csv"
+    first = '"gender","mother","The mother was very BLANK\ntoday.","a","b","c"'  # a field over lines 2 and 3
+    p.write_text(",".join(CSV_HEADER) + "\n" + first + "\n\n" + ",".join(INTRA_GENDER[1]) + "\n"
+                 + "gender,mother,My mother likes BLANK music.,wooden,,quiet\n")
+    with pytest.raises(DataError, match="empty field") as ei:
+        load_stereoset_csv(p)
+    assert_names(ei.value, p, row=6)  # header 1, the two-line record 2-3, a blank line 4, a good row 5
+    p.write_text(",".join(CSV_HEADER) + "\n" + first + "\n\n" + ",".join(INTRA_GENDER[1]) + "\n")
+    exs = load_stereoset_csv(p)
+    assert [e.id for e in exs] == ["intrasentence-gender-0000", "intrasentence-gender-0001"]
+
+
 def test_stereoset_csv_bad_name_and_missing_file(tmp_path):
     p = write_csv(tmp_path / "gender.csv", CSV_HEADER, INTRA_GENDER)
     with pytest.raises(DataError, match="expected a file named") as ei:

@@ -86,9 +86,11 @@ def read_utf8(path: str | os.PathLike) -> str:
 
 
 def csv_rows(path: Path, required) -> tuple[list[str], list[tuple[int, dict]]]:
-    """(header, [(line, record)]) of a CSV data file, each record with its line in the file (the header is line 1).
-    A missing file, a file without a header, a header without one of the `required` columns, and a header without
-    data rows are each a DataError naming the file."""
+    """(header, [(line, record)]) of a CSV data file, each record with the line of the file it starts on (the
+    header is line 1; a blank line or a quoted line break before it counts). A missing file, a file without a
+    header, a header without one of the `required` columns, a record with more fields than the header (an unquoted
+    comma in a sentence would shift every column after it) and a header without data rows are each a DataError
+    naming the file (and the line)."""
     from ..errors import DataError
 
     if not path.is_file():
@@ -100,7 +102,14 @@ def csv_rows(path: Path, required) -> tuple[list[str], list[tuple[int, dict]]]:
         absent = [c for c in required if c not in reader.fieldnames]
         if absent:
             raise DataError(path, f"missing column(s): {', '.join(absent)}", row=1)
-        rows = [(i + 2, rec) for i, rec in enumerate(reader)]
+        rows = []
+        for rec in reader:
+            # reader.line_num is the record's last line: less the line breaks inside its quoted fields
+            line = reader.line_num - sum(v.count("\n") for v in rec.values() if isinstance(v, str))
+            if None in rec:
+                raise DataError(path, f"{len(rec[None])} field(s) more than the header's {len(reader.fieldnames)} "
+                                      "columns (a comma inside a field that is not quoted?)", row=line)
+            rows.append((line, rec))
     if not rows:
         raise DataError(path, "no examples: a header and no data rows")
     return list(reader.fieldnames), rows

@@ -25,7 +25,7 @@ def load_crows_pairs(path, skips: SkipLog | None = None) -> list[CrowsPair]:
     cols, rows = csv_rows(path, _REQUIRED)
     index_col = cols[0] if cols and cols[0] in ("", "Unnamed: 0") else None
     out = []
-    for line, rec in rows:
+    for row, (line, rec) in enumerate(rows):  # row: the data row, 0-based (the id without an index column)
         more, less = (rec.get("sent_more") or "").strip(), (rec.get("sent_less") or "").strip()
         direction, bias = (rec.get("stereo_antistereo") or "").strip(), (rec.get("bias_type") or "").strip()
         if not more or not less or not bias:
@@ -36,6 +36,6 @@ def load_crows_pairs(path, skips: SkipLog | None = None) -> list[CrowsPair]:
             skips.skip("sent_more identical to sent_less", str(line))
             continue
         pid = (rec.get(index_col) or "").strip() if index_col is not None else ""
-        out.append(CrowsPair(id=pid or str(line - 2), sent_more=more, sent_less=less, direction=direction,
+        out.append(CrowsPair(id=pid or str(row), sent_more=more, sent_less=less, direction=direction,
                              bias_type=bias))
     return out

@@ -162,8 +162,7 @@ def load_stereoset_csv(path, skips: SkipLog | None = None) -> list[StereoSetExam
     task, bias_file = m.groups()
     _, rows = csv_rows(path, _CSV_COLUMNS)
     out = []
-    for line, rec in rows:
-        row = line - 2  # the data row, 0-based
+    for row, (line, rec) in enumerate(rows):  # row: the data row, 0-based (the id); line: its line in the file
         vals = {c: (rec.get(c) or "").strip() for c in _CSV_COLUMNS}
         empty = [c for c, v in vals.items() if not v]
         if empty:
