@@ -745,3 +745,32 @@ def test_a_read_parses_each_data_file_once_and_scores_what_it_parsed(tiny_gpt2_p
     again = evaluate_model(model, tok, cfg, log=None)
     assert parsed == ["stereoset", "crows_pairs", "bbq", "perplexity"]
     assert again["benchmarks"]["stereoset"]["metrics"] == doc["benchmarks"]["stereoset"]["metrics"]
+
+
+def test_a_score_that_is_nan_stops_the_read_before_anything_is_written(tiny_gpt2_path, fake_data, tmp_path):
+    """A NaN is never the larger of two scores, so it would count as 'anti' and 'not related' and move SS and LMS
+    without a sign; the read stops instead, naming the benchmark and the first example."""
+    import torch
+
+    from biasunlearn.errors import BiasUnlearnError
+    from biasunlearn.evaluate import check_finite
+    from biasunlearn.models import load_model
+
+    model, tok, info = load_model(str(tiny_gpt2_path), device="cpu")
+    with torch.no_grad():
+        model.get_output_embeddings().weight[5].fill_(float("nan"))  # every next-token distribution is NaN
+    out = tmp_path / "nan"
+    with pytest.raises(BiasUnlearnError) as ei:
+        evaluate_model(model, tok, EvalConfig(data_dir=str(fake_data), benchmarks=("stereoset",), progress=False),
+                       info.to_dict(), out, log=None)
+    msg = str(ei.value)
+    assert msg.startswith("stereoset: ") and "example(s) scored NaN or infinite; the first is " in msg
+    assert "nothing was written. The model computes in float32: read it in float32" in msg
+    assert not (out / "results.json").exists()
+    # the check itself: nested scores (BBQ's answers), and a metric alone
+    with pytest.raises(BiasUnlearnError, match=r"^bbq: 1 example\(s\) scored NaN or infinite; the first is q2;"):
+        check_finite("bbq", [{"id": "q1", "scores": [-1.0, -2.0, -3.0]}, {"id": "q2", "scores": [-1.0, math.inf, 0.0]}],
+                     {"overall": {"acc": 40.0}})
+    with pytest.raises(BiasUnlearnError, match=r"^perplexity: 0 example\(s\) scored NaN or infinite \(in its metrics\)"):
+        check_finite("perplexity", [], {"perplexity": math.inf})
+    check_finite("bbq", [{"id": "q1", "scores": [-1.0, -2.0, -3.0], "biased_index": None}], {"overall": {"s": None}})

@@ -7,6 +7,7 @@ data file, and the config and wall time of each benchmark.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import random
@@ -20,7 +21,7 @@ from pathlib import Path
 from . import __version__, interrupt
 from .data import SkipLog, data_dir, load_bbq, load_crows_pairs, load_stereoset, load_text_lines
 from .data.common import check_against_sums
-from .errors import ConfigError, DataError
+from .errors import BiasUnlearnError, ConfigError, DataError
 from .io import (check_folder_path, comma_list, folder_lock, mkdtemp_pattern, read_jsonl, sha256_file, write_json,
                  write_jsonl)
 from .metrics import bbq_scores, crows_pairs_scores, perplexity, ss_standard_error, stereoset_scores, term_scores
@@ -282,6 +283,30 @@ def eval_perplexity(model, tok, cfg: EvalConfig, path: Path, parsed=None) -> dic
             "note": f"windows of {cfg.ppl_window} tokens, stride {cfg.ppl_stride}, first {len(ids)} of {n_total} tokens"}
 
 
+def _non_finite(obj) -> bool:
+    if isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, dict):
+        return any(_non_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_non_finite(v) for v in obj)
+    return False
+
+
+def check_finite(name: str, preds: list, metrics, dtype=None) -> None:
+    """A score that is NaN or infinite (an overflow in a half-precision read, a model whose weights diverged) would
+    count as a lost comparison (a NaN is never the larger) and move every metric without a sign: it stops the read,
+    naming the benchmark, the first example and how many, before anything is written."""
+    bad = [p for p in preds if _non_finite(p)]
+    if bad or _non_finite(metrics):
+        first = f"; the first is {bad[0].get('id', '?')}" if bad else ""
+        raise BiasUnlearnError(
+            f"{name}: {len(bad)} example(s) scored NaN or infinite{first}"
+            + ("" if bad else " (in its metrics)")
+            + f"; nothing was written. The model computes in {str(dtype).removeprefix('torch.')}: read it in float32 "
+              "(--dtype float32), and check that its weights are finite")
+
+
 RUNNERS = {"stereoset": eval_stereoset, "crows_pairs": eval_crows_pairs, "bbq": eval_bbq, "perplexity": eval_perplexity}
 
 
@@ -388,6 +413,7 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
         res = RUNNERS[name](model, tok, cfg, path, parsed=parsed.pop(name))  # not held past its turn
         wall = time.perf_counter() - t0
         preds = res.pop("predictions")
+        check_finite(name, preds, res.get("metrics"), getattr(model, "dtype", None))
         if name == "stereoset":
             official = stereoset_official_predictions(preds)
         all_preds.extend({"benchmark": name, **p} for p in preds)
