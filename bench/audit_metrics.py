@@ -250,11 +250,18 @@ def audit_bbq(a: Audit, res: dict, rows: list[dict], data_path: str | None) -> N
     if data_path and os.path.exists(data_path):
         data = read_bbq_files(data_path)
         a.notes.append(f"bbq: unknown and biased options derived again from {data_path}")
-        skipped = 0
+        skipped = noted = 0
         for d in data.values():
             r = bbq_roles(d)
-            skipped += r["n_unknown"] != 1 or r["biased_index"] is None
-        a.cmp("bbq/skipped/total", skipped, (res.get("skipped") or {}).get("total"))
+            skipped += r["n_unknown"] != 1  # not scored at all
+            noted += r["n_unknown"] == 1 and r["biased_index"] is None  # scored, left out of the bias scores
+        got = res.get("skipped") or {}
+        if "kept_but_left_out_of_a_figure" in got or got.get("total") != skipped + noted:
+            a.cmp("bbq/skipped/total", skipped, got.get("total"))
+            a.cmp("bbq/skipped/kept_but_left_out_of_the_bias_scores", noted,
+                  sum((got.get("kept_but_left_out_of_a_figure") or {}).values()))
+        else:  # a read made before those were counted apart (session 48): the two together
+            a.cmp("bbq/skipped/total", skipped + noted, got.get("total"))
     else:
         a.notes.append(f"bbq: data files not found ({data_path}): unknown and biased options taken from the "
                        "predictions' own fields")

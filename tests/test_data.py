@@ -412,7 +412,8 @@ def test_bbq_target_from_tags(tmp_path, tags, groups, target):
     (e,) = load_bbq(write_jsonl(tmp_path / "Gender_identity.jsonl", [item]), skips)
     assert e.target_index == target
     assert e.biased_index == target
-    assert skips.total == (1 if target is None else 0)
+    # kept either way (scored for accuracy); one without a target is noted as left out of the bias scores
+    assert skips.total == 0 and sum(skips.noted.values()) == (1 if target is None else 0)
 
 
 def test_bbq_nationality_matches_answer_text(tmp_path):
@@ -438,9 +439,11 @@ def test_bbq_folder_and_skips(fake_data, tmp_path):
     exs = load_bbq(p, skips)
     # the two-unknown example is dropped; the one without a target is kept (accuracy) but counted
     assert [e.id for e in exs] == ["Age-10"] and exs[0].target_index is None
-    assert skips.counts == {"not exactly one 'unknown' option": 1,
-                            "stereotyped group matches no single option (bias score only)": 1}
-    assert skips.examples["not exactly one 'unknown' option"] == ["Age-9"]
+    assert skips.counts == {"not exactly one 'unknown' option": 1}  # only what is not scored counts as skipped
+    noted = "stereotyped group matches no single option: scored for accuracy, left out of the bias scores"
+    assert skips.noted == {noted: 1} and skips.total == 1
+    assert skips.examples["not exactly one 'unknown' option"] == ["Age-9"] and skips.examples[noted] == ["Age-10"]
+    assert skips.to_dict()["kept_but_left_out_of_a_figure"] == {noted: 1} and skips.to_dict()["total"] == 1
 
 
 def test_bbq_malformed(tmp_path):

@@ -694,6 +694,13 @@ def test_before_after_markdown_deltas_and_gaps():
     assert "### BBQ\n\nnot measured (in the after read)" in md
     assert "different settings (limit)" in md
     assert "not measured" not in before_after_markdown(b, b)
+    # a BBQ read on a per-category sample says so under its table (n alone does not)
+    sample = "A seeded sample of at most 200 examples per category (`--bbq-per-category`, `eval_bbq_per_category`; " \
+             "0 reads them all): n is what was scored."
+    assert sample not in before_after_markdown(b, b)
+    b2 = {**b, "eval_config": {**b["eval_config"], "bbq_per_category": 200}}
+    md2 = before_after_markdown(b2, b2)
+    assert md2.index(sample) > md2.index("BBQ (accuracy %") and md2.index(sample) < md2.index("Perplexity")
     # which benchmarks ran is not a setting difference: the missing section says "not measured" itself
     a2 = _tiny.results_doc("m", "ad", 52.0, 11.0)
     a2["eval_config"]["benchmarks"] = ["stereoset", "perplexity"]

@@ -199,6 +199,8 @@ def test_markdown_table_on_stdout(cli_run):
     assert (f"| overall | {cp['length_normalised']['overall']['score']:.2f} | "
             f"{cp['summed_logprob']['overall']['score']:.2f} | 3 |") in out
     assert "### BBQ" in out and "| Nationality |" in out
+    bbq_n = doc["eval_config"]["bbq_per_category"]  # the CLI's default: a sample per category, said under the table
+    assert bbq_n and f"A seeded sample of at most {bbq_n} examples per category" in out
     assert f"{doc['benchmarks']['perplexity']['metrics']['perplexity']:.3f} over" in out
     # the terms farthest from level, per type, from the document's per-term scores
     terms = doc["benchmarks"]["stereoset"]["terms"]["intrasentence"]
@@ -774,3 +776,24 @@ def test_a_score_that_is_nan_stops_the_read_before_anything_is_written(tiny_gpt2
     with pytest.raises(BiasUnlearnError, match=r"^perplexity: 0 example\(s\) scored NaN or infinite \(in its metrics\)"):
         check_finite("perplexity", [], {"perplexity": math.inf})
     check_finite("bbq", [{"id": "q1", "scores": [-1.0, -2.0, -3.0], "biased_index": None}], {"overall": {"s": None}})
+
+
+def test_bbq_examples_kept_but_left_out_of_the_bias_scores_are_not_called_skipped(fake_data, tiny_gpt2_path,
+                                                                                    tmp_path):
+    data = _copy_data(fake_data, tmp_path / "data")
+    f = sorted((data / "bbq").glob("*.jsonl"))[0]
+    items = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    items[0]["additional_metadata"]["stereotyped_groups"] = ["nobody-at-all"]  # no option is the stereotyped one
+    f.write_text("".join(json.dumps(x) + "\n" for x in items))
+    out = tmp_path / "read"
+    rc, _, err = run_cli(["eval", "--model", str(tiny_gpt2_path), "--data-dir", str(data), "--device", "cpu",
+                          "--benchmarks", "bbq", "--bbq-per-category", "0", "--out", str(out)])
+    assert rc == 0
+    reason = "stereotyped group matches no single option: scored for accuracy, left out of the bias scores"
+    assert f"[eval] bbq: 1 example(s) scored but left out of a figure ({reason})" in err
+    assert "of the data skipped" not in err
+    doc = json.loads((out / "results.json").read_text())
+    skipped = doc["benchmarks"]["bbq"]["skipped"]
+    assert skipped["total"] == 0 and skipped["kept_but_left_out_of_a_figure"] == {reason: 1}
+    assert doc["benchmarks"]["bbq"]["metrics"]["overall"]["n"] == len(
+        [x for g in (data / "bbq").glob("*.jsonl") for x in g.read_text().splitlines() if x.strip()])  # all scored

@@ -426,6 +426,8 @@ def evaluate_model(model, tok, cfg: EvalConfig, model_info: dict | None = None, 
                 why = "; ".join(f"{n} {reason}" for reason, n in (skipped.get("by_reason") or {}).items())
                 log(f"[eval] {name}: {skipped['total']} example(s) of the data skipped ({why}); results.json lists "
                     f"them under benchmarks.{name}.skipped")
+            for reason, n in (skipped.get("kept_but_left_out_of_a_figure") or {}).items():
+                log(f"[eval] {name}: {n} example(s) scored but left out of a figure ({reason})")
     if before_write is not None:
         before_write(doc)
     if out_dir is not None:

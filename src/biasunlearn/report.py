@@ -23,6 +23,15 @@ def sample_note(*docs) -> str | None:
             "seeded sample: --limit, eval_limit), so every figure below is far less precise than a full read.**")
 
 
+def bbq_sample_line(*docs) -> str | None:
+    """The line under a BBQ table saying that its examples are a per-category sample (BBQ defaults to one), if so."""
+    ks = sorted({(d.get("eval_config") or {}).get("bbq_per_category") for d in docs if d} - {None, 0})
+    if not ks:
+        return None
+    return (f"A seeded sample of at most {' / '.join(map(str, ks))} examples per category (`--bbq-per-category`, "
+            "`eval_bbq_per_category`; 0 reads them all): n is what was scored.")
+
+
 def eval_markdown(doc: dict) -> str:
     """One results document as markdown tables, one per benchmark present."""
     lines = []
@@ -61,6 +70,8 @@ def eval_markdown(doc: dict) -> str:
             r = b["bbq"]["metrics"][k]
             lines.append(f"| {k} | {_f(r['acc'])} | {_f(r['acc_ambig'])} | {_f(r['acc_disambig'])} | "
                          f"{_f(r['bias_disambig'])} | {_f(r['bias_ambig'])} | {r['n']} |")
+        if bbq_sample_line(doc):
+            lines += ["", bbq_sample_line(doc)]
     if "perplexity" in b:
         r = b["perplexity"]["metrics"]
         lines += ["", "### Perplexity (WikiText-2 raw test)", "", f"{_f(r['perplexity'], 3)} over {r['tokens_scored']} tokens "
@@ -188,6 +199,8 @@ def before_after_markdown(before: dict, after: dict, before_label: str = "before
                 rb, ra = mb.get(c, {}), ma.get(c, {})
                 cells = " | ".join(_trio(rb.get(k), ra.get(k)) for k, _ in BBQ_COLUMNS)
                 lines.append(f"| {c} | {cells} | {ra.get('n', rb.get('n', '–'))} |")
+            if bbq_sample_line(before, after):
+                lines += ["", bbq_sample_line(before, after)]
         else:
             rb, ra = bb[name].get("metrics", {}), ab[name].get("metrics", {})
             pb, pa = rb.get("perplexity"), ra.get("perplexity")

@@ -143,7 +143,8 @@ def load_bbq(path, skips: SkipLog | None = None) -> list[BBQExample]:
                 raise DataError(path, f"field additional_metadata.stereotyped_groups is malformed ({e})",
                                 row=line_no) from e
             if target is None:
-                skips.skip("stereotyped group matches no single option (bias score only)", eid)
+                skips.note("stereotyped group matches no single option: scored for accuracy, left out of the bias "
+                           "scores", eid)
             out.append(BBQExample(
                 id=eid, category=category, context=context, question=question, answers=answers, label=label,
                 unknown_index=tags.index("unknown"), target_index=target, polarity=polarity, condition=condition,

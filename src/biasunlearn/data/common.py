@@ -124,13 +124,22 @@ def resolve_data_path(relative: str, root: str | os.PathLike | None = None) -> P
 
 @dataclass
 class SkipLog:
-    """Counts examples skipped on purpose, by reason, with a few example keys for each."""
+    """Counts examples skipped on purpose, by reason, with a few example keys for each; and, apart (`note`), examples
+    kept and scored but left out of one of a benchmark's figures (BBQ's bias score without a stereotyped option)."""
 
     counts: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
+    noted: Counter = field(default_factory=Counter)
 
     def skip(self, reason: str, key: str = "") -> None:
         self.counts[reason] += 1
+        self.examples.setdefault(reason, [])
+        if key and len(self.examples[reason]) < 5:
+            self.examples[reason].append(key)
+
+    def note(self, reason: str, key: str = "") -> None:
+        """An example kept (and scored), but left out of a figure, for `reason`; not counted as skipped."""
+        self.noted[reason] += 1
         self.examples.setdefault(reason, [])
         if key and len(self.examples[reason]) < 5:
             self.examples[reason].append(key)
@@ -139,10 +148,14 @@ class SkipLog:
         for r, n in other.counts.items():
             self.counts[r] += n
             self.examples.setdefault(r, []).extend(other.examples.get(r, [])[: 5])
+        for r, n in other.noted.items():
+            self.noted[r] += n
+            self.examples.setdefault(r, []).extend(other.examples.get(r, [])[: 5])
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
     def to_dict(self) -> dict:
-        return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples}
+        return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples,
+                **({"kept_but_left_out_of_a_figure": dict(self.noted)} if self.noted else {})}
