@@ -640,3 +640,42 @@ def test_tokenize_parts_splits_the_whole_sentences_tokens_where_parts_tokenize_o
     assert not used_whole
     assert parts == [plain(t, add_special_tokens=False)["input_ids"] for t in ("The river", " runs past", " the city .")]
 
+
+
+def _legacy_sentencepiece_tokenizer():
+    """A tiny fast tokenizer that splits like a SentencePiece tokenizer in its legacy mode: a "▁" is put in front of
+    every text, so " Yes" alone is "▁" + "▁Yes" while "Answer: Yes" is "▁Answer:" + "▁Yes"."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, "<unk>": 3, "▁": 4, "▁Yes": 5, "▁No": 6, "▁Answer:": 7, "▁The": 8,
+             "▁cat.": 9, "▁It": 10, "▁sat.": 11}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    # as the Llama-2 tokenizers' legacy normalizer: a "▁" in front of every text, each space made a "▁"
+    t.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    t.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def test_a_continuation_is_scored_as_the_whole_text_tokenizes_it():
+    """BBQ's answers and StereoSet intersentence's candidates are scored given a prefix. A legacy SentencePiece
+    tokenizer gives " Yes" alone a lone "▁" token that "Answer: Yes" does not have: the continuation is scored as the
+    whole text's tokens after the prefix's, so that token is never scored as part of the answer."""
+    from biasunlearn.scoring import encode_for_scoring, score_texts, score_texts_shared
+
+    tok = _legacy_sentencepiece_tokenizer()
+    assert tok(" Yes", add_special_tokens=False)["input_ids"] == [4, 5]  # the premise: a lone "▁" in front
+    seqs, starts = encode_for_scoring(tok, [" Yes", " No", "The cat."], ["Answer:", "Answer:", ""])
+    assert seqs == [[0, 7, 5], [0, 7, 6], [0, 8, 9]] and starts == [2, 2, 1]
+    assert seqs[0] == [0] + tok("Answer: Yes", add_special_tokens=False)["input_ids"]
+
+    class Uniform(torch.nn.Module):  # every next token equally likely: a text's summed score is -n log V
+        def forward(self, input_ids, attention_mask=None, **kw):
+            from transformers.modeling_outputs import CausalLMOutput
+            return CausalLMOutput(logits=torch.zeros(*input_ids.shape, 12))
+
+    got = score_texts(Uniform(), tok, [" Yes", " No"], ["Answer:", "Answer:"])
+    assert [s.n for s in got] == [1, 1]  # one token each: "▁Yes", "▁No"
+    shared = score_texts_shared(Uniform(), tok, ["Answer:"], [" Yes", " No"], 2)
+    assert [s.n for s in shared] == [1, 1] and [s.sum for s in shared] == pytest.approx([s.sum for s in got])

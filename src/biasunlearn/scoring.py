@@ -52,11 +52,30 @@ def encode_for_scoring(tokenizer, texts: Sequence[str], prefixes: Sequence[str] 
     if len(prefixes) != len(texts):
         raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} texts")
     pre = tokenizer(list(prefixes), add_special_tokens=False)["input_ids"]
+    body = continuation_ids(tokenizer, prefixes, texts, pre, body)
     seqs, score_from = [], []
     for p, t in zip(pre, body):
         seqs.append([start] + p + t)
         score_from.append(1 + len(p))
     return seqs, score_from
+
+
+def continuation_ids(tokenizer, prefixes: Sequence[str], texts: Sequence[str], pre: list, body: list) -> list:
+    """The token ids of each text as the continuation of its prefix (`pre`, `body`: each tokenized alone): where the
+    whole text (prefix + text) begins with the prefix's own tokens, the text is the whole text's tokens after them;
+    else it keeps its own. Most tokenizers give the same either way; a SentencePiece tokenizer in its legacy mode
+    gives a text tokenized alone a lone "▁" in front (" Yes" as "▁", "▁Yes"), which the whole text does not have,
+    and which would otherwise be scored as part of the answer."""
+    body = list(body)
+    at = [i for i, (p, t) in enumerate(zip(prefixes, texts)) if p and t]
+    if not at:
+        return body
+    whole = tokenizer([prefixes[i] + texts[i] for i in at], add_special_tokens=False)["input_ids"]
+    for i, w in zip(at, whole):
+        p = pre[i]
+        if len(w) > len(p) and w[:len(p)] == p:
+            body[i] = w[len(p):]
+    return body
 
 
 def tokenize_parts(tokenizer, parts: Sequence[str]) -> tuple[list[list[int]], bool]:
@@ -483,6 +502,9 @@ def score_texts_shared(model, tokenizer, prompts: Sequence[str], texts: Sequence
     `score_texts(model, tokenizer, texts, prefixes)` with each prompt repeated k times."""
     pre, _ = encode_for_scoring(tokenizer, prompts)  # start token + prompt
     body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # each text as its prompt's continuation (the prompt's tokens, without the start token, are shared by its k)
+    body = continuation_ids(tokenizer, [p for p in prompts for _ in range(k)], texts,
+                            [q[1:] for q in pre for _ in range(k)], body)
     sums, counts = score_shared_prefix(model, pre, body, k, pad_id=tokenizer.pad_token_id or 0, **kw)
     return [Score(float(s), int(c)) for s, c in zip(sums, counts)]
 
