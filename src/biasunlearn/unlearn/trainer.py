@@ -22,7 +22,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from .. import interrupt
 from ..errors import BiasUnlearnError, ConfigError
 from ..evaluate import stereoset_records
-from ..io import write_json
+from ..io import read_log_jsonl, write_json
 from ..metrics import mean_margins as dev_margins  # one name here, so a test can stand in for it
 from ..metrics import ss_standard_error, stereoset_scores
 from ..models import start_token_id
@@ -589,10 +589,7 @@ class DevCheckCallback(TrainerCallback):
         files = ("adapter_config.json", "adapter_model.safetensors")
         restorable = source is not None and all((source / f).is_file() for f in files)
         if self.trainer.is_world_process_zero():
-            try:
-                rows = [json.loads(x) for x in (self.out / "dev_log.jsonl").read_text().splitlines() if x.strip()]
-            except (OSError, ValueError):
-                rows = []
+            rows = read_log_jsonl(self.out / "dev_log.jsonl", warn=self.log)
             entry = next((r for r in rows if r.get("step") == want), {"step": want})
             shutil.rmtree(folder, ignore_errors=True)
             if restorable:
