@@ -303,8 +303,9 @@ def check_finite(name: str, preds: list, metrics, dtype=None) -> None:
         raise BiasUnlearnError(
             f"{name}: {len(bad)} example(s) scored NaN or infinite{first}"
             + ("" if bad else " (in its metrics)")
-            + f"; nothing was written. The model computes in {str(dtype).removeprefix('torch.')}: read it in float32 "
-              "(--dtype float32), and check that its weights are finite")
+            + "; nothing was written. "
+            + (f"The model computes in {str(dtype).removeprefix('torch.')}: read" if dtype is not None else "Read")
+            + " it in float32 (--dtype float32), and check that its weights are finite")
 
 
 RUNNERS = {"stereoset": eval_stereoset, "crows_pairs": eval_crows_pairs, "bbq": eval_bbq, "perplexity": eval_perplexity}
