@@ -199,6 +199,16 @@ def apply_adapter(model, adapter_dir, trainable: bool = False):
         raise ModelLoadError(f"adapter {adapter_dir}: could not be applied: {e}") from e
 
 
+def lora_layers(peft_model):
+    """(name, module, active adapter names) of every layer a LoRA adapter wraps in `peft_model`: a module with
+    `lora_A` over a base layer that has a weight. `name` is PEFT's (with its `base_model.model.` prefix)."""
+    for name, module in peft_model.named_modules():
+        base = getattr(module, "base_layer", None)
+        if base is None or not hasattr(module, "lora_A") or getattr(base, "weight", None) is None:
+            continue
+        yield name, module, [a for a in getattr(module, "active_adapters", ["default"]) if a in module.lora_A]
+
+
 def merge_into_weights(peft_model):
     """peft_model.merge_and_unload(), with every weight a LoRA layer sits on that the model shares with another
     module untied first (an lm_head tied to the input embeddings): merged in place, the change would land in the
@@ -207,11 +217,10 @@ def merge_into_weights(peft_model):
     for _, p in peft_model.named_parameters(remove_duplicate=False):
         owners[p.data_ptr()] = owners.get(p.data_ptr(), 0) + 1
     untied = False
-    for _, module in peft_model.named_modules():
-        base = getattr(module, "base_layer", None)
-        weight = getattr(base, "weight", None)
-        if hasattr(module, "lora_A") and weight is not None and weight.numel() and owners.get(weight.data_ptr(), 0) > 1:
-            base.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+    for _, module, _ in lora_layers(peft_model):
+        base = module.base_layer
+        if base.weight.numel() and owners.get(base.weight.data_ptr(), 0) > 1:
+            base.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
             untied = True
     if untied:
         for config in {id(c): c for c in (peft_model.config, peft_model.config.get_text_config())}.values():

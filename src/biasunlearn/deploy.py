@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .adapters import (adapter_mismatches, adapter_training_config, apply_adapter, check_adapter_folder,
-                       group_problems, merge_into_weights)
+                       group_problems, lora_layers, merge_into_weights)
 from .errors import BiasUnlearnError, ConfigError, ModelLoadError
 from .gguf_export import LlamaCppScorer, llama_cpp_version
 from .io import (atomic_write_text, check_folder_path, folder_entries, folder_lock, mkdtemp_pattern, read_json,
@@ -425,13 +425,9 @@ def merge_fingerprint(peft_model) -> dict:
     also rescales the weight) are left out and counted."""
     rows, dora = {}, 0
     with torch.no_grad():
-        for name, module in peft_model.named_modules():
-            base = getattr(module, "base_layer", None)
-            weight = getattr(base, "weight", None)
-            if not hasattr(module, "get_delta_weight") or weight is None or not weight.numel():
-                continue
-            adapters = [a for a in getattr(module, "active_adapters", []) if a in getattr(module, "lora_A", {})]
-            if not adapters:
+        for name, module, adapters in lora_layers(peft_model):
+            weight = module.base_layer.weight
+            if not adapters or not weight.numel():
                 continue
             if any(getattr(module, "use_dora", {}).get(a, False) for a in adapters):
                 dora += 1

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import interrupt
+from .adapters import lora_layers
 from .errors import BiasUnlearnError, ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
@@ -186,11 +187,7 @@ def lora_deltas(peft_model) -> dict:
     factors copied to float32 numpy (small: rank × size), read before merging. Plain LoRA only: an adapter whose
     change is not scaling · B·A (DoRA) is refused."""
     out = {}
-    for name, module in peft_model.named_modules():
-        base = getattr(module, "base_layer", None)
-        if base is None or not hasattr(module, "lora_A") or not hasattr(base, "weight"):
-            continue
-        active = [a for a in getattr(module, "active_adapters", ["default"]) if a in module.lora_A]
+    for name, module, active in lora_layers(peft_model):
         if len(active) != 1:
             raise ModelLoadError(f"{name}: the GGUF export needs exactly one active LoRA adapter, found {active}")
         a = active[0]

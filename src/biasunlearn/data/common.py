@@ -131,26 +131,24 @@ class SkipLog:
     examples: dict = field(default_factory=dict)
     noted: Counter = field(default_factory=Counter)
 
-    def skip(self, reason: str, key: str = "") -> None:
-        self.counts[reason] += 1
+    def _count(self, counter: Counter, reason: str, key: str) -> None:
+        counter[reason] += 1
         self.examples.setdefault(reason, [])
         if key and len(self.examples[reason]) < 5:
             self.examples[reason].append(key)
+
+    def skip(self, reason: str, key: str = "") -> None:
+        self._count(self.counts, reason, key)
 
     def note(self, reason: str, key: str = "") -> None:
         """An example kept (and scored), but left out of a figure, for `reason`; not counted as skipped."""
-        self.noted[reason] += 1
-        self.examples.setdefault(reason, [])
-        if key and len(self.examples[reason]) < 5:
-            self.examples[reason].append(key)
+        self._count(self.noted, reason, key)
 
     def merge(self, other: "SkipLog") -> None:
-        for r, n in other.counts.items():
-            self.counts[r] += n
-            self.examples.setdefault(r, []).extend(other.examples.get(r, [])[: 5])
-        for r, n in other.noted.items():
-            self.noted[r] += n
-            self.examples.setdefault(r, []).extend(other.examples.get(r, [])[: 5])
+        for mine, theirs in ((self.counts, other.counts), (self.noted, other.noted)):
+            for r, n in theirs.items():
+                mine[r] += n
+                self.examples.setdefault(r, []).extend(other.examples.get(r, [])[: 5])
 
     @property
     def total(self) -> int:
